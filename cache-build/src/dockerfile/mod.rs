@@ -1,0 +1,1 @@
+//! Dockerfile front end: parsing, variable expansion, `.dockerignore` and build planning.

@@ -1,0 +1,1 @@
+//! OCI layers: filesystem diffs, deterministic tar writing, compression and safe extraction.

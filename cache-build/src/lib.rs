@@ -1,0 +1,9 @@
+//! Dockerfile front end, step executor and OCI layer handling for buildcache.
+//!
+//! # Invariants
+//! - Extracting a layer never writes outside the target root.
+#![deny(missing_docs)]
+
+pub mod dockerfile;
+pub mod layer;
+pub mod sandbox;

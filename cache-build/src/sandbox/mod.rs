@@ -1,0 +1,1 @@
+//! RUN isolation: executing a command inside a root filesystem with its own namespaces.

@@ -1,0 +1,5 @@
+//! The `buildcache` command line.
+
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}

@@ -1,0 +1,2 @@
+//! BuildKit-compatible build cache model.
+#![forbid(unsafe_code)]
