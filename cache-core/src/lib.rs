@@ -1,2 +1,19 @@
-//! BuildKit-compatible build cache model.
+//! BuildKit-compatible build cache model: cache records, the cache graph, the manifests around it,
+//! and the storage backend trait that destinations implement.
+//!
+//! # Invariants
+//! - No I/O: no filesystem, network, environment or clock. Callers pass timestamps in, so output
+//!   is deterministic and golden-testable.
+//!
+//! # Feature flags
+//! - `testkit`: the backend conformance suite, for backends' own tests.
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod backend;
+pub mod descriptor;
+pub mod digest;
+
+pub use backend::{Backend, Blob, Error, ErrorKind, IndexRef, RawIndex};
+pub use descriptor::Descriptor;
+pub use digest::Digest;
