@@ -1,5 +1,159 @@
-//! Project automation for buildcache: `cargo xtask test`, `registry`, `tidy`, `bench`.
+//! Project automation for buildcache: `cargo xtask test`, `ci`, `registry`, `deps`, `tidy`, `bench`.
+
+mod services;
+mod test;
+mod tidy;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+const USAGE: &str = "\
+usage: cargo xtask <task>
+
+tasks:
+  test [-- ARGS]                     the whole suite: fmt --check, clippy, tidy, cargo test --workspace ARGS,
+                                     against freshly started loopback registries (installs missing tools as root)
+  ci                                 test, then cargo doc with warnings denied
+  deps                               install (as root) or list the Debian packages the suite needs
+  registry up [--auth] [--dir DIR]   start loopback registries and print their CACHE_TEST_REGISTRY* variables
+  registry down                      stop the registries started by `registry up`
+  tidy                               check docs, banned constructs, manifests and crate layering
+  bench [--quick] [ARGS]             run the cache-bench scenario runner against fresh registries";
 
 fn main() -> anyhow::Result<()> {
-    Ok(())
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = project_root();
+    let (task, rest) = match args.split_first() {
+        Some((task, rest)) => (task.as_str(), rest),
+        None => ("help", &[][..]),
+    };
+    match task {
+        "test" => test::run(&root, test::Suite::Test, passthrough_args(task, rest)?),
+        "ci" => {
+            no_args(task, rest)?;
+            test::run(&root, test::Suite::Ci, &[])
+        }
+        "deps" => {
+            no_args(task, rest)?;
+            services::ensure_tools()?;
+            eprintln!("xtask: all test tools are installed");
+            Ok(())
+        }
+        "registry" => registry(rest),
+        "tidy" => {
+            no_args(task, rest)?;
+            tidy::run(&root)
+        }
+        "bench" => test::run_bench_scenarios(&root, rest),
+        "help" | "-h" | "--help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => Err(anyhow::format_err!("unknown task `{other}`\n\n{USAGE}")),
+    }
+}
+
+fn registry(args: &[String]) -> anyhow::Result<()> {
+    let services_dir = services_dir();
+    match args.split_first() {
+        Some((action, rest)) if action == "up" => {
+            let mut auth = false;
+            let mut base = services_dir.clone();
+            let mut rest = rest.iter();
+            while let Some(arg) = rest.next() {
+                match arg.as_str() {
+                    "--auth" => auth = true,
+                    "--dir" => {
+                        let dir = rest
+                            .next()
+                            .ok_or_else(|| anyhow::format_err!("`--dir` needs a directory"))?;
+                        base = std::env::current_dir()?.join(dir);
+                    }
+                    other => {
+                        anyhow::bail!("unknown argument `{other}` for `registry up`\n\n{USAGE}")
+                    }
+                }
+            }
+            services::registry_up(&services_dir, &base, auth)
+        }
+        Some((action, rest)) if action == "down" => {
+            no_args("registry down", rest)?;
+            services::registry_down(&services_dir)
+        }
+        _ => anyhow::bail!("`registry` needs `up` or `down`\n\n{USAGE}"),
+    }
+}
+
+/// Everything after an optional leading `--`; anything else is a usage error.
+fn passthrough_args<'a>(task: &str, args: &'a [String]) -> anyhow::Result<&'a [String]> {
+    match args.split_first() {
+        None => Ok(args),
+        Some((first, rest)) if first == "--" => Ok(rest),
+        Some((first, _)) => anyhow::bail!(
+            "unknown argument `{first}` for `{task}`; pass cargo test arguments after `--`, \
+             e.g. `cargo xtask {task} -- -p cache-core`"
+        ),
+    }
+}
+
+fn no_args(task: &str, args: &[String]) -> anyhow::Result<()> {
+    match args.first() {
+        None => Ok(()),
+        Some(arg) => anyhow::bail!("`{task}` takes no arguments, got `{arg}`\n\n{USAGE}"),
+    }
+}
+
+/// The workspace root: the parent of this crate's directory.
+pub(crate) fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits one directory below the workspace root")
+        .to_path_buf()
+}
+
+/// `target/test-services`: registry configs, storage, logs and `state.json`.
+pub(crate) fn services_dir() -> PathBuf {
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => project_root().join(dir),
+        None => project_root().join("target"),
+    };
+    target.join("test-services")
+}
+
+/// The cargo that runs xtask (`$CARGO`), or `cargo` from `PATH`.
+pub(crate) fn cargo() -> OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_args_follow_a_double_dash() {
+        let args = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(passthrough_args("test", &[]).expect("no args").is_empty());
+        let given = args(&["--", "-p", "cache-core"]);
+        assert_eq!(
+            passthrough_args("test", &given).expect("after --"),
+            &given[1..]
+        );
+        let err = passthrough_args("test", &args(&["-p"])).expect_err("needs --");
+        assert!(err.to_string().contains("after `--`"), "{err}");
+    }
+
+    #[test]
+    fn project_root_is_the_workspace() {
+        let root = project_root();
+        assert!(
+            root.join("xtask/Cargo.toml").is_file(),
+            "{}",
+            root.display()
+        );
+        assert!(
+            std::fs::read_to_string(root.join("Cargo.toml"))
+                .expect("root manifest")
+                .contains("[workspace]")
+        );
+    }
 }

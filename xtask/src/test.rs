@@ -1,0 +1,194 @@
+//! `cargo xtask test`, `ci` and `bench`: the whole suite against freshly started test services.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::services::{self, Lifetime, Services};
+
+/// Which suite to run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Suite {
+    /// `cargo xtask test`: fmt, clippy, tidy, tests.
+    Test,
+    /// `cargo xtask ci`: the same, then docs with warnings denied.
+    Ci,
+}
+
+/// Runs the suite; `test_args` go to `cargo test --workspace`.
+///
+/// Every step runs even after an earlier one failed, so one run shows every problem.
+pub(crate) fn run(root: &Path, suite: Suite, test_args: &[String]) -> anyhow::Result<()> {
+    services::ensure_tools()?;
+    ensure_toolchain_components()?;
+    let services =
+        services::start_registries(&crate::services_dir(), "test-", true, Lifetime::Owned)?;
+    let env = suite_env(root, &services);
+    for (name, value) in &env {
+        eprintln!("xtask: {name}={value}");
+    }
+
+    let mut results: Vec<(&str, Duration, anyhow::Result<()>)> = Vec::new();
+    let mut step = |name: &'static str, action: &mut dyn FnMut() -> anyhow::Result<()>| {
+        eprintln!("\nxtask: == {name}");
+        let started = Instant::now();
+        let res = action();
+        let elapsed = started.elapsed();
+        match &res {
+            Ok(()) => eprintln!("xtask: {name} passed in {elapsed:.1?}"),
+            Err(err) => eprintln!("xtask: {name} FAILED in {elapsed:.1?}: {err:#}"),
+        }
+        results.push((name, elapsed, res));
+    };
+
+    step("fmt", &mut || {
+        cargo(root, &env, &["fmt", "--all", "--", "--check"])
+    });
+    step("clippy", &mut || {
+        cargo(
+            root,
+            &env,
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        )
+    });
+    step("tidy", &mut || crate::tidy::run(root));
+    step("test", &mut || {
+        let mut args = vec!["test", "--workspace"];
+        args.extend(test_args.iter().map(String::as_str));
+        cargo(root, &env, &args)
+    });
+    // The registries are only needed up to here; stop them now so their shutdown errors show.
+    let stopped = services.stop();
+    if suite == Suite::Ci {
+        step("doc", &mut || {
+            let mut doc_env = env.clone();
+            doc_env.push(("RUSTDOCFLAGS".to_owned(), "-D warnings".to_owned()));
+            cargo(root, &doc_env, &["doc", "--workspace", "--no-deps"])
+        });
+    }
+
+    eprintln!("\nxtask: summary");
+    for (name, elapsed, res) in &results {
+        let verdict = if res.is_ok() { "ok" } else { "FAILED" };
+        eprintln!("  {name:<8} {verdict:<7} {elapsed:.1?}");
+    }
+    stopped.context("stopping the test registries")?;
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|(_, _, res)| res.is_err())
+        .map(|(name, _, _)| *name)
+        .collect();
+    anyhow::ensure!(failed.is_empty(), "failed steps: {}", failed.join(", "));
+    Ok(())
+}
+
+/// `cargo xtask bench [--quick] [ARGS]`: runs the cache-bench scenario runner against fresh registries.
+pub(crate) fn run_bench_scenarios(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    let packages = crate::tidy::workspace_packages(root)?;
+    let has_runner = packages.iter().any(|package| {
+        package.name == "cache-bench"
+            && package.targets.iter().any(|(name, kinds)| {
+                name == "cache-bench" && kinds.iter().any(|kind| kind == "bin")
+            })
+    });
+    anyhow::ensure!(
+        has_runner,
+        "cache-bench has no scenario runner yet (no `cache-bench` bin target)"
+    );
+    services::ensure_tools()?;
+    let services =
+        services::start_registries(&crate::services_dir(), "bench-", true, Lifetime::Owned)?;
+    let env = suite_env(root, &services);
+    let mut cargo_args = vec![
+        "run",
+        "--release",
+        "-p",
+        "cache-bench",
+        "--bin",
+        "cache-bench",
+        "--",
+    ];
+    cargo_args.extend(args.iter().map(String::as_str));
+    let res = cargo(root, &env, &cargo_args);
+    services.stop()?;
+    res
+}
+
+/// The registry variables plus `BUILDCACHE_FIXTURES` when `../shared/fixtures/buildkit` exists.
+fn suite_env(root: &Path, services: &Services) -> Vec<(String, String)> {
+    let mut env = services.env();
+    let fixtures = root.join("../shared/fixtures/buildkit");
+    if let Ok(fixtures) = fixtures.canonicalize() {
+        env.push((
+            "BUILDCACHE_FIXTURES".to_owned(),
+            fixtures.display().to_string(),
+        ));
+    }
+    env
+}
+
+/// rustfmt and clippy are rustup components that a minimal toolchain lacks.
+fn ensure_toolchain_components() -> anyhow::Result<()> {
+    let missing: Vec<&str> = [("fmt", "rustfmt"), ("clippy", "clippy")]
+        .into_iter()
+        .filter(|(subcommand, _)| {
+            !Command::new(crate::cargo())
+                .args([*subcommand, "--version"])
+                .output()
+                .is_ok_and(|output| output.status.success())
+        })
+        .map(|(_, component)| component)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let has_rustup = Command::new("rustup")
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    anyhow::ensure!(
+        has_rustup,
+        "the toolchain lacks {}; install them (with rustup: `rustup component add {}`)",
+        missing.join(" and "),
+        missing.join(" ")
+    );
+    eprintln!("xtask: rustup component add {}", missing.join(" "));
+    let status = Command::new("rustup")
+        .args(["component", "add"])
+        .args(&missing)
+        .status()
+        .context("running rustup")?;
+    anyhow::ensure!(
+        status.success(),
+        "`rustup component add {}` failed with {status}",
+        missing.join(" ")
+    );
+    Ok(())
+}
+
+/// Runs `$CARGO args` in `root` with `env` added.
+fn cargo(root: &Path, env: &[(String, String)], args: &[&str]) -> anyhow::Result<()> {
+    let cargo: OsString = crate::cargo();
+    let status = Command::new(&cargo)
+        .args(args)
+        .envs(env.iter().map(|(name, value)| (name, value)))
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("could not run {}", cargo.to_string_lossy()))?;
+    anyhow::ensure!(
+        status.success(),
+        "`cargo {}` failed with {status}",
+        args.join(" ")
+    );
+    Ok(())
+}
