@@ -1,0 +1,499 @@
+//! Writing a layer tar for a set of changes, compressing and hashing it in one pass.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+use tar::{EntryType, Header};
+
+use super::snapshot::{ChangeKind, Changes, Kind};
+use super::{Compression, Error, LayerInfo};
+
+/// Tar name of the opaque-directory marker.
+pub(crate) const OPAQUE_MARKER: &str = ".wh..wh..opq";
+/// Prefix of whiteout names.
+pub(crate) const WHITEOUT_PREFIX: &str = ".wh.";
+
+/// Buffer between the tar writer and the hashing/compression stages.
+const BUFFER_SIZE: usize = 256 * 1024;
+
+/// A writer that hashes and counts what passes through it.
+pub(crate) struct HashWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    n_bytes: u64,
+}
+
+impl<W: Write> HashWriter<W> {
+    pub(crate) fn new(inner: W) -> Self {
+        HashWriter {
+            inner,
+            hasher: Sha256::new(),
+            n_bytes: 0,
+        }
+    }
+
+    /// Returns `("sha256:<hex>", byte count, inner writer)`.
+    pub(crate) fn into_parts(self) -> (String, u64, W) {
+        let digest = format!("sha256:{}", hex::encode(self.hasher.finalize()));
+        (digest, self.n_bytes, self.inner)
+    }
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.n_bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The compressing stage.
+enum Encoder<W: Write> {
+    Plain(W),
+    Gzip(flate2::write::GzEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+/// zstd workers. The output of libzstd is the same for any worker count >= 1 (but differs
+/// from the single-threaded mode), so this only changes speed, never the digest.
+fn zstd_workers() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get().clamp(1, 8) as u32)
+        .unwrap_or(1)
+}
+
+impl<W: Write> Encoder<W> {
+    fn new(out: W, compression: Compression, zstd_workers: u32) -> io::Result<Self> {
+        Ok(match compression {
+            Compression::Uncompressed => Encoder::Plain(out),
+            Compression::Gzip { level } => Encoder::Gzip(flate2::write::GzEncoder::new(
+                out,
+                flate2::Compression::new(level.min(9)),
+            )),
+            Compression::Zstd { level } => {
+                let mut enc = zstd::stream::write::Encoder::new(out, level)?;
+                enc.multithread(zstd_workers.max(1))?;
+                Encoder::Zstd(enc)
+            }
+        })
+    }
+
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Encoder::Plain(w) => Ok(w),
+            Encoder::Gzip(enc) => enc.finish(),
+            Encoder::Zstd(enc) => enc.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encoder::Plain(w) => w.write(buf),
+            Encoder::Gzip(w) => w.write(buf),
+            Encoder::Zstd(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encoder::Plain(w) => w.flush(),
+            Encoder::Gzip(w) => w.flush(),
+            Encoder::Zstd(w) => w.flush(),
+        }
+    }
+}
+
+/// Reads exactly `remaining` bytes from a file, failing if it ends early.
+struct ExactReader {
+    inner: io::Take<File>,
+    remaining: u64,
+    short: bool,
+}
+
+impl Read for ExactReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        if n == 0 {
+            self.short = true;
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shrank while being written",
+            ));
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+/// One tar entry to write, keyed by its name in the archive.
+enum Item<'a> {
+    Path(&'a Path),
+    Whiteout,
+    Opaque,
+}
+
+/// Writes the layer tar for `changes` under `root`, compressed with `compression`, into `out`.
+///
+/// Entries come in the order of [`Changes`] (depth first, names compared bytewise, parents
+/// before children), with real mode, owner and mtime (whole seconds). Hard links are detected
+/// by inode within the layer: the first name is written as a file and the others link to it.
+/// Deletions become `.wh.<name>` entries and recreated directories get a `.wh..wh..opq` entry.
+/// Names that do not fit the ustar header (or are not ASCII) get a PAX `path`/`linkpath`
+/// record; `security.capability` is kept as a PAX `SCHILY.xattr` record; sockets are skipped.
+/// The diffID and digest are computed while writing. The same tree and changes give the same
+/// bytes.
+///
+/// Fails with [`Error::Changed`] if a path disappeared or shrank since the diff, and with
+/// [`Error::Unsupported`] for a file named `.wh.*` (the name is reserved for whiteouts).
+pub fn write_layer(
+    root: &Path,
+    changes: &Changes,
+    compression: Compression,
+    out: impl Write,
+) -> Result<LayerInfo, Error> {
+    write_layer_with_workers(root, changes, compression, out, zstd_workers())
+}
+
+pub(crate) fn write_layer_with_workers(
+    root: &Path,
+    changes: &Changes,
+    compression: Compression,
+    out: impl Write,
+    workers: u32,
+) -> Result<LayerInfo, Error> {
+    let write_err = |err: io::Error| Error::io("write layer for", root, err);
+    let blob = HashWriter::new(out);
+    let encoder = Encoder::new(blob, compression, workers).map_err(write_err)?;
+    let tar_stream = HashWriter::new(encoder);
+    let mut builder = tar::Builder::new(BufWriter::with_capacity(BUFFER_SIZE, tar_stream));
+
+    let n_entries = append_changes(&mut builder, root, changes)?;
+
+    let buffered = builder.into_inner().map_err(write_err)?;
+    let tar_stream = buffered
+        .into_inner()
+        .map_err(|err| write_err(err.into_error()))?;
+    let (diff_id, uncompressed_size, encoder) = tar_stream.into_parts();
+    let mut blob = encoder.finish().map_err(write_err)?;
+    blob.flush().map_err(write_err)?;
+    let (digest, size, _out) = blob.into_parts();
+    Ok(LayerInfo {
+        digest,
+        size,
+        diff_id,
+        uncompressed_size,
+        media_type: compression.media_type(true).to_string(),
+        n_entries,
+    })
+}
+
+/// Writes a layer into a new temporary file in `dir`; the caller renames it into its content
+/// store by digest (`NamedTempFile::persist`). The file is synced before it is returned.
+pub fn write_layer_file(
+    root: &Path,
+    changes: &Changes,
+    compression: Compression,
+    dir: &Path,
+) -> Result<(tempfile::NamedTempFile, LayerInfo), Error> {
+    let tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|err| Error::io("create a temporary file in", dir, err))?;
+    let info = {
+        let mut out = BufWriter::with_capacity(BUFFER_SIZE, tmp.as_file());
+        let info = write_layer(root, changes, compression, &mut out)?;
+        out.flush()
+            .map_err(|err| Error::io("write", tmp.path(), err))?;
+        info
+    };
+    tmp.as_file()
+        .sync_data()
+        .map_err(|err| Error::io("sync", tmp.path(), err))?;
+    Ok((tmp, info))
+}
+
+fn append_changes<W: Write>(
+    builder: &mut tar::Builder<W>,
+    root: &Path,
+    changes: &Changes,
+) -> Result<u64, Error> {
+    let mut items: Vec<(PathBuf, Item<'_>)> = Vec::with_capacity(changes.len());
+    for (path, kind) in changes.iter() {
+        match kind {
+            ChangeKind::Deleted => {
+                let (parent, name) = (path.parent().unwrap_or(Path::new("")), path.file_name());
+                let name = name.unwrap_or(path.as_os_str());
+                let mut wh = std::ffi::OsString::from(WHITEOUT_PREFIX);
+                wh.push(name);
+                items.push((parent.join(wh), Item::Whiteout));
+            }
+            ChangeKind::Recreated => {
+                items.push((path.to_path_buf(), Item::Path(path)));
+                items.push((path.join(OPAQUE_MARKER), Item::Opaque));
+            }
+            ChangeKind::Added | ChangeKind::Modified | ChangeKind::Parent => {
+                items.push((path.to_path_buf(), Item::Path(path)));
+            }
+        }
+    }
+    // Whiteout names sort differently from the deleted names; order by the archive name.
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let mut n_entries = 0;
+    for (name, item) in &items {
+        let written = match item {
+            Item::Path(path) => append_path(builder, root, path, &mut links)?,
+            Item::Whiteout | Item::Opaque => {
+                let mut header = Header::new_ustar();
+                header.set_entry_type(EntryType::Regular);
+                header.set_mode(0);
+                header.set_uid(0);
+                header.set_gid(0);
+                header.set_mtime(0);
+                header.set_size(0);
+                append_entry(
+                    builder,
+                    header,
+                    name.as_os_str().as_bytes(),
+                    None,
+                    None,
+                    &[],
+                )
+                .map_err(|err| Error::io("write whiteout", name, err))?;
+                true
+            }
+        };
+        if written {
+            n_entries += 1;
+        }
+    }
+    Ok(n_entries)
+}
+
+/// Writes one path of the tree; returns false if it was skipped (sockets).
+fn append_path<W: Write>(
+    builder: &mut tar::Builder<W>,
+    root: &Path,
+    rel: &Path,
+    links: &mut HashMap<(u64, u64), PathBuf>,
+) -> Result<bool, Error> {
+    let full = root.join(rel);
+    if rel
+        .file_name()
+        .is_some_and(|n| n.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes()))
+    {
+        return Err(Error::Unsupported {
+            path: rel.to_path_buf(),
+            reason: "names starting with `.wh.` are reserved for OCI whiteouts".to_string(),
+        });
+    }
+    let md = match std::fs::symlink_metadata(&full) {
+        Ok(md) => md,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            return Err(Error::Changed {
+                path: rel.to_path_buf(),
+            });
+        }
+        Err(err) => return Err(Error::io("stat", full, err)),
+    };
+    let kind = Kind::of(md.file_type());
+    let mut header = Header::new_ustar();
+    header.set_mode(md.mode() & 0o7777);
+    header.set_uid(u64::from(md.uid()));
+    header.set_gid(u64::from(md.gid()));
+    header.set_mtime(md.mtime().max(0) as u64);
+    header.set_size(0);
+
+    let mut name = rel.as_os_str().as_bytes().to_vec();
+    let mut link_target: Option<Vec<u8>> = None;
+    let mut data: Option<u64> = None;
+    match kind {
+        Kind::Dir => {
+            header.set_entry_type(EntryType::Directory);
+            name.push(b'/');
+        }
+        Kind::File => {
+            let key = (md.dev(), md.ino());
+            let first = if md.nlink() > 1 {
+                links.get(&key).cloned()
+            } else {
+                None
+            };
+            if let Some(first) = first {
+                header.set_entry_type(EntryType::Link);
+                link_target = Some(first.as_os_str().as_bytes().to_vec());
+            } else {
+                if md.nlink() > 1 {
+                    links.insert(key, rel.to_path_buf());
+                }
+                header.set_entry_type(EntryType::Regular);
+                header.set_size(md.len());
+                data = Some(md.len());
+            }
+        }
+        Kind::Symlink => {
+            header.set_entry_type(EntryType::Symlink);
+            let target =
+                std::fs::read_link(&full).map_err(|err| Error::io("read link", &full, err))?;
+            link_target = Some(target.as_os_str().as_bytes().to_vec());
+        }
+        Kind::Char | Kind::Block => {
+            header.set_entry_type(if kind == Kind::Char {
+                EntryType::Char
+            } else {
+                EntryType::Block
+            });
+            let rdev = md.rdev();
+            let set = header
+                .set_device_major(rustix::fs::major(rdev))
+                .and_then(|()| header.set_device_minor(rustix::fs::minor(rdev)));
+            set.map_err(|err| Error::io("write device", rel, err))?;
+        }
+        Kind::Fifo => header.set_entry_type(EntryType::Fifo),
+        Kind::Socket => {
+            tracing::debug!(path = %rel.display(), "skipping socket: layers cannot hold sockets");
+            return Ok(false);
+        }
+    }
+
+    let mut xattrs: Vec<(String, Vec<u8>)> = Vec::new();
+    if matches!(kind, Kind::File | Kind::Dir)
+        && let Some(cap) = read_xattr(&full, "security.capability")
+    {
+        xattrs.push(("SCHILY.xattr.security.capability".to_string(), cap));
+    }
+
+    match data {
+        Some(size) => {
+            let file = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&full)
+                .map_err(|err| {
+                    if err.kind() == io::ErrorKind::NotFound {
+                        Error::Changed {
+                            path: rel.to_path_buf(),
+                        }
+                    } else {
+                        Error::io("open", &full, err)
+                    }
+                })?;
+            let mut reader = ExactReader {
+                inner: file.take(size),
+                remaining: size,
+                short: false,
+            };
+            let res = append_entry(builder, header, &name, None, Some(&mut reader), &xattrs);
+            match res {
+                Ok(()) => {}
+                Err(_) if reader.short => {
+                    return Err(Error::Changed {
+                        path: rel.to_path_buf(),
+                    });
+                }
+                Err(err) => return Err(Error::io("write layer entry for", &full, err)),
+            }
+        }
+        None => append_entry(
+            builder,
+            header,
+            &name,
+            link_target.as_deref(),
+            None,
+            &xattrs,
+        )
+        .map_err(|err| Error::io("write layer entry for", &full, err))?,
+    }
+    Ok(true)
+}
+
+fn read_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    match rustix::fs::lgetxattr(path, name, &mut buf[..]) {
+        Ok(n) => {
+            buf.truncate(n);
+            Some(buf)
+        }
+        Err(_) => None,
+    }
+}
+
+/// Splits a long ASCII name into ustar prefix and name the way Go's archive/tar does.
+fn split_ustar(name: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut length = name.len();
+    if length <= 100 || !name.is_ascii() {
+        return None;
+    }
+    if length > 156 {
+        length = 156;
+    } else if name[length - 1] == b'/' {
+        length -= 1;
+    }
+    let i = name[..length].iter().rposition(|&b| b == b'/')?;
+    let (prefix, rest) = (&name[..i], &name[i + 1..]);
+    if i == 0 || rest.is_empty() || rest.len() > 100 || prefix.len() > 155 {
+        return None;
+    }
+    Some((prefix, rest))
+}
+
+fn copy_field(dst: &mut [u8], src: &[u8]) {
+    let n = src.len().min(dst.len());
+    dst[..n].copy_from_slice(&src[..n]);
+    for b in &mut dst[n..] {
+        *b = 0;
+    }
+}
+
+/// Appends one entry with its name (and link target), adding PAX records where the ustar
+/// fields cannot hold them.
+fn append_entry<W: Write>(
+    builder: &mut tar::Builder<W>,
+    mut header: Header,
+    name: &[u8],
+    link: Option<&[u8]>,
+    data: Option<&mut ExactReader>,
+    extra_pax: &[(String, Vec<u8>)],
+) -> io::Result<()> {
+    let mut pax: Vec<(String, Vec<u8>)> = extra_pax.to_vec();
+    if name.len() <= 100 && name.is_ascii() {
+        copy_field(&mut header.as_old_mut().name, name);
+    } else if let Some((prefix, rest)) = split_ustar(name) {
+        copy_field(&mut header.as_old_mut().name, rest);
+        if let Some(ustar) = header.as_ustar_mut() {
+            copy_field(&mut ustar.prefix, prefix);
+        }
+    } else {
+        copy_field(&mut header.as_old_mut().name, name);
+        pax.push(("path".to_string(), name.to_vec()));
+    }
+    if let Some(link) = link {
+        copy_field(&mut header.as_old_mut().linkname, link);
+        if link.len() > 100 || !link.is_ascii() {
+            pax.push(("linkpath".to_string(), link.to_vec()));
+        }
+    }
+    if !pax.is_empty() {
+        pax.sort();
+        builder.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+    }
+    header.set_cksum();
+    match data {
+        Some(reader) => builder.append(&header, reader),
+        None => builder.append(&header, io::empty()),
+    }
+}
