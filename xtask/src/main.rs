@@ -6,6 +6,7 @@ mod tidy;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 const USAGE: &str = "\
 usage: cargo xtask <task>
@@ -20,7 +21,22 @@ tasks:
   tidy                               check docs, banned constructs, manifests and crate layering
   bench [--quick] [ARGS]             run the cache-bench scenario runner against fresh registries";
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    match run_task() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // Printed by hand rather than by returning the error, which would add a backtrace
+            // whenever RUST_BACKTRACE is set for the tests.
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_task() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = project_root();
     let (task, rest) = match args.split_first() {

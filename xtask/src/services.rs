@@ -311,33 +311,31 @@ pub(crate) enum Lifetime {
     Owned,
 }
 
-/// Starts the open registry `<prefix>registry` and, with `auth`, `<prefix>registry-auth` under `base`.
+/// Starts the open registry `registry` and, with `auth`, `registry-auth` under `base`.
 ///
 /// Each instance gets a fresh `base/<name>/` with `config.yml`, `storage/` and `registry.log`.
 pub(crate) fn start_registries(
     base: &Path,
-    prefix: &str,
     auth: bool,
     lifetime: Lifetime,
 ) -> anyhow::Result<Services> {
     let mut services = Services {
         registries: Vec::new(),
     };
-    services.registries.push(start_registry(
-        base,
-        &format!("{prefix}registry"),
-        None,
-        lifetime,
-    )?);
+    services
+        .registries
+        .push(start_registry(base, "registry", None, lifetime)?);
     if auth {
         let credentials = Credentials {
             user: AUTH_USER.to_owned(),
             password: AUTH_PASSWORD.to_owned(),
         };
-        let name = format!("{prefix}registry-auth");
-        services
-            .registries
-            .push(start_registry(base, &name, Some(credentials), lifetime)?);
+        services.registries.push(start_registry(
+            base,
+            "registry-auth",
+            Some(credentials),
+            lifetime,
+        )?);
     }
     Ok(services)
 }
@@ -571,7 +569,7 @@ pub(crate) fn registry_up(services_dir: &Path, base: &Path, auth: bool) -> anyho
     registry_down(services_dir)?;
     fs::create_dir_all(services_dir)
         .with_context(|| format!("creating {}", services_dir.display()))?;
-    let services = start_registries(base, "", auth, Lifetime::Detached)?;
+    let services = start_registries(base, auth, Lifetime::Detached)?;
     for (name, value) in services.env() {
         println!("{name}={value}");
     }
@@ -599,6 +597,32 @@ pub(crate) fn registry_down(services_dir: &Path) -> anyhow::Result<()> {
         eprintln!("xtask: stopped registry `{name}` (pid {pid})");
     }
     fs::remove_file(&state).with_context(|| format!("removing {}", state.display()))
+}
+
+/// A fresh `services_dir/<kind>-<pid>` for the registries of one run.
+///
+/// Several people may run the suite in one tree at once, so runs never share storage or logs.
+/// Directories of earlier runs whose process is gone are removed first.
+pub(crate) fn run_dir(services_dir: &Path, kind: &str) -> anyhow::Result<PathBuf> {
+    if let Ok(entries) = fs::read_dir(services_dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let pid = name.to_str().and_then(|name| {
+                name.strip_prefix(kind)?
+                    .strip_prefix('-')?
+                    .parse::<u32>()
+                    .ok()
+            });
+            if let Some(pid) = pid
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let dir = services_dir.join(format!("{kind}-{}", std::process::id()));
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }
 
 fn state_path(services_dir: &Path) -> PathBuf {
@@ -686,9 +710,8 @@ mod tests {
             eprintln!("skipping: docker-registry or htpasswd is not installed");
             return;
         }
-        let base = crate::services_dir().join("xtask-selftest");
-        let services =
-            start_registries(&base, "", true, Lifetime::Owned).expect("registries start");
+        let base = run_dir(&crate::services_dir(), "selftest").expect("run dir");
+        let services = start_registries(&base, true, Lifetime::Owned).expect("registries start");
         let env = services.env();
         let get = |name: &str| {
             env.iter()
@@ -740,6 +763,7 @@ mod tests {
         for pid in pids {
             assert!(!is_live_registry(pid), "registry {pid} still runs");
         }
+        fs::remove_dir_all(&base).expect("run dir is removable");
         assert!(
             probe_v2(open_port, None).is_err(),
             "nothing listens on {open_port} any more"

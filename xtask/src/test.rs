@@ -24,8 +24,8 @@ pub(crate) enum Suite {
 pub(crate) fn run(root: &Path, suite: Suite, test_args: &[String]) -> anyhow::Result<()> {
     services::ensure_tools()?;
     ensure_toolchain_components()?;
-    let services =
-        services::start_registries(&crate::services_dir(), "test-", true, Lifetime::Owned)?;
+    let run_dir = services::run_dir(&crate::services_dir(), "test")?;
+    let services = services::start_registries(&run_dir, true, Lifetime::Owned)?;
     let env = suite_env(root, &services);
     for (name, value) in &env {
         eprintln!("xtask: {name}={value}");
@@ -88,8 +88,19 @@ pub(crate) fn run(root: &Path, suite: Suite, test_args: &[String]) -> anyhow::Re
         .filter(|(_, _, res)| res.is_err())
         .map(|(name, _, _)| *name)
         .collect();
-    anyhow::ensure!(failed.is_empty(), "failed steps: {}", failed.join(", "));
+    if !failed.is_empty() {
+        eprintln!("xtask: registry logs are kept in {}", run_dir.display());
+        anyhow::bail!("failed steps: {}", failed.join(", "));
+    }
+    remove_run_dir(&run_dir);
     Ok(())
+}
+
+/// Logs and storage of a successful run are of no further use.
+fn remove_run_dir(run_dir: &Path) {
+    if let Err(err) = std::fs::remove_dir_all(run_dir) {
+        eprintln!("xtask: could not remove {}: {err}", run_dir.display());
+    }
 }
 
 /// `cargo xtask bench [--quick] [ARGS]`: runs the cache-bench scenario runner against fresh registries.
@@ -106,8 +117,8 @@ pub(crate) fn run_bench_scenarios(root: &Path, args: &[String]) -> anyhow::Resul
         "cache-bench has no scenario runner yet (no `cache-bench` bin target)"
     );
     services::ensure_tools()?;
-    let services =
-        services::start_registries(&crate::services_dir(), "bench-", true, Lifetime::Owned)?;
+    let run_dir = services::run_dir(&crate::services_dir(), "bench")?;
+    let services = services::start_registries(&run_dir, true, Lifetime::Owned)?;
     let env = suite_env(root, &services);
     let mut cargo_args = vec![
         "run",
@@ -121,6 +132,9 @@ pub(crate) fn run_bench_scenarios(root: &Path, args: &[String]) -> anyhow::Resul
     cargo_args.extend(args.iter().map(String::as_str));
     let res = cargo(root, &env, &cargo_args);
     services.stop()?;
+    if res.is_ok() {
+        remove_run_dir(&run_dir);
+    }
     res
 }
 
