@@ -11,9 +11,19 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod config;
 pub mod descriptor;
 pub mod digest;
+pub mod export;
+pub mod graph;
+pub mod import;
+pub mod manifest;
+pub mod spec;
 
 pub use backend::{Backend, Blob, Error, ErrorKind, IndexRef, RawIndex};
 pub use descriptor::Descriptor;
 pub use digest::Digest;
+pub use graph::{CacheGraph, Mode};
+
+#[cfg(feature = "testkit")]
+pub mod testkit;

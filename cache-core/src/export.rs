@@ -1,0 +1,282 @@
+//! Exporting a cache graph to any backend: layers, then the config, then the manifest under a tag.
+//!
+//! Export fails closed: any error is returned, and the tag is written last, so a failed export
+//! leaves the previous cache of the tag in place.
+
+use std::collections::HashSet;
+use std::future::Future;
+
+use futures_util::StreamExt;
+
+use crate::backend::{self, Backend, Blob, IndexRef, RawIndex};
+use crate::descriptor::{Descriptor, media_type};
+use crate::digest::{self, Digest};
+use crate::graph::CacheGraph;
+use crate::manifest::{self, ManifestForm};
+
+/// BuildKit refuses to import a config or manifest larger than this (spec §9.1).
+pub const BUILDKIT_IMPORT_LIMIT: u64 = 1024 * 1024;
+
+/// Where export reads layer blobs from: the build's own store, or an imported cache.
+pub trait BlobSource: Send + Sync {
+    /// The bytes of the blob `desc` names, or `None` if this source does not have it.
+    fn open_blob(
+        &self,
+        desc: &Descriptor,
+    ) -> impl Future<Output = backend::Result<Option<Blob>>> + Send;
+}
+
+/// Any backend is a blob source.
+#[derive(Debug)]
+pub struct FromBackend<'a, B>(pub &'a B);
+
+impl<B: Backend> BlobSource for FromBackend<'_, B> {
+    async fn open_blob(&self, desc: &Descriptor) -> backend::Result<Option<Blob>> {
+        self.0.read_blob(&desc.digest).await
+    }
+}
+
+/// Knobs of an export.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The tag to point at the new manifest.
+    pub tag: String,
+    /// The top-level form.
+    pub form: ManifestForm,
+    /// How many blobs are written at once.
+    pub max_parallel: usize,
+    /// Blobs known to be present in the destination already (for example listed by a manifest
+    /// imported from it in this build); they are neither checked nor sent.
+    pub known_present: HashSet<Digest>,
+}
+
+/// Progress of an export, in BuildKit's vocabulary (spec §8).
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A layer blob was handled.
+    Layer {
+        /// Its digest.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+        /// Whether it was already present (nothing sent).
+        skipped: bool,
+    },
+    /// The config blob was written.
+    Config {
+        /// Its digest.
+        digest: Digest,
+    },
+    /// The manifest was written and tagged.
+    Manifest {
+        /// Its digest.
+        digest: Digest,
+        /// Its form.
+        form: ManifestForm,
+    },
+    /// The graph has no layers: nothing is exported.
+    EmptyResult,
+    /// The tag already names exactly this manifest: nothing is written.
+    Unchanged {
+        /// The manifest digest.
+        digest: Digest,
+    },
+    /// A non-fatal problem, such as a config BuildKit could not import.
+    Warning(String),
+}
+
+/// What an export did.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// The manifest written, or `None` for an empty result.
+    pub manifest: Option<RawIndex>,
+    /// The config digest.
+    pub config_digest: Option<Digest>,
+    /// Size of the config blob.
+    pub config_size: u64,
+    /// Blobs sent (layers and config).
+    pub blobs_written: u64,
+    /// Bytes sent.
+    pub bytes_written: u64,
+    /// Blobs already present.
+    pub blobs_skipped: u64,
+    /// Bytes of blobs already present.
+    pub bytes_skipped: u64,
+    /// Number of layer blobs the cache lists.
+    pub layers: u64,
+    /// Records in the config.
+    pub records: u64,
+    /// The tag named this manifest already; nothing was written.
+    pub unchanged: bool,
+}
+
+/// Why an export failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A layer the cache needs is in no source.
+    #[error("layer blob {digest} is not available from the build or any imported cache")]
+    MissingBlob {
+        /// The blob.
+        digest: Digest,
+    },
+    /// The backend failed.
+    #[error("{what} in {destination}: {source}")]
+    Backend {
+        /// What was being done, e.g. "writing layer sha256:…".
+        what: String,
+        /// The destination.
+        destination: String,
+        /// The cause.
+        source: backend::Error,
+    },
+}
+
+/// Exports `graph` (already reduced with [`CacheGraph::select`]) to `backend` under `options.tag`.
+///
+/// Order: layers (in parallel, skipping present ones), config, then manifest and tag; so the tag
+/// only ever names a complete cache. If the tag already names the identical manifest nothing is
+/// written at all.
+pub async fn export<B: Backend, S: BlobSource>(
+    backend: &B,
+    source: &S,
+    graph: &CacheGraph,
+    options: &Options,
+    on_event: &(dyn Fn(Event) + Send + Sync),
+) -> Result<Report, Error> {
+    let destination = backend.info().to_string();
+    let backend_err = |what: String| {
+        let destination = destination.clone();
+        move |source: backend::Error| Error::Backend {
+            what,
+            destination,
+            source,
+        }
+    };
+    let (config, layers) = graph.to_config();
+    let mut report = Report {
+        layers: layers.len() as u64,
+        records: config.records.len() as u64,
+        ..Report::default()
+    };
+    if layers.is_empty() {
+        on_event(Event::EmptyResult);
+        return Ok(report);
+    }
+    let config_bytes = config.to_json();
+    let config_desc = Descriptor::new(
+        media_type::CACHE_CONFIG,
+        digest::sha256(&config_bytes),
+        config_bytes.len() as u64,
+    );
+    report.config_digest = Some(config_desc.digest.clone());
+    report.config_size = config_desc.size;
+    if config_desc.size > BUILDKIT_IMPORT_LIMIT {
+        on_event(Event::Warning(format!(
+            "cache config {} is {} bytes: BuildKit refuses to import configs over {} bytes (use mode=min or fewer stages for BuildKit readers)",
+            config_desc.digest, config_desc.size, BUILDKIT_IMPORT_LIMIT
+        )));
+    }
+    let raw = manifest::write(options.form, &config_desc, &layers);
+    if let Ok(Some(existing)) = backend
+        .read_index(&IndexRef::Tag(options.tag.clone()))
+        .await
+        && existing.digest == raw.digest
+    {
+        report.unchanged = true;
+        report.blobs_skipped = layers.len() as u64 + 1;
+        report.bytes_skipped = layers.iter().map(|l| l.size).sum::<u64>() + config_desc.size;
+        report.manifest = Some(existing);
+        on_event(Event::Unchanged { digest: raw.digest });
+        return Ok(report);
+    }
+
+    let mut seen = HashSet::new();
+    let unique: Vec<&Descriptor> = layers
+        .iter()
+        .filter(|l| seen.insert(l.digest.clone()))
+        .collect();
+    let results: Vec<Result<(u64, bool), Error>> = futures_util::stream::iter(unique)
+        .map(|desc| async move {
+            let skipped = if options.known_present.contains(&desc.digest) {
+                true
+            } else {
+                backend
+                    .stat_blob(&desc.digest)
+                    .await
+                    .map_err(backend_err(format!("checking layer {}", desc.digest)))?
+                    .is_some()
+            };
+            if !skipped {
+                let blob = source
+                    .open_blob(desc)
+                    .await
+                    .map_err(backend_err(format!("reading layer {}", desc.digest)))?
+                    .ok_or_else(|| Error::MissingBlob {
+                        digest: desc.digest.clone(),
+                    })?;
+                backend
+                    .write_blob(desc, blob)
+                    .await
+                    .map_err(backend_err(format!("writing layer {}", desc.digest)))?;
+            }
+            on_event(Event::Layer {
+                digest: desc.digest.clone(),
+                size: desc.size,
+                skipped,
+            });
+            Ok((desc.size, skipped))
+        })
+        .buffer_unordered(options.max_parallel.max(1))
+        .collect()
+        .await;
+    for result in results {
+        let (size, skipped) = result?;
+        if skipped {
+            report.blobs_skipped += 1;
+            report.bytes_skipped += size;
+        } else {
+            report.blobs_written += 1;
+            report.bytes_written += size;
+        }
+    }
+
+    let config_present = backend
+        .stat_blob(&config_desc.digest)
+        .await
+        .map_err(backend_err(format!(
+            "checking config {}",
+            config_desc.digest
+        )))?
+        .is_some();
+    if config_present {
+        report.blobs_skipped += 1;
+        report.bytes_skipped += config_desc.size;
+    } else {
+        backend
+            .write_blob(&config_desc, Blob::from_bytes(config_bytes))
+            .await
+            .map_err(backend_err(format!(
+                "writing config {}",
+                config_desc.digest
+            )))?;
+        report.blobs_written += 1;
+        report.bytes_written += config_desc.size;
+    }
+    on_event(Event::Config {
+        digest: config_desc.digest.clone(),
+    });
+    backend
+        .write_index(&options.tag, &raw)
+        .await
+        .map_err(backend_err(format!(
+            "writing cache manifest {}",
+            raw.digest
+        )))?;
+    on_event(Event::Manifest {
+        digest: raw.digest.clone(),
+        form: options.form,
+    });
+    report.manifest = Some(raw);
+    Ok(report)
+}
