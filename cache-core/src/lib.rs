@@ -20,7 +20,7 @@ pub mod import;
 pub mod manifest;
 pub mod spec;
 
-pub use backend::{Backend, Blob, Error, ErrorKind, IndexRef, RawIndex};
+pub use backend::{Backend, Blob, Error, ErrorKind, IndexRef, RawIndex, Result};
 pub use descriptor::Descriptor;
 pub use digest::Digest;
 pub use graph::{CacheGraph, Mode};

@@ -490,7 +490,7 @@ mod tests {
         assert!(spec.gc);
         assert!(!spec.ignore_error);
         let spec = parse_export(
-            "type=registry,ref=r/a:c,mode=max,oci-mediatypes=false,compression=zstd,compression-level=3,force-compression,ignore-error=true,registry.insecure=true",
+            "type=registry,ref=r/a:c,mode=max,oci-mediatypes=false,compression=zstd,compression-level=3,force-compression=,ignore-error=true,registry.insecure=true",
         )
         .unwrap();
         assert_eq!(spec.mode, Mode::Max);
