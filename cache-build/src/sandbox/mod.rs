@@ -1,1 +1,1485 @@
 //! RUN isolation: executing a command inside a root filesystem with its own namespaces.
+//!
+//! [`run`] executes one `RUN` step the way BuildKit's runc executor does: the command is PID 1 of
+//! new mount, PID, UTS and IPC namespaces (the network is the host's), the root filesystem is `/`
+//! (via `pivot_root`), with `/proc`, a minimal `/dev`, read-only `/etc/hosts` and `/etc/resolv.conf`,
+//! hostname `buildkitsandbox`, Docker's default capabilities and the `USER`'s credentials.
+//!
+//! The root filesystem is the build's snapshot: every mount is made inside the private mount
+//! namespace and vanishes with it. Mount points that had to be created (`/proc`, `/dev`, `/etc`,
+//! `/etc/hosts`, `/etc/resolv.conf`) are removed afterwards when still unused, and their parent's
+//! modification time is restored, so a command that writes nothing leaves the tree as it was.
+//! `/tmp` is the root filesystem's own directory (no tmpfs), as in BuildKit.
+//!
+//! As root the namespaces are created directly; otherwise a user namespace maps the caller to root
+//! (like `unshare --map-root-user`), which allows `USER` root only. See [`capability`].
+
+mod child;
+mod rootfs;
+mod user;
+
+use std::ffi::CString;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+use rustix::fs::StatVfsMountFlags;
+use rustix::mount::MountFlags;
+use rustix::process::{Gid, Uid};
+
+use self::child::{Op, Plan, UserNamespace};
+use self::rootfs::{Created, Ensured, Kind, Root};
+
+/// The hostname BuildKit gives its build containers.
+pub const DEFAULT_HOSTNAME: &str = "buildkitsandbox";
+
+/// Docker's default `PATH`, used when the environment has none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Device nodes bound from the host into the sandbox's `/dev`.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Capabilities a Docker or BuildKit container keeps by default (the others are dropped).
+const DEFAULT_CAPS: [u32; 14] = [
+    0,  // CAP_CHOWN
+    1,  // CAP_DAC_OVERRIDE
+    3,  // CAP_FOWNER
+    4,  // CAP_FSETID
+    5,  // CAP_KILL
+    6,  // CAP_SETGID
+    7,  // CAP_SETUID
+    8,  // CAP_SETPCAP
+    10, // CAP_NET_BIND_SERVICE
+    13, // CAP_NET_RAW
+    18, // CAP_SYS_CHROOT
+    27, // CAP_MKNOD
+    29, // CAP_AUDIT_WRITE
+    31, // CAP_SETFCAP
+];
+
+/// One command to run in a root filesystem.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    /// The root filesystem directory (the build's snapshot); it becomes `/`.
+    pub rootfs: PathBuf,
+    /// The command, already resolved: the shell form is `["/bin/sh", "-c", "cmd"]`.
+    /// A name without `/` is looked up in the environment's `PATH` inside the root filesystem.
+    pub argv: Vec<String>,
+    /// The environment (from `ENV` and `ARG`); Docker's default `PATH` and the user's `HOME` are added
+    /// when missing. A later duplicate wins.
+    pub env: Vec<(String, String)>,
+    /// Absolute working directory inside the root filesystem; created (`mkdir -p`, mode 0755, owned by
+    /// root) when missing, like BuildKit.
+    pub cwd: String,
+    /// `USER`: `uid`, `uid:gid`, `name`, `name:group` (names resolved through the root filesystem's
+    /// `/etc/passwd` and `/etc/group`); `None` is root.
+    pub user: Option<String>,
+    /// The sandbox's hostname; empty means [`DEFAULT_HOSTNAME`].
+    pub hostname: String,
+    /// Bytes for the command's standard input; `None` connects it to `/dev/null`.
+    pub stdin: Option<Vec<u8>>,
+}
+
+impl RunSpec {
+    /// A spec running `argv` as root in `/` of `rootfs`, with no environment but the defaults.
+    pub fn new(rootfs: impl Into<PathBuf>, argv: Vec<String>) -> RunSpec {
+        RunSpec {
+            rootfs: rootfs.into(),
+            argv,
+            env: Vec::new(),
+            cwd: "/".to_owned(),
+            user: None,
+            hostname: DEFAULT_HOSTNAME.to_owned(),
+            stdin: None,
+        }
+    }
+}
+
+/// How a command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// The exit code, or 128 + the signal number if a signal killed it (a shell's convention).
+    pub status: i32,
+    /// Wall time from start to exit.
+    pub duration: Duration,
+}
+
+/// What isolation this process can use, see [`capability`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Isolation {
+    /// Full isolation with real root privileges; any `USER` works.
+    Root,
+    /// Unprivileged: a user namespace maps the caller to root (`--map-root-user` semantics), so only
+    /// `USER` root (uid 0, gid 0) is possible and files the command creates belong to the caller.
+    UserNamespace,
+    /// No isolation is possible here; the text says why and what is needed.
+    Unavailable(String),
+}
+
+/// Why a command could not be run (a non-zero exit is not an error but a [`RunOutcome`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// This process cannot create the namespaces.
+    #[error("RUN isolation is not available: {reason}")]
+    Unavailable {
+        /// What is missing and how to get it.
+        reason: String,
+    },
+    /// The spec itself is unusable (empty command, relative working directory, NUL bytes, …).
+    #[error("invalid RUN step: {reason}")]
+    InvalidSpec {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The root filesystem is missing or unusable.
+    #[error("root filesystem {}: {source}", path.display())]
+    Rootfs {
+        /// The root filesystem given.
+        path: PathBuf,
+        /// The underlying failure.
+        source: io::Error,
+    },
+    /// `USER` names a user or group the root filesystem does not have, or this isolation cannot
+    /// switch to it.
+    #[error("{message}")]
+    User {
+        /// What could not be resolved and how to fix it.
+        message: String,
+    },
+    /// The program does not exist in the root filesystem (or its interpreter/loader does not).
+    #[error("executable {program} not found in the root filesystem {}{detail}", rootfs.display())]
+    ExecutableNotFound {
+        /// `argv[0]`.
+        program: String,
+        /// The root filesystem.
+        rootfs: PathBuf,
+        /// Extra explanation, starting with a separator, or empty.
+        detail: String,
+    },
+    /// The program exists but could not be executed.
+    #[error("executing {program} in the root filesystem {}: {source}", rootfs.display())]
+    Exec {
+        /// `argv[0]`.
+        program: String,
+        /// The root filesystem.
+        rootfs: PathBuf,
+        /// The underlying failure.
+        source: io::Error,
+    },
+    /// A sandbox setup step (namespaces, mounts, credentials) failed.
+    #[error("{step} in {}: {source}{hint}", rootfs.display())]
+    Setup {
+        /// The step, e.g. "mounting /proc".
+        step: String,
+        /// The root filesystem.
+        rootfs: PathBuf,
+        /// The underlying failure.
+        source: io::Error,
+        /// How to fix it, starting with a separator, or empty.
+        hint: String,
+    },
+    /// Other I/O around the run (pipes, temporary files, waiting).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying failure.
+        source: io::Error,
+    },
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+fn invalid(reason: impl Into<String>) -> Error {
+    Error::InvalidSpec {
+        reason: reason.into(),
+    }
+}
+
+fn c_string(text: &[u8], what: &str) -> Result<CString, Error> {
+    CString::new(text).map_err(|_| invalid(format!("{what} contains a NUL byte")))
+}
+
+fn c_path(path: &Path) -> Result<CString, Error> {
+    c_string(
+        path.as_os_str().as_bytes(),
+        &format!("path {}", path.display()),
+    )
+}
+
+/// How [`run`] isolates, chosen by [`capability`] (tests pick one directly).
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    Root,
+    UserNamespace {
+        /// Test hook: switch to this uid/gid before creating the user namespace.
+        become_unprivileged: Option<(u32, u32)>,
+    },
+}
+
+/// Reports what isolation this process can use here, probing once (the answer is cached).
+///
+/// As root the namespaces are created directly. Otherwise an unprivileged user namespace is tried;
+/// when the kernel forbids it, the reason names the setting to change.
+pub fn capability() -> Isolation {
+    static CACHED: OnceLock<Isolation> = OnceLock::new();
+    CACHED.get_or_init(probe_capability).clone()
+}
+
+fn user_namespace_maps(uid: u32, gid: u32) -> UserNamespace {
+    UserNamespace {
+        uid_map: format!("0 {uid} 1\n").into_bytes(),
+        gid_map: format!("0 {gid} 1\n").into_bytes(),
+    }
+}
+
+fn probe_capability() -> Isolation {
+    let root_failure = if rustix::process::geteuid().is_root() {
+        match child::probe(None) {
+            Ok(()) => return Isolation::Root,
+            Err(errno) => Some(io::Error::from(errno)),
+        }
+    } else {
+        None
+    };
+    let maps = user_namespace_maps(
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    );
+    match child::probe(Some(&maps)) {
+        Ok(()) => Isolation::UserNamespace,
+        Err(errno) => {
+            let mut reason = match root_failure {
+                Some(err) => format!(
+                    "creating namespaces as root failed ({err}): the process lacks CAP_SYS_ADMIN (in a container, run it privileged); "
+                ),
+                None => String::new(),
+            };
+            reason.push_str(&format!(
+                "creating an unprivileged user namespace failed ({}): {}",
+                io::Error::from(errno),
+                user_namespace_hint()
+            ));
+            Isolation::Unavailable(reason)
+        }
+    }
+}
+
+/// Names the kernel setting that blocks unprivileged user namespaces, when one does.
+fn user_namespace_hint() -> String {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|s| s.trim().to_owned())
+    };
+    if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+        return "set `sysctl kernel.unprivileged_userns_clone=1` or run as root".to_owned();
+    }
+    if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        return "set `sysctl user.max_user_namespaces=15000` (it is 0) or run as root".to_owned();
+    }
+    if read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") {
+        return "AppArmor restricts unprivileged user namespaces: set `sysctl kernel.apparmor_restrict_unprivileged_userns=0`, add an AppArmor profile allowing `userns` for this binary, or run as root".to_owned();
+    }
+    "enable unprivileged user namespaces (e.g. `sysctl kernel.unprivileged_userns_clone=1`, `user.max_user_namespaces` > 0) or run as root".to_owned()
+}
+
+/// Runs a command isolated inside `spec.rootfs`.
+///
+/// Output is passed to `on_output(stream, bytes)` as it arrives, stdout as stream 1 and stderr as
+/// stream 2, interleaved in arrival order; chunks are what the pipe delivered (not split into lines).
+/// Blocks until the command and everything it started have exited; run it on a blocking thread.
+/// If the calling thread dies, the sandbox is killed.
+///
+/// A non-zero exit is an `Ok` [`RunOutcome`]; errors are for what prevented the command from running.
+pub fn run(spec: &RunSpec, on_output: &mut dyn FnMut(u8, &[u8])) -> Result<RunOutcome, Error> {
+    let mode = match capability() {
+        Isolation::Root => Mode::Root,
+        Isolation::UserNamespace => Mode::UserNamespace {
+            become_unprivileged: None,
+        },
+        Isolation::Unavailable(reason) => return Err(Error::Unavailable { reason }),
+    };
+    run_in_mode(spec, mode, on_output)
+}
+
+/// A step of the sandbox's first process with its description for error messages.
+struct Steps {
+    ops: Vec<Op>,
+    what: Vec<(String, &'static str)>,
+}
+
+impl Steps {
+    fn push(&mut self, op: Op, what: impl Into<String>, hint: &'static str) {
+        self.ops.push(op);
+        self.what.push((what.into(), hint));
+    }
+}
+
+const HINT_PRIVILEGE: &str = "; the builder needs root (or CAP_SYS_ADMIN), or an unprivileged user namespace: see `capability()`";
+const HINT_PROC: &str = "; inside a user namespace, /proc can only be mounted where the host's /proc is fully visible (not in most containers): run as root";
+
+/// The flags a read-only remount of a bind mount of `source` needs: the source mount's own flags
+/// (a user namespace may not clear them) plus read-only.
+fn read_only_remount_flags(source: &Path) -> MountFlags {
+    let mut flags = MountFlags::BIND | MountFlags::RDONLY;
+    if let Ok(stat) = rustix::fs::statvfs(source) {
+        let pairs = [
+            (StatVfsMountFlags::NOSUID, MountFlags::NOSUID),
+            (StatVfsMountFlags::NODEV, MountFlags::NODEV),
+            (StatVfsMountFlags::NOEXEC, MountFlags::NOEXEC),
+            (StatVfsMountFlags::NOATIME, MountFlags::NOATIME),
+            (StatVfsMountFlags::NODIRATIME, MountFlags::NODIRATIME),
+            (StatVfsMountFlags::RELATIME, MountFlags::RELATIME),
+        ];
+        for (has, set) in pairs {
+            if stat.f_flag.contains(has) {
+                flags |= set;
+            }
+        }
+    }
+    flags | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC
+}
+
+/// Everything prepared in the parent for one run.
+struct Prepared {
+    root: Root,
+    steps: Steps,
+    env: Vec<(String, String)>,
+    created: Vec<Created>,
+    /// Holds the generated `/etc/hosts` and `/etc/resolv.conf` until the run is over.
+    _files: tempfile::TempDir,
+}
+
+fn validate(spec: &RunSpec) -> Result<(), Error> {
+    let Some(program) = spec.argv.first() else {
+        return Err(invalid("the command is empty"));
+    };
+    if program.is_empty() {
+        return Err(invalid("the program name is empty"));
+    }
+    if !spec.cwd.starts_with('/') {
+        return Err(invalid(format!(
+            "working directory {:?} is not absolute (WORKDIR resolves it against the previous one)",
+            spec.cwd
+        )));
+    }
+    for (key, value) in &spec.env {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(invalid(format!(
+                "environment variable name {key:?} is not valid"
+            )));
+        }
+        if value.contains('\0') {
+            return Err(invalid(format!(
+                "environment variable {key} contains a NUL byte"
+            )));
+        }
+    }
+    for arg in &spec.argv {
+        if arg.contains('\0') {
+            return Err(invalid(format!(
+                "command argument {arg:?} contains a NUL byte"
+            )));
+        }
+    }
+    if spec.hostname.len() > 64 {
+        return Err(invalid(format!(
+            "hostname {:?} is longer than 64 bytes",
+            spec.hostname
+        )));
+    }
+    Ok(())
+}
+
+fn lookup_user(spec: &RunSpec, root: &Root) -> Result<user::ExecUser, Error> {
+    let read = |rel: &str| {
+        root.read_to_string(rel).map_err(|source| Error::Rootfs {
+            path: root.path().join(rel),
+            source,
+        })
+    };
+    let passwd = read("etc/passwd")?;
+    let group = read("etc/group")?;
+    let shown = spec.user.as_deref().unwrap_or("root");
+    user::resolve(spec.user.as_deref(), passwd.as_deref(), group.as_deref()).map_err(|err| {
+        let message = match err {
+            user::LookupError::User { name, has_passwd: true } => format!(
+                "USER {shown}: unable to find user {name}: no matching entry in /etc/passwd of the root filesystem {} (create it in an earlier step, e.g. `RUN adduser`, or use a numeric uid)",
+                root.path().display()
+            ),
+            user::LookupError::User { name, has_passwd: false } => format!(
+                "USER {shown}: unable to find user {name}: the root filesystem {} has no /etc/passwd (use a numeric uid)",
+                root.path().display()
+            ),
+            user::LookupError::Group { name, has_group: true } => format!(
+                "USER {shown}: unable to find group {name}: no matching entry in /etc/group of the root filesystem {} (create it, or use a numeric gid)",
+                root.path().display()
+            ),
+            user::LookupError::Group { name, has_group: false } => format!(
+                "USER {shown}: unable to find group {name}: the root filesystem {} has no /etc/group (use a numeric gid)",
+                root.path().display()
+            ),
+            user::LookupError::Range { id } => {
+                format!("USER {shown}: id {id} is out of range (0 to 2147483647)")
+            }
+        };
+        Error::User { message }
+    })
+}
+
+fn prepare(spec: &RunSpec, mode: Mode) -> Result<Prepared, Error> {
+    validate(spec)?;
+    let root = Root::open(&spec.rootfs).map_err(|source| Error::Rootfs {
+        path: spec.rootfs.clone(),
+        source,
+    })?;
+    if !root.path().is_dir() {
+        return Err(Error::Rootfs {
+            path: spec.rootfs.clone(),
+            source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+        });
+    }
+    let rootfs_error = |rel: &str| {
+        let path = root.path().join(rel.trim_start_matches('/'));
+        move |source| Error::Rootfs { path, source }
+    };
+
+    let exec_user = lookup_user(spec, &root)?;
+    if matches!(mode, Mode::UserNamespace { .. }) && (exec_user.uid != 0 || exec_user.gid != 0) {
+        return Err(Error::User {
+            message: format!(
+                "USER {} (uid {}, gid {}) cannot be used without root: the unprivileged user namespace maps only uid 0 and gid 0; run the build as root",
+                spec.user.as_deref().unwrap_or("root"),
+                exec_user.uid,
+                exec_user.gid
+            ),
+        });
+    }
+
+    // The working directory is a real change that stays in the layer, as with BuildKit.
+    let mut untracked = Vec::new();
+    match root
+        .ensure(&spec.cwd, Kind::Dir, &mut untracked)
+        .map_err(rootfs_error(&spec.cwd))?
+    {
+        Ensured::At(_) => {}
+        Ensured::DanglingSymlink => {
+            return Err(Error::Rootfs {
+                path: root.path().join(spec.cwd.trim_start_matches('/')),
+                source: io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "the working directory goes through a symbolic link to nothing",
+                ),
+            });
+        }
+    }
+
+    let mut created = Vec::new();
+    let result = plan_steps(spec, mode, &root, &exec_user, &mut created);
+    let (steps, files) = match result {
+        Ok(ok) => ok,
+        Err(err) => {
+            root.undo(&created);
+            return Err(err);
+        }
+    };
+
+    let mut env = spec.env.clone();
+    if !env.iter().any(|(key, _)| key == "PATH") {
+        env.push(("PATH".to_owned(), DEFAULT_PATH.to_owned()));
+    }
+    if !env.iter().any(|(key, _)| key == "HOME") {
+        env.push(("HOME".to_owned(), exec_user.home.clone()));
+    }
+    Ok(Prepared {
+        root,
+        steps,
+        env,
+        created,
+        _files: files,
+    })
+}
+
+fn plan_steps(
+    spec: &RunSpec,
+    mode: Mode,
+    root: &Root,
+    exec_user: &user::ExecUser,
+    created: &mut Vec<Created>,
+) -> Result<(Steps, tempfile::TempDir), Error> {
+    let rootfs_error = |rel: &str| {
+        let path = root.path().join(rel.trim_start_matches('/'));
+        move |source| Error::Rootfs { path, source }
+    };
+    let mut ensure = |rel: &str, kind: Kind| -> Result<Option<CString>, Error> {
+        match root.ensure(rel, kind, created).map_err(rootfs_error(rel))? {
+            Ensured::At(path) => Ok(Some(c_path(&path)?)),
+            Ensured::DanglingSymlink => {
+                tracing::warn!(path = rel, rootfs = %root.path().display(), "not mounting over a dangling symbolic link");
+                Ok(None)
+            }
+        }
+    };
+    let proc_dir = ensure("/proc", Kind::Dir)?;
+    let dev_dir = ensure("/dev", Kind::Dir)?;
+    let hosts = ensure("/etc/hosts", Kind::File)?;
+    let resolv = ensure("/etc/resolv.conf", Kind::File)?;
+
+    let files = tempfile::Builder::new()
+        .prefix("buildcache-run-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .tempdir()
+        .map_err(io_error("creating a temporary directory for /etc/hosts"))?;
+    let hostname = if spec.hostname.is_empty() {
+        DEFAULT_HOSTNAME
+    } else {
+        spec.hostname.as_str()
+    };
+    let hosts_file = files.path().join("hosts");
+    std::fs::write(
+        &hosts_file,
+        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
+    )
+    .map_err(io_error(format!("writing {}", hosts_file.display())))?;
+    let resolv_file = files.path().join("resolv.conf");
+    let resolv_text = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+    std::fs::write(&resolv_file, resolv_text)
+        .map_err(io_error(format!("writing {}", resolv_file.display())))?;
+
+    let rootfs = c_path(root.path())?;
+    let is_root_mode = matches!(mode, Mode::Root);
+    let mut steps = Steps {
+        ops: Vec::new(),
+        what: Vec::new(),
+    };
+    steps.push(
+        Op::SetHostname {
+            name: hostname.as_bytes().to_vec(),
+        },
+        format!("setting the hostname to {hostname}"),
+        HINT_PRIVILEGE,
+    );
+    steps.push(
+        Op::MakePrivate {
+            target: c"/".to_owned(),
+        },
+        "making the mounts of the new mount namespace private",
+        HINT_PRIVILEGE,
+    );
+    steps.push(
+        Op::BindRecursive {
+            source: rootfs.clone(),
+            target: rootfs.clone(),
+        },
+        "bind-mounting the root filesystem onto itself",
+        HINT_PRIVILEGE,
+    );
+    if let Some(target) = proc_dir {
+        steps.push(
+            Op::Mount {
+                fstype: c"proc".to_owned(),
+                target,
+                flags: MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+                data: c"".to_owned(),
+            },
+            "mounting /proc",
+            if is_root_mode {
+                HINT_PRIVILEGE
+            } else {
+                HINT_PROC
+            },
+        );
+    }
+    if let Some(dev) = dev_dir {
+        let dev_path = PathBuf::from(std::ffi::OsStr::from_bytes(dev.as_bytes()));
+        let in_dev = |name: &str| c_path(&dev_path.join(name));
+        steps.push(
+            Op::Mount {
+                fstype: c"tmpfs".to_owned(),
+                target: dev.clone(),
+                flags: MountFlags::NOSUID | MountFlags::STRICTATIME,
+                data: c"mode=755,size=65536k".to_owned(),
+            },
+            "mounting a tmpfs on /dev",
+            HINT_PRIVILEGE,
+        );
+        for name in DEVICES {
+            let host = Path::new("/dev").join(name);
+            if !host.exists() {
+                tracing::debug!(device = %host.display(), "host device missing; not in the sandbox's /dev");
+                continue;
+            }
+            steps.push(
+                Op::CreateFile {
+                    path: in_dev(name)?,
+                },
+                format!("creating /dev/{name}"),
+                "",
+            );
+            steps.push(
+                Op::Bind {
+                    source: c_path(&host)?,
+                    target: in_dev(name)?,
+                },
+                format!("bind-mounting the host's /dev/{name}"),
+                HINT_PRIVILEGE,
+            );
+        }
+        let pts_options = if is_root_mode {
+            c"newinstance,ptmxmode=0666,mode=0620,gid=5"
+        } else {
+            c"newinstance,ptmxmode=0666,mode=0620"
+        };
+        steps.push(
+            Op::Mkdir {
+                path: in_dev("pts")?,
+                mode: 0o755,
+            },
+            "creating /dev/pts",
+            "",
+        );
+        steps.push(
+            Op::Mount {
+                fstype: c"devpts".to_owned(),
+                target: in_dev("pts")?,
+                flags: MountFlags::NOSUID | MountFlags::NOEXEC,
+                data: pts_options.to_owned(),
+            },
+            "mounting devpts on /dev/pts",
+            HINT_PRIVILEGE,
+        );
+        steps.push(
+            Op::Mkdir {
+                path: in_dev("shm")?,
+                mode: 0o1777,
+            },
+            "creating /dev/shm",
+            "",
+        );
+        steps.push(
+            Op::Mount {
+                fstype: c"tmpfs".to_owned(),
+                target: in_dev("shm")?,
+                flags: MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+                data: c"mode=1777,size=65536k".to_owned(),
+            },
+            "mounting a tmpfs on /dev/shm",
+            HINT_PRIVILEGE,
+        );
+        steps.push(
+            Op::Mkdir {
+                path: in_dev("mqueue")?,
+                mode: 0o755,
+            },
+            "creating /dev/mqueue",
+            "",
+        );
+        steps.push(
+            Op::Mount {
+                fstype: c"mqueue".to_owned(),
+                target: in_dev("mqueue")?,
+                flags: MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+                data: c"".to_owned(),
+            },
+            "mounting mqueue on /dev/mqueue",
+            HINT_PRIVILEGE,
+        );
+        let links = [
+            ("pts/ptmx", "ptmx"),
+            ("/proc/self/fd", "fd"),
+            ("/proc/self/fd/0", "stdin"),
+            ("/proc/self/fd/1", "stdout"),
+            ("/proc/self/fd/2", "stderr"),
+        ];
+        for (target, name) in links {
+            steps.push(
+                Op::Symlink {
+                    target: c_string(target.as_bytes(), "link target")?,
+                    link: in_dev(name)?,
+                },
+                format!("creating the symbolic link /dev/{name}"),
+                "",
+            );
+        }
+    }
+    for (target, source, shown) in [
+        (hosts, &hosts_file, "/etc/hosts"),
+        (resolv, &resolv_file, "/etc/resolv.conf"),
+    ] {
+        let Some(target) = target else { continue };
+        steps.push(
+            Op::Bind {
+                source: c_path(source)?,
+                target: target.clone(),
+            },
+            format!("bind-mounting {shown}"),
+            HINT_PRIVILEGE,
+        );
+        steps.push(
+            Op::Remount {
+                target,
+                flags: read_only_remount_flags(source),
+            },
+            format!("making {shown} read-only"),
+            HINT_PRIVILEGE,
+        );
+    }
+    steps.push(
+        Op::PivotRoot { root: rootfs },
+        "switching to the root filesystem (pivot_root)",
+        HINT_PRIVILEGE,
+    );
+    steps.push(
+        Op::Chdir {
+            path: c_string(spec.cwd.as_bytes(), "working directory")?,
+        },
+        format!("changing to the working directory {}", spec.cwd),
+        "",
+    );
+    let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .unwrap_or(63);
+    steps.push(
+        Op::DropBoundingCaps {
+            caps: (0..=last_cap)
+                .filter(|cap| !DEFAULT_CAPS.contains(cap))
+                .collect(),
+        },
+        "dropping capabilities beyond Docker's default set",
+        HINT_PRIVILEGE,
+    );
+    if is_root_mode {
+        steps.push(
+            Op::SetGroups {
+                groups: exec_user
+                    .sgids
+                    .iter()
+                    .map(|gid| Gid::from_raw(*gid))
+                    .collect(),
+            },
+            format!("setting the supplementary groups {:?}", exec_user.sgids),
+            "",
+        );
+    }
+    steps.push(
+        Op::SetGid {
+            gid: Gid::from_raw(exec_user.gid),
+        },
+        format!("switching to gid {}", exec_user.gid),
+        "",
+    );
+    steps.push(
+        Op::SetUid {
+            uid: Uid::from_raw(exec_user.uid),
+        },
+        format!("switching to uid {}", exec_user.uid),
+        "",
+    );
+    steps.push(Op::NewSession, "starting a new session", "");
+    steps.push(Op::DieWithParent, "arming the parent-death signal", "");
+    Ok((steps, files))
+}
+
+/// Runs a command with an explicitly chosen isolation mode.
+fn run_in_mode(
+    spec: &RunSpec,
+    mode: Mode,
+    on_output: &mut dyn FnMut(u8, &[u8]),
+) -> Result<RunOutcome, Error> {
+    let prepared = prepare(spec, mode)?;
+    let result = execute(spec, mode, &prepared, on_output);
+    let kept = prepared.root.undo(&prepared.created);
+    if !kept.is_empty() {
+        tracing::debug!(paths = ?kept, "mount points created for RUN stay: the command used them");
+    }
+    result
+}
+
+/// Kills the intermediate process (and with it the sandbox) unless it was waited for.
+struct ChildGuard(Option<Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn execute(
+    spec: &RunSpec,
+    mode: Mode,
+    prepared: &Prepared,
+    on_output: &mut dyn FnMut(u8, &[u8]),
+) -> Result<RunOutcome, Error> {
+    let rootfs = prepared.root.path().to_path_buf();
+    let program = spec.argv[0].clone();
+    let (mut report_reader, report_writer) =
+        io::pipe().map_err(io_error("creating the sandbox's report pipe"))?;
+
+    let user_namespace = match mode {
+        Mode::Root => None,
+        Mode::UserNamespace {
+            become_unprivileged,
+        } => {
+            let (uid, gid) = become_unprivileged.unwrap_or((
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            ));
+            Some(user_namespace_maps(uid, gid))
+        }
+    };
+    let plan = Plan {
+        parent_pid: rustix::process::getpid(),
+        user_namespace,
+        become_unprivileged: match mode {
+            Mode::UserNamespace {
+                become_unprivileged: Some((uid, gid)),
+            } => Some((Uid::from_raw(uid), Gid::from_raw(gid))),
+            _ => None,
+        },
+        ops: prepared.steps.ops.clone(),
+        report_fd: std::os::fd::AsRawFd::as_raw_fd(&report_writer),
+    };
+
+    let mut cmd = Command::new(&program);
+    cmd.args(&spec.argv[1..])
+        .env_clear()
+        .envs(prepared.env.iter().map(|(k, v)| (k, v)))
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    child::install(&mut cmd, plan);
+
+    let started = Instant::now();
+    let spawned = cmd.spawn();
+    drop(report_writer);
+    drop(cmd);
+    let mut child = match spawned {
+        Ok(child) => ChildGuard(Some(child)),
+        Err(err) => {
+            let mut report = Vec::new();
+            let _ = report_reader.read_to_end(&mut report);
+            return Err(spawn_error(prepared, &rootfs, &program, err, &report));
+        }
+    };
+    let running = child.0.as_mut().expect("the guard was just filled");
+    let stdout = running.stdout.take();
+    let stderr = running.stderr.take();
+    let stdin = running.stdin.take();
+
+    std::thread::scope(|scope| {
+        let (sender, receiver) = mpsc::channel::<(u8, Vec<u8>)>();
+        for (stream, pipe) in [
+            (1u8, stdout.map(|p| Box::new(p) as Box<dyn Read + Send>)),
+            (2u8, stderr.map(|p| Box::new(p) as Box<dyn Read + Send>)),
+        ] {
+            let Some(mut pipe) = pipe else { continue };
+            let sender = sender.clone();
+            scope.spawn(move || {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    match pipe.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            if sender.send((stream, buf[..n].to_vec())).is_err() {
+                                break;
+                            }
+                        }
+                        Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                        Err(err) => {
+                            tracing::warn!(stream, error = %err, "reading RUN output failed");
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+        drop(sender);
+        if let (Some(mut pipe), Some(data)) = (stdin, spec.stdin.as_deref()) {
+            scope.spawn(move || {
+                // The command may exit without reading everything; that is not an error.
+                let _ = pipe.write_all(data);
+            });
+        }
+        for (stream, bytes) in receiver {
+            on_output(stream, &bytes);
+        }
+    });
+
+    let mut running = child.0.take().expect("the guard still holds the child");
+    let status = running.wait().map_err(io_error(format!(
+        "waiting for {program} in {}",
+        rootfs.display()
+    )))?;
+    let duration = started.elapsed();
+    let status = match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => 255,
+    };
+    Ok(RunOutcome { status, duration })
+}
+
+fn spawn_error(
+    prepared: &Prepared,
+    rootfs: &Path,
+    program: &str,
+    err: io::Error,
+    report: &[u8],
+) -> Error {
+    if report.len() >= 8 {
+        let step = u32::from_le_bytes([report[0], report[1], report[2], report[3]]);
+        let errno = i32::from_le_bytes([report[4], report[5], report[6], report[7]]);
+        let (what, hint) = match step {
+            child::STEP_DROP_PRIVILEGES => {
+                ("switching to the unprivileged test user".to_owned(), "")
+            }
+            child::STEP_DEATH_SIGNAL => ("arming the parent-death signal".to_owned(), ""),
+            child::STEP_UNSHARE => (
+                "creating the mount, PID, UTS and IPC namespaces".to_owned(),
+                HINT_PRIVILEGE,
+            ),
+            child::STEP_SETGROUPS_DENY => {
+                ("writing /proc/self/setgroups".to_owned(), HINT_PRIVILEGE)
+            }
+            child::STEP_UID_MAP => ("writing /proc/self/uid_map".to_owned(), HINT_PRIVILEGE),
+            child::STEP_GID_MAP => ("writing /proc/self/gid_map".to_owned(), HINT_PRIVILEGE),
+            child::STEP_FORK => ("forking the sandbox's first process".to_owned(), ""),
+            idx => prepared
+                .steps
+                .what
+                .get(idx as usize)
+                .cloned()
+                .unwrap_or_else(|| (format!("sandbox setup step {idx}"), "")),
+        };
+        return Error::Setup {
+            step: what,
+            rootfs: rootfs.to_path_buf(),
+            source: io::Error::from_raw_os_error(errno),
+            hint: hint.to_owned(),
+        };
+    }
+    match err.kind() {
+        io::ErrorKind::NotFound => {
+            let detail = if program.contains('/') && prepared.root.exists(program) {
+                ": it exists, so its interpreter or dynamic loader is missing".to_owned()
+            } else if program.contains('/') {
+                String::new()
+            } else {
+                let path = prepared
+                    .env
+                    .iter()
+                    .rev()
+                    .find(|(key, _)| key == "PATH")
+                    .map(|(_, value)| value.as_str())
+                    .unwrap_or(DEFAULT_PATH);
+                format!(" (searched PATH={path})")
+            };
+            Error::ExecutableNotFound {
+                program: program.to_owned(),
+                rootfs: rootfs.to_path_buf(),
+                detail,
+            }
+        }
+        _ => Error::Exec {
+            program: program.to_owned(),
+            rootfs: rootfs.to_path_buf(),
+            source: err,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    const APPLETS: [&str; 14] = [
+        "sh", "echo", "cat", "id", "ls", "hostname", "pwd", "head", "wc", "touch", "sleep", "grep",
+        "true", "mkdir",
+    ];
+
+    fn busybox() -> PathBuf {
+        ["/usr/bin/busybox", "/bin/busybox"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|path| path.exists())
+            .expect("the tests need a static busybox (Debian package busybox-static)")
+    }
+
+    /// A root filesystem holding only `bin/` with busybox and relative applet links.
+    fn make_rootfs() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).expect("mkdir bin");
+        std::fs::copy(busybox(), bin.join("busybox")).expect("copy busybox");
+        for applet in APPLETS {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet link");
+        }
+        dir
+    }
+
+    /// The mode the tests run with here, or `None` (after checking the explanation) when no isolation
+    /// is possible on this machine.
+    fn test_mode() -> Option<Mode> {
+        match capability() {
+            Isolation::Root => Some(Mode::Root),
+            Isolation::UserNamespace => Some(Mode::UserNamespace {
+                become_unprivileged: None,
+            }),
+            Isolation::Unavailable(reason) => {
+                assert!(
+                    reason.contains("root"),
+                    "the reason says what is needed: {reason}"
+                );
+                eprintln!("skipping: {reason}");
+                None
+            }
+        }
+    }
+
+    fn sh(rootfs: &Path, script: &str) -> RunSpec {
+        RunSpec::new(rootfs, vec!["/bin/sh".into(), "-c".into(), script.into()])
+    }
+
+    struct Ran {
+        outcome: RunOutcome,
+        stdout: String,
+        stderr: String,
+        chunks: usize,
+    }
+
+    fn run_with(spec: &RunSpec, mode: Mode) -> Result<Ran, Error> {
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        let mut chunks = 0;
+        let outcome = run_in_mode(spec, mode, &mut |stream, bytes| {
+            chunks += 1;
+            match stream {
+                1 => stdout.extend_from_slice(bytes),
+                2 => stderr.extend_from_slice(bytes),
+                other => panic!("unexpected stream {other}"),
+            }
+        })?;
+        Ok(Ran {
+            outcome,
+            stdout: String::from_utf8(stdout).expect("utf-8 stdout"),
+            stderr: String::from_utf8(stderr).expect("utf-8 stderr"),
+            chunks,
+        })
+    }
+
+    fn run_ok(spec: &RunSpec, mode: Mode) -> Ran {
+        let ran = run_with(spec, mode).expect("the command runs");
+        assert_eq!(
+            ran.outcome.status, 0,
+            "exit status; stdout {:?} stderr {:?}",
+            ran.stdout, ran.stderr
+        );
+        ran
+    }
+
+    fn top_level(root: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(root)
+            .expect("read rootfs")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn output_is_streamed_per_stream() {
+        let Some(mode) = test_mode() else { return };
+        let root = make_rootfs();
+        let ran = run_ok(
+            &sh(root.path(), "echo hello; echo oops >&2; echo again"),
+            mode,
+        );
+        assert_eq!(ran.stdout, "hello\nagain\n");
+        assert_eq!(ran.stderr, "oops\n");
+        assert!(ran.chunks >= 2);
+    }
+
+    #[test]
+    fn output_arrives_while_the_command_runs() {
+        let Some(mode) = test_mode() else { return };
+        let root = make_rootfs();
+        let spec = sh(root.path(), "echo first; sleep 1; echo second");
+        let started = Instant::now();
+        let mut first_seen = None;
+        run_in_mode(&spec, mode, &mut |_, bytes| {
+            if bytes.starts_with(b"first") && first_seen.is_none() {
+                first_seen = Some(started.elapsed());
+            }
+        })
+        .expect("runs");
+        let total = started.elapsed();
+        let first_seen = first_seen.expect("saw the first line");
+        assert!(
+            first_seen + Duration::from_millis(700) < total,
+            "first line at {first_seen:?}, end at {total:?}"
+        );
+    }
+
+    #[test]
+    fn exit_code_is_propagated() {
+        let Some(mode) = test_mode() else { return };
+        let root = make_rootfs();
+        let ran = run_with(&sh(root.path(), "exit 7"), mode).expect("runs");
+        assert_eq!(ran.outcome.status, 7);
+    }
+
+    #[test]
+    fn command_is_pid_1_with_the_sandbox_hostname() {
+        let Some(mode) = test_mode() else { return };
+        let root = make_rootfs();
+        let ran = run_ok(&sh(root.path(), "echo $$; hostname"), mode);
+        assert_eq!(ran.stdout, format!("1\n{DEFAULT_HOSTNAME}\n"));
+        let mut spec = sh(root.path(), "hostname");
+        spec.hostname = "builder-7".into();
+        assert_eq!(run_ok(&spec, mode).stdout, "builder-7\n");
+    }
+
+    #[test]
+    fn proc_and_dev_are_mounted() {
+        let Some(mode) = test_mode() else { return };
+        let root = make_rootfs();
+        let ran = run_ok(
+            &sh(
+                root.path(),
+                "grep '^Pid:' /proc/self/status; echo x > /dev/null; head -c 16 /dev/urandom | wc -c; \
+                 head -c 4 /dev/zero | wc -c; ls /dev/pts/ptmx /dev/shm /dev/fd/ >/dev/null && echo dev-ok",
+            ),
+            mode,
+        );
+        let lines: Vec<&str> = ran.stdout.lines().collect();
+        assert!(lines[0].starts_with("Pid:"), "{:?}", ran.stdout);
+        assert_eq!(lines[1].trim(), "16");
+        assert_eq!(lines[2].trim(), "4");
+        assert_eq!(lines[3], "dev-ok");
+    }
+
+    #[test]
+    fn missing_working_directory_is_created() {
+        let Some(mode) = test_mode() else { return };
+        let root = make_rootfs();
+        let mut spec = sh(root.path(), "pwd");
+        spec.cwd = "/srv/app/src".into();
+        let ran = run_ok(&spec, mode);
+        assert_eq!(ran.stdout, "/srv/app/src\n");
+        let created = root.path().join("srv/app/src");
+        assert!(created.is_dir());
+        assert_eq!(
+            std::fs::metadata(&created).expect("stat").mode() & 0o7777,
+            0o755
+        );
+    }
+
+    #[test]
+    fn user_switches_to_uid_gid_and_names_from_the_rootfs() {
+        let Some(mode) = test_mode() else { return };
+        let root = make_rootfs();
+        let etc = root.path().join("etc");
+        std::fs::create_dir(&etc).expect("mkdir etc");
+        std::fs::write(
+            etc.join("passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\n",
+        )
+        .expect("passwd");
+        std::fs::write(
+            etc.join("group"),
+            "root:x:0:\napp:x:1000:\nstaff:x:50:app\n",
+        )
+        .expect("group");
+
+        let mut numeric = sh(root.path(), "id -u; id -g");
+        numeric.user = Some("1234:5678".into());
+        let mut named = sh(root.path(), "id -u; id -g; id -G; echo $HOME");
+        named.user = Some("app".into());
+        let mut unknown = sh(root.path(), "true");
+        unknown.user = Some("nosuchuser".into());
+
+        match mode {
+            Mode::Root => {
+                assert_eq!(run_ok(&numeric, mode).stdout, "1234\n5678\n");
+                assert_eq!(
+                    run_ok(&named, mode).stdout,
+                    "1000\n1000\n1000 50\n/home/app\n"
+                );
+            }
+            Mode::UserNamespace { .. } => {
+                let err = run_with(&numeric, mode).err().expect("needs root");
+                assert!(matches!(err, Error::User { .. }), "{err}");
+            }
+        }
+        let err = run_with(&unknown, mode).err().expect("unknown user");
+        assert!(err.to_string().contains("nosuchuser"), "{err}");
+        assert!(matches!(err, Error::User { .. }), "{err}");
+    }
+
+    #[test]
+    fn environment_gets_docker_defaults() {
+        let Some(mode) = test_mode() else { return };
+        let root = make_rootfs();
+        let mut spec = sh(root.path(), "echo $PATH; echo $HOME; echo $GREETING");
+        spec.env = vec![("GREETING".into(), "hi there".into())];
+        let ran = run_ok(&spec, mode);
+        assert_eq!(ran.stdout, format!("{DEFAULT_PATH}\n/\nhi there\n"));
+
+        spec.env = vec![("PATH".into(), "/bin".into()), ("HOME".into(), "/h".into())];
+        assert_eq!(run_ok(&spec, mode).stdout, "/bin\n/h\n\n");
+    }
+
+    #[test]
+    fn host_filesystem_is_not_visible() {
+        let Some(mode) = test_mode() else { return };
+        let root = make_rootfs();
+        let ran = run_with(&sh(root.path(), "ls /work"), mode).expect("runs");
+        assert_ne!(ran.outcome.status, 0, "ls /work must fail: {}", ran.stdout);
+        let ran = run_ok(&sh(root.path(), "ls /"), mode);
+        let seen: Vec<&str> = ran.stdout.split_whitespace().collect();
+        assert!(
+            !seen.contains(&"usr") && !seen.contains(&"work"),
+            "{seen:?}"
+        );
+    }
+
+    #[test]
+    fn mount_points_leave_no_trace() {
+        let Some(mode) = test_mode() else { return };
+        let root = make_rootfs();
+        let mtime_before = std::fs::metadata(root.path()).expect("stat").mtime_nsec();
+        let mtime_before_s = std::fs::metadata(root.path()).expect("stat").mtime();
+        run_ok(
+            &sh(root.path(), "cat /etc/hosts /proc/self/status >/dev/null"),
+            mode,
+        );
+        assert_eq!(top_level(root.path()), ["bin"]);
+        let after = std::fs::metadata(root.path()).expect("stat");
+        assert_eq!(
+            (after.mtime(), after.mtime_nsec()),
+            (mtime_before_s, mtime_before)
+        );
+
+        // An existing /etc keeps its content and modification time too.
+        let etc = root.path().join("etc");
+        std::fs::create_dir(&etc).expect("mkdir etc");
+        std::fs::write(etc.join("os-release"), "ID=test\n").expect("write");
+        let etc_before = std::fs::metadata(&etc).expect("stat");
+        run_ok(&sh(root.path(), "grep localhost /etc/hosts"), mode);
+        let mut etc_names: Vec<String> = std::fs::read_dir(&etc)
+            .expect("read etc")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        etc_names.sort();
+        assert_eq!(etc_names, ["os-release"]);
+        let etc_after = std::fs::metadata(&etc).expect("stat");
+        assert_eq!(
+            (etc_after.mtime(), etc_after.mtime_nsec()),
+            (etc_before.mtime(), etc_before.mtime_nsec())
+        );
+    }
+
+    #[test]
+    fn writes_stay_in_the_rootfs_including_tmp() {
+        let Some(mode) = test_mode() else { return };
+        let root = make_rootfs();
+        std::fs::create_dir(root.path().join("tmp")).expect("mkdir tmp");
+        run_ok(
+            &sh(
+                root.path(),
+                "echo kept > /tmp/x; mkdir -p /etc/app; echo y > /etc/app/conf",
+            ),
+            mode,
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("tmp/x")).expect("tmp/x"),
+            "kept\n"
+        );
+        assert_eq!(top_level(root.path()), ["bin", "etc", "tmp"]);
+        let etc_names = top_level(&root.path().join("etc"));
+        assert_eq!(etc_names, ["app"], "no leftover hosts/resolv.conf");
+    }
+
+    #[test]
+    fn hosts_and_resolv_conf_are_read_only() {
+        let Some(mode) = test_mode() else { return };
+        let root = make_rootfs();
+        let ran =
+            run_with(&sh(root.path(), "echo 1.2.3.4 evil >> /etc/hosts"), mode).expect("runs");
+        assert_ne!(ran.outcome.status, 0);
+        let ran = run_with(
+            &sh(root.path(), "echo nameserver 9.9.9.9 >> /etc/resolv.conf"),
+            mode,
+        )
+        .expect("runs");
+        assert_ne!(ran.outcome.status, 0);
+        assert_eq!(top_level(root.path()), ["bin"]);
+    }
+
+    #[test]
+    fn stdin_bytes_reach_the_command() {
+        let Some(mode) = test_mode() else { return };
+        let root = make_rootfs();
+        let mut spec = RunSpec::new(root.path(), vec!["cat".into()]);
+        spec.stdin = Some(b"from stdin\n".to_vec());
+        assert_eq!(run_ok(&spec, mode).stdout, "from stdin\n");
+        let spec = RunSpec::new(root.path(), vec!["cat".into()]);
+        assert_eq!(run_ok(&spec, mode).stdout, "", "no stdin is /dev/null");
+    }
+
+    #[test]
+    fn background_processes_die_with_the_command() {
+        let Some(mode) = test_mode() else { return };
+        let root = make_rootfs();
+        let ran = run_ok(&sh(root.path(), "sleep 60 & echo started"), mode);
+        assert_eq!(ran.stdout, "started\n");
+        assert!(ran.outcome.duration < Duration::from_secs(20));
+    }
+
+    #[test]
+    fn missing_executable_is_a_clear_error() {
+        let Some(mode) = test_mode() else { return };
+        let root = make_rootfs();
+        let err = run_with(&RunSpec::new(root.path(), vec!["/bin/nope".into()]), mode)
+            .err()
+            .expect("must fail");
+        assert!(matches!(err, Error::ExecutableNotFound { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("executable /bin/nope not found in the root filesystem"),
+            "{err}"
+        );
+        assert_eq!(top_level(root.path()), ["bin"]);
+
+        let err = run_with(&RunSpec::new(root.path(), vec!["nope".into()]), mode)
+            .err()
+            .expect("must fail");
+        assert!(err.to_string().contains("searched PATH="), "{err}");
+    }
+
+    #[test]
+    fn missing_rootfs_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("nothing");
+        let err = run_with(&sh(&missing, "true"), Mode::Root)
+            .err()
+            .expect("must fail");
+        assert!(matches!(err, Error::Rootfs { .. }), "{err:?}");
+        assert!(err.to_string().contains("nothing"), "{err}");
+    }
+
+    #[test]
+    fn invalid_specs_are_rejected() {
+        let root = make_rootfs();
+        let mut spec = sh(root.path(), "true");
+        spec.cwd = "relative".into();
+        assert!(matches!(
+            run_with(&spec, Mode::Root),
+            Err(Error::InvalidSpec { .. })
+        ));
+        let spec = RunSpec::new(root.path(), Vec::new());
+        assert!(matches!(
+            run_with(&spec, Mode::Root),
+            Err(Error::InvalidSpec { .. })
+        ));
+    }
+
+    #[test]
+    fn capability_matches_privileges() {
+        let isolation = capability();
+        if rustix::process::geteuid().is_root() {
+            assert_eq!(isolation, Isolation::Root);
+        } else {
+            match isolation {
+                Isolation::Root => panic!("not root, cannot be Root"),
+                Isolation::UserNamespace => {}
+                Isolation::Unavailable(reason) => {
+                    assert!(reason.contains("run as root"), "{reason}")
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn user_namespace_mode_runs_as_mapped_root() {
+        let Some(_) = test_mode() else { return };
+        let root = make_rootfs();
+        let mode = Mode::UserNamespace {
+            become_unprivileged: None,
+        };
+        let ran = run_ok(
+            &sh(
+                root.path(),
+                "id -u; echo $$; hostname; cat /proc/self/uid_map",
+            ),
+            mode,
+        );
+        let lines: Vec<&str> = ran.stdout.lines().collect();
+        assert_eq!(&lines[..3], ["0", "1", DEFAULT_HOSTNAME]);
+        let host_uid = rustix::process::geteuid().as_raw().to_string();
+        let map: Vec<&str> = lines[3].split_whitespace().collect();
+        assert_eq!(map, ["0", host_uid.as_str(), "1"]);
+    }
+
+    #[test]
+    fn unprivileged_caller_uses_a_user_namespace() {
+        if !rustix::process::geteuid().is_root() {
+            // The real unprivileged path is what `capability()` picks here; the other tests run it.
+            return;
+        }
+        let root = make_rootfs();
+        // The unprivileged caller must be able to reach and write its own root filesystem.
+        std::fs::set_permissions(
+            root.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        for entry in walkdir::WalkDir::new(root.path()) {
+            let entry = entry.expect("walk");
+            std::os::unix::fs::lchown(entry.path(), Some(65534), Some(65534)).expect("chown");
+        }
+        let mode = Mode::UserNamespace {
+            become_unprivileged: Some((65534, 65534)),
+        };
+        let ran = run_ok(
+            &sh(
+                root.path(),
+                "id -u; echo $$; cat /proc/self/uid_map; touch /made-here",
+            ),
+            mode,
+        );
+        let lines: Vec<&str> = ran.stdout.lines().collect();
+        assert_eq!(&lines[..2], ["0", "1"]);
+        assert_eq!(
+            lines[2].split_whitespace().collect::<Vec<_>>(),
+            ["0", "65534", "1"]
+        );
+        let made = std::fs::metadata(root.path().join("made-here")).expect("file written");
+        assert_eq!(made.uid(), 65534, "files belong to the unprivileged caller");
+        assert_eq!(top_level(root.path()), ["bin", "made-here"]);
+    }
+}
