@@ -1,1 +1,85 @@
 //! Dockerfile front end: parsing, variable expansion, `.dockerignore` and build planning.
+//!
+//! [`parse`] reads the syntax (keeping 1-based line numbers), [`plan`] resolves it for one target
+//! the way BuildKit's Dockerfile frontend does (stages the target does not need are dropped,
+//! variables expanded, steps, image config and history computed), and [`IgnoreMatcher`] applies
+//! `.dockerignore` rules to context paths.
+//!
+//! Anything buildcache cannot build faithfully (`RUN --mount`, `ONBUILD`, `ADD <url>`, other
+//! platforms than `linux/amd64`, ...) is an error naming the Dockerfile line, never ignored.
+
+mod error;
+mod ignore;
+mod lex;
+mod parse;
+mod plan;
+
+pub use error::Error;
+pub use ignore::IgnoreMatcher;
+pub use parse::{
+    ArgDecl, ArgInstruction, CommandLine, Directive, Dockerfile, Flag, Heredoc, HealthcheckSpec, Instruction,
+    InstructionKind, RunCommand, Stage, parse,
+};
+pub use plan::{
+    Base, CopyFrom, CopyOp, CopySource, DEFAULT_PATH, HISTORY_COMMENT, Healthcheck, HistoryEntry, ImageConfig, Op,
+    PLATFORM, Plan, PlanOptions, PlannedStage, Step, normalize_image_ref, plan, plan_with_base_configs,
+};
+
+/// Expands variables in `word` like BuildKit's shell lexer (`frontend/dockerfile/shell/lex.go`).
+///
+/// Supports `$V`, `${V}`, `${V:-w}`, `${V-w}`, `${V:+w}`, `${V+w}`, `${V:?msg}`, `${V?msg}`,
+/// `${V#p}`, `${V##p}`, `${V%p}`, `${V%%p}` and `${V/p/r}`, `${V//p/r}`. Single quotes suppress
+/// expansion, double quotes allow it, and both are removed; `escape` (`\` or `` ` ``) escapes the
+/// next character. Unset variables expand to nothing.
+pub fn expand(word: &str, vars: &dyn Fn(&str) -> Option<String>, escape: char) -> Result<String, Error> {
+    lex::Lex::new(escape).process_word(word, vars).map_err(Error::general)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn expand_uses_the_given_escape() {
+        let vars = |name: &str| (name == "A").then(|| "x".to_string());
+        assert_eq!(expand("${A}-\\$A-'$A'", &vars, '\\'), Ok("x-$A-$A".to_string()));
+        assert_eq!(expand("`$A\\", &vars, '`'), Ok("$A\\".to_string()));
+        let err = expand("${A", &vars, '\\').expect_err("unterminated");
+        assert!(err.message().contains("missing '}'"), "{err}");
+    }
+
+    proptest! {
+        #[test]
+        fn expand_never_panics(word in ".{0,64}", escape in prop::sample::select(vec!['\\', '`'])) {
+            let vars = |name: &str| (name.len() % 2 == 0).then(|| name.to_string());
+            let _ = expand(&word, &vars, escape);
+        }
+
+        #[test]
+        fn expand_never_panics_on_dollar_soup(word in "[${}:?+#%/*\\\\'\"a-c -]{0,40}") {
+            let vars = |name: &str| (name == "a").then(|| "a*b".to_string());
+            let _ = expand(&word, &vars, '\\');
+        }
+
+        #[test]
+        fn parse_and_plan_never_panic(text in "(((FROM|RUN|COPY|ARG|ENV|WORKDIR|ONBUILD|ADD|#|LABEL|EXPOSE|HEALTHCHECK) )?[a-z$={}<>\\\\\"' :/.\\[\\]-]{0,20}(\n|\\\\\n)){0,8}") {
+            if let Ok(df) = parse(&text) {
+                let _ = plan(&df, &PlanOptions::default());
+            }
+        }
+
+        #[test]
+        fn parse_never_panics_on_arbitrary_text(text in ".{0,200}") {
+            let _ = parse(&text);
+        }
+
+        #[test]
+        fn ignore_never_panics(text in "[a-z*?!\\[\\]\\\\/.# \n-]{0,60}", path in "[a-z/.*]{0,20}") {
+            if let Ok(m) = IgnoreMatcher::parse(&text) {
+                let _ = m.is_excluded(&path);
+                let _ = m.may_include_under(&path);
+            }
+        }
+    }
+}

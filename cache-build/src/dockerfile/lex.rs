@@ -1,0 +1,577 @@
+//! Word expansion as BuildKit's shell lexer does it (`frontend/dockerfile/shell/lex.go`).
+
+use regex::Regex;
+
+/// Looks up a variable by name; `None` means unset.
+pub(crate) type Vars<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Lexer options, named after the fields of BuildKit's `shell.Lex`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Lex {
+    pub escape: char,
+    /// Keep quote characters in the output (they still group words).
+    pub raw_quotes: bool,
+    /// Keep escape characters in the output.
+    pub raw_escapes: bool,
+    /// Treat quotes as ordinary characters.
+    pub skip_process_quotes: bool,
+    /// Leave references to unset variables as written.
+    pub skip_unset_env: bool,
+}
+
+impl Lex {
+    /// A lexer with BuildKit's default options and the given escape character.
+    pub(crate) fn new(escape: char) -> Self {
+        Lex {
+            escape,
+            raw_quotes: false,
+            raw_escapes: false,
+            skip_process_quotes: false,
+            skip_unset_env: false,
+        }
+    }
+
+    /// Expands `word` into one string (whitespace kept), like `ProcessWord`.
+    pub(crate) fn process_word(&self, word: &str, vars: Vars<'_>) -> Result<String, String> {
+        self.process(word, vars).map(|(word, _)| word)
+    }
+
+    /// Expands `word` and splits the result into words, like `ProcessWords`.
+    pub(crate) fn process_words(&self, word: &str, vars: Vars<'_>) -> Result<Vec<String>, String> {
+        self.process(word, vars).map(|(_, words)| words)
+    }
+
+    fn process(&self, word: &str, vars: Vars<'_>) -> Result<(String, Vec<String>), String> {
+        let mut sw = ShellWord {
+            lex: *self,
+            chars: word.chars().collect(),
+            pos: 0,
+            vars,
+            raw_escapes: self.raw_escapes,
+        };
+        sw.process_stop_on(None, self.raw_escapes)
+            .map_err(|err| format!("failed to process {word:?}: {err}"))
+    }
+}
+
+struct ShellWord<'a> {
+    lex: Lex,
+    chars: Vec<char>,
+    pos: usize,
+    vars: Vars<'a>,
+    raw_escapes: bool,
+}
+
+#[derive(Default)]
+struct Words {
+    word: String,
+    words: Vec<String>,
+    in_word: bool,
+}
+
+impl Words {
+    fn add_char(&mut self, ch: char) {
+        if ch.is_whitespace() && self.in_word {
+            if !self.word.is_empty() {
+                self.words.push(std::mem::take(&mut self.word));
+                self.in_word = false;
+            }
+        } else if !ch.is_whitespace() {
+            self.add_raw_char(ch);
+        }
+    }
+
+    fn add_raw_char(&mut self, ch: char) {
+        self.word.push(ch);
+        self.in_word = true;
+    }
+
+    fn add_string(&mut self, s: &str) {
+        for ch in s.chars() {
+            self.add_char(ch);
+        }
+    }
+
+    fn add_raw_string(&mut self, s: &str) {
+        self.word.push_str(s);
+        self.in_word = true;
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        if !self.word.is_empty() {
+            self.words.push(std::mem::take(&mut self.word));
+        }
+        self.words
+    }
+}
+
+impl ShellWord<'_> {
+    fn peek(&self) -> Option<char> {
+        self.chars.get(self.pos).copied()
+    }
+
+    fn next(&mut self) -> Option<char> {
+        let ch = self.chars.get(self.pos).copied();
+        if ch.is_some() {
+            self.pos += 1;
+        }
+        ch
+    }
+
+    fn process_stop_on(
+        &mut self,
+        stop: Option<char>,
+        raw_escapes: bool,
+    ) -> Result<(String, Vec<String>), String> {
+        let saved = self.raw_escapes;
+        self.raw_escapes = raw_escapes;
+        let res = self.process_stop_on_inner(stop);
+        self.raw_escapes = saved;
+        res
+    }
+
+    fn process_stop_on_inner(&mut self, stop: Option<char>) -> Result<(String, Vec<String>), String> {
+        let mut result = String::new();
+        let mut words = Words::default();
+        while let Some(ch) = self.peek() {
+            if stop == Some(ch) {
+                self.next();
+                return Ok((result, words.finish()));
+            }
+            let special = ch == '$' || (!self.lex.skip_process_quotes && (ch == '\'' || ch == '"'));
+            if special {
+                let tmp = match ch {
+                    '$' => self.process_dollar()?,
+                    '\'' => self.process_single_quote()?,
+                    _ => self.process_double_quote()?,
+                };
+                result.push_str(&tmp);
+                if ch == '$' {
+                    words.add_string(&tmp);
+                } else {
+                    words.add_raw_string(&tmp);
+                }
+                continue;
+            }
+            let mut ch = self.next().expect("peeked a character");
+            if ch == self.lex.escape {
+                if self.raw_escapes {
+                    words.add_raw_char(ch);
+                    result.push(ch);
+                }
+                match self.next() {
+                    None => break,
+                    Some(escaped) => ch = escaped,
+                }
+                words.add_raw_char(ch);
+            } else {
+                words.add_char(ch);
+            }
+            result.push(ch);
+        }
+        if let Some(stop) = stop {
+            return Err(format!(
+                "unexpected end of statement while looking for matching {stop}"
+            ));
+        }
+        Ok((result, words.finish()))
+    }
+
+    fn process_single_quote(&mut self) -> Result<String, String> {
+        let mut result = String::new();
+        let open = self.next().expect("peeked a quote");
+        if self.lex.raw_quotes {
+            result.push(open);
+        }
+        loop {
+            match self.next() {
+                None => {
+                    return Err(
+                        "unexpected end of statement while looking for matching single-quote".into(),
+                    );
+                }
+                Some('\'') => {
+                    if self.lex.raw_quotes {
+                        result.push('\'');
+                    }
+                    return Ok(result);
+                }
+                Some(ch) => result.push(ch),
+            }
+        }
+    }
+
+    fn process_double_quote(&mut self) -> Result<String, String> {
+        let mut result = String::new();
+        let open = self.next().expect("peeked a quote");
+        if self.lex.raw_quotes {
+            result.push(open);
+        }
+        loop {
+            match self.peek() {
+                None => {
+                    return Err(
+                        "unexpected end of statement while looking for matching double-quote".into(),
+                    );
+                }
+                Some('"') => {
+                    self.next();
+                    if self.lex.raw_quotes {
+                        result.push('"');
+                    }
+                    return Ok(result);
+                }
+                Some('$') => {
+                    let value = self.process_dollar()?;
+                    result.push_str(&value);
+                }
+                Some(_) => {
+                    let mut ch = self.next().expect("peeked a character");
+                    if ch == self.lex.escape {
+                        if self.raw_escapes {
+                            result.push(ch);
+                        }
+                        match self.peek() {
+                            None => continue,
+                            Some(next) if next == '"' || next == '$' || next == self.lex.escape => {
+                                ch = self.next().expect("peeked a character");
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                    result.push(ch);
+                }
+            }
+        }
+    }
+
+    fn lookup(&self, name: &str) -> Option<String> {
+        (self.vars)(name)
+    }
+
+    fn process_dollar(&mut self) -> Result<String, String> {
+        self.next();
+        if self.peek() != Some('{') {
+            let name = self.process_name();
+            if name.is_empty() {
+                return Ok("$".into());
+            }
+            return Ok(match self.lookup(&name) {
+                Some(value) => value,
+                None if self.lex.skip_unset_env => format!("${name}"),
+                None => String::new(),
+            });
+        }
+        self.next();
+        match self.peek() {
+            None => return Err("syntax error: missing '}'".into()),
+            Some('{' | '}' | ':') => return Err("syntax error: bad substitution".into()),
+            Some(_) => {}
+        }
+        let name = self.process_name();
+        let Some(mut ch) = self.next() else {
+            return Err("syntax error: missing '}'".into());
+        };
+        let mut modifier = ch.to_string();
+        match ch {
+            '}' => Ok(match self.lookup(&name) {
+                Some(value) => value,
+                None if self.lex.skip_unset_env => format!("${{{name}}}"),
+                None => String::new(),
+            }),
+            ':' | '+' | '-' | '?' | '#' | '%' => {
+                let null_is_unset = ch == ':';
+                if null_is_unset {
+                    match self.next() {
+                        Some(next) => {
+                            ch = next;
+                            modifier.push(next);
+                        }
+                        None => return Err("syntax error: missing '}'".into()),
+                    }
+                }
+                let raw = ch == '#' || ch == '%';
+                let (word, _) = match self.process_stop_on(Some('}'), raw) {
+                    Ok(res) => res,
+                    Err(err) => {
+                        if self.peek().is_none() {
+                            return Err("syntax error: missing '}'".into());
+                        }
+                        return Err(err);
+                    }
+                };
+                let value = self.lookup(&name);
+                if self.lex.skip_unset_env && value.is_none() {
+                    return Ok(format!("${{{name}{modifier}{word}}}"));
+                }
+                let empty = value.as_deref().is_none_or(|v| null_is_unset && v.is_empty());
+                match ch {
+                    '-' => Ok(if empty { word } else { value.unwrap_or_default() }),
+                    '+' => Ok(if empty { String::new() } else { word }),
+                    '?' => match value {
+                        None => Err(format!(
+                            "{name}: {}",
+                            if word.is_empty() { "is not allowed to be unset" } else { &word }
+                        )),
+                        Some(v) if null_is_unset && v.is_empty() => Err(format!(
+                            "{name}: {}",
+                            if word.is_empty() { "is not allowed to be empty" } else { &word }
+                        )),
+                        Some(v) => Ok(v),
+                    },
+                    '%' | '#' => {
+                        let mut pattern = word.as_str();
+                        let greedy = pattern.starts_with(ch);
+                        if greedy {
+                            pattern = &pattern[ch.len_utf8()..];
+                        }
+                        let value = value.unwrap_or_default();
+                        if ch == '%' {
+                            trim_suffix(pattern, &value, greedy)
+                        } else {
+                            trim_prefix(pattern, &value, greedy)
+                        }
+                    }
+                    _ => Err(format!("unsupported modifier ({modifier}) in substitution")),
+                }
+            }
+            '/' => {
+                let replace_all = self.peek() == Some('/');
+                if replace_all {
+                    self.next();
+                }
+                let (pattern, _) = match self.process_stop_on(Some('/'), true) {
+                    Ok(res) => res,
+                    Err(err) => {
+                        if self.peek().is_none() {
+                            return Err("syntax error: missing '/' in ${}".into());
+                        }
+                        return Err(err);
+                    }
+                };
+                let (replacement, _) = match self.process_stop_on(Some('}'), true) {
+                    Ok(res) => res,
+                    Err(err) => {
+                        if self.peek().is_none() {
+                            return Err("syntax error: missing '}'".into());
+                        }
+                        return Err(err);
+                    }
+                };
+                let Some(value) = self.lookup(&name) else {
+                    if self.lex.skip_unset_env {
+                        return Ok(format!("${{{name}/{pattern}/{replacement}}}"));
+                    }
+                    return Ok(String::new());
+                };
+                let re = shell_pattern_to_regex(&pattern, true, false).map_err(|err| {
+                    format!("invalid pattern ({pattern}) in substitution: {err}")
+                })?;
+                let replacement = regex::NoExpand(&replacement);
+                Ok(if replace_all {
+                    re.replace_all(&value, replacement).into_owned()
+                } else {
+                    re.replace(&value, replacement).into_owned()
+                })
+            }
+            _ => Err(format!("unsupported modifier ({modifier}) in substitution")),
+        }
+    }
+
+    fn process_name(&mut self) -> String {
+        let mut name = String::new();
+        while let Some(ch) = self.peek() {
+            if name.is_empty() && ch.is_ascii_digit() {
+                while let Some(d) = self.peek().filter(char::is_ascii_digit) {
+                    self.next();
+                    name.push(d);
+                }
+                return name;
+            }
+            if name.is_empty() && matches!(ch, '@' | '*' | '#' | '?' | '-' | '$' | '!' | '0') {
+                self.next();
+                return ch.to_string();
+            }
+            if !ch.is_alphanumeric() && ch != '_' {
+                break;
+            }
+            self.next();
+            name.push(ch);
+        }
+        name
+    }
+}
+
+/// Converts a `${var%pattern}`-style pattern to a regex (no bracket expressions).
+fn shell_pattern_to_regex(pattern: &str, greedy: bool, anchored: bool) -> Result<Regex, String> {
+    let mut out = String::new();
+    if anchored {
+        out.push('^');
+    }
+    let star = if greedy { ".*" } else { ".*?" };
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let tok = chars[i];
+        i += 1;
+        match tok {
+            '*' => out.push_str(star),
+            '?' => out.push('.'),
+            '\\' => {
+                if matches!(chars.get(i), Some('}' | '/')) {
+                    continue;
+                }
+                let Some(&next) = chars.get(i) else {
+                    return Err("invalid escape at end of pattern".into());
+                };
+                i += 1;
+                if !matches!(next, '*' | '?' | '\\') {
+                    return Err(format!("invalid escape '\\{next}'"));
+                }
+                out.push('\\');
+                out.push(next);
+            }
+            _ => out.push_str(&regex::escape(&tok.to_string())),
+        }
+    }
+    Regex::new(&out).map_err(|err| err.to_string())
+}
+
+fn trim_prefix(pattern: &str, value: &str, greedy: bool) -> Result<String, String> {
+    let re = shell_pattern_to_regex(pattern, greedy, true)
+        .map_err(|err| format!("invalid pattern ({pattern}) in substitution: {err}"))?;
+    Ok(match re.find(value) {
+        Some(m) => value[m.end()..].to_string(),
+        None => value.to_string(),
+    })
+}
+
+/// Reverses a pattern while keeping each escape in front of the character it escapes.
+fn reverse_pattern(pattern: &str) -> String {
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut units: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] == '\\' && i + 1 < chars.len() {
+            units.push(format!("\\{}", chars[i + 1]));
+            i += 2;
+        } else {
+            units.push(chars[i].to_string());
+            i += 1;
+        }
+    }
+    units.reverse();
+    units.concat()
+}
+
+fn trim_suffix(pattern: &str, value: &str, greedy: bool) -> Result<String, String> {
+    let reversed: String = value.chars().rev().collect();
+    let trimmed = trim_prefix(&reverse_pattern(pattern), &reversed, greedy)?;
+    Ok(trimmed.chars().rev().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn vars() -> BTreeMap<&'static str, &'static str> {
+        BTreeMap::from([
+            ("V", "val"),
+            ("EMPTY", ""),
+            ("PATHV", "/usr/local/bin:/usr/bin"),
+            ("FILE", "archive.tar.gz"),
+            ("SP", "a b"),
+        ])
+    }
+
+    fn run(lex: Lex, input: &str) -> Result<(String, Vec<String>), String> {
+        let vars = vars();
+        let lookup = |name: &str| vars.get(name).map(|v| v.to_string());
+        lex.process(input, &lookup).map_err(|err| {
+            // Strip the "failed to process" wrapper so expectations stay short.
+            err.split_once(": ").map(|(_, rest)| rest.to_string()).unwrap_or(err)
+        })
+    }
+
+    #[track_caller]
+    fn check(input: &str, expected: Result<&str, &str>) {
+        let got = run(Lex::new('\\'), input).map(|(word, _)| word);
+        let got = got.as_ref().map(String::as_str).map_err(String::as_str);
+        assert_eq!(got, expected, "input: {input:?}");
+    }
+
+    #[test]
+    fn expansion_forms() {
+        check("$V", Ok("val"));
+        check("${V}", Ok("val"));
+        check("x${V}y", Ok("xvaly"));
+        check("$Vx", Ok(""));
+        check("$UNSET", Ok(""));
+        check("${UNSET:-w}", Ok("w"));
+        check("${EMPTY:-w}", Ok("w"));
+        check("${EMPTY-w}", Ok(""));
+        check("${UNSET-w}", Ok("w"));
+        check("${V:-w}", Ok("val"));
+        check("${V:+w}", Ok("w"));
+        check("${EMPTY:+w}", Ok(""));
+        check("${EMPTY+w}", Ok("w"));
+        check("${UNSET+w}", Ok(""));
+        check("${V:-$EMPTY}", Ok("val"));
+        check("${UNSET:-${V}}", Ok("val"));
+        check("${V:?oops}", Ok("val"));
+        check("${UNSET:?oops}", Err("UNSET: oops"));
+        check("${UNSET?}", Err("UNSET: is not allowed to be unset"));
+        check("${EMPTY:?}", Err("EMPTY: is not allowed to be empty"));
+        check("${FILE%.*}", Ok("archive.tar"));
+        check("${FILE%%.*}", Ok("archive"));
+        check("${FILE#*.}", Ok("tar.gz"));
+        check("${FILE##*.}", Ok("gz"));
+        check("${PATHV/usr/opt}", Ok("/opt/local/bin:/usr/bin"));
+        check("${PATHV//usr/opt}", Ok("/opt/local/bin:/opt/bin"));
+        check("$", Ok("$"));
+        check("a$ b", Ok("a$ b"));
+        check("$1", Ok(""));
+    }
+
+    #[test]
+    fn quotes_and_escapes() {
+        check("'$V'", Ok("$V"));
+        check("\"$V\"", Ok("val"));
+        check("\"a 'b' c\"", Ok("a 'b' c"));
+        check("\\$V", Ok("$V"));
+        check("\"\\$V\"", Ok("$V"));
+        check("\"a\\b\"", Ok("a\\b"));
+        check("a\\ b", Ok("a b"));
+        check("trailing\\", Ok("trailing"));
+        check("'unterminated", Err("unexpected end of statement while looking for matching single-quote"));
+        check("\"unterminated", Err("unexpected end of statement while looking for matching double-quote"));
+        check("${V", Err("syntax error: missing '}'"));
+        check("${}", Err("syntax error: bad substitution"));
+        check("${:a}", Err("syntax error: bad substitution"));
+        check("${V:=x}", Err("unsupported modifier (:=) in substitution"));
+        check("${V^}", Err("unsupported modifier (^) in substitution"));
+    }
+
+    #[test]
+    fn backtick_escape() {
+        let lex = Lex::new('`');
+        assert_eq!(run(lex, "`$V").expect("valid").0, "$V");
+        assert_eq!(run(lex, "a\\b").expect("valid").0, "a\\b");
+    }
+
+    #[test]
+    fn raw_modes_keep_quotes_and_unset_references() {
+        let lex = Lex { raw_quotes: true, skip_unset_env: true, ..Lex::new('\\') };
+        assert_eq!(run(lex, "echo \"$V\" '$V' $NOPE ${NOPE:-x}").expect("valid").0, "echo \"val\" '$V' $NOPE ${NOPE:-x}");
+    }
+
+    #[test]
+    fn word_splitting() {
+        let words = |s: &str| run(Lex::new('\\'), s).expect("valid").1;
+        assert_eq!(words("a  b\tc"), ["a", "b", "c"]);
+        assert_eq!(words("$SP c"), ["a", "b", "c"]);
+        assert_eq!(words("\"$SP\" c"), ["a b", "c"]);
+        assert_eq!(words("a\\ b"), ["a b"]);
+    }
+}

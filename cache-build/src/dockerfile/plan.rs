@@ -1,0 +1,1794 @@
+//! Build planning: pick the target, keep the stages it needs, expand variables, and produce steps,
+//! image configs and history the way BuildKit's `dockerfile2llb` does.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use regex::Regex;
+
+use super::Error;
+use super::ignore::clean_path;
+use super::lex::Lex;
+use super::parse::{
+    ArgDecl, CommandLine, Dockerfile, Heredoc, HealthcheckSpec, Instruction, InstructionKind, RunCommand,
+    chomp_heredoc, parse_heredoc,
+};
+
+/// The only platform buildcache builds for.
+pub const PLATFORM: &str = "linux/amd64";
+
+/// `PATH` that BuildKit sets when the base image defines none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The `comment` BuildKit writes into every history entry it creates.
+pub const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
+
+/// Inputs of [`plan`] besides the Dockerfile.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// `--build-arg NAME=VALUE` values.
+    pub build_args: BTreeMap<String, String>,
+    /// `--target` stage name; the last stage when `None`.
+    pub target: Option<String>,
+    /// Names given by `--build-context`; `FROM name`/`COPY --from=name` refer to these when no
+    /// stage has that name.
+    pub named_contexts: BTreeSet<String>,
+}
+
+/// What a build must do, stage by stage, dependencies first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The stages the target needs, dependencies first (Dockerfile order).
+    pub stages: Vec<PlannedStage>,
+    /// Index into `stages` of the target.
+    pub target: usize,
+    /// Build args given but not declared anywhere used (for a warning like BuildKit's).
+    pub unused_build_args: Vec<String>,
+}
+
+/// Where a stage starts from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Base {
+    /// `FROM scratch`: an empty filesystem and config.
+    Scratch,
+    /// An earlier stage: index into [`Plan::stages`].
+    Stage(usize),
+    /// An image reference, variables expanded, as written (see [`normalize_image_ref`]).
+    Image(String),
+    /// A named build context (`--build-context name=...`).
+    Context(String),
+}
+
+/// One stage of a [`Plan`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedStage {
+    /// The `AS` name lower-cased, or `stage-N` (N = index in the Dockerfile).
+    pub name: String,
+    /// The name BuildKit prints in progress lines: `None` when the Dockerfile has a single stage
+    /// (BuildKit then prints `[2/3]` instead of `[name 2/3]`).
+    pub progress_name: Option<String>,
+    /// Index of the stage in [`Dockerfile::stages`].
+    pub dockerfile_index: usize,
+    /// Where the stage starts from.
+    pub base: Base,
+    /// The `--platform` value after expansion and normalization, when given.
+    pub platform: Option<String>,
+    /// 1-based line of the `FROM`.
+    pub from_line: usize,
+    /// Progress text of the base, e.g. `FROM 127.0.0.1:5001/busybox:latest` (image references are
+    /// normalized like BuildKit does; the executor may append `@sha256:...`). BuildKit shows it as
+    /// step 1 only for image and context bases, see [`PlannedStage::from_number`].
+    pub from_display: String,
+    /// `m` of BuildKit's `[name n/m]`: the FROM of an image or context base, plus every RUN, COPY,
+    /// ADD and WORKDIR.
+    pub step_total: usize,
+    /// The filesystem steps: RUN, COPY, ADD and WORKDIR (except `WORKDIR /`, which has nothing to create).
+    pub steps: Vec<Step>,
+    /// The stage's final image config after all metadata instructions, starting from the base's
+    /// config (see [`plan_with_base_configs`] for image and context bases).
+    pub config: ImageConfig,
+    /// One entry per instruction after `FROM`, as BuildKit writes them (this stage's entries only;
+    /// an image's full history is its base's history followed by these).
+    pub history: Vec<HistoryEntry>,
+}
+
+impl PlannedStage {
+    /// BuildKit's progress prefix for step `number`: `[final 2/4]`, or `[2/4]` for a single-stage
+    /// Dockerfile; the number is padded to the width of the total (`[ 3/12]`).
+    pub fn progress_prefix(&self, number: usize) -> String {
+        let width = self.step_total.max(1).to_string().len();
+        match &self.progress_name {
+            Some(name) => format!("[{name} {number:>width$}/{}]", self.step_total),
+            None => format!("[{number:>width$}/{}]", self.step_total),
+        }
+    }
+
+    /// `Some(1)` when BuildKit shows the base as a step (image and context bases).
+    pub fn from_number(&self) -> Option<usize> {
+        matches!(self.base, Base::Image(_) | Base::Context(_)).then_some(1)
+    }
+}
+
+/// A filesystem step of a stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// 1-based line of the instruction.
+    pub line: usize,
+    /// `n` of BuildKit's `[name n/m]`.
+    pub number: usize,
+    /// BuildKit's progress text after the prefix, e.g. `COPY --from=builder /out/ /app/`: the
+    /// instruction as written with continuation lines joined, keyword upper-cased, and variables
+    /// that are set expanded (for RUN, quotes kept and unset variables left as written; a heredoc
+    /// RUN gets ` (first line...)` appended).
+    pub display: String,
+    /// What to do.
+    pub op: Op,
+    /// Environment for the step: the base's env, `ENV` values and the values of `ARG`s in scope
+    /// (BuildKit passes ARG values to RUN as env), in definition order.
+    pub env: Vec<(String, String)>,
+    /// Absolute working directory; `/` by default.
+    pub workdir: String,
+    /// The user as written after expansion (`1000:1000`, `app`), if set.
+    pub user: Option<String>,
+    /// Shell for shell-form commands; default `["/bin/sh", "-c"]`.
+    pub shell: Vec<String>,
+    /// Always `linux/amd64`.
+    pub platform: String,
+}
+
+/// A filesystem operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Run a command.
+    ///
+    /// Heredocs follow BuildKit: `RUN <<EOF` alone runs the body with the shell
+    /// (`command` = `Shell(body)`), or, when the body starts with `#!`, runs the file
+    /// `/dev/pipes/EOF` (`command` = `Shell("/dev/pipes/EOF")`, and the heredoc's `mount_path`
+    /// tells the executor to provide it); any other command (`RUN python3 <<EOF`) is passed to
+    /// the shell with the heredoc bodies and delimiters appended, so the shell feeds them.
+    Run {
+        /// The command; shell form runs as `shell + [string]`.
+        command: RunCommand,
+        /// The heredocs of the instruction, tabs stripped for `<<-`, not expanded (the shell does it).
+        heredocs: Vec<Heredoc>,
+    },
+    /// COPY or ADD.
+    Copy(CopyOp),
+    /// Create the directory (with parents, owned by the step's user) if missing.
+    Workdir {
+        /// Absolute path.
+        path: String,
+    },
+}
+
+/// A COPY or ADD.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopyOp {
+    /// Sources in BuildKit's order (paths, then heredoc files).
+    pub sources: Vec<CopySource>,
+    /// Absolute destination; a trailing `/` is kept (it means "into this directory").
+    pub dest: String,
+    /// Where path sources are read from.
+    pub from: CopyFrom,
+    /// `--chown` after expansion.
+    pub chown: Option<String>,
+    /// `--chmod` as a mode (octal in the Dockerfile).
+    pub chmod: Option<u32>,
+    /// `--link` was given (accepted; the result is the same files).
+    pub link: bool,
+    /// ADD: local tar archives (plain, gzip, bzip2, xz, zstd) are extracted into `dest`.
+    pub is_add: bool,
+}
+
+/// One source of a [`CopyOp`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CopySource {
+    /// A path (may contain wildcards) relative to the source's root, variables expanded.
+    Path(String),
+    /// A heredoc (`COPY <<EOF /dest`): a file named `name` (mode 0644) with `content`.
+    Inline {
+        /// File name.
+        name: String,
+        /// File content (tabs stripped for `<<-`, variables expanded unless the delimiter was quoted).
+        content: String,
+    },
+}
+
+/// Where a COPY reads from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CopyFrom {
+    /// The build context (filtered by `.dockerignore`).
+    Context,
+    /// The result of an earlier stage: index into [`Plan::stages`].
+    Stage(usize),
+    /// A named build context.
+    NamedContext(String),
+    /// An image's filesystem (`COPY --from=alpine:3`).
+    Image(String),
+}
+
+/// An OCI image config (the parts a Dockerfile can set).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    /// `KEY=VALUE` pairs in order.
+    pub env: Vec<(String, String)>,
+    /// Default command (shell form already wrapped in the shell).
+    pub cmd: Option<Vec<String>>,
+    /// Entrypoint (shell form already wrapped in the shell).
+    pub entrypoint: Option<Vec<String>>,
+    /// User.
+    pub user: Option<String>,
+    /// Absolute working directory.
+    pub workdir: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Exposed ports such as `80/tcp`.
+    pub exposed_ports: BTreeSet<String>,
+    /// Volumes.
+    pub volumes: BTreeSet<String>,
+    /// Stop signal as written (`SIGTERM`, `9`).
+    pub stop_signal: Option<String>,
+    /// Health check.
+    pub healthcheck: Option<Healthcheck>,
+    /// Shell for shell-form commands (`SHELL`).
+    pub shell: Option<Vec<String>>,
+    /// `MAINTAINER` value: BuildKit writes it to the image's top-level `author` field (not to
+    /// the `config` object).
+    pub author: Option<String>,
+}
+
+/// A container health check.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Healthcheck {
+    /// `["NONE"]`, `["CMD", exe, args...]` or `["CMD-SHELL", command]`.
+    pub test: Vec<String>,
+    /// Zero means the runtime default.
+    pub interval: Duration,
+    /// Zero means the runtime default.
+    pub timeout: Duration,
+    /// Zero means the runtime default.
+    pub start_period: Duration,
+    /// Zero means the runtime default.
+    pub start_interval: Duration,
+    /// Zero means the runtime default.
+    pub retries: u32,
+}
+
+/// One image history entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// E.g. `RUN /bin/sh -c echo hi # buildkit`, `ENV A=1`.
+    pub created_by: String,
+    /// True for metadata-only instructions (no layer).
+    pub empty_layer: bool,
+    /// Index into [`PlannedStage::steps`] of the step that makes this entry's layer.
+    pub step: Option<usize>,
+}
+
+/// Resolves a Dockerfile into a [`Plan`], treating image and context bases as having an empty
+/// config (plus BuildKit's default `PATH`).
+///
+/// Picks the target stage (default: last), keeps the stages it needs (transitively through
+/// `FROM <stage>` and `COPY --from=<stage>`), expands variables, and returns them dependencies
+/// first. Errors: unknown target, `--from` referring to a later stage or using variables,
+/// unsupported instructions or flags (`RUN --mount`, `ONBUILD`, `ADD <url>`, ...), invalid
+/// values; each names its line.
+///
+/// For exact env (`ENV PATH=/x:$PATH`), workdir and user inheritance from base images, resolve
+/// the image configs first and call [`plan_with_base_configs`].
+pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Plan, Error> {
+    plan_with_base_configs(df, opts, &BTreeMap::new())
+}
+
+/// Like [`plan`], with the configs of image and context bases, keyed by the string in
+/// [`Base::Image`] or [`Base::Context`] (a first `plan` call lists them).
+///
+/// A stage then starts from that config exactly as BuildKit does: its env (plus the default
+/// `PATH` when it has none) is in scope for expansion and steps, its workdir and user apply,
+/// and its cmd, entrypoint, labels and the rest carry into [`PlannedStage::config`].
+pub fn plan_with_base_configs(
+    df: &Dockerfile,
+    opts: &PlanOptions,
+    base_configs: &BTreeMap<String, ImageConfig>,
+) -> Result<Plan, Error> {
+    Planner::new(df, opts, base_configs)?.run()
+}
+
+/// Normalizes an image reference like Docker: `busybox` becomes `docker.io/library/busybox:latest`.
+///
+/// Errors when the reference is invalid (upper case in the repository, bad characters).
+pub fn normalize_image_ref(reference: &str) -> Result<String, String> {
+    static COMPONENT: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$").expect("component regex is valid")
+    });
+    static TAG: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"^[\w][\w.-]{0,127}$").expect("tag regex is valid"));
+    static DIGEST: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$").expect("digest regex is valid")
+    });
+    static DOMAIN: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?$")
+            .expect("domain regex is valid")
+    });
+    let invalid = || format!("invalid reference format: {reference:?}");
+    let (name_tag, digest) = match reference.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (reference, None),
+    };
+    if let Some(d) = digest
+        && !DIGEST.is_match(d)
+    {
+        return Err(invalid());
+    }
+    let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match name_tag[last_slash..].rfind(':') {
+        Some(i) => (&name_tag[..last_slash + i], Some(&name_tag[last_slash + i + 1..])),
+        None => (name_tag, None),
+    };
+    if let Some(t) = tag
+        && !TAG.is_match(t)
+    {
+        return Err(invalid());
+    }
+    let mut parts: Vec<&str> = name.split('/').collect();
+    let domain = if parts.len() > 1
+        && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost" || parts[0].chars().any(|c| c.is_ascii_uppercase()))
+    {
+        let d = parts.remove(0);
+        if !DOMAIN.is_match(d) {
+            return Err(invalid());
+        }
+        d.to_string()
+    } else {
+        "docker.io".to_string()
+    };
+    for part in &parts {
+        if part.chars().any(|c| c.is_ascii_uppercase()) {
+            return Err(format!("invalid reference format: repository name must be lowercase: {reference:?}"));
+        }
+        if !COMPONENT.is_match(part) {
+            return Err(invalid());
+        }
+    }
+    if domain == "docker.io" && parts.len() == 1 {
+        parts.insert(0, "library");
+    }
+    let mut out = format!("{domain}/{}", parts.join("/"));
+    match (tag, digest) {
+        (Some(t), _) => out.push_str(&format!(":{t}")),
+        (None, None) => out.push_str(":latest"),
+        (None, Some(_)) => {}
+    }
+    if let Some(d) = digest {
+        out.push_str(&format!("@{d}"));
+    }
+    Ok(out)
+}
+
+/// How a stage's base resolved, in Dockerfile indexes.
+#[derive(Clone, Debug)]
+enum RawBase {
+    Scratch,
+    Stage(usize),
+    Image(String),
+    Context(String),
+}
+
+#[derive(Clone, Debug)]
+enum RawFrom {
+    Stage(usize),
+    Image(String),
+    Context(String),
+}
+
+struct Resolved {
+    base: RawBase,
+    base_expanded: String,
+    platform: Option<String>,
+    /// `--from` of each COPY, keyed by instruction index.
+    copy_from: BTreeMap<usize, RawFrom>,
+}
+
+/// The dispatch state of a stage (BuildKit's `dispatchState`).
+#[derive(Clone, Debug, Default)]
+struct State {
+    /// Env of the LLB state: base env, ENV and ARG values.
+    env: Vec<(String, String)>,
+    config: ImageConfig,
+    /// Declared ARGs with their values, for RUN history.
+    build_args: Vec<(String, Option<String>)>,
+}
+
+impl State {
+    fn get(&self, name: &str) -> Option<String> {
+        self.env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+}
+
+fn add_env(env: &mut Vec<(String, String)>, key: &str, value: &str) {
+    match env.iter_mut().find(|(k, _)| k == key) {
+        Some(entry) => entry.1 = value.to_string(),
+        None => env.push((key.to_string(), value.to_string())),
+    }
+}
+
+struct Planner<'a> {
+    df: &'a Dockerfile,
+    opts: &'a PlanOptions,
+    base_configs: &'a BTreeMap<String, ImageConfig>,
+    globals: Vec<(String, String)>,
+    declared_args: BTreeSet<String>,
+    resolved: Vec<Resolved>,
+    target: usize,
+    single_stage: bool,
+}
+
+fn default_args(target: &str) -> Vec<(String, String)> {
+    [
+        ("BUILDPLATFORM", PLATFORM),
+        ("BUILDOS", "linux"),
+        ("BUILDARCH", "amd64"),
+        ("BUILDVARIANT", ""),
+        ("TARGETPLATFORM", PLATFORM),
+        ("TARGETOS", "linux"),
+        ("TARGETARCH", "amd64"),
+        ("TARGETVARIANT", ""),
+        ("TARGETSTAGE", target),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+fn lookup_in(list: &[(String, String)], name: &str) -> Option<String> {
+    list.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+}
+
+fn normalize_platform(value: &str) -> Option<String> {
+    let parts: Vec<String> = value.split('/').map(|p| p.to_lowercase()).collect();
+    let arch_ok = |a: &str| matches!(a, "amd64" | "x86_64" | "x86-64");
+    let ok = match parts.as_slice() {
+        [os, arch] => os == "linux" && arch_ok(arch),
+        [os, arch, variant] => os == "linux" && arch_ok(arch) && variant == "v1",
+        _ => false,
+    };
+    ok.then(|| PLATFORM.to_string())
+}
+
+impl<'a> Planner<'a> {
+    fn new(
+        df: &'a Dockerfile,
+        opts: &'a PlanOptions,
+        base_configs: &'a BTreeMap<String, ImageConfig>,
+    ) -> Result<Self, Error> {
+        let stages = &df.stages;
+        let target = match &opts.target {
+            None => stages.len() - 1,
+            Some(t) => stages
+                .iter()
+                .position(|s| s.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(t)))
+                .ok_or_else(|| {
+                    let names: Vec<&str> = stages.iter().filter_map(|s| s.name.as_deref()).collect();
+                    Error::general(format!(
+                        "target stage {t:?} could not be found; the stages are: {}",
+                        if names.is_empty() { "(none named; add AS <name> to a FROM)".to_string() } else { names.join(", ") }
+                    ))
+                })?,
+        };
+        let target_name = stages[target].name.clone().unwrap_or_default();
+
+        // Global ARGs (BuildKit's buildMetaArgs): build args override defaults.
+        let lex = Lex::new(df.escape);
+        let mut globals = default_args(&target_name);
+        for (k, v) in globals.iter_mut() {
+            if let Some(over) = opts.build_args.get(k.as_str()) {
+                *v = over.clone();
+            }
+        }
+        let mut declared_args = BTreeSet::new();
+        for ins in &df.global_args {
+            for decl in &ins.args {
+                declared_args.insert(decl.name.clone());
+                let value = match (opts.build_args.get(&decl.name), &decl.default) {
+                    (Some(v), _) => Some(v.clone()),
+                    (None, Some(default)) => Some(
+                        lex.process_word(default, &|n| lookup_in(&globals, n))
+                            .map_err(|e| Error::at(ins.line, e))?,
+                    ),
+                    (None, None) => None,
+                };
+                if let Some(value) = value {
+                    add_env(&mut globals, &decl.name, &value);
+                }
+            }
+        }
+
+        // Resolve every stage's base and COPY --from, like BuildKit does for all stages.
+        let mut resolved = Vec::with_capacity(stages.len());
+        let mut n_states = stages.len();
+        for (i, stage) in stages.iter().enumerate() {
+            let base_expanded = lex
+                .process_word(&stage.base, &|n| lookup_in(&globals, n))
+                .map_err(|e| Error::at(stage.line, e))?;
+            if base_expanded.is_empty() {
+                return Err(Error::at(
+                    stage.line,
+                    format!("base name ({}) should not be blank: set the ARG it uses (--build-arg)", stage.base),
+                ));
+            }
+            let platform = match &stage.platform {
+                None => None,
+                Some(p) => {
+                    let v = lex.process_word(p, &|n| lookup_in(&globals, n)).map_err(|e| {
+                        Error::at(stage.line, format!("failed to process arguments for platform {p}: {e}"))
+                    })?;
+                    if v.is_empty() {
+                        return Err(Error::at(stage.line, format!("empty platform value from expression {p}")));
+                    }
+                    Some(v)
+                }
+            };
+            let previous = stages[..i]
+                .iter()
+                .position(|s| s.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(&base_expanded)));
+            let base = if let Some(j) = previous {
+                RawBase::Stage(j)
+            } else if base_expanded == "scratch" {
+                RawBase::Scratch
+            } else if let Some(j) = base_expanded.parse::<usize>().ok().filter(|j| *j < i) {
+                RawBase::Stage(j)
+            } else if opts.named_contexts.contains(&base_expanded) {
+                RawBase::Context(base_expanded.clone())
+            } else {
+                RawBase::Image(base_expanded.clone())
+            };
+
+            let mut copy_from = BTreeMap::new();
+            for (idx, ins) in stage.instructions.iter().enumerate() {
+                let InstructionKind::Copy(_) = ins.kind else { continue };
+                let Some(from) = ins.flag("from") else { continue };
+                let from = from.to_string();
+                if from.contains(['$', '"', '\'', df.escape]) {
+                    return Err(Error::at(
+                        ins.line,
+                        "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround",
+                    ));
+                }
+                let this_name = stage.name.clone().unwrap_or_else(|| format!("stage-{i}"));
+                let found = match from.parse::<usize>() {
+                    Ok(j) if j < stages.len() => Some(j),
+                    Ok(j) => return Err(Error::at(ins.line, format!("invalid stage index {j} in --from: the Dockerfile has {} stages", stages.len()))),
+                    Err(_) => stages
+                        .iter()
+                        .position(|s| s.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(&from))),
+                };
+                let raw = match found {
+                    Some(j) if j >= i => {
+                        return Err(Error::at(
+                            ins.line,
+                            format!("cannot copy from stage {from:?}, it needs to be defined before current stage {this_name:?}"),
+                        ));
+                    }
+                    Some(j) => RawFrom::Stage(j),
+                    None if opts.named_contexts.contains(&from) => {
+                        n_states += 1;
+                        RawFrom::Context(from)
+                    }
+                    None => {
+                        n_states += 1;
+                        RawFrom::Image(from)
+                    }
+                };
+                copy_from.insert(idx, raw);
+            }
+            resolved.push(Resolved { base, base_expanded, platform, copy_from });
+        }
+
+        Ok(Planner {
+            df,
+            opts,
+            base_configs,
+            globals,
+            declared_args,
+            resolved,
+            target,
+            single_stage: n_states == 1,
+        })
+    }
+
+    fn run(mut self) -> Result<Plan, Error> {
+        // Stages reachable from the target.
+        let mut needed = BTreeSet::new();
+        let mut stack = vec![self.target];
+        while let Some(i) = stack.pop() {
+            if !needed.insert(i) {
+                continue;
+            }
+            if let RawBase::Stage(j) = self.resolved[i].base {
+                stack.push(j);
+            }
+            for from in self.resolved[i].copy_from.values() {
+                if let RawFrom::Stage(j) = from {
+                    stack.push(*j);
+                }
+            }
+        }
+        let order: Vec<usize> = needed.into_iter().collect();
+        let plan_index: BTreeMap<usize, usize> = order.iter().enumerate().map(|(p, d)| (*d, p)).collect();
+
+        let mut stages: Vec<PlannedStage> = Vec::with_capacity(order.len());
+        let mut finals: Vec<State> = Vec::with_capacity(order.len());
+        for &i in &order {
+            let (planned, state) = self.dispatch_stage(i, &plan_index, &finals)?;
+            stages.push(planned);
+            finals.push(state);
+        }
+
+        let unused_build_args = self
+            .opts
+            .build_args
+            .keys()
+            .filter(|k| !self.declared_args.contains(*k) && !is_builtin_arg(k))
+            .cloned()
+            .collect();
+        Ok(Plan { target: plan_index[&self.target], stages, unused_build_args })
+    }
+
+    fn dispatch_stage(
+        &mut self,
+        i: usize,
+        plan_index: &BTreeMap<usize, usize>,
+        finals: &[State],
+    ) -> Result<(PlannedStage, State), Error> {
+        let stage = &self.df.stages[i];
+        let resolved = &self.resolved[i];
+        let name = stage.name.clone().unwrap_or_else(|| format!("stage-{i}"));
+        let platform = match &resolved.platform {
+            None => None,
+            Some(p) => Some(normalize_platform(p).ok_or_else(|| {
+                Error::at(stage.line, format!("unsupported platform {p:?}: buildcache builds only {PLATFORM}; drop --platform or use --platform={PLATFORM}"))
+            })?),
+        };
+
+        let (base, from_display, mut state) = match &resolved.base {
+            RawBase::Scratch => (Base::Scratch, "FROM scratch".to_string(), self.initial_state(None)),
+            RawBase::Stage(j) => {
+                let p = plan_index[j];
+                (Base::Stage(p), format!("FROM {}", resolved.base_expanded), finals[p].clone())
+            }
+            RawBase::Image(r) => {
+                let normalized = normalize_image_ref(r)
+                    .map_err(|e| Error::at(stage.line, format!("failed to parse stage name {r:?}: {e}")))?;
+                (Base::Image(r.clone()), format!("FROM {normalized}"), self.initial_state(self.base_configs.get(r)))
+            }
+            RawBase::Context(c) => {
+                (Base::Context(c.clone()), format!("FROM {c}"), self.initial_state(self.base_configs.get(c)))
+            }
+        };
+
+        let from_counts = matches!(base, Base::Image(_) | Base::Context(_));
+        let step_total = usize::from(from_counts)
+            + stage
+                .instructions
+                .iter()
+                .filter(|ins| {
+                    matches!(
+                        ins.kind,
+                        InstructionKind::Run(_) | InstructionKind::Copy(_) | InstructionKind::Add(_) | InstructionKind::Workdir(_)
+                    )
+                })
+                .count();
+
+        let mut d = StageDispatch {
+            escape: self.df.escape,
+            opts: self.opts,
+            globals: &self.globals,
+            declared_args: &mut self.declared_args,
+            state: &mut state,
+            steps: Vec::new(),
+            history: Vec::new(),
+            cmd_index: usize::from(from_counts),
+            cmd_set: false,
+        };
+        for (idx, ins) in stage.instructions.iter().enumerate() {
+            let from = match resolved.copy_from.get(&idx) {
+                None => CopyFrom::Context,
+                Some(RawFrom::Stage(j)) => CopyFrom::Stage(plan_index[j]),
+                Some(RawFrom::Context(c)) => CopyFrom::NamedContext(c.clone()),
+                Some(RawFrom::Image(r)) => {
+                    normalize_image_ref(r).map_err(|e| {
+                        Error::at(ins.line, format!("--from={r} is neither a stage, a named context nor a valid image reference: {e}"))
+                    })?;
+                    CopyFrom::Image(r.clone())
+                }
+            };
+            d.dispatch(ins, from).map_err(|e| e.or_line(ins.line))?;
+        }
+        let steps = d.steps;
+        let history = d.history;
+        let planned_stage = PlannedStage {
+            name: name.clone(),
+            progress_name: (!self.single_stage).then_some(name),
+            dockerfile_index: i,
+            base,
+            platform,
+            from_line: stage.line,
+            from_display,
+            step_total,
+            steps,
+            config: state.config.clone(),
+            history,
+        };
+        Ok((planned_stage, state))
+    }
+
+    fn initial_state(&self, config: Option<&ImageConfig>) -> State {
+        let mut config = config.cloned().unwrap_or_default();
+        if !config.env.iter().any(|(k, _)| k == "PATH") {
+            config.env.push(("PATH".into(), DEFAULT_PATH.into()));
+        }
+        if let Some(wd) = &config.workdir {
+            config.workdir = Some(normalize_workdir("/", wd));
+        }
+        State { env: config.env.clone(), config, build_args: Vec::new() }
+    }
+}
+
+fn is_builtin_arg(name: &str) -> bool {
+    const PROXY: [&str; 5] = ["HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY"];
+    PROXY.iter().any(|p| p.eq_ignore_ascii_case(name)) || name.starts_with("BUILDKIT_")
+}
+
+/// `system.NormalizeWorkdir` for Linux: relative paths are joined to the current directory.
+fn normalize_workdir(current: &str, requested: &str) -> String {
+    if requested.starts_with('/') {
+        clean_path(requested)
+    } else {
+        clean_path(&format!("/{current}/{requested}"))
+    }
+}
+
+/// BuildKit's `pathRelativeToWorkingDir` with `keepSlash`: absolute, trailing `/` kept.
+fn dest_path(workdir: &str, dest: &str) -> String {
+    let rel = if dest.is_empty() || dest == "." { "./" } else { dest };
+    let joined = if rel.starts_with('/') { rel.to_string() } else { format!("{workdir}/{rel}") };
+    let trailing = joined.ends_with('/') || joined.ends_with("/.");
+    let mut cleaned = clean_path(&format!("/{joined}"));
+    if trailing && !cleaned.ends_with('/') {
+        cleaned.push('/');
+    }
+    cleaned
+}
+
+fn uppercase_cmd(s: &str) -> String {
+    match s.split_once(' ') {
+        Some((first, rest)) => format!("{} {rest}", first.to_uppercase()),
+        None => s.to_uppercase(),
+    }
+}
+
+fn summarize_heredoc(doc: &str) -> String {
+    let doc = doc.trim();
+    let doc = doc.replace("\r\n", "\n");
+    let mut lines = doc.split('\n');
+    let first = lines.next().unwrap_or_default().to_string();
+    if lines.next().is_some() { format!("{first}...") } else { first }
+}
+
+/// Go's `strconv.Quote`.
+fn go_quote(s: &str) -> String {
+    let mut out = String::from("\"");
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{7}' => out.push_str("\\a"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{b}' => out.push_str("\\v"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Go's `fmt.Sprintf("%q", []string)`.
+fn go_quote_list(items: &[String]) -> String {
+    format!("[{}]", items.iter().map(|s| go_quote(s)).collect::<Vec<_>>().join(" "))
+}
+
+/// Go's `time.Duration.String`.
+fn go_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    if nanos == 0 {
+        return "0s".into();
+    }
+    fn frac(value: u128, unit: u128) -> String {
+        let whole = value / unit;
+        let rest = value % unit;
+        if rest == 0 {
+            return whole.to_string();
+        }
+        let digits = unit.to_string().len() - 1;
+        let s = format!("{rest:0digits$}");
+        format!("{whole}.{}", s.trim_end_matches('0'))
+    }
+    if nanos < 1_000 {
+        return format!("{nanos}ns");
+    }
+    if nanos < 1_000_000 {
+        return format!("{}µs", frac(nanos, 1_000));
+    }
+    if nanos < 1_000_000_000 {
+        return format!("{}ms", frac(nanos, 1_000_000));
+    }
+    let hours = nanos / 3_600_000_000_000;
+    let minutes = (nanos / 60_000_000_000) % 60;
+    let secs = frac(nanos % 60_000_000_000, 1_000_000_000);
+    if hours > 0 {
+        format!("{hours}h{minutes}m{secs}s")
+    } else if minutes > 0 {
+        format!("{minutes}m{secs}s")
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// Go's `time.ParseDuration` (non-negative values).
+fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    let err = || format!("time: invalid duration {s:?}");
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = s.strip_prefix('+').unwrap_or(s);
+    if rest.is_empty() || rest.starts_with('-') {
+        return Err(err());
+    }
+    let mut total: f64 = 0.0;
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        if num_len == 0 {
+            return Err(err());
+        }
+        let value: f64 = rest[..num_len].parse().map_err(|_| err())?;
+        rest = &rest[num_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(format!("time: missing or unknown unit in duration {s:?}")),
+        };
+        rest = &rest[unit_len..];
+        total += value * unit;
+    }
+    if !total.is_finite() || total > u64::MAX as f64 {
+        return Err(err());
+    }
+    Ok(Duration::from_nanos(total.round() as u64))
+}
+
+fn parse_port_range(ports: &str) -> Option<(u16, u16)> {
+    match ports.split_once('-') {
+        None => ports.parse().ok().map(|p| (p, p)),
+        Some((a, b)) => {
+            let (a, b): (u16, u16) = (a.parse().ok()?, b.parse().ok()?);
+            (a <= b).then_some((a, b))
+        }
+    }
+}
+
+/// BuildKit's `parsePortSpec`: `[ip:][hostPort:]port[-end][/proto]` into `port/proto` entries.
+fn parse_port_spec(raw: &str) -> Result<Vec<String>, String> {
+    let parts: Vec<&str> = raw.split(':').collect();
+    let (ip, container) = match parts.len() {
+        1 => (String::new(), parts[0]),
+        n => (parts[..n - 2].join(":"), parts[n - 1]),
+    };
+    let (port, proto) = container.split_once('/').unwrap_or((container, ""));
+    if port.is_empty() {
+        return Err(format!("no port specified: {container}<empty>"));
+    }
+    let proto = match proto.to_lowercase().as_str() {
+        "" => "tcp".to_string(),
+        p @ ("tcp" | "udp" | "sctp") => p.to_string(),
+        p => return Err(format!("invalid proto: {p}")),
+    };
+    if !ip.is_empty() {
+        let bare = ip.trim_start_matches('[').trim_end_matches(']');
+        if bare.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!("invalid IP address: {ip}"));
+        }
+    }
+    let (start, end) = parse_port_range(port).ok_or_else(|| format!("invalid containerPort: {port}"))?;
+    Ok((start..=end).map(|p| format!("{p}/{proto}")).collect())
+}
+
+fn is_valid_signal(raw: &str) -> bool {
+    const NAMES: [&str; 34] = [
+        "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL", "PIPE",
+        "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP", "TSTP", "TTIN",
+        "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ",
+    ];
+    if let Ok(n) = raw.parse::<i64>() {
+        return n > 0;
+    }
+    let upper = raw.to_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    if NAMES.contains(&name) {
+        return true;
+    }
+    let rt = |prefix: &str, max: u32| {
+        name.strip_prefix(prefix).is_some_and(|n| n.is_empty() || n.parse::<u32>().is_ok_and(|v| v <= max))
+    };
+    rt("RTMIN+", 15) || rt("RTMAX-", 14) || name == "RTMIN" || name == "RTMAX"
+}
+
+fn is_url(src: &str) -> bool {
+    src.starts_with("http://") || src.starts_with("https://")
+}
+
+fn is_git(src: &str) -> bool {
+    src.starts_with("git://") || src.starts_with("git@") || src.starts_with("ssh://") || (is_url(src) && src.split(['?', '#']).next().is_some_and(|s| s.ends_with(".git")))
+}
+
+struct StageDispatch<'p> {
+    escape: char,
+    opts: &'p PlanOptions,
+    globals: &'p [(String, String)],
+    declared_args: &'p mut BTreeSet<String>,
+    state: &'p mut State,
+    steps: Vec<Step>,
+    history: Vec<HistoryEntry>,
+    cmd_index: usize,
+    cmd_set: bool,
+}
+
+impl StageDispatch<'_> {
+    fn lex(&self) -> Lex {
+        Lex::new(self.escape)
+    }
+
+    /// Expands `word` with the current env, like BuildKit's single-word expansion.
+    fn expand(&self, word: &str) -> Result<String, Error> {
+        let state = &*self.state;
+        self.lex().process_word(word, &|n| state.get(n)).map_err(Error::general)
+    }
+
+    fn display(&self, original: &str, raw_quotes: bool) -> String {
+        let lex = Lex { raw_quotes, skip_unset_env: raw_quotes, ..self.lex() };
+        let state = &*self.state;
+        uppercase_cmd(&lex.process_word(original, &|n| state.get(n)).unwrap_or_else(|_| original.to_string()))
+    }
+
+    fn shell(&self) -> Vec<String> {
+        self.state.config.shell.clone().unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
+    }
+
+    fn with_shell(&self, cmd: &CommandLine) -> Vec<String> {
+        match cmd {
+            CommandLine::Exec(v) => v.clone(),
+            CommandLine::Shell(s) => {
+                let mut v = self.shell();
+                v.push(s.clone());
+                v
+            }
+        }
+    }
+
+    fn commit(&mut self, created_by: String, step: Option<usize>) {
+        self.history.push(HistoryEntry { created_by, empty_layer: step.is_none(), step });
+    }
+
+    fn push_step(&mut self, ins: &Instruction, display: String, op: Op) -> usize {
+        self.cmd_index += 1;
+        self.steps.push(Step {
+            line: ins.line,
+            number: self.cmd_index,
+            display,
+            op,
+            env: self.state.env.clone(),
+            workdir: self.state.config.workdir.clone().unwrap_or_else(|| "/".into()),
+            user: self.state.config.user.clone(),
+            shell: self.shell(),
+            platform: PLATFORM.into(),
+        });
+        self.steps.len() - 1
+    }
+
+    fn unsupported(ins: &Instruction, what: &str, hint: &str) -> Error {
+        Error::at(ins.line, format!("{what} is not supported by buildcache: {hint}"))
+    }
+
+    fn dispatch(&mut self, ins: &Instruction, from: CopyFrom) -> Result<(), Error> {
+        match &ins.kind {
+            InstructionKind::Arg(decls) => self.dispatch_arg(decls),
+            InstructionKind::Env(pairs) => {
+                let expanded = self.expand_pairs(pairs)?;
+                let mut msg = String::from("ENV");
+                for (k, v) in &expanded {
+                    add_env(&mut self.state.env, k, v);
+                    add_env(&mut self.state.config.env, k, v);
+                    msg.push_str(&format!(" {k}={v}"));
+                }
+                self.commit(msg, None);
+                Ok(())
+            }
+            InstructionKind::Label(pairs) => {
+                let expanded = self.expand_pairs(pairs)?;
+                let mut msg = String::from("LABEL");
+                for (k, v) in expanded {
+                    msg.push_str(&format!(" {k}={v}"));
+                    self.state.config.labels.insert(k, v);
+                }
+                self.commit(msg, None);
+                Ok(())
+            }
+            InstructionKind::Maintainer(m) => {
+                self.state.config.author = Some(m.clone());
+                self.commit(format!("MAINTAINER {m}"), None);
+                Ok(())
+            }
+            InstructionKind::Run(cmd) => self.dispatch_run(ins, cmd),
+            InstructionKind::Copy(args) => self.dispatch_copy(ins, args, from, false),
+            InstructionKind::Add(args) => self.dispatch_copy(ins, args, CopyFrom::Context, true),
+            InstructionKind::Workdir(path) => {
+                let path = self.expand(path)?;
+                let current = self.state.config.workdir.clone().unwrap_or_else(|| "/".into());
+                let wd = normalize_workdir(&current, &path);
+                self.state.config.workdir = Some(wd.clone());
+                if wd == "/" {
+                    self.commit(format!("WORKDIR {wd}"), None);
+                } else {
+                    let display = self.display(&ins.original, false);
+                    let idx = self.push_step(ins, display, Op::Workdir { path: wd.clone() });
+                    self.commit(format!("WORKDIR {wd}"), Some(idx));
+                }
+                Ok(())
+            }
+            InstructionKind::User(user) => {
+                let user = self.expand(user)?;
+                self.commit(format!("USER {user}"), None);
+                self.state.config.user = Some(user);
+                Ok(())
+            }
+            InstructionKind::StopSignal(sig) => {
+                let sig = self.expand(sig)?;
+                if !is_valid_signal(&sig) {
+                    return Err(Error::at(ins.line, format!("invalid signal: {sig} (use a name like SIGTERM or a number)")));
+                }
+                self.commit(format!("STOPSIGNAL {sig}"), None);
+                self.state.config.stop_signal = Some(sig);
+                Ok(())
+            }
+            InstructionKind::Volume(vols) => {
+                let mut expanded = Vec::new();
+                for v in vols {
+                    let v = self.expand(v)?;
+                    if v.is_empty() {
+                        return Err(Error::at(ins.line, "VOLUME specified can not be an empty string"));
+                    }
+                    expanded.push(v);
+                }
+                self.commit(format!("VOLUME [{}]", expanded.join(" ")), None);
+                self.state.config.volumes.extend(expanded);
+                Ok(())
+            }
+            InstructionKind::Expose(ports) => {
+                let mut specs = Vec::new();
+                for p in ports {
+                    let state = &*self.state;
+                    let words = self.lex().process_words(p, &|n| state.get(n)).map_err(Error::general)?;
+                    for w in words {
+                        specs.extend(parse_port_spec(&w).map_err(|e| Error::at(ins.line, format!("EXPOSE {w}: {e}")))?);
+                    }
+                }
+                self.commit(format!("EXPOSE [{}]", specs.join(" ")), None);
+                self.state.config.exposed_ports.extend(specs);
+                Ok(())
+            }
+            InstructionKind::Shell(shell) => {
+                self.commit(format!("SHELL [{}]", shell.join(" ")), None);
+                self.state.config.shell = Some(shell.clone());
+                Ok(())
+            }
+            InstructionKind::Cmd(cmd) => {
+                let args = self.with_shell(cmd);
+                self.commit(format!("CMD {}", go_quote_list(&args)), None);
+                self.state.config.cmd = Some(args);
+                self.cmd_set = true;
+                Ok(())
+            }
+            InstructionKind::Entrypoint(cmd) => {
+                let args = match cmd {
+                    CommandLine::Exec(v) if v.is_empty() => None,
+                    other => Some(self.with_shell(other)),
+                };
+                self.commit(format!("ENTRYPOINT {}", go_quote_list(args.as_deref().unwrap_or_default())), None);
+                self.state.config.entrypoint = args;
+                if !self.cmd_set {
+                    self.state.config.cmd = None;
+                }
+                Ok(())
+            }
+            InstructionKind::Healthcheck(spec) => {
+                let hc = self.healthcheck(ins, spec)?;
+                self.commit(
+                    format!(
+                        "HEALTHCHECK {{Test:[{}] Interval:{} Timeout:{} StartPeriod:{} StartInterval:{} Retries:{}}}",
+                        hc.test.join(" "),
+                        go_duration(hc.interval),
+                        go_duration(hc.timeout),
+                        go_duration(hc.start_period),
+                        go_duration(hc.start_interval),
+                        hc.retries
+                    ),
+                    None,
+                );
+                self.state.config.healthcheck = Some(hc);
+                Ok(())
+            }
+            InstructionKind::Onbuild(_) => Err(Self::unsupported(
+                ins,
+                "ONBUILD",
+                "it only registers triggers for images built FROM this one; remove it or run those instructions directly",
+            )),
+        }
+    }
+
+    fn expand_pairs(&self, pairs: &[(String, String)]) -> Result<Vec<(String, String)>, Error> {
+        pairs.iter().map(|(k, v)| Ok((self.expand(k)?, self.expand(v)?))).collect()
+    }
+
+    fn dispatch_arg(&mut self, decls: &[ArgDecl]) -> Result<(), Error> {
+        let mut commits = Vec::new();
+        for decl in decls {
+            self.declared_args.insert(decl.name.clone());
+            let given = self.opts.build_args.get(&decl.name);
+            let value = match (given, &decl.default) {
+                (Some(v), _) => Some(v.clone()),
+                (None, Some(default)) => Some(self.expand(default)?),
+                (None, None) => lookup_in(self.globals, &decl.name),
+            };
+            if let Some(v) = &value {
+                add_env(&mut self.state.env, &decl.name, v);
+            }
+            commits.push(match &value {
+                Some(v) => format!("{}={v}", decl.name),
+                None => decl.name.clone(),
+            });
+            self.state.build_args.push((decl.name.clone(), value));
+        }
+        self.commit(format!("ARG {}", commits.join(" ")), None);
+        Ok(())
+    }
+
+    fn healthcheck(&self, ins: &Instruction, spec: &HealthcheckSpec) -> Result<Healthcheck, Error> {
+        let cmd = match spec {
+            HealthcheckSpec::None => return Ok(Healthcheck { test: vec!["NONE".into()], ..Healthcheck::default() }),
+            HealthcheckSpec::Cmd(cmd) => cmd,
+        };
+        let test = match cmd {
+            CommandLine::Exec(v) => std::iter::once("CMD".to_string()).chain(v.iter().cloned()).collect(),
+            CommandLine::Shell(s) => vec!["CMD-SHELL".to_string(), s.clone()],
+        };
+        let duration = |name: &str| -> Result<Duration, Error> {
+            let Some(v) = ins.flag(name) else { return Ok(Duration::ZERO) };
+            if v.is_empty() {
+                return Ok(Duration::ZERO);
+            }
+            let d = parse_go_duration(v).map_err(|e| Error::at(ins.line, format!("--{name}: {e}")))?;
+            if !d.is_zero() && d < Duration::from_millis(1) {
+                return Err(Error::at(ins.line, format!("Interval \"{name}\" cannot be less than 1ms")));
+            }
+            Ok(d)
+        };
+        let retries = match ins.flag("retries") {
+            None | Some("") => 0,
+            Some(v) => v.parse::<u32>().map_err(|_| {
+                Error::at(ins.line, format!("--retries must be a non-negative integer, got {v:?}"))
+            })?,
+        };
+        Ok(Healthcheck {
+            test,
+            interval: duration("interval")?,
+            timeout: duration("timeout")?,
+            start_period: duration("start-period")?,
+            start_interval: duration("start-interval")?,
+            retries,
+        })
+    }
+
+    fn dispatch_run(&mut self, ins: &Instruction, cmd: &CommandLine) -> Result<(), Error> {
+        if let Some(flag) = ins.flags.first() {
+            return Err(Self::unsupported(
+                ins,
+                &format!("RUN --{}", flag.name),
+                "buildcache runs steps without mounts, network or security options; remove the flag (for caches, copy the files into the image instead)",
+            ));
+        }
+        let mut display_source = ins.original.clone();
+        let mut heredocs = Vec::new();
+        let command = match cmd {
+            CommandLine::Exec(v) => CommandLine::Exec(v.clone()),
+            CommandLine::Shell(s) if ins.heredocs.is_empty() => CommandLine::Shell(s.clone()),
+            CommandLine::Shell(s) => {
+                for h in &ins.heredocs {
+                    let content = if h.chomp { chomp_heredoc(&h.content) } else { h.content.clone() };
+                    heredocs.push(Heredoc { content, ..h.clone() });
+                }
+                display_source.push_str(&format!(" ({})", summarize_heredoc(&ins.heredocs[0].content)));
+                if parse_heredoc(s).ok().flatten().is_some() {
+                    let first = &mut heredocs[0];
+                    if first.content.starts_with("#!") {
+                        let path = format!("/dev/pipes/{}", first.name);
+                        first.mount_path = Some(path.clone());
+                        CommandLine::Shell(path)
+                    } else {
+                        CommandLine::Shell(first.content.clone())
+                    }
+                } else {
+                    let mut script = s.clone();
+                    for h in &ins.heredocs {
+                        script.push('\n');
+                        script.push_str(&h.content);
+                        script.push_str(&h.name);
+                    }
+                    CommandLine::Shell(script)
+                }
+            }
+        };
+        let display = self.display(&display_source, true);
+        let args = self.with_shell(&command);
+        let created_by = format!("RUN {} # buildkit", self.run_command_string(&args));
+        let idx = self.push_step(ins, display, Op::Run { command, heredocs });
+        self.commit(created_by, Some(idx));
+        Ok(())
+    }
+
+    /// BuildKit's `runCommandString`: `|N K=V ... args`.
+    fn run_command_string(&self, args: &[String]) -> String {
+        let mut build_env: Vec<(String, String)> = Vec::new();
+        for (key, value) in &self.state.build_args {
+            let v = self.state.get(key).or_else(|| value.clone()).unwrap_or_default();
+            add_env(&mut build_env, key, &v);
+        }
+        let mut parts: Vec<String> = Vec::new();
+        if !build_env.is_empty() {
+            parts.push(format!("|{}", build_env.len()));
+            parts.extend(build_env.into_iter().map(|(k, v)| format!("{k}={v}")));
+        }
+        parts.extend(args.iter().cloned());
+        parts.join(" ")
+    }
+
+    fn dispatch_copy(&mut self, ins: &Instruction, args: &[String], from: CopyFrom, is_add: bool) -> Result<(), Error> {
+        let keyword = if is_add { "ADD" } else { "COPY" };
+        for flag in &ins.flags {
+            match flag.name.as_str() {
+                "from" | "chown" | "chmod" | "link" => {}
+                "parents" if flag.value == "false" => {}
+                other => {
+                    return Err(Self::unsupported(
+                        ins,
+                        &format!("{keyword} --{other}"),
+                        "remove the flag (supported: --from, --chown, --chmod, --link)",
+                    ));
+                }
+            }
+        }
+        let (srcs, dest_raw) = args.split_at(args.len() - 1);
+        let mut paths = Vec::new();
+        let mut inline = Vec::new();
+        let mut history_srcs = Vec::new();
+        for src in srcs {
+            if let Some(h) = parse_heredoc(src).map_err(Error::general)? {
+                let body = ins.heredocs.iter().find(|d| d.name == h.name).map(|d| d.content.clone()).unwrap_or_default();
+                let body = if h.chomp { chomp_heredoc(&body) } else { body };
+                let content = if h.expand {
+                    let lex = Lex { skip_process_quotes: true, ..Lex::new('\\') };
+                    let state = &*self.state;
+                    lex.process_word(&body, &|n| state.get(n)).map_err(Error::general)?
+                } else {
+                    body
+                };
+                inline.push(CopySource::Inline { name: h.name, content });
+                continue;
+            }
+            let path = self.expand(src)?;
+            if is_url(&path) || is_git(&path) {
+                let what = if is_add { "ADD from a URL or git repository" } else { "COPY from a URL" };
+                return Err(Self::unsupported(
+                    ins,
+                    what,
+                    &format!("builds have no network access; download {path} into the build context and COPY it"),
+                ));
+            }
+            history_srcs.push(format!(" {path}"));
+            paths.push(CopySource::Path(path));
+        }
+        for source in &inline {
+            if let CopySource::Inline { name, .. } = source {
+                history_srcs.push(format!(" <<{name}"));
+            }
+        }
+        let dest_expanded = self.expand(&dest_raw[0])?;
+        let workdir = self.state.config.workdir.clone().unwrap_or_else(|| "/".into());
+        let dest = dest_path(&workdir, &dest_expanded);
+        let chown = match ins.flag("chown") {
+            Some(c) if !c.is_empty() => Some(self.expand(c)?),
+            _ => None,
+        };
+        let chmod_raw = match ins.flag("chmod") {
+            Some(c) if !c.is_empty() => Some(self.expand(c)?),
+            _ => None,
+        };
+        let chmod = match &chmod_raw {
+            None => None,
+            Some(c) => match u32::from_str_radix(c, 8) {
+                Ok(mode) if mode <= 0o7777 => Some(mode),
+                _ => {
+                    return Err(Error::at(
+                        ins.line,
+                        format!("invalid chmod parameter: '{c}'. it should be octal string and between 0 and 07777"),
+                    ));
+                }
+            },
+        };
+        let link = ins.flag("link") == Some("true");
+
+        let mut msg = String::from(keyword);
+        if let Some(c) = &chown {
+            msg.push_str(&format!(" --chown={c}"));
+        }
+        if let Some(c) = &chmod_raw {
+            msg.push_str(&format!(" --chmod={c}"));
+        }
+        msg.extend(history_srcs);
+        msg.push_str(&format!(" {dest_expanded} # buildkit"));
+
+        let display = self.display(&ins.original, false);
+        paths.extend(inline);
+        let op = Op::Copy(CopyOp { sources: paths, dest, from, chown, chmod, link, is_add });
+        let idx = self.push_step(ins, display, op);
+        self.commit(msg, Some(idx));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse::parse;
+    use super::*;
+
+    fn plan_text(text: &str, build_args: &[(&str, &str)], target: Option<&str>) -> Result<Plan, Error> {
+        let df = parse(text)?;
+        let opts = PlanOptions {
+            build_args: build_args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            target: target.map(String::from),
+            named_contexts: BTreeSet::new(),
+        };
+        plan(&df, &opts)
+    }
+
+    fn ok(text: &str) -> Plan {
+        plan_text(text, &[], None).expect("plans")
+    }
+
+    /// Every step of the plan as BuildKit prints it in progress output.
+    fn progress_lines(plan: &Plan) -> Vec<String> {
+        let mut lines = Vec::new();
+        for stage in &plan.stages {
+            if let Some(n) = stage.from_number() {
+                lines.push(format!("{} {}", stage.progress_prefix(n), stage.from_display));
+            }
+            for step in &stage.steps {
+                lines.push(format!("{} {}", stage.progress_prefix(step.number), step.display));
+            }
+        }
+        lines
+    }
+
+    #[track_caller]
+    fn check_error(text: &str, line: Option<usize>, contains: &str) {
+        let err = plan_text(text, &[], None).expect_err("must fail");
+        assert_eq!(err.line(), line, "{err}");
+        assert!(err.message().contains(contains), "{err} should contain {contains:?}");
+    }
+
+    fn fixture_dir() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/buildkit")
+    }
+
+    #[test]
+    fn fixture_plan_matches_buildkit_progress() {
+        let text = std::fs::read_to_string(fixture_dir().join("context/Dockerfile")).expect("fixture");
+        let plan = ok(&text);
+        let names: Vec<&str> = plan.stages.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["base", "builder", "final"]);
+        assert_eq!(plan.target, 2);
+        assert_eq!(plan.stages[1].base, Base::Stage(0));
+        assert_eq!(plan.stages[2].base, Base::Image("127.0.0.1:5001/busybox:latest".into()));
+        let Op::Copy(copy) = &plan.stages[2].steps[1].op else { panic!("COPY expected") };
+        assert_eq!(copy.from, CopyFrom::Stage(1));
+        assert_eq!(copy.dest, "/app/");
+        assert_eq!(copy.sources, [CopySource::Path("/out/".into())]);
+
+        // Every "#N [stage n/m] ..." line of the real BuildKit run, without the resolved digest.
+        let progress = std::fs::read_to_string(fixture_dir().join("progress/b-cold-export-local-max.txt")).expect("fixture");
+        let mut expected: Vec<String> = progress
+            .lines()
+            .filter_map(|l| l.split_once(' ').map(|(_, rest)| rest))
+            .filter(|rest| rest.starts_with('[') && !rest.starts_with("[internal]"))
+            .map(|rest| rest.split('@').next().unwrap_or(rest).to_string())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut got = progress_lines(&plan);
+        // BuildKit only shows one FROM vertex per distinct image; both base and final use busybox.
+        got.retain(|l| l != "[final 1/4] FROM 127.0.0.1:5001/busybox:latest");
+        got.sort();
+        expected.sort();
+        assert_eq!(got, expected);
+
+        let final_stage = &plan.stages[2];
+        assert_eq!(final_stage.config.cmd, Some(vec!["/bin/sh".into(), "-c".into(), "cat /app/artifact.txt".into()]));
+        assert_eq!(
+            final_stage.history.iter().map(|h| (h.created_by.as_str(), h.empty_layer)).collect::<Vec<_>>(),
+            [
+                ("COPY app.conf /etc/app.conf # buildkit", false),
+                ("COPY /out/ /app/ # buildkit", false),
+                ("RUN /bin/sh -c wc -c /app/artifact.txt > /app/size.txt # buildkit", false),
+                ("CMD [\"/bin/sh\" \"-c\" \"cat /app/artifact.txt\"]", true),
+            ]
+        );
+        assert_eq!(final_stage.history[2].step, Some(2));
+        assert!(plan.unused_build_args.is_empty());
+    }
+
+    #[test]
+    fn unused_stages_are_not_planned_and_targets_select() {
+        let text = "FROM alpine AS a\nRUN a\nFROM alpine AS b\nRUN b\nFROM a AS c\nCOPY --from=1 /x /y\n";
+        let plan = ok(text);
+        assert_eq!(plan.stages.iter().map(|s| s.dockerfile_index).collect::<Vec<_>>(), [0, 1, 2]);
+        let plan = plan_text(text, &[], Some("B")).expect("plans");
+        assert_eq!(plan.stages.len(), 1);
+        assert_eq!(plan.stages[0].name, "b");
+        let err = plan_text(text, &[], Some("nope")).expect_err("unknown target");
+        assert!(err.to_string().contains("target stage \"nope\" could not be found; the stages are: a, b, c"), "{err}");
+        // Unused stages may use unsupported features.
+        let plan = ok("FROM alpine AS x\nRUN --mount=type=cache,target=/c make\nFROM alpine\nRUN ok\n");
+        assert_eq!(plan.stages.len(), 1);
+        assert_eq!(plan.stages[0].name, "stage-1");
+    }
+
+    #[test]
+    fn single_stage_progress_has_no_name() {
+        let plan = ok("FROM busybox\nWORKDIR /app\nRUN true\n");
+        assert_eq!(progress_lines(&plan), ["[1/3] FROM docker.io/library/busybox:latest", "[2/3] WORKDIR /app", "[3/3] RUN true"]);
+        // A COPY --from of an image makes BuildKit name the stage.
+        let plan = ok("FROM busybox\nCOPY --from=alpine /a /b\n");
+        assert_eq!(plan.stages[0].progress_name.as_deref(), Some("stage-0"));
+        let Op::Copy(copy) = &plan.stages[0].steps[0].op else { panic!("COPY expected") };
+        assert_eq!(copy.from, CopyFrom::Image("alpine".into()));
+    }
+
+    #[test]
+    fn progress_numbers_pad_like_buildkit() {
+        let mut text = String::from("FROM scratch AS s\n");
+        for i in 0..12 {
+            text.push_str(&format!("COPY f{i} /\n"));
+        }
+        let plan = ok(&text);
+        assert_eq!(plan.stages[0].progress_prefix(3), "[s  3/12]");
+        assert_eq!(plan.stages[0].from_number(), None);
+        // WORKDIR / counts in the total but makes no step.
+        let plan = ok("FROM scratch\nWORKDIR /\nCOPY a /\n");
+        assert_eq!(plan.stages[0].step_total, 2);
+        assert_eq!(plan.stages[0].steps.len(), 1);
+        assert_eq!(plan.stages[0].steps[0].number, 1);
+    }
+
+    #[test]
+    fn displays_keep_text_and_expand_set_variables() {
+        let plan = ok("FROM scratch\nARG V=1\nENV E=e\nrun echo \"$V\" '$E' $UNSET \\\n  && true\nCOPY --chown=$E \"a b\" ${E}/\nWORKDIR /w/$E\n");
+        let displays: Vec<&str> = plan.stages[0].steps.iter().map(|s| s.display.as_str()).collect();
+        assert_eq!(displays, ["RUN echo \"1\" 'e' $UNSET   && true", "COPY --chown=e a b e/", "WORKDIR /w/e"]);
+    }
+
+    #[test]
+    fn arg_scoping_and_build_args() {
+        let text = "ARG BASE=alpine\nARG G=global\nFROM $BASE AS s\nARG G\nARG L=local\nRUN echo\nFROM ${BASE}:3 AS t\nCOPY --from=s /x /y\nRUN echo $G\n";
+        let plan = ok(text);
+        assert_eq!(plan.stages[0].base, Base::Image("alpine".into()));
+        assert_eq!(plan.stages[1].base, Base::Image("alpine:3".into()));
+        let env_of = |stage: &PlannedStage, step: usize| stage.steps[step].env.clone();
+        let env = env_of(&plan.stages[0], 0);
+        assert!(env.contains(&("G".into(), "global".into())), "{env:?}");
+        assert!(env.contains(&("L".into(), "local".into())));
+        assert!(env.contains(&("PATH".into(), DEFAULT_PATH.into())));
+        // Global ARGs are not in scope inside a stage without a redeclaration.
+        let env = env_of(&plan.stages[1], 1);
+        assert!(!env.iter().any(|(k, _)| k == "G"), "{env:?}");
+        // ARG values are env for RUN but not image config env.
+        assert!(!plan.stages[0].config.env.iter().any(|(k, _)| k == "L"));
+        assert_eq!(plan.stages[0].history[2].created_by, "RUN |2 G=global L=local /bin/sh -c echo # buildkit");
+
+        let plan = plan_text(text, &[("BASE", "debian"), ("L", "cli"), ("NOPE", "x"), ("HTTP_PROXY", "p")], None).expect("plans");
+        assert_eq!(plan.stages[0].base, Base::Image("debian".into()));
+        assert!(plan.stages[0].steps[0].env.contains(&("L".into(), "cli".into())));
+        assert_eq!(plan.unused_build_args, ["NOPE"]);
+
+        // Platform args need a declaration inside the stage.
+        let plan = ok("FROM --platform=$BUILDPLATFORM scratch\nARG TARGETARCH\nARG TARGETOS TARGETPLATFORM\nRUN echo\n");
+        let env = &plan.stages[0].steps[0].env;
+        assert!(env.contains(&("TARGETARCH".into(), "amd64".into())));
+        assert!(env.contains(&("TARGETOS".into(), "linux".into())));
+        assert!(env.contains(&("TARGETPLATFORM".into(), "linux/amd64".into())));
+        assert_eq!(plan.stages[0].platform.as_deref(), Some("linux/amd64"));
+
+        // Stage inheritance carries ENV and ARG values.
+        let plan = ok("FROM scratch AS a\nARG X=1\nENV Y=2\nFROM a\nRUN echo\n");
+        let env = &plan.stages[1].steps[0].env;
+        assert!(env.contains(&("X".into(), "1".into())) && env.contains(&("Y".into(), "2".into())));
+        assert_eq!(plan.stages[1].config.env, [("PATH".to_string(), DEFAULT_PATH.to_string()), ("Y".into(), "2".into())]);
+    }
+
+    #[test]
+    fn env_and_config_instructions() {
+        let plan = ok(concat!(
+            "FROM scratch\n",
+            "ENV A=1 B=\"two words\" C=$A\n",
+            "ENV A=3\n",
+            "ENV D ${A:-x}-${NOPE:-y}\n",
+            "LABEL \"org.x\"=\"v $A\" plain=1\n",
+            "USER 1000:1000\n",
+            "WORKDIR app\n",
+            "WORKDIR ../srv\n",
+            "EXPOSE 80 8000-8001/udp\n",
+            "VOLUME /data [\"/x\"]\n",
+            "STOPSIGNAL SIGINT\n",
+            "SHELL [\"/bin/bash\", \"-eu\", \"-c\"]\n",
+            "CMD run it\n",
+            "ENTRYPOINT [\"/e\"]\n",
+            "HEALTHCHECK --interval=1m30s --retries=3 CMD curl -f x\n",
+            "MAINTAINER me\n",
+        ));
+        let c = &plan.stages[0].config;
+        assert_eq!(
+            c.env,
+            [
+                ("PATH".to_string(), DEFAULT_PATH.to_string()),
+                ("A".into(), "3".into()),
+                ("B".into(), "two words".into()),
+                ("C".into(), "".into()),
+                ("D".into(), "3-y".into()),
+            ]
+        );
+        assert_eq!(c.labels.get("org.x").map(String::as_str), Some("v 3"));
+        assert_eq!(c.user.as_deref(), Some("1000:1000"));
+        assert_eq!(c.workdir.as_deref(), Some("/srv"));
+        assert_eq!(c.exposed_ports.iter().collect::<Vec<_>>(), ["8000/udp", "8001/udp", "80/tcp"]);
+        assert_eq!(c.volumes.iter().collect::<Vec<_>>(), ["/data", "[\"/x\"]"]);
+        assert_eq!(c.stop_signal.as_deref(), Some("SIGINT"));
+        assert_eq!(c.shell, Some(vec!["/bin/bash".into(), "-eu".into(), "-c".into()]));
+        // ENTRYPOINT after CMD in the same stage keeps CMD.
+        assert_eq!(c.cmd, Some(vec!["/bin/bash".into(), "-eu".into(), "-c".into(), "run it".into()]));
+        assert_eq!(c.entrypoint, Some(vec!["/e".into()]));
+        let hc = c.healthcheck.as_ref().expect("healthcheck");
+        assert_eq!(hc.test, ["CMD-SHELL", "curl -f x"]);
+        assert_eq!((hc.interval, hc.retries), (Duration::from_secs(90), 3));
+        assert_eq!(c.author.as_deref(), Some("me"));
+        let steps: Vec<_> = plan.stages[0].steps.iter().map(|s| (&s.op, s.user.as_deref())).collect();
+        assert_eq!(
+            steps,
+            [(&Op::Workdir { path: "/app".into() }, Some("1000:1000")), (&Op::Workdir { path: "/srv".into() }, Some("1000:1000"))]
+        );
+        let history: Vec<&str> = plan.stages[0].history.iter().map(|h| h.created_by.as_str()).collect();
+        assert_eq!(
+            history,
+            [
+                "ENV A=1 B=two words C=",
+                "ENV A=3",
+                "ENV D=3-y",
+                "LABEL org.x=v 3 plain=1",
+                "USER 1000:1000",
+                "WORKDIR /app",
+                "WORKDIR /srv",
+                "EXPOSE [80/tcp 8000/udp 8001/udp]",
+                "VOLUME [/data [\"/x\"]]",
+                "STOPSIGNAL SIGINT",
+                "SHELL [/bin/bash -eu -c]",
+                "CMD [\"/bin/bash\" \"-eu\" \"-c\" \"run it\"]",
+                "ENTRYPOINT [\"/e\"]",
+                "HEALTHCHECK {Test:[CMD-SHELL curl -f x] Interval:1m30s Timeout:0s StartPeriod:0s StartInterval:0s Retries:3}",
+                "MAINTAINER me",
+            ]
+        );
+        // ENTRYPOINT without a CMD in the stage resets an inherited CMD.
+        let plan = ok("FROM scratch AS a\nCMD [\"x\"]\nFROM a\nENTRYPOINT [\"e\"]\n");
+        assert_eq!(plan.stages[1].config.cmd, None);
+        let plan = ok("FROM scratch\nCMD [\"x\"]\nENTRYPOINT []\n");
+        assert_eq!((plan.stages[0].config.cmd.clone(), plan.stages[0].config.entrypoint.clone()), (Some(vec!["x".into()]), None));
+    }
+
+    #[test]
+    fn run_forms_and_shell() {
+        let plan = ok("FROM scratch\nRUN [\"echo\", \"hi\"]\nSHELL [\"/bin/bash\", \"-c\"]\nRUN echo $0\n");
+        let s = &plan.stages[0].steps;
+        assert_eq!(s[0].op, Op::Run { command: RunCommand::Exec(vec!["echo".into(), "hi".into()]), heredocs: vec![] });
+        assert_eq!(s[0].shell, ["/bin/sh", "-c"]);
+        assert_eq!(s[1].op, Op::Run { command: RunCommand::Shell("echo $0".into()), heredocs: vec![] });
+        assert_eq!(s[1].shell, ["/bin/bash", "-c"]);
+        assert_eq!(plan.stages[0].history[0].created_by, "RUN echo hi # buildkit");
+        assert_eq!(plan.stages[0].history[2].created_by, "RUN /bin/bash -c echo $0 # buildkit");
+    }
+
+    #[test]
+    fn heredocs() {
+        let plan = ok("FROM scratch\nRUN <<EOF\necho a\necho b\nEOF\nRUN <<-EOF\n\t#!/usr/bin/env python3\n\tprint(1)\n\tEOF\nRUN python3 - <<'PY' > out\nprint($X)\nPY\nENV X=1\nCOPY <<A <<\"B\" /etc/\nx=$X\nA\ny=$X\nB\n");
+        let s = &plan.stages[0].steps;
+        let Op::Run { command, heredocs } = &s[0].op else { panic!("RUN") };
+        assert_eq!(command, &RunCommand::Shell("echo a\necho b\n".into()));
+        assert_eq!(heredocs[0].mount_path, None);
+        assert_eq!(s[0].display, "RUN <<EOF (echo a...)");
+        let Op::Run { command, heredocs } = &s[1].op else { panic!("RUN") };
+        assert_eq!(command, &RunCommand::Shell("/dev/pipes/EOF".into()));
+        assert_eq!(heredocs[0].content, "#!/usr/bin/env python3\nprint(1)\n");
+        assert_eq!(heredocs[0].mount_path.as_deref(), Some("/dev/pipes/EOF"));
+        let Op::Run { command, .. } = &s[2].op else { panic!("RUN") };
+        assert_eq!(command, &RunCommand::Shell("python3 - <<'PY' > out\nprint($X)\nPY".into()));
+        let Op::Copy(copy) = &s[3].op else { panic!("COPY") };
+        assert_eq!(
+            copy.sources,
+            [
+                CopySource::Inline { name: "A".into(), content: "x=1\n".into() },
+                CopySource::Inline { name: "B".into(), content: "y=$X\n".into() }
+            ]
+        );
+        assert_eq!(copy.dest, "/etc/");
+        assert_eq!(plan.stages[0].history.last().map(|h| h.created_by.as_str()), Some("COPY <<A <<B /etc/ # buildkit"));
+    }
+
+    #[test]
+    fn copy_options_and_destinations() {
+        let plan = ok("FROM scratch\nWORKDIR /w\nCOPY --chown=app:app --chmod=755 --link a b ./\nCOPY x .\nCOPY y sub\nADD data.tar.gz /d\nCOPY [\"/s p\", \"/t/\"]\n");
+        let copies: Vec<&CopyOp> = plan.stages[0]
+            .steps
+            .iter()
+            .filter_map(|s| if let Op::Copy(c) = &s.op { Some(c) } else { None })
+            .collect();
+        assert_eq!(copies[0].dest, "/w/");
+        assert_eq!((copies[0].chown.as_deref(), copies[0].chmod, copies[0].link), (Some("app:app"), Some(0o755), true));
+        assert_eq!(copies[1].dest, "/w/");
+        assert_eq!(copies[2].dest, "/w/sub");
+        assert!(copies[3].is_add && !copies[2].is_add);
+        assert_eq!(copies[4].sources, [CopySource::Path("/s p".into())]);
+        assert_eq!(plan.stages[0].history[1].created_by, "COPY --chown=app:app --chmod=755 a b ./ # buildkit");
+    }
+
+    #[test]
+    fn unsupported_features_name_the_line() {
+        check_error("FROM scratch\nRUN --mount=type=cache,target=/x make\n", Some(2), "RUN --mount is not supported");
+        check_error("FROM scratch\nRUN --network=none make\n", Some(2), "RUN --network");
+        check_error("FROM scratch\n\nONBUILD RUN x\n", Some(3), "ONBUILD is not supported");
+        check_error("FROM scratch\nADD https://example.com/a.tgz /\n", Some(2), "ADD from a URL");
+        check_error("FROM scratch\nADD git@github.com:a/b.git /\n", Some(2), "ADD from a URL or git");
+        check_error("FROM scratch\nCOPY http://x/y /\n", Some(2), "COPY from a URL");
+        check_error("FROM scratch\nCOPY --parents a/ /\n", Some(2), "COPY --parents is not supported");
+        check_error("FROM scratch\nCOPY --exclude=*.md . /\n", Some(2), "COPY --exclude");
+        check_error("FROM scratch\nADD --checksum=sha256:x a /\n", Some(2), "ADD --checksum");
+        check_error("FROM --platform=linux/arm64 scratch\n", Some(1), "unsupported platform \"linux/arm64\"");
+        check_error("FROM scratch\nCOPY --chmod=u+x a /\n", Some(2), "invalid chmod");
+        check_error("FROM scratch\nSTOPSIGNAL NOPE\n", Some(2), "invalid signal");
+        check_error("FROM scratch\nEXPOSE 80/xyz\n", Some(2), "invalid proto");
+        check_error("FROM scratch\nHEALTHCHECK --interval=1us CMD x\n", Some(2), "cannot be less than 1ms");
+        check_error("FROM scratch\nENV A=${B:?must be set}\n", Some(2), "B: must be set");
+        check_error("FROM scratch\nCOPY --from=$X a /\n", Some(2), "variable expansion is not supported for --from");
+        check_error("FROM scratch AS a\nCOPY --from=b a /\nFROM scratch AS b\n", Some(2), "needs to be defined before current stage");
+        check_error("FROM scratch AS a\nCOPY --from=a a /\n", Some(2), "needs to be defined before");
+        check_error("FROM scratch\nCOPY --from=7 a /\n", Some(2), "invalid stage index 7");
+        check_error("ARG B\nFROM $B\n", Some(2), "should not be blank");
+        check_error("FROM Alpine\n", Some(1), "must be lowercase");
+        check_error("FROM scratch\nCOPY --from=Bad:Ref a /\n", Some(2), "neither a stage");
+    }
+
+    #[test]
+    fn bases_resolve_like_buildkit() {
+        let df = parse("FROM Base\nFROM scratch AS base\nFROM BASE AS x\nFROM 1\nFROM ctx AS y\nCOPY --from=ctx /a /b\nCOPY --from=0 /a /b\nFROM x\nCOPY --from=y / /\nCOPY --from=4 / /\n").expect("parses");
+        let opts = PlanOptions { named_contexts: BTreeSet::from(["ctx".to_string()]), ..PlanOptions::default() };
+        let plan = plan(&df, &opts).expect("plans");
+        let bases: Vec<(usize, &Base)> = plan.stages.iter().map(|s| (s.dockerfile_index, &s.base)).collect();
+        // Stage 0 is not needed; stage 2 is based on stage 1 (names are case-insensitive).
+        assert_eq!(
+            bases,
+            [
+                (0, &Base::Image("Base".into())),
+                (1, &Base::Scratch),
+                (2, &Base::Stage(1)),
+                (4, &Base::Context("ctx".into())),
+                (5, &Base::Stage(2)),
+            ]
+            .iter()
+            .skip(1)
+            .map(|(i, b)| (*i, *b))
+            .collect::<Vec<_>>()
+        );
+        let copies: Vec<&CopyFrom> = plan.stages[2]
+            .steps
+            .iter()
+            .chain(&plan.stages[3].steps)
+            .filter_map(|s| if let Op::Copy(c) = &s.op { Some(&c.from) } else { None })
+            .collect();
+        assert_eq!(copies, [&CopyFrom::NamedContext("ctx".into()), &CopyFrom::Stage(2)]);
+        let Op::Copy(c) = &plan.stages[3].steps[0].op else { panic!("COPY") };
+        assert_eq!(c.from, CopyFrom::Stage(2));
+        assert_eq!(plan.stages[3].steps.len(), 2);
+        assert_eq!(plan.stages[2].from_display, "FROM ctx");
+    }
+
+    #[test]
+    fn base_configs_seed_the_stage() {
+        let df = parse("FROM img\nENV PATH=/opt/bin:$PATH\nWORKDIR sub\nRUN id\n").expect("parses");
+        let base = ImageConfig {
+            env: vec![("PATH".into(), "/usr/bin".into()), ("LANG".into(), "C".into())],
+            workdir: Some("/home/u".into()),
+            user: Some("u".into()),
+            cmd: Some(vec!["sh".into()]),
+            ..ImageConfig::default()
+        };
+        let configs = BTreeMap::from([("img".to_string(), base)]);
+        let plan = plan_with_base_configs(&df, &PlanOptions::default(), &configs).expect("plans");
+        let stage = &plan.stages[0];
+        assert_eq!(stage.config.env[0], ("PATH".to_string(), "/opt/bin:/usr/bin".to_string()));
+        assert_eq!(stage.config.workdir.as_deref(), Some("/home/u/sub"));
+        assert_eq!(stage.config.cmd, Some(vec!["sh".into()]));
+        let run = &stage.steps[1];
+        assert_eq!((run.workdir.as_str(), run.user.as_deref()), ("/home/u/sub", Some("u")));
+        assert!(run.env.contains(&("LANG".into(), "C".into())));
+    }
+
+    #[test]
+    fn image_refs_normalize() {
+        for (input, expected) in [
+            ("busybox", Ok("docker.io/library/busybox:latest")),
+            ("busybox:1.36", Ok("docker.io/library/busybox:1.36")),
+            ("user/app", Ok("docker.io/user/app:latest")),
+            ("127.0.0.1:5001/busybox:latest", Ok("127.0.0.1:5001/busybox:latest")),
+            ("localhost/a/b", Ok("localhost/a/b:latest")),
+            ("ghcr.io/o/r@sha256:e604afb185179f2e42f725e78192d3b938051910e606393a4cab609fa41b1dbf", Ok("ghcr.io/o/r@sha256:e604afb185179f2e42f725e78192d3b938051910e606393a4cab609fa41b1dbf")),
+            ("UPPER", Err(())),
+            ("a b", Err(())),
+            ("a:", Err(())),
+        ] {
+            assert_eq!(normalize_image_ref(input).map_err(|_| ()), expected.map(String::from), "{input}");
+        }
+    }
+
+    #[test]
+    fn go_formatting_helpers() {
+        assert_eq!(go_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(go_duration(Duration::from_secs(3600)), "1h0m0s");
+        assert_eq!(go_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(go_duration(Duration::from_millis(5)), "5ms");
+        assert_eq!(parse_go_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_go_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert!(parse_go_duration("10").is_err());
+        assert_eq!(go_quote_list(&["a\"b".into(), "c\n".into()]), "[\"a\\\"b\" \"c\\n\"]");
+        assert_eq!(dest_path("/w", "."), "/w/");
+        assert_eq!(dest_path("/w", "../x/"), "/x/");
+        assert_eq!(dest_path("/", "/a/./"), "/a/");
+        assert_eq!(normalize_workdir("/a", "b/../c"), "/a/c");
+        assert_eq!(parse_port_spec("127.0.0.1:8080:80/udp"), Ok(vec!["80/udp".to_string()]));
+        assert!(is_valid_signal("9") && is_valid_signal("sigrtmin+3") && !is_valid_signal("0"));
+    }
+}
