@@ -368,16 +368,31 @@ impl Extractor {
 
         self.touch(&rel);
         let header = entry.header().clone();
-        let mode = header.mode().map_err(|err| corrupt(err, &raw))? & 0o7777;
-        let uid = header.uid().map_err(|err| corrupt(err, &raw))?;
-        let gid = header.gid().map_err(|err| corrupt(err, &raw))?;
-        let mtime =
-            i64::try_from(header.mtime().map_err(|err| corrupt(err, &raw))?).unwrap_or(i64::MAX);
+        let pax = pax_info(entry).map_err(|err| corrupt(err, &raw))?;
+        let old = header.as_old();
+        let mode = numeric(header.mode().map(u64::from), &old.mode)
+            .map_err(|err| corrupt(err, &raw))? as u32
+            & 0o7777;
+        let uid = match pax.uid {
+            Some(uid) => uid,
+            None => numeric(header.uid(), &old.uid).map_err(|err| corrupt(err, &raw))?,
+        };
+        let gid = match pax.gid {
+            Some(gid) => gid,
+            None => numeric(header.gid(), &old.gid).map_err(|err| corrupt(err, &raw))?,
+        };
+        let mtime = match pax.mtime {
+            Some(mtime) => mtime,
+            None => i64::try_from(
+                numeric(header.mtime(), &old.mtime).map_err(|err| corrupt(err, &raw))?,
+            )
+            .unwrap_or(i64::MAX),
+        };
         let owner = match (u32::try_from(uid), u32::try_from(gid)) {
             (Ok(uid), Ok(gid)) => (uid, gid),
             _ => return Err(Error::refused(&raw, "uid or gid does not fit in 32 bits")),
         };
-        let xattrs = pax_xattrs(entry).map_err(|err| corrupt(err, &raw))?;
+        let xattrs = pax.xattrs;
 
         let dir = self
             .root
@@ -667,22 +682,675 @@ fn times(mtime: i64) -> Timestamps {
     }
 }
 
-/// `SCHILY.xattr.<name>` PAX records of an entry.
-fn pax_xattrs(entry: &mut tar::Entry<'_, &mut dyn Read>) -> io::Result<Vec<(OsString, Vec<u8>)>> {
-    let mut out = Vec::new();
-    if let Some(exts) = entry.pax_extensions()? {
-        for ext in exts {
-            let ext = ext?;
-            if let Some(key) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.")
-                && !key.is_empty()
-                && !key.contains(&0)
-            {
-                out.push((
-                    OsStr::from_bytes(key).to_os_string(),
-                    ext.value_bytes().to_vec(),
-                ));
+/// An empty numeric header field (all NUL or spaces) means 0, as in Go's archive/tar.
+fn numeric(parsed: io::Result<u64>, field: &[u8]) -> io::Result<u64> {
+    match parsed {
+        Ok(value) => Ok(value),
+        Err(_) if field.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
+        Err(err) => Err(err),
+    }
+}
+
+/// PAX records of an entry that the header fields do not carry.
+#[derive(Default)]
+struct PaxInfo {
+    uid: Option<u64>,
+    gid: Option<u64>,
+    mtime: Option<i64>,
+    /// `SCHILY.xattr.<name>` records.
+    xattrs: Vec<(OsString, Vec<u8>)>,
+}
+
+fn pax_info(entry: &mut tar::Entry<'_, &mut dyn Read>) -> io::Result<PaxInfo> {
+    let mut info = PaxInfo::default();
+    let Some(exts) = entry.pax_extensions()? else {
+        return Ok(info);
+    };
+    let bad = |key: &str| io::Error::new(io::ErrorKind::InvalidData, format!("bad PAX {key}"));
+    for ext in exts {
+        let ext = ext?;
+        let key = ext.key_bytes();
+        let value = ext.value().unwrap_or("");
+        match key {
+            b"uid" => info.uid = Some(value.parse().map_err(|_| bad("uid"))?),
+            b"gid" => info.gid = Some(value.parse().map_err(|_| bad("gid"))?),
+            b"mtime" => {
+                let secs = value.split('.').next().unwrap_or("");
+                info.mtime = Some(secs.parse().map_err(|_| bad("mtime"))?);
+            }
+            _ => {
+                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.")
+                    && !name.is_empty()
+                    && !name.contains(&0)
+                {
+                    info.xattrs.push((
+                        OsStr::from_bytes(name).to_os_string(),
+                        ext.value_bytes().to_vec(),
+                    ));
+                }
             }
         }
     }
-    Ok(out)
+    Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::{Snapshot, diff, write_layer};
+    use std::collections::BTreeMap;
+    use std::fs;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+
+    /// Everything a round trip must preserve, per relative path.
+    fn tree_state(root: &Path) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let mut inodes: BTreeMap<(u64, u64), String> = BTreeMap::new();
+        for item in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+            let item = item.expect("walk");
+            let rel = item
+                .path()
+                .strip_prefix(root)
+                .expect("below root")
+                .to_string_lossy()
+                .into_owned();
+            let md = item.path().symlink_metadata().expect("lstat");
+            let ft = md.file_type();
+            let what = if ft.is_symlink() {
+                format!(
+                    "symlink -> {}",
+                    fs::read_link(item.path()).expect("readlink").display()
+                )
+            } else if ft.is_dir() {
+                "dir".to_string()
+            } else if ft.is_file() {
+                let content = fs::read(item.path()).expect("read");
+                let link = if md.nlink() > 1 {
+                    let first = inodes
+                        .entry((md.dev(), md.ino()))
+                        .or_insert_with(|| rel.clone());
+                    format!(" linked with {first}")
+                } else {
+                    String::new()
+                };
+                format!(
+                    "file {} mtime {}{link}",
+                    hex::encode(Sha256::digest(&content)),
+                    md.mtime()
+                )
+            } else {
+                format!("special {:o} rdev {}", md.mode() & 0o170000, md.rdev())
+            };
+            out.insert(
+                rel,
+                format!(
+                    "{what} mode {:o} owner {}:{}",
+                    md.mode() & 0o7777,
+                    md.uid(),
+                    md.gid()
+                ),
+            );
+        }
+        out
+    }
+
+    fn copy_tree(src: &Path, dst: &Path) {
+        for item in walkdir::WalkDir::new(src).min_depth(1).sort_by_file_name() {
+            let item = item.expect("walk");
+            let rel = item.path().strip_prefix(src).expect("below root");
+            let target = dst.join(rel);
+            let md = item.path().symlink_metadata().expect("lstat");
+            if md.file_type().is_symlink() {
+                symlink(fs::read_link(item.path()).expect("readlink"), &target).expect("symlink");
+            } else if md.is_dir() {
+                fs::create_dir(&target).expect("mkdir");
+                fs::set_permissions(&target, md.permissions()).expect("chmod");
+            } else {
+                fs::copy(item.path(), &target).expect("copy");
+                let mtime = filetime::FileTime::from_last_modification_time(&md);
+                filetime::set_file_mtime(&target, mtime).expect("mtime");
+            }
+        }
+    }
+
+    fn build_original(root: &Path) {
+        fs::create_dir_all(root.join("etc")).expect("mkdir");
+        fs::write(root.join("etc/passwd"), b"root:x:0:0").expect("write");
+        fs::write(root.join("etc/keep"), b"file that becomes a dir").expect("write");
+        fs::create_dir_all(root.join("bin")).expect("mkdir");
+        fs::write(root.join("bin/tool"), b"#!/bin/sh\n").expect("write");
+        fs::set_permissions(root.join("bin/tool"), fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        fs::create_dir_all(root.join("data/old/sub")).expect("mkdir");
+        fs::write(root.join("data/old/f1"), b"1").expect("write");
+        fs::write(root.join("data/old/sub/f2"), b"2").expect("write");
+        fs::write(root.join("data/stays"), b"s").expect("write");
+        fs::create_dir_all(root.join("redo/b")).expect("mkdir");
+        fs::write(root.join("redo/a"), b"a").expect("write");
+        fs::write(root.join("redo/b/c"), b"c").expect("write");
+        fs::write(root.join("del.txt"), b"bye").expect("write");
+        fs::write(root.join("chm"), b"mode").expect("write");
+        symlink("etc/passwd", root.join("link")).expect("symlink");
+        fs::create_dir(root.join("dir_to_file")).expect("mkdir");
+        fs::write(root.join("dir_to_file/child"), b"c").expect("write");
+    }
+
+    fn modify(root: &Path) {
+        fs::write(root.join("etc/new"), b"new file").expect("write");
+        fs::create_dir_all(root.join("newdir/x/y")).expect("mkdir");
+        fs::write(root.join("newdir/x/y/z"), vec![42u8; 70_000]).expect("write");
+        fs::write(root.join("etc/passwd"), b"root:x:0:0\nuser:x:1000:1000").expect("write");
+        fs::set_permissions(root.join("chm"), fs::Permissions::from_mode(0o600)).expect("chmod");
+        fs::set_permissions(root.join("bin"), fs::Permissions::from_mode(0o700)).expect("chmod");
+        fs::remove_file(root.join("del.txt")).expect("rm");
+        fs::remove_dir_all(root.join("data/old")).expect("rm");
+        fs::remove_dir_all(root.join("redo")).expect("rm");
+        fs::create_dir(root.join("redo")).expect("mkdir");
+        fs::write(root.join("redo/z"), b"z").expect("write");
+        fs::remove_file(root.join("link")).expect("rm");
+        symlink("bin/tool", root.join("link")).expect("symlink");
+        symlink("/nonexistent/abs", root.join("abs_link")).expect("symlink");
+        fs::hard_link(root.join("etc/new"), root.join("hl")).expect("hardlink");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            root.join("fifo").as_path(),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o640),
+            0,
+        )
+        .expect("mkfifo");
+        let long = "n".repeat(110);
+        fs::create_dir_all(root.join("long").join(&long)).expect("mkdir");
+        fs::write(root.join("long").join(&long).join(&long), b"long name").expect("write");
+        fs::write(root.join("ünïcode"), b"utf8").expect("write");
+        fs::write(root.join("suid"), b"s").expect("write");
+        fs::set_permissions(root.join("suid"), fs::Permissions::from_mode(0o4755)).expect("chmod");
+        fs::remove_file(root.join("etc/keep")).expect("rm");
+        fs::create_dir_all(root.join("etc/keep/inner")).expect("mkdir");
+        fs::remove_dir_all(root.join("dir_to_file")).expect("rm");
+        fs::write(root.join("dir_to_file"), b"now a file").expect("write");
+        if rustix::process::geteuid().is_root() {
+            rustix::fs::chownat(
+                rustix::fs::CWD,
+                root.join("etc/new").as_path(),
+                Some(rustix::fs::Uid::from_raw(1234)),
+                Some(rustix::fs::Gid::from_raw(5678)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .expect("chown");
+        }
+    }
+
+    fn round_trip(compression: Compression) {
+        let work = tempfile::tempdir().expect("tempdir");
+        let built = work.path().join("built");
+        let applied = work.path().join("applied");
+        fs::create_dir(&built).expect("mkdir");
+        fs::create_dir(&applied).expect("mkdir");
+        build_original(&built);
+        copy_tree(&built, &applied);
+        assert_eq!(tree_state(&built), tree_state(&applied));
+
+        let snap = Snapshot::capture(&built).expect("capture");
+        modify(&built);
+        let changes = diff(&snap, &built).expect("diff");
+        let mut blob = Vec::new();
+        let info = write_layer(&built, &changes, compression, &mut blob).expect("write");
+        let stats = apply_layer(&blob[..], info.media_type.as_str(), &applied).expect("apply");
+
+        assert_eq!(stats.digest, info.digest);
+        assert_eq!(stats.diff_id, info.diff_id);
+        assert_eq!(stats.bytes, info.size);
+        assert_eq!(stats.uncompressed_size, info.uncompressed_size);
+        assert_eq!(stats.entries, info.n_entries);
+        assert_eq!(stats.skipped_devices, 0);
+
+        let want = tree_state(&built);
+        let got = tree_state(&applied);
+        let diffs: Vec<_> = want
+            .iter()
+            .filter(|(k, v)| got.get(*k) != Some(*v))
+            .map(|(k, v)| format!("{k}: want {v}, got {:?}", got.get(k)))
+            .chain(
+                got.keys()
+                    .filter(|k| !want.contains_key(*k))
+                    .map(|k| format!("{k}: unexpected")),
+            )
+            .collect();
+        assert!(diffs.is_empty(), "{compression:?}: {diffs:#?}");
+        assert!(got["hl"].contains("linked with etc/new"), "{}", got["hl"]);
+    }
+
+    #[test]
+    fn round_trip_gzip() {
+        round_trip(Compression::GZIP);
+    }
+
+    #[test]
+    fn round_trip_zstd() {
+        round_trip(Compression::ZSTD);
+    }
+
+    #[test]
+    fn round_trip_uncompressed() {
+        round_trip(Compression::Uncompressed);
+    }
+
+    /// One hand-made tar entry; names are written raw so that malicious ones survive.
+    fn raw_entry(name: &[u8], kind: EntryType, link: &[u8], data: &[u8]) -> Vec<u8> {
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(kind);
+        header.set_mode(if kind == EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(1_700_000_000);
+        header.set_size(data.len() as u64);
+        header.as_old_mut().name[..name.len()].copy_from_slice(name);
+        header.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+        header.set_cksum();
+        let mut out = header.as_bytes().to_vec();
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out
+    }
+
+    fn tar_of(entries: &[Vec<u8>]) -> Vec<u8> {
+        let mut out: Vec<u8> = entries.concat();
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    /// A root next to an `outside` directory holding a sentinel file.
+    struct Jail {
+        dir: tempfile::TempDir,
+    }
+
+    impl Jail {
+        fn new() -> Jail {
+            let dir = tempfile::tempdir().expect("tempdir");
+            fs::create_dir(dir.path().join("root")).expect("mkdir");
+            fs::create_dir(dir.path().join("outside")).expect("mkdir");
+            fs::write(dir.path().join("outside/sentinel"), b"untouched").expect("write");
+            Jail { dir }
+        }
+
+        fn root(&self) -> PathBuf {
+            self.dir.path().join("root")
+        }
+
+        fn outside(&self) -> PathBuf {
+            self.dir.path().join("outside")
+        }
+
+        /// State of everything in the temp dir except the root.
+        fn outside_state(&self) -> BTreeMap<String, String> {
+            let mut state = tree_state(self.dir.path());
+            state.retain(|k, _| !k.starts_with("root/"));
+            state
+        }
+
+        fn apply(&self, entries: &[Vec<u8>]) -> (Result<ApplyStats, Error>, bool) {
+            let before = self.outside_state();
+            let etc_passwd = fs::read("/etc/passwd").ok();
+            let res = apply_layer(&tar_of(entries)[..], "", &self.root());
+            let untouched =
+                before == self.outside_state() && etc_passwd == fs::read("/etc/passwd").ok();
+            (res, untouched)
+        }
+    }
+
+    #[test]
+    fn dotdot_entry_is_refused() {
+        let jail = Jail::new();
+        let (res, untouched) = jail.apply(&[raw_entry(
+            b"../outside/escape",
+            EntryType::Regular,
+            b"",
+            b"pwned",
+        )]);
+        assert!(matches!(res, Err(Error::Refused { .. })), "{res:?}");
+        assert!(untouched);
+        assert!(!jail.outside().join("escape").exists());
+    }
+
+    #[test]
+    fn absolute_entry_is_confined() {
+        let jail = Jail::new();
+        let abs = format!("{}/abs", jail.outside().display());
+        let (res, untouched) = jail.apply(&[
+            raw_entry(b"/abs/path", EntryType::Regular, b"", b"data"),
+            raw_entry(abs.as_bytes(), EntryType::Regular, b"", b"data"),
+        ]);
+        res.expect("absolute names are taken relative to the root");
+        assert!(untouched);
+        assert_eq!(
+            fs::read(jail.root().join("abs/path")).expect("confined"),
+            b"data"
+        );
+        assert!(jail.root().join(abs.trim_start_matches('/')).exists());
+    }
+
+    #[test]
+    fn symlink_to_etc_is_not_followed() {
+        let jail = Jail::new();
+        let (res, untouched) = jail.apply(&[
+            raw_entry(b"evil", EntryType::Symlink, b"/etc", b""),
+            raw_entry(b"evil/passwd", EntryType::Regular, b"", b"pwned"),
+        ]);
+        assert!(untouched);
+        // `/etc` inside the root does not exist: either refused or created inside the root.
+        if res.is_ok() {
+            assert_eq!(
+                fs::read(jail.root().join("etc/passwd")).expect("read"),
+                b"pwned"
+            );
+        }
+        assert!(
+            fs::symlink_metadata(jail.root().join("evil"))
+                .expect("symlink created as is")
+                .file_type()
+                .is_symlink()
+        );
+    }
+
+    #[test]
+    fn symlink_to_outside_dir_is_not_followed() {
+        let jail = Jail::new();
+        let target = jail.outside();
+        let (res, untouched) = jail.apply(&[
+            raw_entry(
+                b"evil",
+                EntryType::Symlink,
+                target.as_os_str().as_bytes(),
+                b"",
+            ),
+            raw_entry(b"evil/sentinel", EntryType::Regular, b"", b"pwned"),
+        ]);
+        assert!(untouched, "{res:?}");
+        assert_eq!(
+            fs::read(jail.outside().join("sentinel")).expect("read"),
+            b"untouched"
+        );
+    }
+
+    #[test]
+    fn relative_symlink_up_is_clamped_to_the_root() {
+        let jail = Jail::new();
+        let (res, untouched) = jail.apply(&[
+            raw_entry(b"up", EntryType::Symlink, b"../../..", b""),
+            raw_entry(b"up/x", EntryType::Regular, b"", b"confined"),
+            raw_entry(b"up/outside/sentinel", EntryType::Regular, b"", b"pwned"),
+        ]);
+        res.expect("`up` resolves to the root itself");
+        assert!(untouched);
+        assert_eq!(fs::read(jail.root().join("x")).expect("read"), b"confined");
+        assert_eq!(
+            fs::read(jail.root().join("outside/sentinel")).expect("read"),
+            b"pwned"
+        );
+    }
+
+    #[test]
+    fn hardlink_outside_is_refused() {
+        let jail = Jail::new();
+        let (res, untouched) = jail.apply(&[raw_entry(
+            b"link",
+            EntryType::Link,
+            b"../../etc/passwd",
+            b"",
+        )]);
+        assert!(matches!(res, Err(Error::Refused { .. })), "{res:?}");
+        assert!(untouched);
+
+        // An absolute target is looked up inside the root, where it does not exist.
+        let (res, untouched) =
+            jail.apply(&[raw_entry(b"link2", EntryType::Link, b"/etc/passwd", b"")]);
+        assert!(matches!(res, Err(Error::Refused { .. })), "{res:?}");
+        assert!(untouched);
+        assert!(!jail.root().join("link2").exists());
+    }
+
+    #[test]
+    fn file_over_symlink_replaces_the_symlink() {
+        let jail = Jail::new();
+        let sentinel = jail.outside().join("sentinel");
+        let (res, untouched) = jail.apply(&[
+            raw_entry(
+                b"s",
+                EntryType::Symlink,
+                sentinel.as_os_str().as_bytes(),
+                b"",
+            ),
+            raw_entry(b"s", EntryType::Regular, b"", b"pwned"),
+            raw_entry(b"h", EntryType::Link, b"s", b""),
+        ]);
+        res.expect("apply");
+        assert!(untouched);
+        assert_eq!(fs::read(jail.root().join("s")).expect("read"), b"pwned");
+        assert_eq!(fs::read(jail.root().join("h")).expect("read"), b"pwned");
+    }
+
+    #[test]
+    fn whiteouts_do_not_follow_symlinks_out() {
+        let jail = Jail::new();
+        let out = jail.outside();
+        // Symlinks from a lower layer.
+        symlink(&out, jail.root().join("w")).expect("symlink");
+        symlink(&out, jail.root().join("o")).expect("symlink");
+        let (res, untouched) = jail.apply(&[
+            raw_entry(b"w/.wh.sentinel", EntryType::Regular, b"", b""),
+            raw_entry(b"o/.wh..wh..opq", EntryType::Regular, b"", b""),
+            raw_entry(b"u", EntryType::Symlink, b"../..", b""),
+            raw_entry(b"u/outside/.wh.sentinel", EntryType::Regular, b"", b""),
+            raw_entry(b".wh.w", EntryType::Regular, b"", b""),
+        ]);
+        res.expect("apply");
+        assert!(untouched);
+        assert!(fs::symlink_metadata(jail.root().join("w")).is_err());
+        assert!(fs::symlink_metadata(jail.root().join("o")).is_ok());
+    }
+
+    #[test]
+    fn opaque_keeps_what_this_layer_adds_in_any_order() {
+        let jail = Jail::new();
+        let root = jail.root();
+        fs::create_dir_all(root.join("d/lowerdir")).expect("mkdir");
+        fs::write(root.join("d/lower"), b"lower").expect("write");
+        fs::write(root.join("d/lowerdir/f"), b"lower").expect("write");
+        fs::create_dir_all(root.join("e/sub")).expect("mkdir");
+        fs::write(root.join("e/sub/lower"), b"lower").expect("write");
+        fs::write(root.join("gone"), b"x").expect("write");
+        let (res, untouched) = jail.apply(&[
+            raw_entry(b"d/", EntryType::Directory, b"", b""),
+            raw_entry(b"d/zz-new", EntryType::Regular, b"", b"new"),
+            raw_entry(b"e/sub/upper", EntryType::Regular, b"", b"new"),
+            // Opaque markers after the entries they must keep.
+            raw_entry(b"d/.wh..wh..opq", EntryType::Regular, b"", b""),
+            raw_entry(b"e/.wh..wh..opq", EntryType::Regular, b"", b""),
+            raw_entry(b".wh.gone", EntryType::Regular, b"", b""),
+            raw_entry(b".wh.missing", EntryType::Regular, b"", b""),
+            raw_entry(b"f/.wh..wh.plnk", EntryType::Regular, b"", b""),
+        ]);
+        let stats = res.expect("apply");
+        assert!(untouched);
+        assert_eq!(stats.entries, 8);
+        assert_eq!(
+            tree_names(&root),
+            ["d", "d/zz-new", "e", "e/sub", "e/sub/upper"]
+        );
+    }
+
+    #[test]
+    fn whiteout_of_a_path_this_layer_wrote_keeps_it() {
+        let jail = Jail::new();
+        let root = jail.root();
+        fs::create_dir_all(root.join("x")).expect("mkdir");
+        fs::write(root.join("x/lower"), b"lower").expect("write");
+        let (res, _) = jail.apply(&[
+            raw_entry(b"x/upper", EntryType::Regular, b"", b"up"),
+            raw_entry(b".wh.x", EntryType::Regular, b"", b""),
+        ]);
+        res.expect("apply");
+        assert_eq!(tree_names(&root), ["x", "x/upper"]);
+    }
+
+    fn tree_names(root: &Path) -> Vec<String> {
+        tree_state(root).into_keys().collect()
+    }
+
+    #[test]
+    fn devices_are_created_or_counted() {
+        let jail = Jail::new();
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(EntryType::Char);
+        header.set_mode(0o666);
+        header.set_size(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_path("dev/null").expect("path");
+        header.set_device_major(1).expect("major");
+        header.set_device_minor(3).expect("minor");
+        header.set_cksum();
+        let (res, untouched) = jail.apply(&[header.as_bytes().to_vec()]);
+        let stats = res.expect("apply");
+        assert!(untouched);
+        match fs::symlink_metadata(jail.root().join("dev/null")) {
+            Ok(md) => {
+                assert_eq!(md.rdev(), rustix::fs::makedev(1, 3));
+                assert_eq!(stats.skipped_devices, 0);
+            }
+            Err(_) => assert_eq!(stats.skipped_devices, 1),
+        }
+    }
+
+    #[test]
+    fn digest_mismatch_is_visible_to_the_caller() {
+        let jail = Jail::new();
+        let tar_bytes = tar_of(&[raw_entry(b"f", EntryType::Regular, b"", b"data")]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        io::Write::write_all(&mut gz, &tar_bytes).expect("gzip");
+        let blob = gz.finish().expect("gzip");
+        let stats =
+            apply_layer(&blob[..], crate::layer::MEDIA_TYPE_OCI_GZIP, &jail.root()).expect("apply");
+        assert_eq!(
+            stats.digest,
+            format!("sha256:{}", hex::encode(Sha256::digest(&blob)))
+        );
+        assert_eq!(
+            stats.diff_id,
+            format!("sha256:{}", hex::encode(Sha256::digest(&tar_bytes)))
+        );
+        assert_eq!(stats.bytes, blob.len() as u64);
+    }
+
+    #[test]
+    fn extract_archive_handles_plain_gzip_and_zstd() {
+        let tar_bytes = tar_of(&[
+            raw_entry(b"pkg/", EntryType::Directory, b"", b""),
+            raw_entry(b"pkg/a.txt", EntryType::Regular, b"", b"hello"),
+            raw_entry(b"pkg/.wh.keep", EntryType::Regular, b"", b""),
+        ]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        io::Write::write_all(&mut gz, &tar_bytes).expect("gzip");
+        let gz = gz.finish().expect("gzip");
+        let zst = zstd::encode_all(&tar_bytes[..], 3).expect("zstd");
+        for (label, bytes) in [("tar", tar_bytes.clone()), ("gz", gz), ("zst", zst)] {
+            let jail = Jail::new();
+            let archive = jail.dir.path().join(format!("a.{label}"));
+            fs::write(&archive, &bytes).expect("write");
+            let done =
+                extract_archive(&archive, &jail.root(), Path::new("/opt/app")).expect("extract");
+            assert!(done, "{label}");
+            assert_eq!(
+                fs::read(jail.root().join("opt/app/pkg/a.txt")).expect(label),
+                b"hello"
+            );
+            // No whiteout processing for ADD.
+            assert!(jail.root().join("opt/app/pkg/.wh.keep").exists());
+        }
+    }
+
+    #[test]
+    fn extract_archive_declines_non_archives_and_confines_entries() {
+        let jail = Jail::new();
+        let text = jail.dir.path().join("notes.txt");
+        fs::write(&text, b"just some text, not a tar archive\n".repeat(30)).expect("write");
+        assert!(!extract_archive(&text, &jail.root(), Path::new("dst")).expect("check"));
+        assert!(!jail.root().join("dst").exists());
+
+        let bad = jail.dir.path().join("bad.tar");
+        fs::write(
+            &bad,
+            tar_of(&[
+                raw_entry(b"up", EntryType::Symlink, b"../../..", b""),
+                raw_entry(b"up/escaped", EntryType::Regular, b"", b"x"),
+                raw_entry(b"../escape", EntryType::Regular, b"", b"x"),
+            ]),
+        )
+        .expect("write");
+        let before = jail.outside_state();
+        let res = extract_archive(&bad, &jail.root(), Path::new("dst"));
+        assert!(matches!(res, Err(Error::Refused { .. })), "{res:?}");
+        assert_eq!(before, jail.outside_state());
+        // The symlink is confined to the destination directory.
+        assert!(jail.root().join("dst/escaped").exists());
+        assert!(!jail.root().join("escaped").exists());
+    }
+
+    #[test]
+    fn garbage_and_truncated_streams_are_errors() {
+        let jail = Jail::new();
+        let err = apply_layer(&[0x1f, 0x8b, 1, 2, 3][..], "", &jail.root()).expect_err("bad gzip");
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        let tar_bytes = tar_of(&[raw_entry(b"f", EntryType::Regular, b"", &[1u8; 2000])]);
+        let err = apply_layer(&tar_bytes[..700], "", &jail.root()).expect_err("truncated");
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+        #[test]
+        fn apply_layer_never_panics_on_random_bytes(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000),
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let _ = apply_layer(&bytes[..], "", dir.path());
+        }
+
+        #[test]
+        fn apply_layer_never_panics_on_mutated_layers(
+            flips in proptest::collection::vec((0usize..4096, proptest::prelude::any::<u8>()), 1..8),
+            gzip in proptest::prelude::any::<bool>(),
+        ) {
+            let mut tar_bytes = tar_of(&[
+                raw_entry(b"d/", EntryType::Directory, b"", b""),
+                raw_entry(b"d/f", EntryType::Regular, b"", b"content"),
+                raw_entry(b"d/l", EntryType::Symlink, b"f", b""),
+                raw_entry(b"d/h", EntryType::Link, b"d/f", b""),
+                raw_entry(b"d/.wh.x", EntryType::Regular, b"", b""),
+            ]);
+            let mut blob = if gzip {
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(1));
+                io::Write::write_all(&mut gz, &tar_bytes).expect("gzip");
+                gz.finish().expect("gzip")
+            } else {
+                std::mem::take(&mut tar_bytes)
+            };
+            for (pos, byte) in flips {
+                let len = blob.len();
+                blob[pos % len] = byte;
+            }
+            let outer = tempfile::tempdir().expect("tempdir");
+            let root = outer.path().join("root");
+            fs::create_dir(&root).expect("mkdir");
+            let _ = apply_layer(&blob[..], "", &root);
+            let names: Vec<_> = fs::read_dir(outer.path()).expect("list").map(|e| e.expect("entry").file_name()).collect();
+            proptest::prop_assert_eq!(names, vec![std::ffi::OsString::from("root")]);
+        }
+    }
 }

@@ -77,6 +77,7 @@ impl Root {
     }
 
     /// The root directory itself.
+    #[cfg(test)]
     pub(crate) fn fd(&self) -> &OwnedFd {
         &self.fd
     }
@@ -197,8 +198,15 @@ pub(crate) fn open_dir_nofollow(dir: impl AsFd, name: &OsStr) -> Result<OwnedFd,
 
 /// Names in a directory (without `.` and `..`).
 pub(crate) fn list_dir(dir: &OwnedFd) -> Result<Vec<OsString>, Errno> {
+    // Reopen for reading: `dir` may be an `O_PATH` descriptor, which cannot be listed.
+    let readable = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     let mut names = Vec::new();
-    for entry in rustix::fs::Dir::read_from(dir)? {
+    for entry in rustix::fs::Dir::new(readable)? {
         let entry = entry?;
         let bytes = entry.file_name().to_bytes();
         if bytes == b"." || bytes == b".." {

@@ -497,3 +497,192 @@ fn append_entry<W: Write>(
         None => builder.append(&header, io::empty()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::{Snapshot, diff};
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn sha256(bytes: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    }
+
+    fn decompress(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        if bytes.starts_with(&[0x1f, 0x8b]) {
+            flate2::read::MultiGzDecoder::new(bytes)
+                .read_to_end(&mut out)
+                .expect("gunzip");
+        } else if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            out = zstd::decode_all(bytes).expect("unzstd");
+        } else {
+            out = bytes.to_vec();
+        }
+        out
+    }
+
+    fn tar_names(tar_bytes: &[u8]) -> Vec<String> {
+        let mut archive = tar::Archive::new(tar_bytes);
+        archive
+            .entries()
+            .expect("entries")
+            .map(|e| {
+                let e = e.expect("entry");
+                String::from_utf8_lossy(&e.path_bytes()).into_owned()
+            })
+            .collect()
+    }
+
+    /// A tree, a snapshot of it, and a set of changes made after the snapshot.
+    fn changed_tree() -> (tempfile::TempDir, Changes) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        fs::create_dir_all(root.join("data/old/sub")).expect("mkdir");
+        fs::write(root.join("data/old/sub/f"), b"old").expect("write");
+        fs::write(root.join("data/stay"), b"stay").expect("write");
+        fs::create_dir_all(root.join("redo/inner")).expect("mkdir");
+        fs::write(root.join("redo/inner/f"), b"x").expect("write");
+        fs::write(root.join("del.txt"), b"bye").expect("write");
+        let snap = Snapshot::capture(root).expect("capture");
+
+        fs::remove_dir_all(root.join("data/old")).expect("rm");
+        fs::remove_file(root.join("del.txt")).expect("rm");
+        fs::remove_dir_all(root.join("redo")).expect("rm");
+        fs::create_dir(root.join("redo")).expect("mkdir");
+        fs::write(root.join("redo/new"), b"new").expect("write");
+        fs::write(root.join("added"), vec![7u8; 100_000]).expect("write");
+        fs::set_permissions(root.join("data/stay"), fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+        let long = "l".repeat(120);
+        fs::create_dir_all(root.join("deep").join(&long)).expect("mkdir");
+        fs::write(root.join("deep").join(&long).join(&long), b"long").expect("write");
+        let changes = diff(&snap, root).expect("diff");
+        (dir, changes)
+    }
+
+    #[test]
+    fn digests_match_the_bytes_and_the_decompressed_tar() {
+        let (dir, changes) = changed_tree();
+        for compression in [
+            Compression::Uncompressed,
+            Compression::GZIP,
+            Compression::ZSTD,
+        ] {
+            let mut blob = Vec::new();
+            let info = write_layer(dir.path(), &changes, compression, &mut blob).expect("write");
+            assert_eq!(info.digest, sha256(&blob), "{compression:?}");
+            assert_eq!(info.size, blob.len() as u64);
+            let tar_bytes = decompress(&blob);
+            assert_eq!(info.diff_id, sha256(&tar_bytes), "{compression:?}");
+            assert_eq!(info.uncompressed_size, tar_bytes.len() as u64);
+            assert_eq!(info.media_type, compression.media_type(true));
+            assert_eq!(info.n_entries, tar_names(&tar_bytes).len() as u64);
+            if compression == Compression::Uncompressed {
+                assert_eq!(info.digest, info.diff_id);
+            } else {
+                assert_ne!(info.digest, info.diff_id);
+            }
+        }
+    }
+
+    #[test]
+    fn writing_twice_gives_identical_bytes() {
+        let (dir, changes) = changed_tree();
+        for compression in [Compression::GZIP, Compression::ZSTD] {
+            let mut first = Vec::new();
+            let mut second = Vec::new();
+            let a = write_layer(dir.path(), &changes, compression, &mut first).expect("write");
+            let b = write_layer(dir.path(), &changes, compression, &mut second).expect("write");
+            assert_eq!(a, b);
+            assert_eq!(first, second);
+        }
+        // The zstd worker count must not change the bytes.
+        let mut one = Vec::new();
+        let mut two = Vec::new();
+        let a = write_layer_with_workers(dir.path(), &changes, Compression::ZSTD, &mut one, 1)
+            .expect("write");
+        let b = write_layer_with_workers(dir.path(), &changes, Compression::ZSTD, &mut two, 4)
+            .expect("write");
+        assert_eq!(a.digest, b.digest);
+    }
+
+    #[test]
+    fn whiteouts_opaque_markers_and_order() {
+        let (dir, changes) = changed_tree();
+        let mut blob = Vec::new();
+        write_layer(dir.path(), &changes, Compression::Uncompressed, &mut blob).expect("write");
+        let names = tar_names(&blob);
+        let long = "l".repeat(120);
+        let want: Vec<String> = vec![
+            ".wh.del.txt".to_string(),
+            "added".to_string(),
+            "data/".to_string(),
+            "data/.wh.old".to_string(),
+            "data/stay".to_string(),
+            "deep/".to_string(),
+            format!("deep/{long}/"),
+            format!("deep/{long}/{long}"),
+            "redo/".to_string(),
+            "redo/.wh..wh..opq".to_string(),
+            "redo/new".to_string(),
+        ];
+        assert_eq!(names, want);
+        // Entry headers carry the real mode.
+        let mut archive = tar::Archive::new(&blob[..]);
+        let stay = archive
+            .entries()
+            .expect("entries")
+            .map(|e| e.expect("entry"))
+            .find(|e| e.path_bytes().as_ref() == b"data/stay")
+            .expect("data/stay present");
+        assert_eq!(stay.header().mode().expect("mode"), 0o600);
+    }
+
+    #[test]
+    fn empty_changes_give_an_empty_tar() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snap = Snapshot::capture(dir.path()).expect("capture");
+        let changes = diff(&snap, dir.path()).expect("diff");
+        assert!(changes.is_empty());
+        let mut blob = Vec::new();
+        let info =
+            write_layer(dir.path(), &changes, Compression::Uncompressed, &mut blob).expect("write");
+        assert_eq!(info.n_entries, 0);
+        assert_eq!(blob, vec![0u8; 1024]);
+    }
+
+    #[test]
+    fn file_deleted_after_diff_is_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snap = Snapshot::capture(dir.path()).expect("capture");
+        fs::write(dir.path().join("f"), b"x").expect("write");
+        let changes = diff(&snap, dir.path()).expect("diff");
+        fs::remove_file(dir.path().join("f")).expect("rm");
+        let err = write_layer(dir.path(), &changes, Compression::GZIP, Vec::new())
+            .expect_err("file is gone");
+        assert!(matches!(err, Error::Changed { .. }), "{err}");
+    }
+
+    #[test]
+    fn write_layer_file_persists_a_blob_with_the_reported_digest() {
+        let (dir, changes) = changed_tree();
+        let out = tempfile::tempdir().expect("tempdir");
+        let (tmp, info) =
+            write_layer_file(dir.path(), &changes, Compression::ZSTD, out.path()).expect("write");
+        let bytes = fs::read(tmp.path()).expect("read");
+        assert_eq!(sha256(&bytes), info.digest);
+        assert_eq!(tmp.path().parent(), Some(out.path()));
+    }
+
+    #[test]
+    fn ustar_split_follows_go() {
+        let name = format!("{}/{}", "a".repeat(60), "b".repeat(60));
+        let (prefix, rest) = split_ustar(name.as_bytes()).expect("splits");
+        assert_eq!(prefix, "a".repeat(60).as_bytes());
+        assert_eq!(rest, "b".repeat(60).as_bytes());
+        assert!(split_ustar("c".repeat(120).as_bytes()).is_none());
+        assert!(split_ustar(b"short").is_none());
+    }
+}
