@@ -4,6 +4,8 @@
 //! - Extracting a layer never writes outside the target root.
 #![deny(missing_docs)]
 
+pub mod context;
 pub mod dockerfile;
+pub mod image;
 pub mod layer;
 pub mod sandbox;
