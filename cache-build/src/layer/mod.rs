@@ -33,7 +33,7 @@ use std::path::PathBuf;
 
 pub use apply::{ApplyStats, apply_layer, extract_archive};
 pub use snapshot::{ChangeKind, Changes, Snapshot, diff};
-pub use write::{write_layer, write_layer_file};
+pub use write::{WriteOptions, write_layer, write_layer_file, write_layer_with};
 
 /// Errors of layer diffing, writing and extraction.
 #[derive(Debug, thiserror::Error)]

@@ -166,23 +166,48 @@ pub fn write_layer(
     compression: Compression,
     out: impl Write,
 ) -> Result<LayerInfo, Error> {
-    write_layer_with_workers(root, changes, compression, out, zstd_workers())
+    let options = WriteOptions {
+        compression,
+        source_date_epoch: None,
+    };
+    write_layer_with(root, changes, &options, out)
+}
+
+/// How [`write_layer_with`] writes a layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Compression of the blob.
+    pub compression: Compression,
+    /// Clamp every mtime in the layer to at most this Unix time (BuildKit's
+    /// `rewrite-timestamp=true` with `SOURCE_DATE_EPOCH`), for reproducible layers.
+    pub source_date_epoch: Option<i64>,
+}
+
+/// [`write_layer`] with more options.
+pub fn write_layer_with(
+    root: &Path,
+    changes: &Changes,
+    options: &WriteOptions,
+    out: impl Write,
+) -> Result<LayerInfo, Error> {
+    write_layer_with_workers(root, changes, options, out, zstd_workers())
 }
 
 pub(crate) fn write_layer_with_workers(
     root: &Path,
     changes: &Changes,
-    compression: Compression,
+    options: &WriteOptions,
     out: impl Write,
     workers: u32,
 ) -> Result<LayerInfo, Error> {
+    let compression = options.compression;
     let write_err = |err: io::Error| Error::io("write layer for", root, err);
     let blob = HashWriter::new(out);
     let encoder = Encoder::new(blob, compression, workers).map_err(write_err)?;
     let tar_stream = HashWriter::new(encoder);
     let mut builder = tar::Builder::new(BufWriter::with_capacity(BUFFER_SIZE, tar_stream));
 
-    let n_entries = append_changes(&mut builder, root, changes)?;
+    let n_entries = append_changes(&mut builder, root, changes, options.source_date_epoch)?;
 
     let buffered = builder.into_inner().map_err(write_err)?;
     let tar_stream = buffered
@@ -229,6 +254,7 @@ fn append_changes<W: Write>(
     builder: &mut tar::Builder<W>,
     root: &Path,
     changes: &Changes,
+    max_mtime: Option<i64>,
 ) -> Result<u64, Error> {
     let mut items: Vec<(PathBuf, Item<'_>)> = Vec::with_capacity(changes.len());
     for (path, kind) in changes.iter() {
@@ -256,7 +282,7 @@ fn append_changes<W: Write>(
     let mut n_entries = 0;
     for (name, item) in &items {
         let written = match item {
-            Item::Path(path) => append_path(builder, root, path, &mut links)?,
+            Item::Path(path) => append_path(builder, root, path, max_mtime, &mut links)?,
             Item::Whiteout | Item::Opaque => {
                 let mut header = Header::new_ustar();
                 header.set_entry_type(EntryType::Regular);
@@ -289,6 +315,7 @@ fn append_path<W: Write>(
     builder: &mut tar::Builder<W>,
     root: &Path,
     rel: &Path,
+    max_mtime: Option<i64>,
     links: &mut HashMap<(u64, u64), PathBuf>,
 ) -> Result<bool, Error> {
     let full = root.join(rel);
@@ -315,7 +342,11 @@ fn append_path<W: Write>(
     header.set_mode(md.mode() & 0o7777);
     header.set_uid(u64::from(md.uid()));
     header.set_gid(u64::from(md.gid()));
-    header.set_mtime(md.mtime().max(0) as u64);
+    let mtime = match max_mtime {
+        Some(max) => md.mtime().min(max),
+        None => md.mtime(),
+    };
+    header.set_mtime(mtime.max(0) as u64);
     header.set_size(0);
 
     let mut name = rel.as_os_str().as_bytes().to_vec();
@@ -601,10 +632,14 @@ mod tests {
         // The zstd worker count must not change the bytes.
         let mut one = Vec::new();
         let mut two = Vec::new();
-        let a = write_layer_with_workers(dir.path(), &changes, Compression::ZSTD, &mut one, 1)
-            .expect("write");
-        let b = write_layer_with_workers(dir.path(), &changes, Compression::ZSTD, &mut two, 4)
-            .expect("write");
+        let options = WriteOptions {
+            compression: Compression::ZSTD,
+            source_date_epoch: None,
+        };
+        let a =
+            write_layer_with_workers(dir.path(), &changes, &options, &mut one, 1).expect("write");
+        let b =
+            write_layer_with_workers(dir.path(), &changes, &options, &mut two, 4).expect("write");
         assert_eq!(a.digest, b.digest);
     }
 
@@ -674,6 +709,25 @@ mod tests {
         let bytes = fs::read(tmp.path()).expect("read");
         assert_eq!(sha256(&bytes), info.digest);
         assert_eq!(tmp.path().parent(), Some(out.path()));
+    }
+
+    #[test]
+    fn source_date_epoch_clamps_mtimes() {
+        let (dir, changes) = changed_tree();
+        let options = WriteOptions {
+            compression: Compression::Uncompressed,
+            source_date_epoch: Some(1_000_000),
+        };
+        let mut blob = Vec::new();
+        write_layer_with(dir.path(), &changes, &options, &mut blob).expect("write");
+        let mut archive = tar::Archive::new(&blob[..]);
+        let mtimes: Vec<u64> = archive
+            .entries()
+            .expect("entries")
+            .map(|e| e.expect("entry").header().mtime().expect("mtime"))
+            .collect();
+        assert!(mtimes.iter().all(|m| *m <= 1_000_000), "{mtimes:?}");
+        assert!(mtimes.contains(&1_000_000));
     }
 
     #[test]
