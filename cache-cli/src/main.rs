@@ -1,5 +1,70 @@
-//! The `buildcache` command line.
+//! The `buildcache` command line: builds Dockerfiles and manages BuildKit-format caches.
 
-fn main() -> anyhow::Result<()> {
-    Ok(())
+mod inspect;
+mod stores;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Build Dockerfiles and share their build cache between machines, in BuildKit's cache format.
+#[derive(Parser, Debug)]
+#[command(name = "buildcache", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Inspect and manage exported caches.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CacheCommand {
+    /// Show what a cache holds: manifest form, records, layers, sizes and dates.
+    Inspect {
+        /// The cache, in --cache-from syntax: type=local,src=DIR[,tag=T|digest=D] or type=registry,ref=REF.
+        source: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Text,
+    Json,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: starting the async runtime: {err}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Cache { command } => match command {
+            CacheCommand::Inspect { source, format } => {
+                inspect::run(&source, format == Format::Json).await
+            }
+        },
+    }
 }

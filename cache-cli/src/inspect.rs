@@ -1,0 +1,174 @@
+//! `buildcache cache inspect`: what a cache holds.
+
+use std::collections::BTreeSet;
+
+use cache_core::config::go_time;
+use cache_core::descriptor::{annotation, media_type};
+use cache_core::spec;
+use serde::Serialize;
+
+use crate::stores::AnyBackend;
+
+#[derive(Serialize)]
+struct LayerOut {
+    digest: String,
+    media_type: String,
+    size: u64,
+    uncompressed_size: Option<u64>,
+    diff_id: Option<String>,
+    created_at: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    source: String,
+    manifest_digest: String,
+    manifest_form: &'static str,
+    manifest_media_type: String,
+    manifest_size: u64,
+    config_digest: String,
+    config_size: u64,
+    records: usize,
+    records_with_results: usize,
+    layers: usize,
+    total_size: u64,
+    total_uncompressed_size: Option<u64>,
+    created_at_min: Option<String>,
+    created_at_max: Option<String>,
+    layer_details: Vec<LayerOut>,
+}
+
+/// Runs `cache inspect SOURCE`; an absent or invalid cache is an error (an explicit request).
+pub async fn run(source: &str, json: bool) -> anyhow::Result<()> {
+    let spec = spec::parse_import(source)?;
+    let (backend, reference) = AnyBackend::for_import(&spec.source)?;
+    if let Some(dir) = backend.local_dir()
+        && !dir.join("index.json").exists()
+        && matches!(reference, cache_core::IndexRef::Tag(_))
+    {
+        anyhow::bail!(
+            "no cache at {}: {} is missing (export one with --cache-to type=local,dest={})",
+            dir.display(),
+            dir.join("index.json").display(),
+            dir.display()
+        );
+    }
+    let imported = cache_core::import::import(&backend, &reference, 0)
+        .await?
+        .ok_or_else(|| anyhow::format_err!("no cache found for {reference} in {source}"))?;
+    let graph = &imported.graph;
+    let mut times = BTreeSet::new();
+    for record in &imported.config.records {
+        for result in &record.layers {
+            times.insert(result.created_at);
+        }
+    }
+    let mut layer_details = Vec::new();
+    let mut seen = BTreeSet::new();
+    for desc in &imported.cache_manifest.layers {
+        if !seen.insert(desc.digest.to_string()) {
+            continue;
+        }
+        let created = desc.annotation(annotation::CREATED_AT).map(str::to_owned);
+        if let Some(t) = created.as_deref().and_then(|t| go_time::parse(t).ok()) {
+            times.insert(t);
+        }
+        let uncompressed = matches!(
+            desc.media_type.as_str(),
+            media_type::OCI_LAYER_TAR | media_type::DOCKER_LAYER_TAR
+        )
+        .then_some(desc.size);
+        layer_details.push(LayerOut {
+            digest: desc.digest.to_string(),
+            media_type: desc.media_type.clone(),
+            size: desc.size,
+            uncompressed_size: uncompressed,
+            diff_id: desc.annotation(annotation::UNCOMPRESSED).map(str::to_owned),
+            created_at: created,
+        });
+    }
+    let total_size = layer_details.iter().map(|l| l.size).sum();
+    let total_uncompressed_size = layer_details.iter().map(|l| l.uncompressed_size).sum();
+    let report = Report {
+        source: source.to_owned(),
+        manifest_digest: imported.manifest.digest.to_string(),
+        manifest_form: imported.cache_manifest.form.name(),
+        manifest_media_type: imported.cache_manifest.media_type.clone(),
+        manifest_size: imported.manifest.bytes.len() as u64,
+        config_digest: imported.cache_manifest.config.digest.to_string(),
+        config_size: imported.cache_manifest.config.size,
+        records: graph.records().len(),
+        records_with_results: graph
+            .records()
+            .iter()
+            .filter(|r| !r.results.is_empty())
+            .count(),
+        layers: imported.config.layers.len(),
+        total_size,
+        total_uncompressed_size,
+        created_at_min: times.first().map(go_time::format),
+        created_at_max: times.last().map(go_time::format),
+        layer_details,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("source:    {}", report.source);
+    println!(
+        "manifest:  {} ({}, {}, {} bytes)",
+        report.manifest_digest,
+        report.manifest_form,
+        report.manifest_media_type,
+        report.manifest_size
+    );
+    println!(
+        "config:    {} ({} bytes)",
+        report.config_digest, report.config_size
+    );
+    println!(
+        "records:   {} ({} with results)",
+        report.records, report.records_with_results
+    );
+    let uncompressed = report
+        .total_uncompressed_size
+        .map_or("unknown".to_owned(), human_bytes);
+    println!(
+        "layers:    {} ({} compressed, {} uncompressed)",
+        report.layers,
+        human_bytes(report.total_size),
+        uncompressed
+    );
+    for layer in &report.layer_details {
+        println!(
+            "  {}  {:>10}  {:>10}  {}",
+            layer.digest,
+            human_bytes(layer.size),
+            layer.uncompressed_size.map_or("-".to_owned(), human_bytes),
+            layer.media_type
+        );
+    }
+    match (&report.created_at_min, &report.created_at_max) {
+        (Some(min), Some(max)) => println!("created:   {min} .. {max}"),
+        _ => println!("created:   unknown"),
+    }
+    Ok(())
+}
+
+/// Bytes in human units (B, KiB, MiB, GiB).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64;
+    let mut unit = "B";
+    for u in UNITS {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = u;
+    }
+    format!("{value:.1} {unit}")
+}
