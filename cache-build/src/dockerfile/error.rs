@@ -14,17 +14,29 @@ pub struct Error {
 impl Error {
     /// An error about the Dockerfile at `line` (1-based).
     pub(crate) fn at(line: usize, message: impl Into<String>) -> Self {
-        Error { file: "Dockerfile", line: Some(line), message: message.into() }
+        Error {
+            file: "Dockerfile",
+            line: Some(line),
+            message: message.into(),
+        }
     }
 
     /// An error about the Dockerfile as a whole (no line applies).
     pub(crate) fn general(message: impl Into<String>) -> Self {
-        Error { file: "Dockerfile", line: None, message: message.into() }
+        Error {
+            file: "Dockerfile",
+            line: None,
+            message: message.into(),
+        }
     }
 
     /// An error about line `line` of a `.dockerignore` file.
     pub(crate) fn ignore_file(line: usize, message: impl Into<String>) -> Self {
-        Error { file: ".dockerignore", line: Some(line), message: message.into() }
+        Error {
+            file: ".dockerignore",
+            line: Some(line),
+            message: message.into(),
+        }
     }
 
     /// Attaches `line` unless the error already names one.
@@ -66,9 +78,18 @@ mod tests {
 
     #[test]
     fn display_names_file_and_line() {
-        assert_eq!(Error::at(12, "unknown instruction: FOOBAR").to_string(), "Dockerfile:12: unknown instruction: FOOBAR");
-        assert_eq!(Error::general("no stages").to_string(), "Dockerfile: no stages");
-        assert_eq!(Error::ignore_file(3, "bad").to_string(), ".dockerignore:3: bad");
+        assert_eq!(
+            Error::at(12, "unknown instruction: FOOBAR").to_string(),
+            "Dockerfile:12: unknown instruction: FOOBAR"
+        );
+        assert_eq!(
+            Error::general("no stages").to_string(),
+            "Dockerfile: no stages"
+        );
+        assert_eq!(
+            Error::ignore_file(3, "bad").to_string(),
+            ".dockerignore:3: bad"
+        );
         assert_eq!(Error::general("x").or_line(4).line(), Some(4));
         assert_eq!(Error::at(2, "x").or_line(4).line(), Some(2));
     }

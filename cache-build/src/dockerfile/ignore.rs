@@ -89,10 +89,26 @@ fn compile(pattern: &str) -> Result<MatchKind, String> {
     let mut kind = Kind::Exact;
     let mut pos = 0;
     let mut i = 0;
+    let mut in_class = false;
+    // Escapes one literal character; any ASCII punctuation may be escaped, in or out of a class.
+    let literal = |ch: char| {
+        if ch.is_ascii_punctuation() {
+            format!("\\{ch}")
+        } else {
+            ch.to_string()
+        }
+    };
     while pos < chars.len() {
         let ch = chars[pos];
         pos += 1;
-        if ch == '*' {
+        if in_class && ch != ']' && ch != '\\' {
+            // Go passes class contents to its regexp engine unchanged; keep ranges and negation.
+            if ch == '-' || ch == '^' {
+                re.push(ch);
+            } else {
+                re.push_str(&literal(ch));
+            }
+        } else if ch == '*' {
             if chars.get(pos) == Some(&'*') {
                 pos += 1;
                 if chars.get(pos) == Some(&'/') {
@@ -126,16 +142,17 @@ fn compile(pattern: &str) -> Result<MatchKind, String> {
             match chars.get(pos) {
                 Some(&next) => {
                     pos += 1;
-                    re.push_str(&regex::escape(&next.to_string()));
+                    re.push_str(&literal(next));
                     kind = Kind::Regex;
                 }
                 None => re.push_str("\\\\"),
             }
         } else if ch == '[' || ch == ']' {
+            in_class = ch == '[';
             re.push(ch);
             kind = Kind::Regex;
         } else {
-            re.push_str(&regex::escape(&ch.to_string()));
+            re.push_str(&literal(ch));
         }
         i += 1;
     }
@@ -145,7 +162,9 @@ fn compile(pattern: &str) -> Result<MatchKind, String> {
         Kind::Suffix => MatchKind::Suffix(pattern[2..].to_string()),
         Kind::Regex => {
             re.push('$');
-            MatchKind::Regex(Regex::new(&re).map_err(|err| format!("syntax error in pattern: {err}"))?)
+            MatchKind::Regex(
+                Regex::new(&re).map_err(|err| format!("syntax error in pattern: {err}"))?,
+            )
         }
     })
 }
@@ -181,15 +200,23 @@ impl IgnoreMatcher {
             if exclusion {
                 pattern = pattern[1..].trim();
                 if pattern.is_empty() {
-                    return Err(Error::ignore_file(line_no, "illegal exclusion pattern: \"!\" needs a pattern after it"));
+                    return Err(Error::ignore_file(
+                        line_no,
+                        "illegal exclusion pattern: \"!\" needs a pattern after it",
+                    ));
                 }
             }
             let mut cleaned = clean_path(pattern);
             if cleaned.len() > 1 && cleaned.starts_with('/') {
                 cleaned.remove(0);
             }
-            let kind = compile(&cleaned).map_err(|err| Error::ignore_file(line_no, format!("{err} in {line:?}")))?;
-            patterns.push(Pattern { cleaned, exclusion, kind });
+            let kind = compile(&cleaned)
+                .map_err(|err| Error::ignore_file(line_no, format!("{err} in {line:?}")))?;
+            patterns.push(Pattern {
+                cleaned,
+                exclusion,
+                kind,
+            });
         }
         Ok(IgnoreMatcher { patterns })
     }
@@ -230,7 +257,11 @@ impl IgnoreMatcher {
     /// pattern may re-include something below it. Conservative: true when unsure.
     pub fn may_include_under(&self, dir_rel: &str) -> bool {
         let dir = normalize_rel(dir_rel);
-        let dir_parts: Vec<&str> = if dir.is_empty() || dir == "." { Vec::new() } else { dir.split('/').collect() };
+        let dir_parts: Vec<&str> = if dir.is_empty() || dir == "." {
+            Vec::new()
+        } else {
+            dir.split('/').collect()
+        };
         self.patterns.iter().filter(|p| p.exclusion).any(|p| {
             let pat_parts: Vec<&str> = p.cleaned.split('/').collect();
             for (i, dir_part) in dir_parts.iter().enumerate() {
@@ -243,7 +274,11 @@ impl IgnoreMatcher {
                 }
                 match compile(pat_part) {
                     Ok(kind) => {
-                        let single = Pattern { cleaned: pat_part.to_string(), exclusion: true, kind };
+                        let single = Pattern {
+                            cleaned: pat_part.to_string(),
+                            exclusion: true,
+                            kind,
+                        };
                         if !single.matches(dir_part) {
                             return false;
                         }
@@ -263,7 +298,11 @@ mod tests {
     #[track_caller]
     fn check(patterns: &str, path: &str, excluded: bool) {
         let m = IgnoreMatcher::parse(patterns).expect("valid patterns");
-        assert_eq!(m.is_excluded(path), excluded, "patterns {patterns:?} path {path:?}");
+        assert_eq!(
+            m.is_excluded(path),
+            excluded,
+            "patterns {patterns:?} path {path:?}"
+        );
     }
 
     #[test]
@@ -290,6 +329,10 @@ mod tests {
         check("a?c", "a/c", false);
         check("[a-c]x", "bx", true);
         check("[^a]x", "ax", false);
+        check("[^a]x", "bx", true);
+        check("[a&&b]", "&", true);
+        check("x[.]y", "x.y", true);
+        check("x[.]y", "xzy", false);
         check("\\*", "*", true);
         check("\\*", "a", false);
         check("/abs/path", "abs/path", true);

@@ -130,7 +130,10 @@ impl ShellWord<'_> {
         res
     }
 
-    fn process_stop_on_inner(&mut self, stop: Option<char>) -> Result<(String, Vec<String>), String> {
+    fn process_stop_on_inner(
+        &mut self,
+        stop: Option<char>,
+    ) -> Result<(String, Vec<String>), String> {
         let mut result = String::new();
         let mut words = Words::default();
         while let Some(ch) = self.peek() {
@@ -187,7 +190,8 @@ impl ShellWord<'_> {
             match self.next() {
                 None => {
                     return Err(
-                        "unexpected end of statement while looking for matching single-quote".into(),
+                        "unexpected end of statement while looking for matching single-quote"
+                            .into(),
                     );
                 }
                 Some('\'') => {
@@ -211,7 +215,8 @@ impl ShellWord<'_> {
             match self.peek() {
                 None => {
                     return Err(
-                        "unexpected end of statement while looking for matching double-quote".into(),
+                        "unexpected end of statement while looking for matching double-quote"
+                            .into(),
                     );
                 }
                 Some('"') => {
@@ -304,18 +309,32 @@ impl ShellWord<'_> {
                 if self.lex.skip_unset_env && value.is_none() {
                     return Ok(format!("${{{name}{modifier}{word}}}"));
                 }
-                let empty = value.as_deref().is_none_or(|v| null_is_unset && v.is_empty());
+                let empty = value
+                    .as_deref()
+                    .is_none_or(|v| null_is_unset && v.is_empty());
                 match ch {
-                    '-' => Ok(if empty { word } else { value.unwrap_or_default() }),
+                    '-' => Ok(if empty {
+                        word
+                    } else {
+                        value.unwrap_or_default()
+                    }),
                     '+' => Ok(if empty { String::new() } else { word }),
                     '?' => match value {
                         None => Err(format!(
                             "{name}: {}",
-                            if word.is_empty() { "is not allowed to be unset" } else { &word }
+                            if word.is_empty() {
+                                "is not allowed to be unset"
+                            } else {
+                                &word
+                            }
                         )),
                         Some(v) if null_is_unset && v.is_empty() => Err(format!(
                             "{name}: {}",
-                            if word.is_empty() { "is not allowed to be empty" } else { &word }
+                            if word.is_empty() {
+                                "is not allowed to be empty"
+                            } else {
+                                &word
+                            }
                         )),
                         Some(v) => Ok(v),
                     },
@@ -364,9 +383,8 @@ impl ShellWord<'_> {
                     }
                     return Ok(String::new());
                 };
-                let re = shell_pattern_to_regex(&pattern, true, false).map_err(|err| {
-                    format!("invalid pattern ({pattern}) in substitution: {err}")
-                })?;
+                let re = shell_pattern_to_regex(&pattern, true, false)
+                    .map_err(|err| format!("invalid pattern ({pattern}) in substitution: {err}"))?;
                 let replacement = regex::NoExpand(&replacement);
                 Ok(if replace_all {
                     re.replace_all(&value, replacement).into_owned()
@@ -490,7 +508,9 @@ mod tests {
         let lookup = |name: &str| vars.get(name).map(|v| v.to_string());
         lex.process(input, &lookup).map_err(|err| {
             // Strip the "failed to process" wrapper so expectations stay short.
-            err.split_once(": ").map(|(_, rest)| rest.to_string()).unwrap_or(err)
+            err.split_once(": ")
+                .map(|(_, rest)| rest.to_string())
+                .unwrap_or(err)
         })
     }
 
@@ -544,8 +564,14 @@ mod tests {
         check("\"a\\b\"", Ok("a\\b"));
         check("a\\ b", Ok("a b"));
         check("trailing\\", Ok("trailing"));
-        check("'unterminated", Err("unexpected end of statement while looking for matching single-quote"));
-        check("\"unterminated", Err("unexpected end of statement while looking for matching double-quote"));
+        check(
+            "'unterminated",
+            Err("unexpected end of statement while looking for matching single-quote"),
+        );
+        check(
+            "\"unterminated",
+            Err("unexpected end of statement while looking for matching double-quote"),
+        );
         check("${V", Err("syntax error: missing '}'"));
         check("${}", Err("syntax error: bad substitution"));
         check("${:a}", Err("syntax error: bad substitution"));
@@ -562,8 +588,17 @@ mod tests {
 
     #[test]
     fn raw_modes_keep_quotes_and_unset_references() {
-        let lex = Lex { raw_quotes: true, skip_unset_env: true, ..Lex::new('\\') };
-        assert_eq!(run(lex, "echo \"$V\" '$V' $NOPE ${NOPE:-x}").expect("valid").0, "echo \"val\" '$V' $NOPE ${NOPE:-x}");
+        let lex = Lex {
+            raw_quotes: true,
+            skip_unset_env: true,
+            ..Lex::new('\\')
+        };
+        assert_eq!(
+            run(lex, "echo \"$V\" '$V' $NOPE ${NOPE:-x}")
+                .expect("valid")
+                .0,
+            "echo \"val\" '$V' $NOPE ${NOPE:-x}"
+        );
     }
 
     #[test]

@@ -17,12 +17,13 @@ mod plan;
 pub use error::Error;
 pub use ignore::IgnoreMatcher;
 pub use parse::{
-    ArgDecl, ArgInstruction, CommandLine, Directive, Dockerfile, Flag, Heredoc, HealthcheckSpec, Instruction,
-    InstructionKind, RunCommand, Stage, parse,
+    ArgDecl, ArgInstruction, CommandLine, Directive, Dockerfile, Flag, HealthcheckSpec, Heredoc,
+    Instruction, InstructionKind, RunCommand, Stage, parse,
 };
 pub use plan::{
-    Base, CopyFrom, CopyOp, CopySource, DEFAULT_PATH, HISTORY_COMMENT, Healthcheck, HistoryEntry, ImageConfig, Op,
-    PLATFORM, Plan, PlanOptions, PlannedStage, Step, normalize_image_ref, plan, plan_with_base_configs,
+    Base, CopyFrom, CopyOp, CopySource, DEFAULT_PATH, HISTORY_COMMENT, Healthcheck, HistoryEntry,
+    ImageConfig, Op, PLATFORM, Plan, PlanOptions, PlannedStage, Step, normalize_image_ref, plan,
+    plan_with_base_configs,
 };
 
 /// Expands variables in `word` like BuildKit's shell lexer (`frontend/dockerfile/shell/lex.go`).
@@ -31,8 +32,14 @@ pub use plan::{
 /// `${V#p}`, `${V##p}`, `${V%p}`, `${V%%p}` and `${V/p/r}`, `${V//p/r}`. Single quotes suppress
 /// expansion, double quotes allow it, and both are removed; `escape` (`\` or `` ` ``) escapes the
 /// next character. Unset variables expand to nothing.
-pub fn expand(word: &str, vars: &dyn Fn(&str) -> Option<String>, escape: char) -> Result<String, Error> {
-    lex::Lex::new(escape).process_word(word, vars).map_err(Error::general)
+pub fn expand(
+    word: &str,
+    vars: &dyn Fn(&str) -> Option<String>,
+    escape: char,
+) -> Result<String, Error> {
+    lex::Lex::new(escape)
+        .process_word(word, vars)
+        .map_err(Error::general)
 }
 
 #[cfg(test)]
@@ -43,7 +50,10 @@ mod tests {
     #[test]
     fn expand_uses_the_given_escape() {
         let vars = |name: &str| (name == "A").then(|| "x".to_string());
-        assert_eq!(expand("${A}-\\$A-'$A'", &vars, '\\'), Ok("x-$A-$A".to_string()));
+        assert_eq!(
+            expand("${A}-\\$A-'$A'", &vars, '\\'),
+            Ok("x-$A-$A".to_string())
+        );
         assert_eq!(expand("`$A\\", &vars, '`'), Ok("$A\\".to_string()));
         let err = expand("${A", &vars, '\\').expect_err("unterminated");
         assert!(err.message().contains("missing '}'"), "{err}");
@@ -52,7 +62,7 @@ mod tests {
     proptest! {
         #[test]
         fn expand_never_panics(word in ".{0,64}", escape in prop::sample::select(vec!['\\', '`'])) {
-            let vars = |name: &str| (name.len() % 2 == 0).then(|| name.to_string());
+            let vars = |name: &str| name.len().is_multiple_of(2).then(|| name.to_string());
             let _ = expand(&word, &vars, escape);
         }
 

@@ -98,7 +98,10 @@ impl Instruction {
 
     /// The values of every `--name` flag, in order.
     pub fn flag_values(&self, name: &str) -> impl Iterator<Item = &str> {
-        self.flags.iter().filter(move |f| f.name == name).map(|f| f.value.as_str())
+        self.flags
+            .iter()
+            .filter(move |f| f.name == name)
+            .map(|f| f.value.as_str())
     }
 
     /// The value of the last `--name` flag, if given.
@@ -250,7 +253,12 @@ fn allowed_flags(cmd: &str) -> &'static [(&'static str, FlagKind)] {
             ("exclude", Multi),
         ],
         "from" => &[("platform", Str)],
-        "run" => &[("mount", Multi), ("network", Str), ("security", Str), ("device", Multi)],
+        "run" => &[
+            ("mount", Multi),
+            ("network", Str),
+            ("security", Str),
+            ("device", Multi),
+        ],
         "healthcheck" => &[
             ("interval", Str),
             ("timeout", Str),
@@ -281,7 +289,11 @@ fn parse_flags(cmd: &str, words: &[String]) -> Result<Vec<Flag>, String> {
                 if allowed.is_empty() {
                     "no flags".to_string()
                 } else {
-                    allowed.iter().map(|(n, _)| format!("--{n}")).collect::<Vec<_>>().join(", ")
+                    allowed
+                        .iter()
+                        .map(|(n, _)| format!("--{n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }
             ));
         };
@@ -298,7 +310,10 @@ fn parse_flags(cmd: &str, words: &[String]) -> Result<Vec<Flag>, String> {
             (_, None) => return Err(format!("missing a value on flag: {name}")),
             (_, Some(v)) => v.to_string(),
         };
-        flags.push(Flag { name: name.to_string(), value });
+        flags.push(Flag {
+            name: name.to_string(),
+            value,
+        });
     }
     Ok(flags)
 }
@@ -344,10 +359,18 @@ impl DirectiveParser {
             escape = match value.as_str() {
                 "`" => Some('`'),
                 "\\" => Some('\\'),
-                _ => return Err(format!("invalid escape token '{value}' does not match ` or \\")),
+                _ => {
+                    return Err(format!(
+                        "invalid escape token '{value}' does not match ` or \\"
+                    ));
+                }
             };
         }
-        self.directives.push(Directive { name, value, line: line_no });
+        self.directives.push(Directive {
+            name,
+            value,
+            line: line_no,
+        });
         Ok(escape)
     }
 }
@@ -555,7 +578,10 @@ fn split_whitespace_words(rest: &str) -> Vec<String> {
     if rest.is_empty() {
         return Vec::new();
     }
-    rest.split([' ', '\t', '\u{b}', '\u{c}', '\r']).filter(|w| !w.is_empty()).map(String::from).collect()
+    rest.split([' ', '\t', '\u{b}', '\u{c}', '\r'])
+        .filter(|w| !w.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// Parses a JSON array of strings; `Ok(None)` when `rest` is not a JSON array at all.
@@ -571,7 +597,10 @@ fn parse_json(rest: &str) -> Result<Option<Vec<String>>, String> {
         .into_iter()
         .map(|v| match v {
             serde_json::Value::String(s) => Ok(s),
-            _ => Err("when using JSON array syntax, arrays must be comprised of strings only".to_string()),
+            _ => Err(
+                "when using JSON array syntax, arrays must be comprised of strings only"
+                    .to_string(),
+            ),
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
@@ -598,9 +627,13 @@ fn parse_name_val(rest: &str, cmd: &str, escape: char) -> Result<Vec<(String, St
         return Err(format!("{cmd} requires at least one argument"));
     }
     if !words[0].contains('=') {
-        let mut parts = rest.splitn(2, |c: char| matches!(c, ' ' | '\t' | '\u{b}' | '\u{c}' | '\r'));
+        let mut parts = rest.splitn(2, |c: char| {
+            matches!(c, ' ' | '\t' | '\u{b}' | '\u{c}' | '\r')
+        });
         let key = parts.next().unwrap_or_default();
-        let value = parts.next().map(|v| v.trim_start_matches([' ', '\t', '\u{b}', '\u{c}', '\r']));
+        let value = parts
+            .next()
+            .map(|v| v.trim_start_matches([' ', '\t', '\u{b}', '\u{c}', '\r']));
         return match value {
             Some(value) => Ok(vec![(key.to_string(), value.to_string())]),
             None => Err(format!("{cmd} must have two arguments")),
@@ -611,7 +644,9 @@ fn parse_name_val(rest: &str, cmd: &str, escape: char) -> Result<Vec<(String, St
         .map(|word| match word.split_once('=') {
             Some(("", _)) => Err(format!("{cmd} names can not be blank")),
             Some((k, v)) => Ok((k.to_string(), v.to_string())),
-            None => Err(format!("Syntax error - can't find = in {word:?}. Must be of the form: name=value")),
+            None => Err(format!(
+                "Syntax error - can't find = in {word:?}. Must be of the form: name=value"
+            )),
         })
         .collect()
 }
@@ -625,15 +660,26 @@ fn parse_arg_decls(rest: &str, escape: char) -> Result<Vec<ArgDecl>, String> {
         .into_iter()
         .map(|word| match word.split_once('=') {
             Some(("", _)) => Err("ARG names can not be blank".to_string()),
-            Some((k, v)) => Ok(ArgDecl { name: k.to_string(), default: Some(v.to_string()) }),
-            None => Ok(ArgDecl { name: word, default: None }),
+            Some((k, v)) => Ok(ArgDecl {
+                name: k.to_string(),
+                default: Some(v.to_string()),
+            }),
+            None => Ok(ArgDecl {
+                name: word,
+                default: None,
+            }),
         })
         .collect()
 }
 
 /// Finds the heredocs opened on `line`, like BuildKit's `heredocsFromLine`.
 fn heredocs_from_line(line: &str) -> Result<Vec<Heredoc>, String> {
-    let lex = Lex { raw_quotes: true, raw_escapes: true, skip_unset_env: true, ..Lex::new('\\') };
+    let lex = Lex {
+        raw_quotes: true,
+        raw_escapes: true,
+        skip_unset_env: true,
+        ..Lex::new('\\')
+    };
     let words = lex.process_words(line, &|_| None).unwrap_or_default();
     let mut docs = Vec::new();
     for word in words {
@@ -655,14 +701,23 @@ pub(crate) fn parse_heredoc(src: &str) -> Result<Option<Heredoc>, String> {
     if rest.is_empty() {
         return Ok(None);
     }
-    let lex = Lex { skip_unset_env: true, ..Lex::new('\\') };
+    let lex = Lex {
+        skip_unset_env: true,
+        ..Lex::new('\\')
+    };
     let words = lex.process_words(rest, &|_| None)?;
     if words.len() != 1 {
         return Ok(None);
     }
-    let raw_words = Lex { raw_quotes: true, ..lex }.process_words(rest, &|_| None)?;
+    let raw_words = Lex {
+        raw_quotes: true,
+        ..lex
+    }
+    .process_words(rest, &|_| None)?;
     if raw_words.len() != words.len() {
-        return Err(format!("internal lexing of heredoc produced inconsistent results: {rest}"));
+        return Err(format!(
+            "internal lexing of heredoc produced inconsistent results: {rest}"
+        ));
     }
     let quotes = |s: &str| s.matches(['\'', '"']).count();
     Ok(Some(Heredoc {
@@ -677,7 +732,10 @@ pub(crate) fn parse_heredoc(src: &str) -> Result<Option<Heredoc>, String> {
 
 /// Strips leading tabs from every line, like BuildKit's `ChompHeredocContent`.
 pub(crate) fn chomp_heredoc(content: &str) -> String {
-    content.split_inclusive('\n').map(|line| line.trim_start_matches('\t')).collect()
+    content
+        .split_inclusive('\n')
+        .map(|line| line.trim_start_matches('\t'))
+        .collect()
 }
 
 enum Parsed {
@@ -698,7 +756,9 @@ struct RawNode {
 fn can_contain_heredoc(cmd: &str, args: &str) -> bool {
     let (cmd, args) = if cmd == "onbuild" {
         let trimmed = args.trim_start();
-        let (sub, rest) = trimmed.split_once(char::is_whitespace).unwrap_or((trimmed, ""));
+        let (sub, rest) = trimmed
+            .split_once(char::is_whitespace)
+            .unwrap_or((trimmed, ""));
         (sub.to_lowercase(), extract_builder_flags(rest).0)
     } else {
         (cmd.to_string(), args.to_string())
@@ -716,17 +776,23 @@ pub fn parse(text: &str) -> Result<Dockerfile, Error> {
     let mut idx = 0;
     let mut current_line = 0;
 
-    let process_line =
-        |directives: &mut DirectiveParser, raw: &str, strip: bool, line_no: usize, escape: &mut char| {
-            let mut token = trim_newline(raw);
-            if strip {
-                token = token.trim_start();
-            }
-            if let Some(esc) = directives.parse_line(token, line_no).map_err(|e| Error::at(line_no, e))? {
-                *escape = esc;
-            }
-            Ok::<_, Error>(if is_comment(token) { "" } else { token }.to_string())
-        };
+    let process_line = |directives: &mut DirectiveParser,
+                        raw: &str,
+                        strip: bool,
+                        line_no: usize,
+                        escape: &mut char| {
+        let mut token = trim_newline(raw);
+        if strip {
+            token = token.trim_start();
+        }
+        if let Some(esc) = directives
+            .parse_line(token, line_no)
+            .map_err(|e| Error::at(line_no, e))?
+        {
+            *escape = esc;
+        }
+        Ok::<_, Error>(if is_comment(token) { "" } else { token }.to_string())
+    };
 
     while idx < lines.len() {
         let raw = lines[idx];
@@ -742,7 +808,8 @@ pub fn parse(text: &str) -> Result<Dockerfile, Error> {
         while !end && idx < lines.len() {
             let raw = lines[idx];
             idx += 1;
-            let processed = process_line(&mut directives, raw, false, current_line + 1, &mut escape)?;
+            let processed =
+                process_line(&mut directives, raw, false, current_line + 1, &mut escape)?;
             current_line += 1;
             if is_comment(raw) || processed.trim_start().is_empty() {
                 continue;
@@ -783,7 +850,10 @@ pub fn parse(text: &str) -> Result<Dockerfile, Error> {
                 if !terminated {
                     return Err(Error::at(
                         start_line,
-                        format!("unterminated heredoc: no line with only {:?} ends it", doc.name),
+                        format!(
+                            "unterminated heredoc: no line with only {:?} ends it",
+                            doc.name
+                        ),
                     ));
                 }
                 heredocs.push(doc);
@@ -813,7 +883,10 @@ pub fn parse(text: &str) -> Result<Dockerfile, Error> {
             Parsed::Instruction(ins) => match stages.last_mut() {
                 Some(stage) => stage.instructions.push(ins),
                 None => match ins.kind {
-                    InstructionKind::Arg(args) => global_args.push(ArgInstruction { line: ins.line, args }),
+                    InstructionKind::Arg(args) => global_args.push(ArgInstruction {
+                        line: ins.line,
+                        args,
+                    }),
                     _ => {
                         return Err(Error::at(
                             ins.line,
@@ -828,9 +901,16 @@ pub fn parse(text: &str) -> Result<Dockerfile, Error> {
         }
     }
     if stages.is_empty() {
-        return Err(Error::general("dockerfile contains no stages to build: add a FROM line"));
+        return Err(Error::general(
+            "dockerfile contains no stages to build: add a FROM line",
+        ));
     }
-    Ok(Dockerfile { directives: directives.directives, escape, global_args, stages })
+    Ok(Dockerfile {
+        directives: directives.directives,
+        escape,
+        global_args,
+        stages,
+    })
 }
 
 static STAGE_NAME_RE: LazyLock<Regex> =
@@ -854,9 +934,17 @@ fn parse_node(node: &RawNode, escape: char) -> Result<Parsed, String> {
                     Some(name)
                 }
                 1 => None,
-                _ => return Err("FROM requires either one or three arguments (FROM image [AS name])".into()),
+                _ => {
+                    return Err(
+                        "FROM requires either one or three arguments (FROM image [AS name])".into(),
+                    );
+                }
             };
-            let platform = flags.iter().rev().find(|f| f.name == "platform").map(|f| f.value.clone());
+            let platform = flags
+                .iter()
+                .rev()
+                .find(|f| f.name == "platform")
+                .map(|f| f.value.clone());
             return Ok(Parsed::From(Stage {
                 line: node.line,
                 original: node.original.clone(),
@@ -884,7 +972,9 @@ fn parse_node(node: &RawNode, escape: char) -> Result<Parsed, String> {
         "cmd" => InstructionKind::Cmd(parse_maybe_json(rest)?),
         "entrypoint" => InstructionKind::Entrypoint(parse_maybe_json(rest)?),
         "shell" => match parse_json(rest)? {
-            Some(args) if args.is_empty() => return Err("SHELL requires at least one argument".into()),
+            Some(args) if args.is_empty() => {
+                return Err("SHELL requires at least one argument".into());
+            }
             Some(args) => InstructionKind::Shell(args),
             None if rest.is_empty() => return Err("SHELL requires at least one argument".into()),
             None => {
@@ -902,10 +992,18 @@ fn parse_node(node: &RawNode, escape: char) -> Result<Parsed, String> {
                     "{upper} requires at least two arguments, but only one was provided. Destination could not be determined"
                 ));
             }
-            if parse_heredoc(&args[args.len() - 1]).ok().flatten().is_some() {
+            if parse_heredoc(&args[args.len() - 1])
+                .ok()
+                .flatten()
+                .is_some()
+            {
                 return Err(format!("{upper} cannot accept a heredoc as a destination"));
             }
-            if node.cmd == "copy" { InstructionKind::Copy(args) } else { InstructionKind::Add(args) }
+            if node.cmd == "copy" {
+                InstructionKind::Copy(args)
+            } else {
+                InstructionKind::Add(args)
+            }
         }
         "workdir" => {
             if rest.is_empty() {
@@ -986,7 +1084,11 @@ fn parse_node(node: &RawNode, escape: char) -> Result<Parsed, String> {
         _ => {
             return Err(format!(
                 "unknown instruction: {} (instructions are FROM, ARG, ENV, RUN, COPY, ADD, WORKDIR, USER, LABEL, EXPOSE, CMD, ENTRYPOINT, SHELL, STOPSIGNAL, HEALTHCHECK, VOLUME, ONBUILD, MAINTAINER)",
-                node.original.split_whitespace().next().unwrap_or_default().to_uppercase()
+                node.original
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_uppercase()
             ));
         }
     };
@@ -1007,7 +1109,12 @@ mod tests {
     fn only_instruction(text: &str) -> Instruction {
         let df = parse(text).expect("parses");
         assert_eq!(df.stages.len(), 1);
-        assert_eq!(df.stages[0].instructions.len(), 1, "{:?}", df.stages[0].instructions);
+        assert_eq!(
+            df.stages[0].instructions.len(),
+            1,
+            "{:?}",
+            df.stages[0].instructions
+        );
         df.stages[0].instructions[0].clone()
     }
 
@@ -1021,7 +1128,10 @@ mod tests {
     fn check_error(text: &str, line: Option<usize>, contains: &str) {
         let err = parse(text).expect_err("must fail");
         assert_eq!(err.line(), line, "{err}");
-        assert!(err.message().contains(contains), "{err:?} should contain {contains:?}");
+        assert!(
+            err.message().contains(contains),
+            "{err:?} should contain {contains:?}"
+        );
     }
 
     fn s(v: &[&str]) -> Vec<String> {
@@ -1036,7 +1146,11 @@ mod tests {
         ))
         .expect("fixture Dockerfile is readable");
         let df = parse(&text).expect("parses");
-        let names: Vec<_> = df.stages.iter().map(|s| s.name.clone().unwrap_or_default()).collect();
+        let names: Vec<_> = df
+            .stages
+            .iter()
+            .map(|s| s.name.clone().unwrap_or_default())
+            .collect();
         assert_eq!(names, ["base", "builder", "unused", "final"]);
         assert_eq!(df.stages[0].line, 3);
         assert_eq!(df.stages[0].base, "127.0.0.1:5001/busybox:latest");
@@ -1051,7 +1165,10 @@ mod tests {
     #[test]
     fn continuations_and_comments() {
         let ins = only_instruction("FROM scratch\nRUN a \\\n  # a comment inside\n\n  b \\\n c\n");
-        assert_eq!(ins.kind, InstructionKind::Run(CommandLine::Shell("a   b  c".into())));
+        assert_eq!(
+            ins.kind,
+            InstructionKind::Run(CommandLine::Shell("a   b  c".into()))
+        );
         assert_eq!((ins.line, ins.end_line), (2, 6));
         // An escaped escape at the end is not a continuation.
         let df = parse("FROM scratch\nRUN echo \\\\\nRUN b\n").expect("parses");
@@ -1064,39 +1181,113 @@ mod tests {
 
     #[test]
     fn directives() {
-        let df = parse("# syntax=docker/dockerfile:1\n# escape=`\nFROM scratch\nRUN a `\n b\n").expect("parses");
+        let df = parse("# syntax=docker/dockerfile:1\n# escape=`\nFROM scratch\nRUN a `\n b\n")
+            .expect("parses");
         assert_eq!(df.escape, '`');
         assert_eq!(df.directives.len(), 2);
         assert_eq!(df.directives[0].name, "syntax");
-        assert_eq!(df.stages[0].instructions[0].kind, InstructionKind::Run(CommandLine::Shell("a  b".into())));
+        assert_eq!(
+            df.stages[0].instructions[0].kind,
+            InstructionKind::Run(CommandLine::Shell("a  b".into()))
+        );
         // After a normal comment, directives are plain comments.
         let df = parse("# hello\n# escape=`\nFROM scratch\n").expect("parses");
         assert_eq!(df.escape, '\\');
         assert!(df.directives.is_empty());
-        check_error("# escape=x\nFROM scratch\n", Some(1), "invalid escape token");
-        check_error("# syntax=a\n# syntax=b\nFROM scratch\n", Some(2), "only one syntax parser directive");
+        check_error(
+            "# escape=x\nFROM scratch\n",
+            Some(1),
+            "invalid escape token",
+        );
+        check_error(
+            "# syntax=a\n# syntax=b\nFROM scratch\n",
+            Some(2),
+            "only one syntax parser directive",
+        );
     }
 
     #[test]
     fn instruction_arguments() {
-        check_kind("ENV A=1 B=\"x y\"", InstructionKind::Env(vec![("A".into(), "1".into()), ("B".into(), "\"x y\"".into())]));
-        check_kind("ENV A hello world", InstructionKind::Env(vec![("A".into(), "hello world".into())]));
-        check_kind("LABEL \"com.x\"=\"v 1\"", InstructionKind::Label(vec![("\"com.x\"".into(), "\"v 1\"".into())]));
-        check_kind("ARG A B=2", InstructionKind::Arg(vec![ArgDecl { name: "A".into(), default: None }, ArgDecl { name: "B".into(), default: Some("2".into()) }]));
-        check_kind("RUN [\"echo\", \"hi\"]", InstructionKind::Run(CommandLine::Exec(s(&["echo", "hi"]))));
-        check_kind("RUN [not json", InstructionKind::Run(CommandLine::Shell("[not json".into())));
-        check_kind("CMD echo $HOME", InstructionKind::Cmd(CommandLine::Shell("echo $HOME".into())));
-        check_kind("ENTRYPOINT []", InstructionKind::Entrypoint(CommandLine::Exec(vec![])));
-        check_kind("SHELL [\"/bin/bash\", \"-c\"]", InstructionKind::Shell(s(&["/bin/bash", "-c"])));
-        check_kind("COPY a  b /c/", InstructionKind::Copy(s(&["a", "b", "/c/"])));
-        check_kind("COPY [\"a b\", \"/c/\"]", InstructionKind::Copy(s(&["a b", "/c/"])));
+        check_kind(
+            "ENV A=1 B=\"x y\"",
+            InstructionKind::Env(vec![
+                ("A".into(), "1".into()),
+                ("B".into(), "\"x y\"".into()),
+            ]),
+        );
+        check_kind(
+            "ENV A hello world",
+            InstructionKind::Env(vec![("A".into(), "hello world".into())]),
+        );
+        check_kind(
+            "LABEL \"com.x\"=\"v 1\"",
+            InstructionKind::Label(vec![("\"com.x\"".into(), "\"v 1\"".into())]),
+        );
+        check_kind(
+            "ARG A B=2",
+            InstructionKind::Arg(vec![
+                ArgDecl {
+                    name: "A".into(),
+                    default: None,
+                },
+                ArgDecl {
+                    name: "B".into(),
+                    default: Some("2".into()),
+                },
+            ]),
+        );
+        check_kind(
+            "RUN [\"echo\", \"hi\"]",
+            InstructionKind::Run(CommandLine::Exec(s(&["echo", "hi"]))),
+        );
+        check_kind(
+            "RUN [not json",
+            InstructionKind::Run(CommandLine::Shell("[not json".into())),
+        );
+        check_kind(
+            "CMD echo $HOME",
+            InstructionKind::Cmd(CommandLine::Shell("echo $HOME".into())),
+        );
+        check_kind(
+            "ENTRYPOINT []",
+            InstructionKind::Entrypoint(CommandLine::Exec(vec![])),
+        );
+        check_kind(
+            "SHELL [\"/bin/bash\", \"-c\"]",
+            InstructionKind::Shell(s(&["/bin/bash", "-c"])),
+        );
+        check_kind(
+            "COPY a  b /c/",
+            InstructionKind::Copy(s(&["a", "b", "/c/"])),
+        );
+        check_kind(
+            "COPY [\"a b\", \"/c/\"]",
+            InstructionKind::Copy(s(&["a b", "/c/"])),
+        );
         check_kind("WORKDIR /a b", InstructionKind::Workdir("/a b".into()));
-        check_kind("EXPOSE 8080 443/tcp 80", InstructionKind::Expose(s(&["443/tcp", "80", "8080"])));
-        check_kind("VOLUME [\"/data\", \"/x\"]", InstructionKind::Volume(s(&["/data", "/x"])));
-        check_kind("HEALTHCHECK NONE", InstructionKind::Healthcheck(HealthcheckSpec::None));
-        check_kind("HEALTHCHECK --interval=5s CMD curl -f x", InstructionKind::Healthcheck(HealthcheckSpec::Cmd(CommandLine::Shell("curl -f x".into()))));
+        check_kind(
+            "EXPOSE 8080 443/tcp 80",
+            InstructionKind::Expose(s(&["443/tcp", "80", "8080"])),
+        );
+        check_kind(
+            "VOLUME [\"/data\", \"/x\"]",
+            InstructionKind::Volume(s(&["/data", "/x"])),
+        );
+        check_kind(
+            "HEALTHCHECK NONE",
+            InstructionKind::Healthcheck(HealthcheckSpec::None),
+        );
+        check_kind(
+            "HEALTHCHECK --interval=5s CMD curl -f x",
+            InstructionKind::Healthcheck(HealthcheckSpec::Cmd(CommandLine::Shell(
+                "curl -f x".into(),
+            ))),
+        );
         check_kind("ONBUILD RUN x", InstructionKind::Onbuild("RUN x".into()));
-        check_kind("MAINTAINER Jane <j@x>", InstructionKind::Maintainer("Jane <j@x>".into()));
+        check_kind(
+            "MAINTAINER Jane <j@x>",
+            InstructionKind::Maintainer("Jane <j@x>".into()),
+        );
     }
 
     #[test]
@@ -1106,15 +1297,37 @@ mod tests {
         assert_eq!(ins.flag("chown"), Some("1:1"));
         assert_eq!(ins.flag("link"), Some("true"));
         assert_eq!(ins.kind, InstructionKind::Copy(s(&["/a", "/b"])));
-        let ins = only_instruction("FROM scratch\nRUN --mount=type=cache,target=/x --mount=type=tmpfs,target=/t make\n");
+        let ins = only_instruction(
+            "FROM scratch\nRUN --mount=type=cache,target=/x --mount=type=tmpfs,target=/t make\n",
+        );
         assert_eq!(ins.flag_values("mount").count(), 2);
         let df = parse("FROM --platform=linux/amd64 alpine AS a\n").expect("parses");
         assert_eq!(df.stages[0].platform.as_deref(), Some("linux/amd64"));
-        check_error("FROM scratch\nCOPY --frm=x a b\n", Some(2), "unknown flag: frm");
-        check_error("FROM scratch\nCOPY --from=a --from=b a b\n", Some(2), "Duplicate flag");
-        check_error("FROM scratch\nCOPY --link=maybe a b\n", Some(2), "expecting boolean");
-        check_error("FROM scratch\nCOPY --chown a b\n", Some(2), "missing a value");
-        check_error("FROM scratch\nWORKDIR --x=1 /a\n", Some(2), "unknown flag: x");
+        check_error(
+            "FROM scratch\nCOPY --frm=x a b\n",
+            Some(2),
+            "unknown flag: frm",
+        );
+        check_error(
+            "FROM scratch\nCOPY --from=a --from=b a b\n",
+            Some(2),
+            "Duplicate flag",
+        );
+        check_error(
+            "FROM scratch\nCOPY --link=maybe a b\n",
+            Some(2),
+            "expecting boolean",
+        );
+        check_error(
+            "FROM scratch\nCOPY --chown a b\n",
+            Some(2),
+            "missing a value",
+        );
+        check_error(
+            "FROM scratch\nWORKDIR --x=1 /a\n",
+            Some(2),
+            "unknown flag: x",
+        );
     }
 
     #[test]
@@ -1130,20 +1343,52 @@ mod tests {
         let h = &ins[1].heredocs[0];
         assert_eq!((h.name.as_str(), h.chomp, h.expand), ("EOT", true, false));
         assert_eq!(h.content, "\tindented $X\n");
-        assert_eq!(ins[2].heredocs.iter().map(|h| h.content.as_str()).collect::<Vec<_>>(), ["aaa\n", "bbb\n"]);
-        assert_eq!(ins[2].kind, InstructionKind::Copy(s(&["<<A", "<<B", "/dst/"])));
+        assert_eq!(
+            ins[2]
+                .heredocs
+                .iter()
+                .map(|h| h.content.as_str())
+                .collect::<Vec<_>>(),
+            ["aaa\n", "bbb\n"]
+        );
+        assert_eq!(
+            ins[2].kind,
+            InstructionKind::Copy(s(&["<<A", "<<B", "/dst/"]))
+        );
         assert_eq!(ins[2].line, 9);
-        check_error("FROM scratch\nRUN <<EOF\necho\n", Some(2), "unterminated heredoc");
-        check_error("FROM scratch\nCOPY a <<EOF\nx\nEOF\n", Some(2), "heredoc as a destination");
+        check_error(
+            "FROM scratch\nRUN <<EOF\necho\n",
+            Some(2),
+            "unterminated heredoc",
+        );
+        check_error(
+            "FROM scratch\nCOPY a <<EOF\nx\nEOF\n",
+            Some(2),
+            "heredoc as a destination",
+        );
         // Exec form and quoted text do not open heredocs.
-        let df = parse("FROM scratch\nRUN [\"sh\", \"<<EOF\"]\nRUN echo '<<EOF'\n").expect("parses");
-        assert!(df.stages[0].instructions.iter().all(|i| i.heredocs.is_empty()));
+        let df =
+            parse("FROM scratch\nRUN [\"sh\", \"<<EOF\"]\nRUN echo '<<EOF'\n").expect("parses");
+        assert!(
+            df.stages[0]
+                .instructions
+                .iter()
+                .all(|i| i.heredocs.is_empty())
+        );
     }
 
     #[test]
     fn syntax_errors_name_the_line() {
-        check_error("FROM scratch\n\nFOOBAR x\n", Some(3), "unknown instruction: FOOBAR");
-        check_error("RUN x\nFROM scratch\n", Some(1), "no build stage in current context");
+        check_error(
+            "FROM scratch\n\nFOOBAR x\n",
+            Some(3),
+            "unknown instruction: FOOBAR",
+        );
+        check_error(
+            "RUN x\nFROM scratch\n",
+            Some(1),
+            "no build stage in current context",
+        );
         check_error("", None, "file with no instructions");
         check_error("# only a comment\n", None, "file with no instructions");
         check_error("ARG A\n", None, "no stages");
@@ -1151,7 +1396,11 @@ mod tests {
         check_error("FROM a AS 1x\n", Some(1), "invalid name for build stage");
         check_error("FROM scratch\nSHELL /bin/bash -c\n", Some(2), "JSON form");
         check_error("FROM scratch\nRUN [1, 2]\n", Some(2), "strings only");
-        check_error("FROM scratch\nENV A\n", Some(2), "ENV must have two arguments");
+        check_error(
+            "FROM scratch\nENV A\n",
+            Some(2),
+            "ENV must have two arguments",
+        );
         check_error("FROM scratch\nENV =1\n", Some(2), "names can not be blank");
         check_error("FROM scratch\nCOPY a\n", Some(2), "at least two arguments");
         check_error("FROM scratch\nHEALTHCHECK FOO x\n", Some(2), "Unknown type");
@@ -1161,16 +1410,35 @@ mod tests {
     fn global_args() {
         let df = parse("ARG A=1\nARG B\nFROM scratch\nARG A\n").expect("parses");
         assert_eq!(df.global_args.len(), 2);
-        assert_eq!(df.global_args[0].args[0], ArgDecl { name: "A".into(), default: Some("1".into()) });
+        assert_eq!(
+            df.global_args[0].args[0],
+            ArgDecl {
+                name: "A".into(),
+                default: Some("1".into())
+            }
+        );
         assert_eq!(df.global_args[1].line, 2);
         assert_eq!(df.stages[0].instructions.len(), 1);
     }
 
     #[test]
     fn word_helpers() {
-        assert_eq!(parse_words("a=\"x y\" b='c d' e\\ f", '\\'), ["a=\"x y\"", "b='c d'", "e\\ f"]);
-        assert_eq!(extract_builder_flags("--a=1 --b \"--c=x y\" rest of line"), ("rest of line".to_string(), s(&["--a=1", "--b", "--c=x y"])));
-        assert_eq!(extract_builder_flags("-- --notflag"), ("--notflag".to_string(), vec![]));
+        assert_eq!(
+            parse_words("a=\"x y\" b='c d' e\\ f", '\\'),
+            ["a=\"x y\"", "b='c d'", "e\\ f"]
+        );
+        assert_eq!(
+            extract_builder_flags("--a=1 --b --c=\"x y\" rest of line"),
+            ("rest of line".to_string(), s(&["--a=1", "--b", "--c=x y"]))
+        );
+        assert_eq!(
+            extract_builder_flags("--a \"--b\" x"),
+            ("\"--b\" x".to_string(), s(&["--a"]))
+        );
+        assert_eq!(
+            extract_builder_flags("-- --notflag"),
+            (" --notflag".to_string(), vec![])
+        );
         assert_eq!(trim_continuation("a \\  ", '\\'), ("a ", false));
         assert_eq!(trim_continuation("\\", '\\'), ("", false));
         assert_eq!(trim_continuation("a\\\\", '\\'), ("a\\\\", true));

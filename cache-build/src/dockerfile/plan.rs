@@ -11,8 +11,8 @@ use super::Error;
 use super::ignore::clean_path;
 use super::lex::Lex;
 use super::parse::{
-    ArgDecl, CommandLine, Dockerfile, Heredoc, HealthcheckSpec, Instruction, InstructionKind, RunCommand,
-    chomp_heredoc, parse_heredoc,
+    ArgDecl, CommandLine, Dockerfile, HealthcheckSpec, Heredoc, Instruction, InstructionKind,
+    RunCommand, chomp_heredoc, parse_heredoc,
 };
 
 /// The only platform buildcache builds for.
@@ -305,7 +305,8 @@ pub fn normalize_image_ref(reference: &str) -> Result<String, String> {
     static TAG: LazyLock<Regex> =
         LazyLock::new(|| Regex::new(r"^[\w][\w.-]{0,127}$").expect("tag regex is valid"));
     static DIGEST: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$").expect("digest regex is valid")
+        Regex::new(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
+            .expect("digest regex is valid")
     });
     static DOMAIN: LazyLock<Regex> = LazyLock::new(|| {
         Regex::new(r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?$")
@@ -323,7 +324,10 @@ pub fn normalize_image_ref(reference: &str) -> Result<String, String> {
     }
     let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
     let (name, tag) = match name_tag[last_slash..].rfind(':') {
-        Some(i) => (&name_tag[..last_slash + i], Some(&name_tag[last_slash + i + 1..])),
+        Some(i) => (
+            &name_tag[..last_slash + i],
+            Some(&name_tag[last_slash + i + 1..]),
+        ),
         None => (name_tag, None),
     };
     if let Some(t) = tag
@@ -333,7 +337,10 @@ pub fn normalize_image_ref(reference: &str) -> Result<String, String> {
     }
     let mut parts: Vec<&str> = name.split('/').collect();
     let domain = if parts.len() > 1
-        && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost" || parts[0].chars().any(|c| c.is_ascii_uppercase()))
+        && (parts[0].contains('.')
+            || parts[0].contains(':')
+            || parts[0] == "localhost"
+            || parts[0].chars().any(|c| c.is_ascii_uppercase()))
     {
         let d = parts.remove(0);
         if !DOMAIN.is_match(d) {
@@ -345,7 +352,9 @@ pub fn normalize_image_ref(reference: &str) -> Result<String, String> {
     };
     for part in &parts {
         if part.chars().any(|c| c.is_ascii_uppercase()) {
-            return Err(format!("invalid reference format: repository name must be lowercase: {reference:?}"));
+            return Err(format!(
+                "invalid reference format: repository name must be lowercase: {reference:?}"
+            ));
         }
         if !COMPONENT.is_match(part) {
             return Err(invalid());
@@ -402,7 +411,10 @@ struct State {
 
 impl State {
     fn get(&self, name: &str) -> Option<String> {
-        self.env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        self.env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
     }
 }
 
@@ -463,16 +475,26 @@ impl<'a> Planner<'a> {
         base_configs: &'a BTreeMap<String, ImageConfig>,
     ) -> Result<Self, Error> {
         let stages = &df.stages;
+        if stages.is_empty() {
+            return Err(Error::general(
+                "dockerfile contains no stages to build: add a FROM line",
+            ));
+        }
         let target = match &opts.target {
             None => stages.len() - 1,
             Some(t) => stages
                 .iter()
-                .position(|s| s.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(t)))
+                .rposition(|s| s.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(t)))
                 .ok_or_else(|| {
-                    let names: Vec<&str> = stages.iter().filter_map(|s| s.name.as_deref()).collect();
+                    let names: Vec<&str> =
+                        stages.iter().filter_map(|s| s.name.as_deref()).collect();
                     Error::general(format!(
                         "target stage {t:?} could not be found; the stages are: {}",
-                        if names.is_empty() { "(none named; add AS <name> to a FROM)".to_string() } else { names.join(", ") }
+                        if names.is_empty() {
+                            "(none named; add AS <name> to a FROM)".to_string()
+                        } else {
+                            names.join(", ")
+                        }
                     ))
                 })?,
         };
@@ -514,24 +536,38 @@ impl<'a> Planner<'a> {
             if base_expanded.is_empty() {
                 return Err(Error::at(
                     stage.line,
-                    format!("base name ({}) should not be blank: set the ARG it uses (--build-arg)", stage.base),
+                    format!(
+                        "base name ({}) should not be blank: set the ARG it uses (--build-arg)",
+                        stage.base
+                    ),
                 ));
             }
             let platform = match &stage.platform {
                 None => None,
                 Some(p) => {
-                    let v = lex.process_word(p, &|n| lookup_in(&globals, n)).map_err(|e| {
-                        Error::at(stage.line, format!("failed to process arguments for platform {p}: {e}"))
-                    })?;
+                    let v = lex
+                        .process_word(p, &|n| lookup_in(&globals, n))
+                        .map_err(|e| {
+                            Error::at(
+                                stage.line,
+                                format!("failed to process arguments for platform {p}: {e}"),
+                            )
+                        })?;
                     if v.is_empty() {
-                        return Err(Error::at(stage.line, format!("empty platform value from expression {p}")));
+                        return Err(Error::at(
+                            stage.line,
+                            format!("empty platform value from expression {p}"),
+                        ));
                     }
                     Some(v)
                 }
             };
-            let previous = stages[..i]
-                .iter()
-                .position(|s| s.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(&base_expanded)));
+            // Like BuildKit's name map, a later stage with the same name shadows an earlier one.
+            let previous = stages[..i].iter().rposition(|s| {
+                s.name
+                    .as_deref()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(&base_expanded))
+            });
             let base = if let Some(j) = previous {
                 RawBase::Stage(j)
             } else if base_expanded == "scratch" {
@@ -546,8 +582,12 @@ impl<'a> Planner<'a> {
 
             let mut copy_from = BTreeMap::new();
             for (idx, ins) in stage.instructions.iter().enumerate() {
-                let InstructionKind::Copy(_) = ins.kind else { continue };
-                let Some(from) = ins.flag("from") else { continue };
+                let InstructionKind::Copy(_) = ins.kind else {
+                    continue;
+                };
+                let Some(from) = ins.flag("from") else {
+                    continue;
+                };
                 let from = from.to_string();
                 if from.contains(['$', '"', '\'', df.escape]) {
                     return Err(Error::at(
@@ -558,16 +598,28 @@ impl<'a> Planner<'a> {
                 let this_name = stage.name.clone().unwrap_or_else(|| format!("stage-{i}"));
                 let found = match from.parse::<usize>() {
                     Ok(j) if j < stages.len() => Some(j),
-                    Ok(j) => return Err(Error::at(ins.line, format!("invalid stage index {j} in --from: the Dockerfile has {} stages", stages.len()))),
-                    Err(_) => stages
-                        .iter()
-                        .position(|s| s.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(&from))),
+                    Ok(j) => {
+                        return Err(Error::at(
+                            ins.line,
+                            format!(
+                                "invalid stage index {j} in --from: the Dockerfile has {} stages",
+                                stages.len()
+                            ),
+                        ));
+                    }
+                    Err(_) => stages.iter().rposition(|s| {
+                        s.name
+                            .as_deref()
+                            .is_some_and(|n| n.eq_ignore_ascii_case(&from))
+                    }),
                 };
                 let raw = match found {
                     Some(j) if j >= i => {
                         return Err(Error::at(
                             ins.line,
-                            format!("cannot copy from stage {from:?}, it needs to be defined before current stage {this_name:?}"),
+                            format!(
+                                "cannot copy from stage {from:?}, it needs to be defined before current stage {this_name:?}"
+                            ),
                         ));
                     }
                     Some(j) => RawFrom::Stage(j),
@@ -582,7 +634,12 @@ impl<'a> Planner<'a> {
                 };
                 copy_from.insert(idx, raw);
             }
-            resolved.push(Resolved { base, base_expanded, platform, copy_from });
+            resolved.push(Resolved {
+                base,
+                base_expanded,
+                platform,
+                copy_from,
+            });
         }
 
         Ok(Planner {
@@ -615,7 +672,8 @@ impl<'a> Planner<'a> {
             }
         }
         let order: Vec<usize> = needed.into_iter().collect();
-        let plan_index: BTreeMap<usize, usize> = order.iter().enumerate().map(|(p, d)| (*d, p)).collect();
+        let plan_index: BTreeMap<usize, usize> =
+            order.iter().enumerate().map(|(p, d)| (*d, p)).collect();
 
         let mut stages: Vec<PlannedStage> = Vec::with_capacity(order.len());
         let mut finals: Vec<State> = Vec::with_capacity(order.len());
@@ -632,7 +690,11 @@ impl<'a> Planner<'a> {
             .filter(|k| !self.declared_args.contains(*k) && !is_builtin_arg(k))
             .cloned()
             .collect();
-        Ok(Plan { target: plan_index[&self.target], stages, unused_build_args })
+        Ok(Plan {
+            target: plan_index[&self.target],
+            stages,
+            unused_build_args,
+        })
     }
 
     fn dispatch_stage(
@@ -652,19 +714,34 @@ impl<'a> Planner<'a> {
         };
 
         let (base, from_display, mut state) = match &resolved.base {
-            RawBase::Scratch => (Base::Scratch, "FROM scratch".to_string(), self.initial_state(None)),
+            RawBase::Scratch => (
+                Base::Scratch,
+                "FROM scratch".to_string(),
+                self.initial_state(None),
+            ),
             RawBase::Stage(j) => {
                 let p = plan_index[j];
-                (Base::Stage(p), format!("FROM {}", resolved.base_expanded), finals[p].clone())
+                (
+                    Base::Stage(p),
+                    format!("FROM {}", resolved.base_expanded),
+                    finals[p].clone(),
+                )
             }
             RawBase::Image(r) => {
-                let normalized = normalize_image_ref(r)
-                    .map_err(|e| Error::at(stage.line, format!("failed to parse stage name {r:?}: {e}")))?;
-                (Base::Image(r.clone()), format!("FROM {normalized}"), self.initial_state(self.base_configs.get(r)))
+                let normalized = normalize_image_ref(r).map_err(|e| {
+                    Error::at(stage.line, format!("failed to parse stage name {r:?}: {e}"))
+                })?;
+                (
+                    Base::Image(r.clone()),
+                    format!("FROM {normalized}"),
+                    self.initial_state(self.base_configs.get(r)),
+                )
             }
-            RawBase::Context(c) => {
-                (Base::Context(c.clone()), format!("FROM {c}"), self.initial_state(self.base_configs.get(c)))
-            }
+            RawBase::Context(c) => (
+                Base::Context(c.clone()),
+                format!("FROM {c}"),
+                self.initial_state(self.base_configs.get(c)),
+            ),
         };
 
         let from_counts = matches!(base, Base::Image(_) | Base::Context(_));
@@ -675,7 +752,10 @@ impl<'a> Planner<'a> {
                 .filter(|ins| {
                     matches!(
                         ins.kind,
-                        InstructionKind::Run(_) | InstructionKind::Copy(_) | InstructionKind::Add(_) | InstructionKind::Workdir(_)
+                        InstructionKind::Run(_)
+                            | InstructionKind::Copy(_)
+                            | InstructionKind::Add(_)
+                            | InstructionKind::Workdir(_)
                     )
                 })
                 .count();
@@ -731,12 +811,22 @@ impl<'a> Planner<'a> {
         if let Some(wd) = &config.workdir {
             config.workdir = Some(normalize_workdir("/", wd));
         }
-        State { env: config.env.clone(), config, build_args: Vec::new() }
+        State {
+            env: config.env.clone(),
+            config,
+            build_args: Vec::new(),
+        }
     }
 }
 
 fn is_builtin_arg(name: &str) -> bool {
-    const PROXY: [&str; 5] = ["HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY"];
+    const PROXY: [&str; 5] = [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "FTP_PROXY",
+        "NO_PROXY",
+        "ALL_PROXY",
+    ];
     PROXY.iter().any(|p| p.eq_ignore_ascii_case(name)) || name.starts_with("BUILDKIT_")
 }
 
@@ -751,8 +841,16 @@ fn normalize_workdir(current: &str, requested: &str) -> String {
 
 /// BuildKit's `pathRelativeToWorkingDir` with `keepSlash`: absolute, trailing `/` kept.
 fn dest_path(workdir: &str, dest: &str) -> String {
-    let rel = if dest.is_empty() || dest == "." { "./" } else { dest };
-    let joined = if rel.starts_with('/') { rel.to_string() } else { format!("{workdir}/{rel}") };
+    let rel = if dest.is_empty() || dest == "." {
+        "./"
+    } else {
+        dest
+    };
+    let joined = if rel.starts_with('/') {
+        rel.to_string()
+    } else {
+        format!("{workdir}/{rel}")
+    };
     let trailing = joined.ends_with('/') || joined.ends_with("/.");
     let mut cleaned = clean_path(&format!("/{joined}"));
     if trailing && !cleaned.ends_with('/') {
@@ -773,7 +871,11 @@ fn summarize_heredoc(doc: &str) -> String {
     let doc = doc.replace("\r\n", "\n");
     let mut lines = doc.split('\n');
     let first = lines.next().unwrap_or_default().to_string();
-    if lines.next().is_some() { format!("{first}...") } else { first }
+    if lines.next().is_some() {
+        format!("{first}...")
+    } else {
+        first
+    }
 }
 
 /// Go's `strconv.Quote`.
@@ -790,7 +892,9 @@ fn go_quote(s: &str) -> String {
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
             '\u{b}' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -800,7 +904,14 @@ fn go_quote(s: &str) -> String {
 
 /// Go's `fmt.Sprintf("%q", []string)`.
 fn go_quote_list(items: &[String]) -> String {
-    format!("[{}]", items.iter().map(|s| go_quote(s)).collect::<Vec<_>>().join(" "))
+    format!(
+        "[{}]",
+        items
+            .iter()
+            .map(|s| go_quote(s))
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
 }
 
 /// Go's `time.Duration.String`.
@@ -852,13 +963,17 @@ fn parse_go_duration(s: &str) -> Result<Duration, String> {
     }
     let mut total: f64 = 0.0;
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         if num_len == 0 {
             return Err(err());
         }
         let value: f64 = rest[..num_len].parse().map_err(|_| err())?;
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "ns" => 1.0,
             "us" | "µs" | "μs" => 1e3,
@@ -909,15 +1024,16 @@ fn parse_port_spec(raw: &str) -> Result<Vec<String>, String> {
             return Err(format!("invalid IP address: {ip}"));
         }
     }
-    let (start, end) = parse_port_range(port).ok_or_else(|| format!("invalid containerPort: {port}"))?;
+    let (start, end) =
+        parse_port_range(port).ok_or_else(|| format!("invalid containerPort: {port}"))?;
     Ok((start..=end).map(|p| format!("{p}/{proto}")).collect())
 }
 
 fn is_valid_signal(raw: &str) -> bool {
     const NAMES: [&str; 34] = [
-        "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL", "PIPE",
-        "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP", "TSTP", "TTIN",
-        "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ",
+        "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
+        "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
+        "TRAP", "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ",
     ];
     if let Ok(n) = raw.parse::<i64>() {
         return n > 0;
@@ -928,7 +1044,8 @@ fn is_valid_signal(raw: &str) -> bool {
         return true;
     }
     let rt = |prefix: &str, max: u32| {
-        name.strip_prefix(prefix).is_some_and(|n| n.is_empty() || n.parse::<u32>().is_ok_and(|v| v <= max))
+        name.strip_prefix(prefix)
+            .is_some_and(|n| n.is_empty() || n.parse::<u32>().is_ok_and(|v| v <= max))
     };
     rt("RTMIN+", 15) || rt("RTMAX-", 14) || name == "RTMIN" || name == "RTMAX"
 }
@@ -938,7 +1055,14 @@ fn is_url(src: &str) -> bool {
 }
 
 fn is_git(src: &str) -> bool {
-    src.starts_with("git://") || src.starts_with("git@") || src.starts_with("ssh://") || (is_url(src) && src.split(['?', '#']).next().is_some_and(|s| s.ends_with(".git")))
+    src.starts_with("git://")
+        || src.starts_with("git@")
+        || src.starts_with("ssh://")
+        || (is_url(src)
+            && src
+                .split(['?', '#'])
+                .next()
+                .is_some_and(|s| s.ends_with(".git")))
 }
 
 struct StageDispatch<'p> {
@@ -961,17 +1085,30 @@ impl StageDispatch<'_> {
     /// Expands `word` with the current env, like BuildKit's single-word expansion.
     fn expand(&self, word: &str) -> Result<String, Error> {
         let state = &*self.state;
-        self.lex().process_word(word, &|n| state.get(n)).map_err(Error::general)
+        self.lex()
+            .process_word(word, &|n| state.get(n))
+            .map_err(Error::general)
     }
 
     fn display(&self, original: &str, raw_quotes: bool) -> String {
-        let lex = Lex { raw_quotes, skip_unset_env: raw_quotes, ..self.lex() };
+        let lex = Lex {
+            raw_quotes,
+            skip_unset_env: raw_quotes,
+            ..self.lex()
+        };
         let state = &*self.state;
-        uppercase_cmd(&lex.process_word(original, &|n| state.get(n)).unwrap_or_else(|_| original.to_string()))
+        uppercase_cmd(
+            &lex.process_word(original, &|n| state.get(n))
+                .unwrap_or_else(|_| original.to_string()),
+        )
     }
 
     fn shell(&self) -> Vec<String> {
-        self.state.config.shell.clone().unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
+        self.state
+            .config
+            .shell
+            .clone()
+            .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
     }
 
     fn with_shell(&self, cmd: &CommandLine) -> Vec<String> {
@@ -986,7 +1123,11 @@ impl StageDispatch<'_> {
     }
 
     fn commit(&mut self, created_by: String, step: Option<usize>) {
-        self.history.push(HistoryEntry { created_by, empty_layer: step.is_none(), step });
+        self.history.push(HistoryEntry {
+            created_by,
+            empty_layer: step.is_none(),
+            step,
+        });
     }
 
     fn push_step(&mut self, ins: &Instruction, display: String, op: Op) -> usize {
@@ -997,7 +1138,12 @@ impl StageDispatch<'_> {
             display,
             op,
             env: self.state.env.clone(),
-            workdir: self.state.config.workdir.clone().unwrap_or_else(|| "/".into()),
+            workdir: self
+                .state
+                .config
+                .workdir
+                .clone()
+                .unwrap_or_else(|| "/".into()),
             user: self.state.config.user.clone(),
             shell: self.shell(),
             platform: PLATFORM.into(),
@@ -1006,7 +1152,10 @@ impl StageDispatch<'_> {
     }
 
     fn unsupported(ins: &Instruction, what: &str, hint: &str) -> Error {
-        Error::at(ins.line, format!("{what} is not supported by buildcache: {hint}"))
+        Error::at(
+            ins.line,
+            format!("{what} is not supported by buildcache: {hint}"),
+        )
     }
 
     fn dispatch(&mut self, ins: &Instruction, from: CopyFrom) -> Result<(), Error> {
@@ -1043,7 +1192,12 @@ impl StageDispatch<'_> {
             InstructionKind::Add(args) => self.dispatch_copy(ins, args, CopyFrom::Context, true),
             InstructionKind::Workdir(path) => {
                 let path = self.expand(path)?;
-                let current = self.state.config.workdir.clone().unwrap_or_else(|| "/".into());
+                let current = self
+                    .state
+                    .config
+                    .workdir
+                    .clone()
+                    .unwrap_or_else(|| "/".into());
                 let wd = normalize_workdir(&current, &path);
                 self.state.config.workdir = Some(wd.clone());
                 if wd == "/" {
@@ -1064,7 +1218,10 @@ impl StageDispatch<'_> {
             InstructionKind::StopSignal(sig) => {
                 let sig = self.expand(sig)?;
                 if !is_valid_signal(&sig) {
-                    return Err(Error::at(ins.line, format!("invalid signal: {sig} (use a name like SIGTERM or a number)")));
+                    return Err(Error::at(
+                        ins.line,
+                        format!("invalid signal: {sig} (use a name like SIGTERM or a number)"),
+                    ));
                 }
                 self.commit(format!("STOPSIGNAL {sig}"), None);
                 self.state.config.stop_signal = Some(sig);
@@ -1075,7 +1232,10 @@ impl StageDispatch<'_> {
                 for v in vols {
                     let v = self.expand(v)?;
                     if v.is_empty() {
-                        return Err(Error::at(ins.line, "VOLUME specified can not be an empty string"));
+                        return Err(Error::at(
+                            ins.line,
+                            "VOLUME specified can not be an empty string",
+                        ));
                     }
                     expanded.push(v);
                 }
@@ -1087,9 +1247,15 @@ impl StageDispatch<'_> {
                 let mut specs = Vec::new();
                 for p in ports {
                     let state = &*self.state;
-                    let words = self.lex().process_words(p, &|n| state.get(n)).map_err(Error::general)?;
+                    let words = self
+                        .lex()
+                        .process_words(p, &|n| state.get(n))
+                        .map_err(Error::general)?;
                     for w in words {
-                        specs.extend(parse_port_spec(&w).map_err(|e| Error::at(ins.line, format!("EXPOSE {w}: {e}")))?);
+                        specs.extend(
+                            parse_port_spec(&w)
+                                .map_err(|e| Error::at(ins.line, format!("EXPOSE {w}: {e}")))?,
+                        );
                     }
                 }
                 self.commit(format!("EXPOSE [{}]", specs.join(" ")), None);
@@ -1113,7 +1279,13 @@ impl StageDispatch<'_> {
                     CommandLine::Exec(v) if v.is_empty() => None,
                     other => Some(self.with_shell(other)),
                 };
-                self.commit(format!("ENTRYPOINT {}", go_quote_list(args.as_deref().unwrap_or_default())), None);
+                self.commit(
+                    format!(
+                        "ENTRYPOINT {}",
+                        go_quote_list(args.as_deref().unwrap_or_default())
+                    ),
+                    None,
+                );
                 self.state.config.entrypoint = args;
                 if !self.cmd_set {
                     self.state.config.cmd = None;
@@ -1146,7 +1318,10 @@ impl StageDispatch<'_> {
     }
 
     fn expand_pairs(&self, pairs: &[(String, String)]) -> Result<Vec<(String, String)>, Error> {
-        pairs.iter().map(|(k, v)| Ok((self.expand(k)?, self.expand(v)?))).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| Ok((self.expand(k)?, self.expand(v)?)))
+            .collect()
     }
 
     fn dispatch_arg(&mut self, decls: &[ArgDecl]) -> Result<(), Error> {
@@ -1174,28 +1349,44 @@ impl StageDispatch<'_> {
 
     fn healthcheck(&self, ins: &Instruction, spec: &HealthcheckSpec) -> Result<Healthcheck, Error> {
         let cmd = match spec {
-            HealthcheckSpec::None => return Ok(Healthcheck { test: vec!["NONE".into()], ..Healthcheck::default() }),
+            HealthcheckSpec::None => {
+                return Ok(Healthcheck {
+                    test: vec!["NONE".into()],
+                    ..Healthcheck::default()
+                });
+            }
             HealthcheckSpec::Cmd(cmd) => cmd,
         };
         let test = match cmd {
-            CommandLine::Exec(v) => std::iter::once("CMD".to_string()).chain(v.iter().cloned()).collect(),
+            CommandLine::Exec(v) => std::iter::once("CMD".to_string())
+                .chain(v.iter().cloned())
+                .collect(),
             CommandLine::Shell(s) => vec!["CMD-SHELL".to_string(), s.clone()],
         };
         let duration = |name: &str| -> Result<Duration, Error> {
-            let Some(v) = ins.flag(name) else { return Ok(Duration::ZERO) };
+            let Some(v) = ins.flag(name) else {
+                return Ok(Duration::ZERO);
+            };
             if v.is_empty() {
                 return Ok(Duration::ZERO);
             }
-            let d = parse_go_duration(v).map_err(|e| Error::at(ins.line, format!("--{name}: {e}")))?;
+            let d =
+                parse_go_duration(v).map_err(|e| Error::at(ins.line, format!("--{name}: {e}")))?;
             if !d.is_zero() && d < Duration::from_millis(1) {
-                return Err(Error::at(ins.line, format!("Interval \"{name}\" cannot be less than 1ms")));
+                return Err(Error::at(
+                    ins.line,
+                    format!("Interval \"{name}\" cannot be less than 1ms"),
+                ));
             }
             Ok(d)
         };
         let retries = match ins.flag("retries") {
             None | Some("") => 0,
             Some(v) => v.parse::<u32>().map_err(|_| {
-                Error::at(ins.line, format!("--retries must be a non-negative integer, got {v:?}"))
+                Error::at(
+                    ins.line,
+                    format!("--retries must be a non-negative integer, got {v:?}"),
+                )
             })?,
         };
         Ok(Healthcheck {
@@ -1223,10 +1414,20 @@ impl StageDispatch<'_> {
             CommandLine::Shell(s) if ins.heredocs.is_empty() => CommandLine::Shell(s.clone()),
             CommandLine::Shell(s) => {
                 for h in &ins.heredocs {
-                    let content = if h.chomp { chomp_heredoc(&h.content) } else { h.content.clone() };
-                    heredocs.push(Heredoc { content, ..h.clone() });
+                    let content = if h.chomp {
+                        chomp_heredoc(&h.content)
+                    } else {
+                        h.content.clone()
+                    };
+                    heredocs.push(Heredoc {
+                        content,
+                        ..h.clone()
+                    });
                 }
-                display_source.push_str(&format!(" ({})", summarize_heredoc(&ins.heredocs[0].content)));
+                display_source.push_str(&format!(
+                    " ({})",
+                    summarize_heredoc(&ins.heredocs[0].content)
+                ));
                 if parse_heredoc(s).ok().flatten().is_some() {
                     let first = &mut heredocs[0];
                     if first.content.starts_with("#!") {
@@ -1259,7 +1460,11 @@ impl StageDispatch<'_> {
     fn run_command_string(&self, args: &[String]) -> String {
         let mut build_env: Vec<(String, String)> = Vec::new();
         for (key, value) in &self.state.build_args {
-            let v = self.state.get(key).or_else(|| value.clone()).unwrap_or_default();
+            let v = self
+                .state
+                .get(key)
+                .or_else(|| value.clone())
+                .unwrap_or_default();
             add_env(&mut build_env, key, &v);
         }
         let mut parts: Vec<String> = Vec::new();
@@ -1271,7 +1476,13 @@ impl StageDispatch<'_> {
         parts.join(" ")
     }
 
-    fn dispatch_copy(&mut self, ins: &Instruction, args: &[String], from: CopyFrom, is_add: bool) -> Result<(), Error> {
+    fn dispatch_copy(
+        &mut self,
+        ins: &Instruction,
+        args: &[String],
+        from: CopyFrom,
+        is_add: bool,
+    ) -> Result<(), Error> {
         let keyword = if is_add { "ADD" } else { "COPY" };
         for flag in &ins.flags {
             match flag.name.as_str() {
@@ -1292,25 +1503,43 @@ impl StageDispatch<'_> {
         let mut history_srcs = Vec::new();
         for src in srcs {
             if let Some(h) = parse_heredoc(src).map_err(Error::general)? {
-                let body = ins.heredocs.iter().find(|d| d.name == h.name).map(|d| d.content.clone()).unwrap_or_default();
+                let body = ins
+                    .heredocs
+                    .iter()
+                    .find(|d| d.name == h.name)
+                    .map(|d| d.content.clone())
+                    .unwrap_or_default();
                 let body = if h.chomp { chomp_heredoc(&body) } else { body };
                 let content = if h.expand {
-                    let lex = Lex { skip_process_quotes: true, ..Lex::new('\\') };
+                    let lex = Lex {
+                        skip_process_quotes: true,
+                        ..Lex::new('\\')
+                    };
                     let state = &*self.state;
-                    lex.process_word(&body, &|n| state.get(n)).map_err(Error::general)?
+                    lex.process_word(&body, &|n| state.get(n))
+                        .map_err(Error::general)?
                 } else {
                     body
                 };
-                inline.push(CopySource::Inline { name: h.name, content });
+                inline.push(CopySource::Inline {
+                    name: h.name,
+                    content,
+                });
                 continue;
             }
             let path = self.expand(src)?;
             if is_url(&path) || is_git(&path) {
-                let what = if is_add { "ADD from a URL or git repository" } else { "COPY from a URL" };
+                let what = if is_add {
+                    "ADD from a URL or git repository"
+                } else {
+                    "COPY from a URL"
+                };
                 return Err(Self::unsupported(
                     ins,
                     what,
-                    &format!("builds have no network access; download {path} into the build context and COPY it"),
+                    &format!(
+                        "builds have no network access; download {path} into the build context and COPY it"
+                    ),
                 ));
             }
             history_srcs.push(format!(" {path}"));
@@ -1322,7 +1551,12 @@ impl StageDispatch<'_> {
             }
         }
         let dest_expanded = self.expand(&dest_raw[0])?;
-        let workdir = self.state.config.workdir.clone().unwrap_or_else(|| "/".into());
+        let workdir = self
+            .state
+            .config
+            .workdir
+            .clone()
+            .unwrap_or_else(|| "/".into());
         let dest = dest_path(&workdir, &dest_expanded);
         let chown = match ins.flag("chown") {
             Some(c) if !c.is_empty() => Some(self.expand(c)?),
@@ -1339,7 +1573,9 @@ impl StageDispatch<'_> {
                 _ => {
                     return Err(Error::at(
                         ins.line,
-                        format!("invalid chmod parameter: '{c}'. it should be octal string and between 0 and 07777"),
+                        format!(
+                            "invalid chmod parameter: '{c}'. it should be octal string and between 0 and 07777"
+                        ),
                     ));
                 }
             },
@@ -1358,7 +1594,15 @@ impl StageDispatch<'_> {
 
         let display = self.display(&ins.original, false);
         paths.extend(inline);
-        let op = Op::Copy(CopyOp { sources: paths, dest, from, chown, chmod, link, is_add });
+        let op = Op::Copy(CopyOp {
+            sources: paths,
+            dest,
+            from,
+            chown,
+            chmod,
+            link,
+            is_add,
+        });
         let idx = self.push_step(ins, display, op);
         self.commit(msg, Some(idx));
         Ok(())
@@ -1370,10 +1614,17 @@ mod tests {
     use super::super::parse::parse;
     use super::*;
 
-    fn plan_text(text: &str, build_args: &[(&str, &str)], target: Option<&str>) -> Result<Plan, Error> {
+    fn plan_text(
+        text: &str,
+        build_args: &[(&str, &str)],
+        target: Option<&str>,
+    ) -> Result<Plan, Error> {
         let df = parse(text)?;
         let opts = PlanOptions {
-            build_args: build_args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            build_args: build_args
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             target: target.map(String::from),
             named_contexts: BTreeSet::new(),
         };
@@ -1389,10 +1640,18 @@ mod tests {
         let mut lines = Vec::new();
         for stage in &plan.stages {
             if let Some(n) = stage.from_number() {
-                lines.push(format!("{} {}", stage.progress_prefix(n), stage.from_display));
+                lines.push(format!(
+                    "{} {}",
+                    stage.progress_prefix(n),
+                    stage.from_display
+                ));
             }
             for step in &stage.steps {
-                lines.push(format!("{} {}", stage.progress_prefix(step.number), step.display));
+                lines.push(format!(
+                    "{} {}",
+                    stage.progress_prefix(step.number),
+                    step.display
+                ));
             }
         }
         lines
@@ -1402,7 +1661,10 @@ mod tests {
     fn check_error(text: &str, line: Option<usize>, contains: &str) {
         let err = plan_text(text, &[], None).expect_err("must fail");
         assert_eq!(err.line(), line, "{err}");
-        assert!(err.message().contains(contains), "{err} should contain {contains:?}");
+        assert!(
+            err.message().contains(contains),
+            "{err} should contain {contains:?}"
+        );
     }
 
     fn fixture_dir() -> std::path::PathBuf {
@@ -1411,20 +1673,28 @@ mod tests {
 
     #[test]
     fn fixture_plan_matches_buildkit_progress() {
-        let text = std::fs::read_to_string(fixture_dir().join("context/Dockerfile")).expect("fixture");
+        let text =
+            std::fs::read_to_string(fixture_dir().join("context/Dockerfile")).expect("fixture");
         let plan = ok(&text);
         let names: Vec<&str> = plan.stages.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["base", "builder", "final"]);
         assert_eq!(plan.target, 2);
         assert_eq!(plan.stages[1].base, Base::Stage(0));
-        assert_eq!(plan.stages[2].base, Base::Image("127.0.0.1:5001/busybox:latest".into()));
-        let Op::Copy(copy) = &plan.stages[2].steps[1].op else { panic!("COPY expected") };
+        assert_eq!(
+            plan.stages[2].base,
+            Base::Image("127.0.0.1:5001/busybox:latest".into())
+        );
+        let Op::Copy(copy) = &plan.stages[2].steps[1].op else {
+            panic!("COPY expected")
+        };
         assert_eq!(copy.from, CopyFrom::Stage(1));
         assert_eq!(copy.dest, "/app/");
         assert_eq!(copy.sources, [CopySource::Path("/out/".into())]);
 
         // Every "#N [stage n/m] ..." line of the real BuildKit run, without the resolved digest.
-        let progress = std::fs::read_to_string(fixture_dir().join("progress/b-cold-export-local-max.txt")).expect("fixture");
+        let progress =
+            std::fs::read_to_string(fixture_dir().join("progress/b-cold-export-local-max.txt"))
+                .expect("fixture");
         let mut expected: Vec<String> = progress
             .lines()
             .filter_map(|l| l.split_once(' ').map(|(_, rest)| rest))
@@ -1441,13 +1711,27 @@ mod tests {
         assert_eq!(got, expected);
 
         let final_stage = &plan.stages[2];
-        assert_eq!(final_stage.config.cmd, Some(vec!["/bin/sh".into(), "-c".into(), "cat /app/artifact.txt".into()]));
         assert_eq!(
-            final_stage.history.iter().map(|h| (h.created_by.as_str(), h.empty_layer)).collect::<Vec<_>>(),
+            final_stage.config.cmd,
+            Some(vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "cat /app/artifact.txt".into()
+            ])
+        );
+        assert_eq!(
+            final_stage
+                .history
+                .iter()
+                .map(|h| (h.created_by.as_str(), h.empty_layer))
+                .collect::<Vec<_>>(),
             [
                 ("COPY app.conf /etc/app.conf # buildkit", false),
                 ("COPY /out/ /app/ # buildkit", false),
-                ("RUN /bin/sh -c wc -c /app/artifact.txt > /app/size.txt # buildkit", false),
+                (
+                    "RUN /bin/sh -c wc -c /app/artifact.txt > /app/size.txt # buildkit",
+                    false
+                ),
                 ("CMD [\"/bin/sh\" \"-c\" \"cat /app/artifact.txt\"]", true),
             ]
         );
@@ -1457,16 +1741,28 @@ mod tests {
 
     #[test]
     fn unused_stages_are_not_planned_and_targets_select() {
-        let text = "FROM alpine AS a\nRUN a\nFROM alpine AS b\nRUN b\nFROM a AS c\nCOPY --from=1 /x /y\n";
+        let text =
+            "FROM alpine AS a\nRUN a\nFROM alpine AS b\nRUN b\nFROM a AS c\nCOPY --from=1 /x /y\n";
         let plan = ok(text);
-        assert_eq!(plan.stages.iter().map(|s| s.dockerfile_index).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(
+            plan.stages
+                .iter()
+                .map(|s| s.dockerfile_index)
+                .collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
         let plan = plan_text(text, &[], Some("B")).expect("plans");
         assert_eq!(plan.stages.len(), 1);
         assert_eq!(plan.stages[0].name, "b");
         let err = plan_text(text, &[], Some("nope")).expect_err("unknown target");
-        assert!(err.to_string().contains("target stage \"nope\" could not be found; the stages are: a, b, c"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("target stage \"nope\" could not be found; the stages are: a, b, c"),
+            "{err}"
+        );
         // Unused stages may use unsupported features.
-        let plan = ok("FROM alpine AS x\nRUN --mount=type=cache,target=/c make\nFROM alpine\nRUN ok\n");
+        let plan =
+            ok("FROM alpine AS x\nRUN --mount=type=cache,target=/c make\nFROM alpine\nRUN ok\n");
         assert_eq!(plan.stages.len(), 1);
         assert_eq!(plan.stages[0].name, "stage-1");
     }
@@ -1474,11 +1770,20 @@ mod tests {
     #[test]
     fn single_stage_progress_has_no_name() {
         let plan = ok("FROM busybox\nWORKDIR /app\nRUN true\n");
-        assert_eq!(progress_lines(&plan), ["[1/3] FROM docker.io/library/busybox:latest", "[2/3] WORKDIR /app", "[3/3] RUN true"]);
+        assert_eq!(
+            progress_lines(&plan),
+            [
+                "[1/3] FROM docker.io/library/busybox:latest",
+                "[2/3] WORKDIR /app",
+                "[3/3] RUN true"
+            ]
+        );
         // A COPY --from of an image makes BuildKit name the stage.
         let plan = ok("FROM busybox\nCOPY --from=alpine /a /b\n");
         assert_eq!(plan.stages[0].progress_name.as_deref(), Some("stage-0"));
-        let Op::Copy(copy) = &plan.stages[0].steps[0].op else { panic!("COPY expected") };
+        let Op::Copy(copy) = &plan.stages[0].steps[0].op else {
+            panic!("COPY expected")
+        };
         assert_eq!(copy.from, CopyFrom::Image("alpine".into()));
     }
 
@@ -1489,6 +1794,8 @@ mod tests {
             text.push_str(&format!("COPY f{i} /\n"));
         }
         let plan = ok(&text);
+        assert_eq!(plan.stages[0].progress_prefix(3), "[ 3/12]");
+        let plan = plan_text(&format!("{text}FROM scratch AS t\n"), &[], Some("s")).expect("plans");
         assert_eq!(plan.stages[0].progress_prefix(3), "[s  3/12]");
         assert_eq!(plan.stages[0].from_number(), None);
         // WORKDIR / counts in the total but makes no step.
@@ -1500,9 +1807,22 @@ mod tests {
 
     #[test]
     fn displays_keep_text_and_expand_set_variables() {
-        let plan = ok("FROM scratch\nARG V=1\nENV E=e\nrun echo \"$V\" '$E' $UNSET \\\n  && true\nCOPY --chown=$E \"a b\" ${E}/\nWORKDIR /w/$E\n");
-        let displays: Vec<&str> = plan.stages[0].steps.iter().map(|s| s.display.as_str()).collect();
-        assert_eq!(displays, ["RUN echo \"1\" 'e' $UNSET   && true", "COPY --chown=e a b e/", "WORKDIR /w/e"]);
+        let plan = ok(
+            "FROM scratch\nARG V=1\nENV E=e\nrun echo \"$V\" '$E' $UNSET \\\n  && true\nCOPY --chown=$E \"a\" ${E}/\nWORKDIR /w/$E\n",
+        );
+        let displays: Vec<&str> = plan.stages[0]
+            .steps
+            .iter()
+            .map(|s| s.display.as_str())
+            .collect();
+        assert_eq!(
+            displays,
+            [
+                "RUN echo \"1\" '$E' $UNSET   && true",
+                "COPY --chown=e a e/",
+                "WORKDIR /w/e"
+            ]
+        );
     }
 
     #[test]
@@ -1521,15 +1841,34 @@ mod tests {
         assert!(!env.iter().any(|(k, _)| k == "G"), "{env:?}");
         // ARG values are env for RUN but not image config env.
         assert!(!plan.stages[0].config.env.iter().any(|(k, _)| k == "L"));
-        assert_eq!(plan.stages[0].history[2].created_by, "RUN |2 G=global L=local /bin/sh -c echo # buildkit");
+        assert_eq!(
+            plan.stages[0].history[2].created_by,
+            "RUN |2 G=global L=local /bin/sh -c echo # buildkit"
+        );
 
-        let plan = plan_text(text, &[("BASE", "debian"), ("L", "cli"), ("NOPE", "x"), ("HTTP_PROXY", "p")], None).expect("plans");
+        let plan = plan_text(
+            text,
+            &[
+                ("BASE", "debian"),
+                ("L", "cli"),
+                ("NOPE", "x"),
+                ("HTTP_PROXY", "p"),
+            ],
+            None,
+        )
+        .expect("plans");
         assert_eq!(plan.stages[0].base, Base::Image("debian".into()));
-        assert!(plan.stages[0].steps[0].env.contains(&("L".into(), "cli".into())));
+        assert!(
+            plan.stages[0].steps[0]
+                .env
+                .contains(&("L".into(), "cli".into()))
+        );
         assert_eq!(plan.unused_build_args, ["NOPE"]);
 
         // Platform args need a declaration inside the stage.
-        let plan = ok("FROM --platform=$BUILDPLATFORM scratch\nARG TARGETARCH\nARG TARGETOS TARGETPLATFORM\nRUN echo\n");
+        let plan = ok(
+            "FROM --platform=$BUILDPLATFORM scratch\nARG TARGETARCH\nARG TARGETOS TARGETPLATFORM\nRUN echo\n",
+        );
         let env = &plan.stages[0].steps[0].env;
         assert!(env.contains(&("TARGETARCH".into(), "amd64".into())));
         assert!(env.contains(&("TARGETOS".into(), "linux".into())));
@@ -1540,7 +1879,13 @@ mod tests {
         let plan = ok("FROM scratch AS a\nARG X=1\nENV Y=2\nFROM a\nRUN echo\n");
         let env = &plan.stages[1].steps[0].env;
         assert!(env.contains(&("X".into(), "1".into())) && env.contains(&("Y".into(), "2".into())));
-        assert_eq!(plan.stages[1].config.env, [("PATH".to_string(), DEFAULT_PATH.to_string()), ("Y".into(), "2".into())]);
+        assert_eq!(
+            plan.stages[1].config.env,
+            [
+                ("PATH".to_string(), DEFAULT_PATH.to_string()),
+                ("Y".into(), "2".into())
+            ]
+        );
     }
 
     #[test]
@@ -1577,23 +1922,59 @@ mod tests {
         assert_eq!(c.labels.get("org.x").map(String::as_str), Some("v 3"));
         assert_eq!(c.user.as_deref(), Some("1000:1000"));
         assert_eq!(c.workdir.as_deref(), Some("/srv"));
-        assert_eq!(c.exposed_ports.iter().collect::<Vec<_>>(), ["8000/udp", "8001/udp", "80/tcp"]);
-        assert_eq!(c.volumes.iter().collect::<Vec<_>>(), ["/data", "[\"/x\"]"]);
+        assert_eq!(
+            c.exposed_ports.iter().collect::<Vec<_>>(),
+            ["80/tcp", "8000/udp", "8001/udp"]
+        );
+        // Not JSON as a whole: split on whitespace, then quotes are removed by expansion.
+        assert_eq!(c.volumes.iter().collect::<Vec<_>>(), ["/data", "[/x]"]);
         assert_eq!(c.stop_signal.as_deref(), Some("SIGINT"));
-        assert_eq!(c.shell, Some(vec!["/bin/bash".into(), "-eu".into(), "-c".into()]));
+        assert_eq!(
+            c.shell,
+            Some(vec!["/bin/bash".into(), "-eu".into(), "-c".into()])
+        );
         // ENTRYPOINT after CMD in the same stage keeps CMD.
-        assert_eq!(c.cmd, Some(vec!["/bin/bash".into(), "-eu".into(), "-c".into(), "run it".into()]));
+        assert_eq!(
+            c.cmd,
+            Some(vec![
+                "/bin/bash".into(),
+                "-eu".into(),
+                "-c".into(),
+                "run it".into()
+            ])
+        );
         assert_eq!(c.entrypoint, Some(vec!["/e".into()]));
         let hc = c.healthcheck.as_ref().expect("healthcheck");
         assert_eq!(hc.test, ["CMD-SHELL", "curl -f x"]);
         assert_eq!((hc.interval, hc.retries), (Duration::from_secs(90), 3));
         assert_eq!(c.author.as_deref(), Some("me"));
-        let steps: Vec<_> = plan.stages[0].steps.iter().map(|s| (&s.op, s.user.as_deref())).collect();
+        let steps: Vec<_> = plan.stages[0]
+            .steps
+            .iter()
+            .map(|s| (&s.op, s.user.as_deref()))
+            .collect();
         assert_eq!(
             steps,
-            [(&Op::Workdir { path: "/app".into() }, Some("1000:1000")), (&Op::Workdir { path: "/srv".into() }, Some("1000:1000"))]
+            [
+                (
+                    &Op::Workdir {
+                        path: "/app".into()
+                    },
+                    Some("1000:1000")
+                ),
+                (
+                    &Op::Workdir {
+                        path: "/srv".into()
+                    },
+                    Some("1000:1000")
+                )
+            ]
         );
-        let history: Vec<&str> = plan.stages[0].history.iter().map(|h| h.created_by.as_str()).collect();
+        let history: Vec<&str> = plan.stages[0]
+            .history
+            .iter()
+            .map(|h| h.created_by.as_str())
+            .collect();
         assert_eq!(
             history,
             [
@@ -1605,7 +1986,7 @@ mod tests {
                 "WORKDIR /app",
                 "WORKDIR /srv",
                 "EXPOSE [80/tcp 8000/udp 8001/udp]",
-                "VOLUME [/data [\"/x\"]]",
+                "VOLUME [/data [/x]]",
                 "STOPSIGNAL SIGINT",
                 "SHELL [/bin/bash -eu -c]",
                 "CMD [\"/bin/bash\" \"-eu\" \"-c\" \"run it\"]",
@@ -1618,129 +1999,306 @@ mod tests {
         let plan = ok("FROM scratch AS a\nCMD [\"x\"]\nFROM a\nENTRYPOINT [\"e\"]\n");
         assert_eq!(plan.stages[1].config.cmd, None);
         let plan = ok("FROM scratch\nCMD [\"x\"]\nENTRYPOINT []\n");
-        assert_eq!((plan.stages[0].config.cmd.clone(), plan.stages[0].config.entrypoint.clone()), (Some(vec!["x".into()]), None));
+        assert_eq!(
+            (
+                plan.stages[0].config.cmd.clone(),
+                plan.stages[0].config.entrypoint.clone()
+            ),
+            (Some(vec!["x".into()]), None)
+        );
     }
 
     #[test]
     fn run_forms_and_shell() {
-        let plan = ok("FROM scratch\nRUN [\"echo\", \"hi\"]\nSHELL [\"/bin/bash\", \"-c\"]\nRUN echo $0\n");
+        let plan = ok(
+            "FROM scratch\nRUN [\"echo\", \"hi\"]\nSHELL [\"/bin/bash\", \"-c\"]\nRUN echo $0\n",
+        );
         let s = &plan.stages[0].steps;
-        assert_eq!(s[0].op, Op::Run { command: RunCommand::Exec(vec!["echo".into(), "hi".into()]), heredocs: vec![] });
+        assert_eq!(
+            s[0].op,
+            Op::Run {
+                command: RunCommand::Exec(vec!["echo".into(), "hi".into()]),
+                heredocs: vec![]
+            }
+        );
         assert_eq!(s[0].shell, ["/bin/sh", "-c"]);
-        assert_eq!(s[1].op, Op::Run { command: RunCommand::Shell("echo $0".into()), heredocs: vec![] });
+        assert_eq!(
+            s[1].op,
+            Op::Run {
+                command: RunCommand::Shell("echo $0".into()),
+                heredocs: vec![]
+            }
+        );
         assert_eq!(s[1].shell, ["/bin/bash", "-c"]);
-        assert_eq!(plan.stages[0].history[0].created_by, "RUN echo hi # buildkit");
-        assert_eq!(plan.stages[0].history[2].created_by, "RUN /bin/bash -c echo $0 # buildkit");
+        assert_eq!(
+            plan.stages[0].history[0].created_by,
+            "RUN echo hi # buildkit"
+        );
+        assert_eq!(
+            plan.stages[0].history[2].created_by,
+            "RUN /bin/bash -c echo $0 # buildkit"
+        );
     }
 
     #[test]
     fn heredocs() {
-        let plan = ok("FROM scratch\nRUN <<EOF\necho a\necho b\nEOF\nRUN <<-EOF\n\t#!/usr/bin/env python3\n\tprint(1)\n\tEOF\nRUN python3 - <<'PY' > out\nprint($X)\nPY\nENV X=1\nCOPY <<A <<\"B\" /etc/\nx=$X\nA\ny=$X\nB\n");
+        let plan = ok(
+            "FROM scratch\nRUN <<EOF\necho a\necho b\nEOF\nRUN <<-EOF\n\t#!/usr/bin/env python3\n\tprint(1)\n\tEOF\nRUN python3 - <<'PY' > out\nprint($X)\nPY\nENV X=1\nCOPY <<A <<\"B\" /etc/\nx=$X\nA\ny=$X\nB\n",
+        );
         let s = &plan.stages[0].steps;
-        let Op::Run { command, heredocs } = &s[0].op else { panic!("RUN") };
+        let Op::Run { command, heredocs } = &s[0].op else {
+            panic!("RUN")
+        };
         assert_eq!(command, &RunCommand::Shell("echo a\necho b\n".into()));
         assert_eq!(heredocs[0].mount_path, None);
         assert_eq!(s[0].display, "RUN <<EOF (echo a...)");
-        let Op::Run { command, heredocs } = &s[1].op else { panic!("RUN") };
+        let Op::Run { command, heredocs } = &s[1].op else {
+            panic!("RUN")
+        };
         assert_eq!(command, &RunCommand::Shell("/dev/pipes/EOF".into()));
         assert_eq!(heredocs[0].content, "#!/usr/bin/env python3\nprint(1)\n");
         assert_eq!(heredocs[0].mount_path.as_deref(), Some("/dev/pipes/EOF"));
-        let Op::Run { command, .. } = &s[2].op else { panic!("RUN") };
-        assert_eq!(command, &RunCommand::Shell("python3 - <<'PY' > out\nprint($X)\nPY".into()));
-        let Op::Copy(copy) = &s[3].op else { panic!("COPY") };
+        let Op::Run { command, .. } = &s[2].op else {
+            panic!("RUN")
+        };
+        assert_eq!(
+            command,
+            &RunCommand::Shell("python3 - <<'PY' > out\nprint($X)\nPY".into())
+        );
+        let Op::Copy(copy) = &s[3].op else {
+            panic!("COPY")
+        };
         assert_eq!(
             copy.sources,
             [
-                CopySource::Inline { name: "A".into(), content: "x=1\n".into() },
-                CopySource::Inline { name: "B".into(), content: "y=$X\n".into() }
+                CopySource::Inline {
+                    name: "A".into(),
+                    content: "x=1\n".into()
+                },
+                CopySource::Inline {
+                    name: "B".into(),
+                    content: "y=$X\n".into()
+                }
             ]
         );
         assert_eq!(copy.dest, "/etc/");
-        assert_eq!(plan.stages[0].history.last().map(|h| h.created_by.as_str()), Some("COPY <<A <<B /etc/ # buildkit"));
+        assert_eq!(
+            plan.stages[0].history.last().map(|h| h.created_by.as_str()),
+            Some("COPY <<A <<B /etc/ # buildkit")
+        );
     }
 
     #[test]
     fn copy_options_and_destinations() {
-        let plan = ok("FROM scratch\nWORKDIR /w\nCOPY --chown=app:app --chmod=755 --link a b ./\nCOPY x .\nCOPY y sub\nADD data.tar.gz /d\nCOPY [\"/s p\", \"/t/\"]\n");
+        let plan = ok(
+            "FROM scratch\nWORKDIR /w\nCOPY --chown=app:app --chmod=755 --link a b ./\nCOPY x .\nCOPY y sub\nADD data.tar.gz /d\nCOPY [\"/s p\", \"/t/\"]\n",
+        );
         let copies: Vec<&CopyOp> = plan.stages[0]
             .steps
             .iter()
-            .filter_map(|s| if let Op::Copy(c) = &s.op { Some(c) } else { None })
+            .filter_map(|s| {
+                if let Op::Copy(c) = &s.op {
+                    Some(c)
+                } else {
+                    None
+                }
+            })
             .collect();
         assert_eq!(copies[0].dest, "/w/");
-        assert_eq!((copies[0].chown.as_deref(), copies[0].chmod, copies[0].link), (Some("app:app"), Some(0o755), true));
+        assert_eq!(
+            (copies[0].chown.as_deref(), copies[0].chmod, copies[0].link),
+            (Some("app:app"), Some(0o755), true)
+        );
         assert_eq!(copies[1].dest, "/w/");
         assert_eq!(copies[2].dest, "/w/sub");
         assert!(copies[3].is_add && !copies[2].is_add);
         assert_eq!(copies[4].sources, [CopySource::Path("/s p".into())]);
-        assert_eq!(plan.stages[0].history[1].created_by, "COPY --chown=app:app --chmod=755 a b ./ # buildkit");
+        assert_eq!(
+            plan.stages[0].history[1].created_by,
+            "COPY --chown=app:app --chmod=755 a b ./ # buildkit"
+        );
     }
 
     #[test]
     fn unsupported_features_name_the_line() {
-        check_error("FROM scratch\nRUN --mount=type=cache,target=/x make\n", Some(2), "RUN --mount is not supported");
-        check_error("FROM scratch\nRUN --network=none make\n", Some(2), "RUN --network");
-        check_error("FROM scratch\n\nONBUILD RUN x\n", Some(3), "ONBUILD is not supported");
-        check_error("FROM scratch\nADD https://example.com/a.tgz /\n", Some(2), "ADD from a URL");
-        check_error("FROM scratch\nADD git@github.com:a/b.git /\n", Some(2), "ADD from a URL or git");
-        check_error("FROM scratch\nCOPY http://x/y /\n", Some(2), "COPY from a URL");
-        check_error("FROM scratch\nCOPY --parents a/ /\n", Some(2), "COPY --parents is not supported");
-        check_error("FROM scratch\nCOPY --exclude=*.md . /\n", Some(2), "COPY --exclude");
-        check_error("FROM scratch\nADD --checksum=sha256:x a /\n", Some(2), "ADD --checksum");
-        check_error("FROM --platform=linux/arm64 scratch\n", Some(1), "unsupported platform \"linux/arm64\"");
-        check_error("FROM scratch\nCOPY --chmod=u+x a /\n", Some(2), "invalid chmod");
+        check_error(
+            "FROM scratch\nRUN --mount=type=cache,target=/x make\n",
+            Some(2),
+            "RUN --mount is not supported",
+        );
+        check_error(
+            "FROM scratch\nRUN --network=none make\n",
+            Some(2),
+            "RUN --network",
+        );
+        check_error(
+            "FROM scratch\n\nONBUILD RUN x\n",
+            Some(3),
+            "ONBUILD is not supported",
+        );
+        check_error(
+            "FROM scratch\nADD https://example.com/a.tgz /\n",
+            Some(2),
+            "ADD from a URL",
+        );
+        check_error(
+            "FROM scratch\nADD git@github.com:a/b.git /\n",
+            Some(2),
+            "ADD from a URL or git",
+        );
+        check_error(
+            "FROM scratch\nCOPY http://x/y /\n",
+            Some(2),
+            "COPY from a URL",
+        );
+        check_error(
+            "FROM scratch\nCOPY --parents a/ /\n",
+            Some(2),
+            "COPY --parents is not supported",
+        );
+        check_error(
+            "FROM scratch\nCOPY --exclude=*.md . /\n",
+            Some(2),
+            "COPY --exclude",
+        );
+        check_error(
+            "FROM scratch\nADD --checksum=sha256:x a /\n",
+            Some(2),
+            "ADD --checksum",
+        );
+        check_error(
+            "FROM --platform=linux/arm64 scratch\n",
+            Some(1),
+            "unsupported platform \"linux/arm64\"",
+        );
+        check_error(
+            "FROM scratch\nCOPY --chmod=u+x a /\n",
+            Some(2),
+            "invalid chmod",
+        );
         check_error("FROM scratch\nSTOPSIGNAL NOPE\n", Some(2), "invalid signal");
         check_error("FROM scratch\nEXPOSE 80/xyz\n", Some(2), "invalid proto");
-        check_error("FROM scratch\nHEALTHCHECK --interval=1us CMD x\n", Some(2), "cannot be less than 1ms");
-        check_error("FROM scratch\nENV A=${B:?must be set}\n", Some(2), "B: must be set");
-        check_error("FROM scratch\nCOPY --from=$X a /\n", Some(2), "variable expansion is not supported for --from");
-        check_error("FROM scratch AS a\nCOPY --from=b a /\nFROM scratch AS b\n", Some(2), "needs to be defined before current stage");
-        check_error("FROM scratch AS a\nCOPY --from=a a /\n", Some(2), "needs to be defined before");
-        check_error("FROM scratch\nCOPY --from=7 a /\n", Some(2), "invalid stage index 7");
+        check_error(
+            "FROM scratch\nHEALTHCHECK --interval=1us CMD x\n",
+            Some(2),
+            "cannot be less than 1ms",
+        );
+        check_error("FROM scratch\nENV A=${B:?must}\n", Some(2), "B: must");
+        check_error(
+            "FROM scratch\nCOPY --from=$X a /\n",
+            Some(2),
+            "variable expansion is not supported for --from",
+        );
+        check_error(
+            "FROM scratch AS a\nCOPY --from=b a /\nFROM scratch AS b\n",
+            Some(2),
+            "needs to be defined before current stage",
+        );
+        check_error(
+            "FROM scratch AS a\nCOPY --from=a a /\n",
+            Some(2),
+            "needs to be defined before",
+        );
+        check_error(
+            "FROM scratch\nCOPY --from=7 a /\n",
+            Some(2),
+            "invalid stage index 7",
+        );
         check_error("ARG B\nFROM $B\n", Some(2), "should not be blank");
         check_error("FROM Alpine\n", Some(1), "must be lowercase");
-        check_error("FROM scratch\nCOPY --from=Bad:Ref a /\n", Some(2), "neither a stage");
+        check_error(
+            "FROM scratch\nCOPY --from=Bad:Ref a /\n",
+            Some(2),
+            "neither a stage",
+        );
     }
 
     #[test]
     fn bases_resolve_like_buildkit() {
-        let df = parse("FROM Base\nFROM scratch AS base\nFROM BASE AS x\nFROM 1\nFROM ctx AS y\nCOPY --from=ctx /a /b\nCOPY --from=0 /a /b\nFROM x\nCOPY --from=y / /\nCOPY --from=4 / /\n").expect("parses");
-        let opts = PlanOptions { named_contexts: BTreeSet::from(["ctx".to_string()]), ..PlanOptions::default() };
-        let plan = plan(&df, &opts).expect("plans");
-        let bases: Vec<(usize, &Base)> = plan.stages.iter().map(|s| (s.dockerfile_index, &s.base)).collect();
-        // Stage 0 is not needed; stage 2 is based on stage 1 (names are case-insensitive).
+        let text = concat!(
+            "FROM scratch AS base\n", // 0
+            "FROM BASE AS x\n",       // 1: stage names are case-insensitive
+            "FROM 0 AS byindex\n",    // 2: an earlier stage by index
+            "FROM ctx AS y\n",        // 3: a named context
+            "COPY --from=ctx /a /b\n",
+            "COPY --from=1 /a /b\n",
+            "COPY --from=busybox /a /b\n",
+            "FROM later AS z\n", // 4: a later stage name is an image reference, like BuildKit
+            "FROM x AS later\n", // 5
+            "COPY --from=Y / /\n",
+            "COPY --from=byindex / /\n",
+        );
+        let df = parse(text).expect("parses");
+        let opts = PlanOptions {
+            named_contexts: BTreeSet::from(["ctx".to_string()]),
+            ..PlanOptions::default()
+        };
+        let p = plan(&df, &opts).expect("plans");
+        let bases: Vec<(usize, Base)> = p
+            .stages
+            .iter()
+            .map(|s| (s.dockerfile_index, s.base.clone()))
+            .collect();
         assert_eq!(
             bases,
             [
-                (0, &Base::Image("Base".into())),
-                (1, &Base::Scratch),
-                (2, &Base::Stage(1)),
-                (4, &Base::Context("ctx".into())),
-                (5, &Base::Stage(2)),
+                (0, Base::Scratch),
+                (1, Base::Stage(0)),
+                (2, Base::Stage(0)),
+                (3, Base::Context("ctx".into())),
+                (5, Base::Stage(1))
             ]
-            .iter()
-            .skip(1)
-            .map(|(i, b)| (*i, *b))
-            .collect::<Vec<_>>()
         );
-        let copies: Vec<&CopyFrom> = plan.stages[2]
-            .steps
-            .iter()
-            .chain(&plan.stages[3].steps)
-            .filter_map(|s| if let Op::Copy(c) = &s.op { Some(&c.from) } else { None })
-            .collect();
-        assert_eq!(copies, [&CopyFrom::NamedContext("ctx".into()), &CopyFrom::Stage(2)]);
-        let Op::Copy(c) = &plan.stages[3].steps[0].op else { panic!("COPY") };
-        assert_eq!(c.from, CopyFrom::Stage(2));
-        assert_eq!(plan.stages[3].steps.len(), 2);
-        assert_eq!(plan.stages[2].from_display, "FROM ctx");
+        let froms = |stage: &PlannedStage| -> Vec<CopyFrom> {
+            stage
+                .steps
+                .iter()
+                .filter_map(|s| {
+                    if let Op::Copy(c) = &s.op {
+                        Some(c.from.clone())
+                    } else {
+                        None
+                    }
+                })
+                .collect()
+        };
+        assert_eq!(
+            froms(&p.stages[3]),
+            [
+                CopyFrom::NamedContext("ctx".into()),
+                CopyFrom::Stage(1),
+                CopyFrom::Image("busybox".into())
+            ]
+        );
+        assert_eq!(
+            froms(&p.stages[4]),
+            [CopyFrom::Stage(3), CopyFrom::Stage(2)]
+        );
+        assert_eq!(p.stages[3].from_display, "FROM ctx");
+        assert_eq!(p.stages[1].from_display, "FROM BASE");
+        let p = plan(
+            &df,
+            &PlanOptions {
+                target: Some("z".into()),
+                ..opts
+            },
+        )
+        .expect("plans");
+        assert_eq!(p.stages[0].base, Base::Image("later".into()));
+        assert_eq!(
+            p.stages[0].from_display,
+            "FROM docker.io/library/later:latest"
+        );
     }
 
     #[test]
     fn base_configs_seed_the_stage() {
         let df = parse("FROM img\nENV PATH=/opt/bin:$PATH\nWORKDIR sub\nRUN id\n").expect("parses");
         let base = ImageConfig {
-            env: vec![("PATH".into(), "/usr/bin".into()), ("LANG".into(), "C".into())],
+            env: vec![
+                ("PATH".into(), "/usr/bin".into()),
+                ("LANG".into(), "C".into()),
+            ],
             workdir: Some("/home/u".into()),
             user: Some("u".into()),
             cmd: Some(vec!["sh".into()]),
@@ -1749,11 +2307,17 @@ mod tests {
         let configs = BTreeMap::from([("img".to_string(), base)]);
         let plan = plan_with_base_configs(&df, &PlanOptions::default(), &configs).expect("plans");
         let stage = &plan.stages[0];
-        assert_eq!(stage.config.env[0], ("PATH".to_string(), "/opt/bin:/usr/bin".to_string()));
+        assert_eq!(
+            stage.config.env[0],
+            ("PATH".to_string(), "/opt/bin:/usr/bin".to_string())
+        );
         assert_eq!(stage.config.workdir.as_deref(), Some("/home/u/sub"));
         assert_eq!(stage.config.cmd, Some(vec!["sh".into()]));
         let run = &stage.steps[1];
-        assert_eq!((run.workdir.as_str(), run.user.as_deref()), ("/home/u/sub", Some("u")));
+        assert_eq!(
+            (run.workdir.as_str(), run.user.as_deref()),
+            ("/home/u/sub", Some("u"))
+        );
         assert!(run.env.contains(&("LANG".into(), "C".into())));
     }
 
@@ -1763,14 +2327,26 @@ mod tests {
             ("busybox", Ok("docker.io/library/busybox:latest")),
             ("busybox:1.36", Ok("docker.io/library/busybox:1.36")),
             ("user/app", Ok("docker.io/user/app:latest")),
-            ("127.0.0.1:5001/busybox:latest", Ok("127.0.0.1:5001/busybox:latest")),
+            (
+                "127.0.0.1:5001/busybox:latest",
+                Ok("127.0.0.1:5001/busybox:latest"),
+            ),
             ("localhost/a/b", Ok("localhost/a/b:latest")),
-            ("ghcr.io/o/r@sha256:e604afb185179f2e42f725e78192d3b938051910e606393a4cab609fa41b1dbf", Ok("ghcr.io/o/r@sha256:e604afb185179f2e42f725e78192d3b938051910e606393a4cab609fa41b1dbf")),
+            (
+                "ghcr.io/o/r@sha256:e604afb185179f2e42f725e78192d3b938051910e606393a4cab609fa41b1dbf",
+                Ok(
+                    "ghcr.io/o/r@sha256:e604afb185179f2e42f725e78192d3b938051910e606393a4cab609fa41b1dbf",
+                ),
+            ),
             ("UPPER", Err(())),
             ("a b", Err(())),
             ("a:", Err(())),
         ] {
-            assert_eq!(normalize_image_ref(input).map_err(|_| ()), expected.map(String::from), "{input}");
+            assert_eq!(
+                normalize_image_ref(input).map_err(|_| ()),
+                expected.map(String::from),
+                "{input}"
+            );
         }
     }
 
@@ -1783,12 +2359,18 @@ mod tests {
         assert_eq!(parse_go_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_go_duration("1.5h"), Ok(Duration::from_secs(5400)));
         assert!(parse_go_duration("10").is_err());
-        assert_eq!(go_quote_list(&["a\"b".into(), "c\n".into()]), "[\"a\\\"b\" \"c\\n\"]");
+        assert_eq!(
+            go_quote_list(&["a\"b".into(), "c\n".into()]),
+            "[\"a\\\"b\" \"c\\n\"]"
+        );
         assert_eq!(dest_path("/w", "."), "/w/");
         assert_eq!(dest_path("/w", "../x/"), "/x/");
         assert_eq!(dest_path("/", "/a/./"), "/a/");
         assert_eq!(normalize_workdir("/a", "b/../c"), "/a/c");
-        assert_eq!(parse_port_spec("127.0.0.1:8080:80/udp"), Ok(vec!["80/udp".to_string()]));
+        assert_eq!(
+            parse_port_spec("127.0.0.1:8080:80/udp"),
+            Ok(vec!["80/udp".to_string()])
+        );
         assert!(is_valid_signal("9") && is_valid_signal("sigrtmin+3") && !is_valid_signal("0"));
     }
 }
