@@ -112,7 +112,12 @@ impl Registry {
         {
             return Err(mismatch(&self.shared.host, &target, want, &digest));
         }
-        let size = resp.content_length().unwrap_or_default();
+        // `Response::content_length` is the body's length, which a HEAD response lacks.
+        let size = headers
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_default();
         Ok(Some(Descriptor::new(
             content_type(headers).unwrap_or_default(),
             digest,

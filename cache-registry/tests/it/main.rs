@@ -1,0 +1,5 @@
+//! Integration tests: a real loopback registry (env-gated) and a scripted fake for error paths.
+
+mod fake;
+mod real;
+mod scripted;
