@@ -281,13 +281,15 @@ impl LayoutDir {
         Ok(Some(bytes))
     }
 
-    /// A writer for the blob `desc`, or `None` if a blob of that digest and size exists already.
+    /// A writer for the blob `desc`, or `None` if a blob of that digest and size exists already
+    /// (its modification time is then set to now, for garbage collection's grace period).
     ///
     /// Creates `blobs/<algorithm>/` (and the layout directory) when needed.
     pub fn blob_writer(&self, desc: &Descriptor) -> Result<Option<BlobWriter>> {
         if let Some(existing) = self.stat_blob_sync(&desc.digest)?
             && existing.size == desc.size
         {
+            touch(&self.blob_path(&desc.digest));
             return Ok(None);
         }
         let final_path = self.blob_path(&desc.digest);
@@ -412,6 +414,23 @@ impl LayoutDir {
             Err(err) => Err(parse_error("deleting", &path, err)),
         }
     }
+}
+
+/// Sets the modification time of `path` to now, best effort.
+///
+/// An export that finds a blob already stored refreshes its time, so garbage collection with a
+/// grace period on modification times keeps blobs that an export in progress is about to name.
+/// Failure (a read-only cache someone else owns) only weakens that protection, so it is ignored.
+fn touch(path: &Path) {
+    let now = rustix::fs::Timespec {
+        tv_sec: 0,
+        tv_nsec: rustix::fs::UTIME_NOW,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: now,
+        last_modification: now,
+    };
+    let _ = rustix::fs::utimensat(rustix::fs::CWD, path, &times, rustix::fs::AtFlags::empty());
 }
 
 /// The entries of `dir`, or none if it does not exist.

@@ -185,6 +185,18 @@ fn sniff_media_type(bytes: &[u8]) -> Option<String> {
 impl LayoutDir {
     /// Reads and parses `index.json`; `None` if it or the directory does not exist.
     pub(crate) fn read_index_file(&self) -> Result<Option<IndexFile>> {
+        match self.read_index_file_once() {
+            // BuildKit's client rewrites `index.json` in place (truncate, then write), so a reader
+            // racing it can see a partial file; a second look after it finished is whole.
+            Err(err) if err.kind() == ErrorKind::Corrupt => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                self.read_index_file_once().map_err(|_| err)
+            }
+            res => res,
+        }
+    }
+
+    fn read_index_file_once(&self) -> Result<Option<IndexFile>> {
         let path = self.root.join(INDEX_FILE);
         let file = match fs::File::open(&path) {
             Ok(file) => file,

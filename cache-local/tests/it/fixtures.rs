@@ -41,6 +41,7 @@ async fn buildkit_exports_read_in_place() {
         )
         .expect("fixture index.json is JSON");
         let entry = &index["manifests"][0];
+        let before = listing(&dir);
         let layout = LayoutDir::open_existing(&dir).expect("fixture is a layout");
 
         let raw = check_tag(&layout, "latest", None).await;
@@ -85,5 +86,24 @@ async fn buildkit_exports_read_in_place() {
             n_blobs > n_children,
             "{name}: {n_blobs} blobs for {n_children} children"
         );
+        assert_eq!(listing(&dir), before, "{name}: reading must not write");
     }
+}
+
+/// Every path under `dir` with its size and modification time.
+fn listing(dir: &std::path::Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            let meta = std::fs::metadata(&path).expect("metadata");
+            if meta.is_dir() {
+                stack.push(path.clone());
+            }
+            out.push((path, meta.len(), meta.modified().expect("mtime")));
+        }
+    }
+    out.sort();
+    out
 }

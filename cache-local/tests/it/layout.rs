@@ -399,3 +399,33 @@ async fn media_type_is_sniffed_when_not_given() {
     let read = check_tag(&layout, "t", Some(&raw)).await;
     assert_eq!(read.media_type.as_deref(), Some(media_type::OCI_MANIFEST));
 }
+
+#[tokio::test]
+async fn rewriting_an_existing_blob_refreshes_its_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = LayoutDir::open(dir.path());
+    let bytes = content("touched", 100);
+    let desc = desc_of(media_type::OCI_LAYER_TAR, &bytes);
+    layout
+        .write_blob(&desc, Blob::from_bytes(bytes.clone()))
+        .await
+        .expect("write");
+    let path = layout.blob_path(&desc.digest);
+    let old = std::time::SystemTime::now() - Duration::from_secs(30 * 24 * 3600);
+    fs::File::options()
+        .write(true)
+        .open(&path)
+        .and_then(|file| file.set_modified(old))
+        .expect("age the blob");
+    layout
+        .write_blob(&desc, Blob::from_bytes(bytes))
+        .await
+        .expect("write again");
+    let modified = fs::metadata(&path)
+        .and_then(|meta| meta.modified())
+        .expect("mtime");
+    assert!(
+        modified > old + Duration::from_secs(24 * 3600),
+        "an export reusing a blob must protect it from a grace-period GC"
+    );
+}
