@@ -56,6 +56,11 @@ pub(crate) enum Op {
     SetUid { uid: Uid },
     /// `setsid`: no controlling terminal inherited from the builder.
     NewSession,
+    /// `umask`.
+    Umask { mode: u32 },
+    /// Marks every descriptor from 3 up close-on-exec, so nothing the builder inherited leaks into
+    /// the command (best effort: kernels before 5.11 lack the flag).
+    CloseOnExecFrom3,
     /// Dies with the intermediate process (set last: credential changes clear it).
     DieWithParent,
 }
@@ -294,6 +299,23 @@ fn apply(op: &Op) -> Result<(), Errno> {
         Op::SetGid { gid } => rustix::thread::set_thread_res_gid(*gid, *gid, *gid),
         Op::SetUid { uid } => rustix::thread::set_thread_res_uid(*uid, *uid, *uid),
         Op::NewSession => rustix::process::setsid().map(drop),
+        Op::Umask { mode } => {
+            rustix::process::umask(Mode::from_raw_mode(*mode));
+            Ok(())
+        }
+        Op::CloseOnExecFrom3 => {
+            // SAFETY: `close_range` with `CLOSE_RANGE_CLOEXEC` only sets a flag on this process's
+            // descriptors; the exec-status pipe of `std` and the report pipe are close-on-exec already.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_close_range,
+                    3u32,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                );
+            }
+            Ok(())
+        }
         Op::DieWithParent => rustix::process::set_parent_process_death_signal(Some(Signal::KILL)),
     }
 }

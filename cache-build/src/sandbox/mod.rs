@@ -15,6 +15,7 @@
 //! (like `unshare --map-root-user`), which allows `USER` root only. See [`capability`].
 
 mod child;
+mod plan;
 mod rootfs;
 mod user;
 
@@ -27,11 +28,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
-use rustix::fs::StatVfsMountFlags;
-use rustix::mount::MountFlags;
 use rustix::process::{Gid, Uid};
 
-use self::child::{Op, Plan, UserNamespace};
+use self::child::{Plan, UserNamespace};
+use self::plan::{HINT_PRIVILEGE, Steps};
 use self::rootfs::{Created, Ensured, Kind, Root};
 
 /// The hostname BuildKit gives its build containers.
@@ -39,27 +39,6 @@ pub const DEFAULT_HOSTNAME: &str = "buildkitsandbox";
 
 /// Docker's default `PATH`, used when the environment has none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// Device nodes bound from the host into the sandbox's `/dev`.
-const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
-
-/// Capabilities a Docker or BuildKit container keeps by default (the others are dropped).
-const DEFAULT_CAPS: [u32; 14] = [
-    0,  // CAP_CHOWN
-    1,  // CAP_DAC_OVERRIDE
-    3,  // CAP_FOWNER
-    4,  // CAP_FSETID
-    5,  // CAP_KILL
-    6,  // CAP_SETGID
-    7,  // CAP_SETUID
-    8,  // CAP_SETPCAP
-    10, // CAP_NET_BIND_SERVICE
-    13, // CAP_NET_RAW
-    18, // CAP_SYS_CHROOT
-    27, // CAP_MKNOD
-    29, // CAP_AUDIT_WRITE
-    31, // CAP_SETFCAP
-];
 
 /// One command to run in a root filesystem.
 #[derive(Clone, Debug)]
@@ -311,44 +290,6 @@ pub fn run(spec: &RunSpec, on_output: &mut dyn FnMut(u8, &[u8])) -> Result<RunOu
     run_in_mode(spec, mode, on_output)
 }
 
-/// A step of the sandbox's first process with its description for error messages.
-struct Steps {
-    ops: Vec<Op>,
-    what: Vec<(String, &'static str)>,
-}
-
-impl Steps {
-    fn push(&mut self, op: Op, what: impl Into<String>, hint: &'static str) {
-        self.ops.push(op);
-        self.what.push((what.into(), hint));
-    }
-}
-
-const HINT_PRIVILEGE: &str = "; the builder needs root (or CAP_SYS_ADMIN), or an unprivileged user namespace: see `capability()`";
-const HINT_PROC: &str = "; inside a user namespace, /proc can only be mounted where the host's /proc is fully visible (not in most containers): run as root";
-
-/// The flags a read-only remount of a bind mount of `source` needs: the source mount's own flags
-/// (a user namespace may not clear them) plus read-only.
-fn read_only_remount_flags(source: &Path) -> MountFlags {
-    let mut flags = MountFlags::BIND | MountFlags::RDONLY;
-    if let Ok(stat) = rustix::fs::statvfs(source) {
-        let pairs = [
-            (StatVfsMountFlags::NOSUID, MountFlags::NOSUID),
-            (StatVfsMountFlags::NODEV, MountFlags::NODEV),
-            (StatVfsMountFlags::NOEXEC, MountFlags::NOEXEC),
-            (StatVfsMountFlags::NOATIME, MountFlags::NOATIME),
-            (StatVfsMountFlags::NODIRATIME, MountFlags::NODIRATIME),
-            (StatVfsMountFlags::RELATIME, MountFlags::RELATIME),
-        ];
-        for (has, set) in pairs {
-            if stat.f_flag.contains(has) {
-                flags |= set;
-            }
-        }
-    }
-    flags | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC
-}
-
 /// Everything prepared in the parent for one run.
 struct Prepared {
     root: Root,
@@ -484,7 +425,7 @@ fn prepare(spec: &RunSpec, mode: Mode) -> Result<Prepared, Error> {
     }
 
     let mut created = Vec::new();
-    let result = plan_steps(spec, mode, &root, &exec_user, &mut created);
+    let result = plan::plan(spec, mode, &root, &exec_user, &mut created);
     let (steps, files) = match result {
         Ok(ok) => ok,
         Err(err) => {
@@ -509,287 +450,6 @@ fn prepare(spec: &RunSpec, mode: Mode) -> Result<Prepared, Error> {
     })
 }
 
-fn plan_steps(
-    spec: &RunSpec,
-    mode: Mode,
-    root: &Root,
-    exec_user: &user::ExecUser,
-    created: &mut Vec<Created>,
-) -> Result<(Steps, tempfile::TempDir), Error> {
-    let rootfs_error = |rel: &str| {
-        let path = root.path().join(rel.trim_start_matches('/'));
-        move |source| Error::Rootfs { path, source }
-    };
-    let mut ensure = |rel: &str, kind: Kind| -> Result<Option<CString>, Error> {
-        match root.ensure(rel, kind, created).map_err(rootfs_error(rel))? {
-            Ensured::At(path) => Ok(Some(c_path(&path)?)),
-            Ensured::DanglingSymlink => {
-                tracing::warn!(path = rel, rootfs = %root.path().display(), "not mounting over a dangling symbolic link");
-                Ok(None)
-            }
-        }
-    };
-    let proc_dir = ensure("/proc", Kind::Dir)?;
-    let dev_dir = ensure("/dev", Kind::Dir)?;
-    let hosts = ensure("/etc/hosts", Kind::File)?;
-    let resolv = ensure("/etc/resolv.conf", Kind::File)?;
-
-    let files = tempfile::Builder::new()
-        .prefix("buildcache-run-")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .tempdir()
-        .map_err(io_error("creating a temporary directory for /etc/hosts"))?;
-    let hostname = if spec.hostname.is_empty() {
-        DEFAULT_HOSTNAME
-    } else {
-        spec.hostname.as_str()
-    };
-    let hosts_file = files.path().join("hosts");
-    std::fs::write(
-        &hosts_file,
-        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
-    )
-    .map_err(io_error(format!("writing {}", hosts_file.display())))?;
-    let resolv_file = files.path().join("resolv.conf");
-    let resolv_text = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-    std::fs::write(&resolv_file, resolv_text)
-        .map_err(io_error(format!("writing {}", resolv_file.display())))?;
-
-    let rootfs = c_path(root.path())?;
-    let is_root_mode = matches!(mode, Mode::Root);
-    let mut steps = Steps {
-        ops: Vec::new(),
-        what: Vec::new(),
-    };
-    steps.push(
-        Op::SetHostname {
-            name: hostname.as_bytes().to_vec(),
-        },
-        format!("setting the hostname to {hostname}"),
-        HINT_PRIVILEGE,
-    );
-    steps.push(
-        Op::MakePrivate {
-            target: c"/".to_owned(),
-        },
-        "making the mounts of the new mount namespace private",
-        HINT_PRIVILEGE,
-    );
-    steps.push(
-        Op::BindRecursive {
-            source: rootfs.clone(),
-            target: rootfs.clone(),
-        },
-        "bind-mounting the root filesystem onto itself",
-        HINT_PRIVILEGE,
-    );
-    if let Some(target) = proc_dir {
-        steps.push(
-            Op::Mount {
-                fstype: c"proc".to_owned(),
-                target,
-                flags: MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-                data: c"".to_owned(),
-            },
-            "mounting /proc",
-            if is_root_mode {
-                HINT_PRIVILEGE
-            } else {
-                HINT_PROC
-            },
-        );
-    }
-    if let Some(dev) = dev_dir {
-        let dev_path = PathBuf::from(std::ffi::OsStr::from_bytes(dev.as_bytes()));
-        let in_dev = |name: &str| c_path(&dev_path.join(name));
-        steps.push(
-            Op::Mount {
-                fstype: c"tmpfs".to_owned(),
-                target: dev.clone(),
-                flags: MountFlags::NOSUID | MountFlags::STRICTATIME,
-                data: c"mode=755,size=65536k".to_owned(),
-            },
-            "mounting a tmpfs on /dev",
-            HINT_PRIVILEGE,
-        );
-        for name in DEVICES {
-            let host = Path::new("/dev").join(name);
-            if !host.exists() {
-                tracing::debug!(device = %host.display(), "host device missing; not in the sandbox's /dev");
-                continue;
-            }
-            steps.push(
-                Op::CreateFile {
-                    path: in_dev(name)?,
-                },
-                format!("creating /dev/{name}"),
-                "",
-            );
-            steps.push(
-                Op::Bind {
-                    source: c_path(&host)?,
-                    target: in_dev(name)?,
-                },
-                format!("bind-mounting the host's /dev/{name}"),
-                HINT_PRIVILEGE,
-            );
-        }
-        let pts_options = if is_root_mode {
-            c"newinstance,ptmxmode=0666,mode=0620,gid=5"
-        } else {
-            c"newinstance,ptmxmode=0666,mode=0620"
-        };
-        steps.push(
-            Op::Mkdir {
-                path: in_dev("pts")?,
-                mode: 0o755,
-            },
-            "creating /dev/pts",
-            "",
-        );
-        steps.push(
-            Op::Mount {
-                fstype: c"devpts".to_owned(),
-                target: in_dev("pts")?,
-                flags: MountFlags::NOSUID | MountFlags::NOEXEC,
-                data: pts_options.to_owned(),
-            },
-            "mounting devpts on /dev/pts",
-            HINT_PRIVILEGE,
-        );
-        steps.push(
-            Op::Mkdir {
-                path: in_dev("shm")?,
-                mode: 0o1777,
-            },
-            "creating /dev/shm",
-            "",
-        );
-        steps.push(
-            Op::Mount {
-                fstype: c"tmpfs".to_owned(),
-                target: in_dev("shm")?,
-                flags: MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-                data: c"mode=1777,size=65536k".to_owned(),
-            },
-            "mounting a tmpfs on /dev/shm",
-            HINT_PRIVILEGE,
-        );
-        steps.push(
-            Op::Mkdir {
-                path: in_dev("mqueue")?,
-                mode: 0o755,
-            },
-            "creating /dev/mqueue",
-            "",
-        );
-        steps.push(
-            Op::Mount {
-                fstype: c"mqueue".to_owned(),
-                target: in_dev("mqueue")?,
-                flags: MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-                data: c"".to_owned(),
-            },
-            "mounting mqueue on /dev/mqueue",
-            HINT_PRIVILEGE,
-        );
-        let links = [
-            ("pts/ptmx", "ptmx"),
-            ("/proc/self/fd", "fd"),
-            ("/proc/self/fd/0", "stdin"),
-            ("/proc/self/fd/1", "stdout"),
-            ("/proc/self/fd/2", "stderr"),
-        ];
-        for (target, name) in links {
-            steps.push(
-                Op::Symlink {
-                    target: c_string(target.as_bytes(), "link target")?,
-                    link: in_dev(name)?,
-                },
-                format!("creating the symbolic link /dev/{name}"),
-                "",
-            );
-        }
-    }
-    for (target, source, shown) in [
-        (hosts, &hosts_file, "/etc/hosts"),
-        (resolv, &resolv_file, "/etc/resolv.conf"),
-    ] {
-        let Some(target) = target else { continue };
-        steps.push(
-            Op::Bind {
-                source: c_path(source)?,
-                target: target.clone(),
-            },
-            format!("bind-mounting {shown}"),
-            HINT_PRIVILEGE,
-        );
-        steps.push(
-            Op::Remount {
-                target,
-                flags: read_only_remount_flags(source),
-            },
-            format!("making {shown} read-only"),
-            HINT_PRIVILEGE,
-        );
-    }
-    steps.push(
-        Op::PivotRoot { root: rootfs },
-        "switching to the root filesystem (pivot_root)",
-        HINT_PRIVILEGE,
-    );
-    steps.push(
-        Op::Chdir {
-            path: c_string(spec.cwd.as_bytes(), "working directory")?,
-        },
-        format!("changing to the working directory {}", spec.cwd),
-        "",
-    );
-    let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|text| text.trim().parse::<u32>().ok())
-        .unwrap_or(63);
-    steps.push(
-        Op::DropBoundingCaps {
-            caps: (0..=last_cap)
-                .filter(|cap| !DEFAULT_CAPS.contains(cap))
-                .collect(),
-        },
-        "dropping capabilities beyond Docker's default set",
-        HINT_PRIVILEGE,
-    );
-    if is_root_mode {
-        steps.push(
-            Op::SetGroups {
-                groups: exec_user
-                    .sgids
-                    .iter()
-                    .map(|gid| Gid::from_raw(*gid))
-                    .collect(),
-            },
-            format!("setting the supplementary groups {:?}", exec_user.sgids),
-            "",
-        );
-    }
-    steps.push(
-        Op::SetGid {
-            gid: Gid::from_raw(exec_user.gid),
-        },
-        format!("switching to gid {}", exec_user.gid),
-        "",
-    );
-    steps.push(
-        Op::SetUid {
-            uid: Uid::from_raw(exec_user.uid),
-        },
-        format!("switching to uid {}", exec_user.uid),
-        "",
-    );
-    steps.push(Op::NewSession, "starting a new session", "");
-    steps.push(Op::DieWithParent, "arming the parent-death signal", "");
-    Ok((steps, files))
-}
-
 /// Runs a command with an explicitly chosen isolation mode.
 fn run_in_mode(
     spec: &RunSpec,
@@ -797,12 +457,20 @@ fn run_in_mode(
     on_output: &mut dyn FnMut(u8, &[u8]),
 ) -> Result<RunOutcome, Error> {
     let prepared = prepare(spec, mode)?;
-    let result = execute(spec, mode, &prepared, on_output);
-    let kept = prepared.root.undo(&prepared.created);
-    if !kept.is_empty() {
-        tracing::debug!(paths = ?kept, "mount points created for RUN stay: the command used them");
+    let _undo = UndoMountPoints(&prepared);
+    execute(spec, mode, &prepared, on_output)
+}
+
+/// Removes the unused mount points after the run, also when the output callback panics.
+struct UndoMountPoints<'a>(&'a Prepared);
+
+impl Drop for UndoMountPoints<'_> {
+    fn drop(&mut self) {
+        let kept = self.0.root.undo(&self.0.created);
+        if !kept.is_empty() {
+            tracing::debug!(paths = ?kept, "mount points created for RUN stay: the command used them");
+        }
     }
-    result
 }
 
 /// Kills the intermediate process (and with it the sandbox) unless it was waited for.
@@ -883,7 +551,8 @@ fn execute(
     let stderr = running.stderr.take();
     let stdin = running.stdin.take();
 
-    std::thread::scope(|scope| {
+    let intermediate_pid = rustix::process::Pid::from_raw(running.id() as i32);
+    let panicked = std::thread::scope(|scope| {
         let (sender, receiver) = mpsc::channel::<(u8, Vec<u8>)>();
         for (stream, pipe) in [
             (1u8, stdout.map(|p| Box::new(p) as Box<dyn Read + Send>)),
@@ -918,9 +587,23 @@ fn execute(
             });
         }
         for (stream, bytes) in receiver {
-            on_output(stream, &bytes);
+            let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                on_output(stream, &bytes)
+            }));
+            if let Err(panic) = delivered {
+                // Stop the sandbox so that the readers see the end of the pipes and the scope ends.
+                if let Some(pid) = intermediate_pid {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+                return Some(panic);
+            }
         }
+        None
     });
+    if let Some(panic) = panicked {
+        drop(child);
+        std::panic::resume_unwind(panic);
+    }
 
     let mut running = child.0.take().expect("the guard still holds the child");
     let status = running.wait().map_err(io_error(format!(
@@ -1124,6 +807,44 @@ mod tests {
     }
 
     #[test]
+    fn container_defaults_match_docker() {
+        let Some(mode) = test_mode() else { return };
+        let root = make_rootfs();
+        let ran = run_ok(
+            &sh(
+                root.path(),
+                "umask; grep -E '^Cap(Bnd|Eff):' /proc/self/status; echo $(ls /proc/self/fd); \
+                 echo 1 > /proc/sys/kernel/domainname && echo proc-sys-writable; \
+                 cat /proc/timer_list 2>/dev/null | wc -c; ls /sys/kernel >/dev/null && echo sys-ok; \
+                 touch /sys/x 2>/dev/null || echo sys-ro",
+            ),
+            mode,
+        );
+        let lines: Vec<&str> = ran.stdout.lines().collect();
+        assert_eq!(lines[0], "0022", "{:?}", ran.stdout);
+        // Docker's default capability set, and nothing more in the bounding set.
+        assert_eq!(lines[1], "CapEff:\t00000000a80425fb", "{:?}", ran.stdout);
+        assert_eq!(lines[2], "CapBnd:\t00000000a80425fb", "{:?}", ran.stdout);
+        // Only stdin, stdout, stderr and the descriptor `ls` opens: nothing leaked from the builder.
+        let fds: Vec<&str> = lines[3].split_whitespace().collect();
+        assert!(fds.len() <= 4, "leaked descriptors: {fds:?}");
+        assert!(
+            !ran.stdout.contains("proc-sys-writable"),
+            "{:?}",
+            ran.stdout
+        );
+        if Path::new("/proc/timer_list").exists() {
+            assert_eq!(lines[4].trim(), "0", "/proc/timer_list is masked");
+        }
+        assert!(ran.stdout.contains("sys-ok\nsys-ro\n"), "{:?}", ran.stdout);
+        assert_eq!(
+            top_level(root.path()),
+            ["bin"],
+            "no /sys or /proc left behind"
+        );
+    }
+
+    #[test]
     fn output_arrives_while_the_command_runs() {
         let Some(mode) = test_mode() else { return };
         let root = make_rootfs();
@@ -1142,6 +863,24 @@ mod tests {
             first_seen + Duration::from_millis(700) < total,
             "first line at {first_seen:?}, end at {total:?}"
         );
+    }
+
+    #[test]
+    fn a_panicking_output_callback_stops_the_sandbox() {
+        let Some(mode) = test_mode() else { return };
+        let root = make_rootfs();
+        let spec = sh(root.path(), "echo go; sleep 60");
+        let started = Instant::now();
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_in_mode(&spec, mode, &mut |_, _| panic!("the display broke"))
+        }));
+        let panic = res.err().expect("the panic reaches the caller");
+        assert_eq!(panic.downcast_ref::<&str>(), Some(&"the display broke"));
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the sandbox was killed"
+        );
+        assert_eq!(top_level(root.path()), ["bin"], "mount points removed");
     }
 
     #[test]
