@@ -17,8 +17,9 @@ pub(crate) const LOCK_FILE: &str = "index.json.lock";
 /// An exclusive `flock` on `<dir>/index.json.lock`, released when dropped.
 ///
 /// BuildKit's client takes the same lock (without waiting) around its `index.json` updates, so
-/// holding it also keeps a concurrent `buildctl` export from rewriting the index. The lock file is
-/// left in place; a holder that finds it replaced (BuildKit deletes it after use) locks again.
+/// holding it also keeps a concurrent `buildctl` export from rewriting the index. Like BuildKit,
+/// the lock file is deleted on release; a waiter that locked a file which was deleted or replaced
+/// meanwhile notices and locks the current one.
 #[derive(Debug)]
 pub struct IndexLock {
     _file: File,
@@ -83,6 +84,14 @@ impl IndexLock {
     }
 }
 
+impl Drop for IndexLock {
+    fn drop(&mut self) {
+        // Unlink while still holding the lock, so nobody can lock this inode after us and think
+        // it holds the lock; waiters recheck the path. Failure leaves a harmless empty file.
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
 /// Whether the open `file` is still the file at `path`.
 fn same_file(file: &File, path: &Path) -> Result<bool> {
     let open = file
@@ -134,5 +143,10 @@ mod tests {
         drop(held);
         let lock = waiter.join().expect("no panic").expect("waiter locks");
         assert!(lock.path().exists());
+        drop(lock);
+        assert!(
+            !dir.path().join(LOCK_FILE).exists(),
+            "the lock file is removed on release, as BuildKit does"
+        );
     }
 }
