@@ -146,19 +146,20 @@ impl Shared {
             what: "GET",
             target: "/v2/",
         };
-        if self.allow_http {
-            match self.ping(&https, &action).await {
-                Ok(challenge) => {
-                    self.set_challenge(challenge);
-                    return Ok(https);
-                }
-                Err(fail) => {
-                    tracing::debug!(host = %self.host, error = %fail.error, "HTTPS failed, trying plain HTTP");
-                }
-            }
-        }
+        // Only a failure to talk HTTPS at all (refused, TLS error) moves to plain HTTP; an
+        // HTTPS registry answering with an error status stays on HTTPS.
         let base = if self.allow_http {
-            url_for("http")?
+            let probe = https.join("v2/").map(|url| self.http.get(url).send());
+            match probe {
+                Ok(request) => match request.await {
+                    Ok(_) => https,
+                    Err(err) => {
+                        tracing::debug!(host = %self.host, error = %err, "HTTPS failed, using plain HTTP");
+                        url_for("http")?
+                    }
+                },
+                Err(_) => url_for("http")?,
+            }
         } else {
             https
         };

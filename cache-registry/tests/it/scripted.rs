@@ -559,3 +559,58 @@ async fn docker_config_child() {
     let shown = format!("{:?} {:?}", Options::new(), registry);
     assert!(!shown.contains("pa:ss"), "{shown}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn parallel_uploads_are_limited() {
+    let in_flight = std::sync::Arc::new(AtomicUsize::new(0));
+    let max_seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let fake = Fake::start(|_| {
+        let in_flight = std::sync::Arc::clone(&in_flight);
+        let max_seen = std::sync::Arc::clone(&max_seen);
+        let n = AtomicUsize::new(0);
+        move |req: &Req| match (req.method.as_str(), req.path()) {
+            ("GET", "/v2/") => Reply::status(200),
+            ("HEAD", _) => Reply::status(404),
+            ("POST", _) => {
+                let id = n.fetch_add(1, Ordering::SeqCst);
+                Reply::status(202).header("location", format!("/v2/app/blobs/uploads/u{id}"))
+            }
+            ("PUT", _) => {
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                max_seen.fetch_max(now, Ordering::SeqCst);
+                // Blocks this connection's worker thread: the upload stays "in flight".
+                std::thread::sleep(Duration::from_millis(150));
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                Reply::status(201)
+            }
+            _ => Reply::status(500),
+        }
+    })
+    .await;
+    let registry = open(
+        &fake,
+        "app",
+        Options {
+            max_parallel_uploads: 2,
+            ..options()
+        },
+    );
+    let uploads = (0..6).map(|i| {
+        let registry = registry.clone();
+        async move {
+            let data = format!("blob {i}").into_bytes();
+            let desc = Descriptor::new("", digest::sha256(&data), data.len() as u64);
+            registry.write_blob(&desc, Blob::from_bytes(data)).await
+        }
+    });
+    for res in futures_util::future::join_all(uploads).await {
+        res.expect("upload");
+    }
+    assert_eq!(fake.count("PUT", "/v2/app/blobs/uploads/u0"), 1);
+    assert_eq!(
+        max_seen.load(Ordering::SeqCst),
+        2,
+        "at most 2 uploads at once"
+    );
+    assert_eq!(registry.stats().blobs_uploaded, 6);
+}
