@@ -280,6 +280,42 @@ fn user_namespace_hint() -> String {
 ///
 /// A non-zero exit is an `Ok` [`RunOutcome`]; errors are for what prevented the command from running.
 pub fn run(spec: &RunSpec, on_output: &mut dyn FnMut(u8, &[u8])) -> Result<RunOutcome, Error> {
+    run_with_mounts(spec, &[], on_output)
+}
+
+/// An extra mount for `RUN --mount`, made inside the sandbox only (it never reaches the layer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    /// Absolute path inside the root filesystem; created when missing and removed again afterwards
+    /// if it stayed an unused mount point.
+    pub target: String,
+    /// What is mounted.
+    pub kind: MountKind,
+    /// Mount read-only.
+    pub readonly: bool,
+}
+
+/// What a [`Mount`] puts at its target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MountKind {
+    /// A host file or directory, bound recursively (`type=bind`, `type=cache`, `type=secret`).
+    Bind {
+        /// The host path.
+        source: PathBuf,
+    },
+    /// An empty tmpfs (`type=tmpfs`).
+    Tmpfs {
+        /// Size limit in bytes; `None` is the kernel default (half the memory).
+        size: Option<u64>,
+    },
+}
+
+/// Like [`run`], with extra mounts applied in order after the sandbox's own (`/proc`, `/dev`, …).
+pub fn run_with_mounts(
+    spec: &RunSpec,
+    mounts: &[Mount],
+    on_output: &mut dyn FnMut(u8, &[u8]),
+) -> Result<RunOutcome, Error> {
     let mode = match capability() {
         Isolation::Root => Mode::Root,
         Isolation::UserNamespace => Mode::UserNamespace {
@@ -287,7 +323,7 @@ pub fn run(spec: &RunSpec, on_output: &mut dyn FnMut(u8, &[u8])) -> Result<RunOu
         },
         Isolation::Unavailable(reason) => return Err(Error::Unavailable { reason }),
     };
-    run_in_mode(spec, mode, on_output)
+    run_in_mode(spec, mounts, mode, on_output)
 }
 
 /// Everything prepared in the parent for one run.
@@ -377,7 +413,7 @@ fn lookup_user(spec: &RunSpec, root: &Root) -> Result<user::ExecUser, Error> {
     })
 }
 
-fn prepare(spec: &RunSpec, mode: Mode) -> Result<Prepared, Error> {
+fn prepare(spec: &RunSpec, mounts: &[Mount], mode: Mode) -> Result<Prepared, Error> {
     validate(spec)?;
     let root = Root::open(&spec.rootfs).map_err(|source| Error::Rootfs {
         path: spec.rootfs.clone(),
@@ -425,7 +461,7 @@ fn prepare(spec: &RunSpec, mode: Mode) -> Result<Prepared, Error> {
     }
 
     let mut created = Vec::new();
-    let result = plan::plan(spec, mode, &root, &exec_user, &mut created);
+    let result = plan::plan(spec, mounts, mode, &root, &exec_user, &mut created);
     let (steps, files) = match result {
         Ok(ok) => ok,
         Err(err) => {
@@ -453,10 +489,12 @@ fn prepare(spec: &RunSpec, mode: Mode) -> Result<Prepared, Error> {
 /// Runs a command with an explicitly chosen isolation mode.
 fn run_in_mode(
     spec: &RunSpec,
+    mounts: &[Mount],
     mode: Mode,
     on_output: &mut dyn FnMut(u8, &[u8]),
 ) -> Result<RunOutcome, Error> {
-    let prepared = prepare(spec, mode)?;
+    tracing::debug!(argv = ?spec.argv, rootfs = %spec.rootfs.display(), ?mode, "RUN in a sandbox");
+    let prepared = prepare(spec, mounts, mode)?;
     let _undo = UndoMountPoints(&prepared);
     execute(spec, mode, &prepared, on_output)
 }
@@ -752,7 +790,7 @@ mod tests {
         let mut stdout = Vec::new();
         let mut stderr = Vec::new();
         let mut chunks = 0;
-        let outcome = run_in_mode(spec, mode, &mut |stream, bytes| {
+        let outcome = run_in_mode(spec, &[], mode, &mut |stream, bytes| {
             chunks += 1;
             match stream {
                 1 => stdout.extend_from_slice(bytes),
@@ -851,7 +889,7 @@ mod tests {
         let spec = sh(root.path(), "echo first; sleep 1; echo second");
         let started = Instant::now();
         let mut first_seen = None;
-        run_in_mode(&spec, mode, &mut |_, bytes| {
+        run_in_mode(&spec, &[], mode, &mut |_, bytes| {
             if bytes.starts_with(b"first") && first_seen.is_none() {
                 first_seen = Some(started.elapsed());
             }
@@ -872,14 +910,74 @@ mod tests {
         let spec = sh(root.path(), "echo go; sleep 60");
         let started = Instant::now();
         let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_in_mode(&spec, mode, &mut |_, _| panic!("the display broke"))
+            run_in_mode(&spec, &[], mode, &mut |_, _| panic!("the display broke"))
         }));
-        let panic = res.err().expect("the panic reaches the caller");
+        let panic = res.expect_err("the panic reaches the caller");
         assert_eq!(panic.downcast_ref::<&str>(), Some(&"the display broke"));
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "the sandbox was killed"
         );
+        assert_eq!(top_level(root.path()), ["bin"], "mount points removed");
+    }
+
+    #[test]
+    fn run_mounts_stay_out_of_the_rootfs() {
+        let Some(mode) = test_mode() else { return };
+        let root = make_rootfs();
+        let cache = tempfile::tempdir().expect("cache dir");
+        std::fs::set_permissions(
+            cache.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        let secret = cache.path().join("token");
+        std::fs::write(&secret, "s3cret").expect("secret");
+        let mounts = [
+            Mount {
+                target: "/root/.cache".into(),
+                kind: MountKind::Bind {
+                    source: cache.path().to_path_buf(),
+                },
+                readonly: false,
+            },
+            Mount {
+                target: "/run/secrets/token".into(),
+                kind: MountKind::Bind {
+                    source: secret.clone(),
+                },
+                readonly: true,
+            },
+            Mount {
+                target: "/scratch".into(),
+                kind: MountKind::Tmpfs {
+                    size: Some(1 << 20),
+                },
+                readonly: false,
+            },
+        ];
+        let spec = sh(
+            root.path(),
+            "echo cached > /root/.cache/out; cat /run/secrets/token; echo; \
+             echo x > /run/secrets/token || echo secret-ro; echo y > /scratch/tmp && echo scratch-ok",
+        );
+        let mut stdout = Vec::new();
+        let outcome = run_in_mode(&spec, &mounts, mode, &mut |stream, bytes| {
+            if stream == 1 {
+                stdout.extend_from_slice(bytes);
+            }
+        })
+        .expect("runs");
+        assert_eq!(outcome.status, 0);
+        assert_eq!(
+            String::from_utf8_lossy(&stdout),
+            "s3cret\nsecret-ro\nscratch-ok\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(cache.path().join("out")).expect("written through the mount"),
+            "cached\n"
+        );
+        assert_eq!(std::fs::read_to_string(&secret).expect("secret"), "s3cret");
         assert_eq!(top_level(root.path()), ["bin"], "mount points removed");
     }
 

@@ -10,7 +10,9 @@ use rustix::process::{Gid, Uid};
 
 use super::child::Op;
 use super::rootfs::{Created, Ensured, Kind, Root};
-use super::{DEFAULT_HOSTNAME, Error, Mode, RunSpec, c_path, c_string, io_error, user};
+use super::{
+    DEFAULT_HOSTNAME, Error, Mode, Mount, MountKind, RunSpec, c_path, c_string, io_error, user,
+};
 
 /// Device nodes bound from the host into the sandbox's `/dev`.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
@@ -108,6 +110,7 @@ fn path_of(c_path: &CString) -> PathBuf {
 /// and the steps. The returned directory holds the generated files and must outlive the run.
 pub(crate) fn plan(
     spec: &RunSpec,
+    mounts: &[Mount],
     mode: Mode,
     root: &Root,
     exec_user: &user::ExecUser,
@@ -133,6 +136,21 @@ pub(crate) fn plan(
     let dev_dir = ensure("/dev", Kind::Dir)?;
     let hosts = ensure("/etc/hosts", Kind::File)?;
     let resolv = ensure("/etc/resolv.conf", Kind::File)?;
+    let mut extra = Vec::with_capacity(mounts.len());
+    for mount in mounts {
+        if !mount.target.starts_with('/') {
+            return Err(Error::InvalidSpec {
+                reason: format!("mount target {:?} is not absolute", mount.target),
+            });
+        }
+        let kind = match &mount.kind {
+            MountKind::Bind { source } if !source.is_dir() => Kind::File,
+            _ => Kind::Dir,
+        };
+        if let Some(target) = ensure(&mount.target, kind)? {
+            extra.push((mount, target));
+        }
+    }
 
     let hostname = if spec.hostname.is_empty() {
         DEFAULT_HOSTNAME
@@ -227,6 +245,9 @@ pub(crate) fn plan(
             HINT_PRIVILEGE,
         );
     }
+    for (mount, target) in extra {
+        extra_mount_steps(&mut steps, mount, target)?;
+    }
     steps.push(
         Op::PivotRoot { root: rootfs },
         "switching to the root filesystem (pivot_root)",
@@ -242,6 +263,59 @@ pub(crate) fn plan(
     steps.push(Op::Umask { mode: UMASK }, "setting the umask", "");
     credential_steps(&mut steps, exec_user, is_root_mode);
     Ok((steps, files))
+}
+
+/// A `RUN --mount`: a recursive bind or a tmpfs, then read-only if asked.
+fn extra_mount_steps(steps: &mut Steps, mount: &Mount, target: CString) -> Result<(), Error> {
+    let shown = &mount.target;
+    match &mount.kind {
+        MountKind::Bind { source } => {
+            if !source.exists() {
+                return Err(Error::InvalidSpec {
+                    reason: format!("mount source {} does not exist", source.display()),
+                });
+            }
+            steps.push(
+                Op::BindRecursive {
+                    source: c_path(source)?,
+                    target: target.clone(),
+                },
+                format!("bind-mounting {} on {shown}", source.display()),
+                HINT_PRIVILEGE,
+            );
+            if mount.readonly {
+                steps.push(
+                    Op::Remount {
+                        target,
+                        flags: read_only_remount_flags(source),
+                    },
+                    format!("making {shown} read-only"),
+                    HINT_PRIVILEGE,
+                );
+            }
+        }
+        MountKind::Tmpfs { size } => {
+            let mut flags = MountFlags::NOSUID | MountFlags::NODEV;
+            if mount.readonly {
+                flags |= MountFlags::RDONLY;
+            }
+            let data = match size {
+                Some(bytes) => format!("mode=1777,size={bytes}"),
+                None => "mode=1777".to_owned(),
+            };
+            steps.push(
+                Op::Mount {
+                    fstype: c"tmpfs".to_owned(),
+                    target,
+                    flags,
+                    data: c_string(data.as_bytes(), "tmpfs options")?,
+                },
+                format!("mounting a tmpfs on {shown}"),
+                HINT_PRIVILEGE,
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `/sys`: a read-only sysfs as root. A user namespace may not mount sysfs for the host's network
