@@ -8,12 +8,14 @@
 //! Anything buildcache cannot build faithfully (`RUN --mount`, `ONBUILD`, `ADD <url>`, other
 //! platforms than `linux/amd64`, ...) is an error naming the Dockerfile line, never ignored.
 
+mod config;
 mod error;
 mod ignore;
 mod lex;
 mod parse;
 mod plan;
 
+pub use config::{Healthcheck, ImageConfig};
 pub use error::Error;
 pub use ignore::IgnoreMatcher;
 pub use parse::{
@@ -21,9 +23,8 @@ pub use parse::{
     Instruction, InstructionKind, RunCommand, Stage, parse,
 };
 pub use plan::{
-    Base, CopyFrom, CopyOp, CopySource, DEFAULT_PATH, HISTORY_COMMENT, Healthcheck, HistoryEntry,
-    ImageConfig, Op, PLATFORM, Plan, PlanOptions, PlannedStage, Step, normalize_image_ref, plan,
-    plan_with_base_configs,
+    Base, CopyFrom, CopyOp, CopySource, DEFAULT_PATH, HISTORY_COMMENT, HistoryEntry, Op, PLATFORM,
+    Plan, PlanOptions, PlannedStage, Step, normalize_image_ref, plan, plan_with_base_configs,
 };
 
 /// Expands variables in `word` like BuildKit's shell lexer (`frontend/dockerfile/shell/lex.go`).

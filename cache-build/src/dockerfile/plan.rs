@@ -8,6 +8,7 @@ use std::time::Duration;
 use regex::Regex;
 
 use super::Error;
+use super::config::{Healthcheck, ImageConfig};
 use super::ignore::clean_path;
 use super::lex::Lex;
 use super::parse::{
@@ -206,53 +207,6 @@ pub enum CopyFrom {
     NamedContext(String),
     /// An image's filesystem (`COPY --from=alpine:3`).
     Image(String),
-}
-
-/// An OCI image config (the parts a Dockerfile can set).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ImageConfig {
-    /// `KEY=VALUE` pairs in order.
-    pub env: Vec<(String, String)>,
-    /// Default command (shell form already wrapped in the shell).
-    pub cmd: Option<Vec<String>>,
-    /// Entrypoint (shell form already wrapped in the shell).
-    pub entrypoint: Option<Vec<String>>,
-    /// User.
-    pub user: Option<String>,
-    /// Absolute working directory.
-    pub workdir: Option<String>,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// Exposed ports such as `80/tcp`.
-    pub exposed_ports: BTreeSet<String>,
-    /// Volumes.
-    pub volumes: BTreeSet<String>,
-    /// Stop signal as written (`SIGTERM`, `9`).
-    pub stop_signal: Option<String>,
-    /// Health check.
-    pub healthcheck: Option<Healthcheck>,
-    /// Shell for shell-form commands (`SHELL`).
-    pub shell: Option<Vec<String>>,
-    /// `MAINTAINER` value: BuildKit writes it to the image's top-level `author` field (not to
-    /// the `config` object).
-    pub author: Option<String>,
-}
-
-/// A container health check.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Healthcheck {
-    /// `["NONE"]`, `["CMD", exe, args...]` or `["CMD-SHELL", command]`.
-    pub test: Vec<String>,
-    /// Zero means the runtime default.
-    pub interval: Duration,
-    /// Zero means the runtime default.
-    pub timeout: Duration,
-    /// Zero means the runtime default.
-    pub start_period: Duration,
-    /// Zero means the runtime default.
-    pub start_interval: Duration,
-    /// Zero means the runtime default.
-    pub retries: u32,
 }
 
 /// One image history entry.
