@@ -1,0 +1,667 @@
+//! Resolving COPY/ADD sources inside a source root and checksumming exactly what they select.
+
+use std::collections::VecDeque;
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use cache_core::digest::{Digest, Hasher};
+
+use super::Error;
+use super::hash::{HashCache, StatKey, to_hex};
+use crate::dockerfile::IgnoreMatcher;
+
+/// Symlinks followed while resolving one source path before giving up (Linux's limit).
+const MAX_SYMLINKS: usize = 40;
+
+/// First line of the canonical listing; bump it when the listing format changes.
+const LISTING_HEADER: &[u8] = b"buildcache-context-selection v1\n";
+
+/// What a selected entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link (copied as a link).
+    Symlink,
+    /// A named pipe.
+    Fifo,
+    /// A character device.
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+}
+
+impl EntryKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::File => "file",
+            EntryKind::Dir => "dir",
+            EntryKind::Symlink => "symlink",
+            EntryKind::Fifo => "fifo",
+            EntryKind::CharDevice => "char",
+            EntryKind::BlockDevice => "block",
+        }
+    }
+}
+
+/// One file, directory, link or device a source selects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SelectedEntry {
+    /// Path relative to the [`Match`] it belongs to; empty for the match itself.
+    pub rel: PathBuf,
+    /// Entry type.
+    pub kind: EntryKind,
+    /// Permission bits plus setuid, setgid and sticky (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Size in bytes (files only; 0 otherwise).
+    pub size: u64,
+    /// Modification time, seconds since the epoch.
+    pub mtime_sec: i64,
+    /// Modification time, nanoseconds part.
+    pub mtime_nsec: u32,
+    /// Target of a symlink, as stored in the link.
+    pub link_target: Option<PathBuf>,
+    /// Device number of a device node.
+    pub rdev: u64,
+    /// blake3 of a file's content.
+    pub blake3: Option<[u8; 32]>,
+}
+
+/// One path a source matched, with everything below it that is selected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Match {
+    /// The path as named, relative to the source root: the source after cleaning, or for a
+    /// wildcard the names it matched. Its last component names the copy at the destination.
+    pub named: PathBuf,
+    /// `named` with symlinks resolved inside the source root, relative to it; no component of it
+    /// is a symlink.
+    pub resolved: PathBuf,
+    /// `resolved` joined to the source root.
+    pub path: PathBuf,
+    /// The match itself first (`rel` empty), then for a directory its selected descendants in
+    /// depth-first order with names sorted by bytes inside each directory.
+    pub entries: Vec<SelectedEntry>,
+}
+
+impl Match {
+    /// Whether the match is a directory (whose contents are copied, not the directory itself).
+    pub fn is_dir(&self) -> bool {
+        self.entries.first().is_some_and(|entry| entry.kind == EntryKind::Dir)
+    }
+}
+
+/// What one source argument selected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SelectedSource {
+    /// The source as written.
+    pub source: String,
+    /// Whether the source contains wildcards (`*`, `?`, `[`).
+    pub is_wildcard: bool,
+    /// The paths it matched, sorted by name (one for a plain path).
+    pub matches: Vec<Match>,
+}
+
+/// The result of [`select`]: what each source selected and a checksum over all of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selection {
+    /// sha256 of the canonical listing of the selected entries: one line per entry,
+    /// `<source index>\t<path>\t<type>\t<mode octal>\t<blake3 hex | link target | ->`, where the
+    /// path is the match's `named` path joined with the entry's `rel` path (control characters
+    /// and `\` escaped). Ownership and timestamps are not part of it.
+    pub checksum: Digest,
+    /// Per source argument, in order.
+    pub sources: Vec<SelectedSource>,
+    /// Number of regular files selected (counted once per source that selects them).
+    pub n_files: u64,
+    /// Total size of those files.
+    pub n_bytes: u64,
+}
+
+/// Resolves COPY/ADD `sources` against `src_root` and checksums exactly the entries they select.
+///
+/// Sources are relative to `src_root` with Docker's semantics: a leading `/` or `..` cannot
+/// leave it, symlinks in the path resolve inside it, a source naming a directory selects its
+/// contents, and Go `filepath.Match` wildcards (`*`, `?`, `[...]`, `\` escapes) apply per path
+/// component. Entries `ignore` excludes (the `.dockerignore` of the build context) are left out;
+/// pass `None` for a stage's root filesystem. File content is hashed with blake3 through `cache`,
+/// so an unchanged file is not read again.
+///
+/// Errors: a source matching nothing ([`Error::NotFound`], or [`Error::NoMatch`] for a
+/// wildcard), an invalid pattern, or an I/O failure while listing or reading.
+pub fn select(
+    src_root: &Path,
+    sources: &[String],
+    ignore: Option<&IgnoreMatcher>,
+    cache: &mut HashCache,
+) -> Result<Selection, Error> {
+    let root_name = if ignore.is_some() { "build context" } else { "source stage" };
+    let mut selected = Vec::with_capacity(sources.len());
+    // Files to hash: (source idx, match idx, entry idx) and (absolute path, stat data).
+    let mut refs: Vec<(usize, usize, usize)> = Vec::new();
+    let mut to_hash: Vec<(PathBuf, StatKey)> = Vec::new();
+    for (source_idx, source) in sources.iter().enumerate() {
+        let is_wildcard = has_wildcard(source);
+        let comps = clean_components(source);
+        let named_paths = if is_wildcard {
+            expand_wildcards(src_root, source, &comps)?
+        } else {
+            vec![comps.iter().collect::<PathBuf>()]
+        };
+        let mut matches = Vec::new();
+        for named in named_paths {
+            let walker = Walker {
+                root: src_root,
+                ignore,
+            };
+            if let Some((found, files)) = walker.match_path(&named)? {
+                let match_idx = matches.len();
+                for (entry_idx, abs, key) in files {
+                    refs.push((source_idx, match_idx, entry_idx));
+                    to_hash.push((abs, key));
+                }
+                matches.push(found);
+            }
+        }
+        if matches.is_empty() {
+            return Err(if is_wildcard {
+                Error::NoMatch {
+                    source_path: source.clone(),
+                    root_name,
+                }
+            } else {
+                Error::NotFound {
+                    source_path: source.clone(),
+                    root_name,
+                }
+            });
+        }
+        selected.push(SelectedSource {
+            source: source.clone(),
+            is_wildcard,
+            matches,
+        });
+    }
+
+    let hashes = cache.hash_files(&to_hash)?;
+    let mut n_bytes = 0;
+    for ((source_idx, match_idx, entry_idx), hash) in refs.iter().zip(hashes) {
+        let entry = &mut selected[*source_idx].matches[*match_idx].entries[*entry_idx];
+        entry.blake3 = Some(hash);
+        n_bytes += entry.size;
+    }
+
+    let mut hasher = Hasher::new();
+    hasher.update(LISTING_HEADER);
+    let mut line = Vec::with_capacity(256);
+    for (source_idx, source) in selected.iter().enumerate() {
+        for found in &source.matches {
+            for entry in &found.entries {
+                line.clear();
+                listing_line(&mut line, source_idx, found, entry);
+                hasher.update(&line);
+            }
+        }
+    }
+    Ok(Selection {
+        checksum: hasher.finish(),
+        sources: selected,
+        n_files: refs.len() as u64,
+        n_bytes,
+    })
+}
+
+/// Appends the canonical listing line of `entry` to `out`.
+fn listing_line(out: &mut Vec<u8>, source_idx: usize, found: &Match, entry: &SelectedEntry) {
+    out.extend_from_slice(source_idx.to_string().as_bytes());
+    out.push(b'\t');
+    let path = found.named.join(&entry.rel);
+    if path.as_os_str().is_empty() {
+        out.push(b'.');
+    } else {
+        escape_into(out, path.as_os_str().as_bytes());
+    }
+    out.push(b'\t');
+    out.extend_from_slice(entry.kind.as_str().as_bytes());
+    out.push(b'\t');
+    out.extend_from_slice(format!("{:o}", entry.mode).as_bytes());
+    out.push(b'\t');
+    match (entry.kind, &entry.blake3, &entry.link_target) {
+        (EntryKind::File, Some(hash), _) => out.extend_from_slice(to_hex(hash).as_bytes()),
+        (EntryKind::Symlink, _, Some(target)) => escape_into(out, target.as_os_str().as_bytes()),
+        (EntryKind::CharDevice | EntryKind::BlockDevice, _, _) => {
+            out.extend_from_slice(format!("rdev={}", entry.rdev).as_bytes())
+        }
+        _ => out.push(b'-'),
+    }
+    out.push(b'\n');
+}
+
+/// Copies `bytes`, escaping `\` and control characters so that tabs and newlines in names
+/// cannot forge listing lines.
+fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
+    for &b in bytes {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0..=0x1f | 0x7f => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+            _ => out.push(b),
+        }
+    }
+}
+
+/// Go `path.Clean("/" + source)` split into components: no empty, `.` or `..` parts, so the
+/// result can never leave the root.
+pub(crate) fn clean_components(source: &str) -> Vec<OsString> {
+    let mut out: Vec<OsString> = Vec::new();
+    for part in source.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            _ => out.push(OsString::from(part)),
+        }
+    }
+    out
+}
+
+/// Whether `source` has an unescaped `*`, `?` or `[` (BuildKit's `containsWildcards`).
+fn has_wildcard(source: &str) -> bool {
+    let mut escaped = false;
+    for c in source.chars() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' => escaped = true,
+            '*' | '?' | '[' => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Removes `\` escapes from a literal pattern component.
+fn unescape(comp: &str) -> String {
+    let mut out = String::with_capacity(comp.len());
+    let mut chars = comp.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(next) = chars.next() {
+                out.push(next);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Expands a wildcard source into the named paths it matches (that exist as names; they are
+/// resolved later), in sorted order.
+fn expand_wildcards(root: &Path, source: &str, comps: &[OsString]) -> Result<Vec<PathBuf>, Error> {
+    let mut candidates: Vec<PathBuf> = vec![PathBuf::new()];
+    for comp in comps {
+        let comp_str = comp.to_str().expect("components of a &str are UTF-8");
+        if !has_wildcard(comp_str) {
+            let literal = unescape(comp_str);
+            for cand in &mut candidates {
+                cand.push(&literal);
+            }
+            continue;
+        }
+        let pattern: Vec<char> = comp_str.chars().collect();
+        validate_pattern(&pattern).map_err(|reason| Error::BadPattern {
+            source_path: source.to_string(),
+            reason,
+        })?;
+        let mut next = Vec::new();
+        for cand in &candidates {
+            let cand_comps: Vec<OsString> = cand.iter().map(OsStr::to_os_string).collect();
+            let Some(resolved) = resolve_in_root(root, &cand_comps, true)
+                .map_err(|err| Error::io("resolve", root.join(cand), err))?
+            else {
+                continue;
+            };
+            let dir = root.join(&resolved);
+            let mut names: Vec<OsString> = match std::fs::read_dir(&dir) {
+                Ok(iter) => iter
+                    .map(|res| res.map(|entry| entry.file_name()))
+                    .collect::<Result<_, _>>()
+                    .map_err(|err| Error::io("list", &dir, err))?,
+                Err(err) if matches!(err.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
+                    continue;
+                }
+                Err(err) => return Err(Error::io("list", &dir, err)),
+            };
+            names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+            for name in names {
+                let name_chars: Vec<char> = String::from_utf8_lossy(name.as_bytes()).chars().collect();
+                if match_component(&pattern, &name_chars) {
+                    next.push(cand.join(&name));
+                }
+            }
+        }
+        candidates = next;
+    }
+    Ok(candidates)
+}
+
+/// Checks a pattern component the way Go's `filepath.Match` reports `ErrBadPattern`.
+fn validate_pattern(pattern: &[char]) -> Result<(), String> {
+    let mut idx = 0;
+    while idx < pattern.len() {
+        match pattern[idx] {
+            '\\' => {
+                if idx + 1 >= pattern.len() {
+                    return Err("a trailing `\\` escapes nothing".into());
+                }
+                idx += 2;
+            }
+            '[' => match parse_class(pattern, idx + 1) {
+                Some((_, _, end)) => idx = end,
+                None => return Err("unterminated or empty character class `[...]`".into()),
+            },
+            _ => idx += 1,
+        }
+    }
+    Ok(())
+}
+
+/// Parses a character class starting after its `[`: returns (negated, ranges, index after `]`).
+fn parse_class(pattern: &[char], mut idx: usize) -> Option<(bool, Vec<(char, char)>, usize)> {
+    let negated = pattern.get(idx) == Some(&'^');
+    if negated {
+        idx += 1;
+    }
+    let mut ranges = Vec::new();
+    let read_char = |idx: &mut usize| -> Option<char> {
+        let c = *pattern.get(*idx)?;
+        if c == '\\' {
+            let escaped = *pattern.get(*idx + 1)?;
+            *idx += 2;
+            Some(escaped)
+        } else if c == ']' || c == '-' {
+            None
+        } else {
+            *idx += 1;
+            Some(c)
+        }
+    };
+    loop {
+        if pattern.get(idx) == Some(&']') && !ranges.is_empty() {
+            return Some((negated, ranges, idx + 1));
+        }
+        let lo = read_char(&mut idx)?;
+        let hi = if pattern.get(idx) == Some(&'-') {
+            idx += 1;
+            read_char(&mut idx)?
+        } else {
+            lo
+        };
+        ranges.push((lo, hi));
+    }
+}
+
+/// Go `filepath.Match` for one path component (the pattern was validated).
+fn match_component(pattern: &[char], name: &[char]) -> bool {
+    let Some(&first) = pattern.first() else {
+        return name.is_empty();
+    };
+    match first {
+        '*' => {
+            let rest = &pattern[1..];
+            (0..=name.len()).any(|skip| match_component(rest, &name[skip..]))
+        }
+        '?' => !name.is_empty() && match_component(&pattern[1..], &name[1..]),
+        '[' => {
+            let Some(&c) = name.first() else {
+                return false;
+            };
+            let Some((negated, ranges, end)) = parse_class(pattern, 1) else {
+                return false;
+            };
+            let hit = ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi);
+            hit != negated && match_component(&pattern[end..], &name[1..])
+        }
+        '\\' if pattern.len() > 1 => {
+            name.first() == Some(&pattern[1]) && match_component(&pattern[2..], &name[1..])
+        }
+        c => name.first() == Some(&c) && match_component(&pattern[1..], &name[1..]),
+    }
+}
+
+/// Resolves `components` inside `root` as if `root` were `/`: `..` stops at the root and
+/// absolute symlink targets start again from it. The final component is followed only if
+/// `follow_final`. Returns the resolved path relative to `root` (no component of it is a
+/// symlink, except possibly the last when not following), or `None` if it does not exist.
+pub(crate) fn resolve_in_root(root: &Path, components: &[OsString], follow_final: bool) -> io::Result<Option<PathBuf>> {
+    resolve_impl(root, components, follow_final, false)
+}
+
+/// Like [`resolve_in_root`], but a missing component ends the resolution with the rest of the
+/// path appended as written (`..` still clamped): where `mkdir -p` inside the root would create
+/// directories, following symlinks (also dangling ones) inside the root.
+pub(crate) fn resolve_for_create(root: &Path, components: &[OsString]) -> io::Result<PathBuf> {
+    Ok(resolve_impl(root, components, true, true)?.expect("missing components are kept"))
+}
+
+fn resolve_impl(root: &Path, components: &[OsString], follow_final: bool, keep_missing: bool) -> io::Result<Option<PathBuf>> {
+    let mut resolved: Vec<OsString> = Vec::new();
+    let mut todo: VecDeque<OsString> = components.iter().cloned().collect();
+    let mut n_links = 0;
+    while let Some(comp) = todo.pop_front() {
+        if comp.is_empty() || comp == "." {
+            continue;
+        }
+        if comp == ".." {
+            resolved.pop();
+            continue;
+        }
+        let mut candidate = root.to_path_buf();
+        candidate.extend(&resolved);
+        candidate.push(&comp);
+        let meta = match std::fs::symlink_metadata(&candidate) {
+            Ok(meta) => meta,
+            Err(err) if keep_missing && err.kind() == io::ErrorKind::NotFound => {
+                resolved.push(comp);
+                for rest in todo {
+                    if rest == ".." {
+                        resolved.pop();
+                    } else if !rest.is_empty() && rest != "." {
+                        resolved.push(rest);
+                    }
+                }
+                return Ok(Some(resolved.iter().collect()));
+            }
+            Err(err) if !keep_missing && matches!(err.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
+                return Ok(None);
+            }
+            Err(err) => return Err(err),
+        };
+        if meta.file_type().is_symlink() && (follow_final || !todo.is_empty()) {
+            n_links += 1;
+            if n_links > MAX_SYMLINKS {
+                return Err(io::Error::other(format!(
+                    "too many levels of symbolic links at {}",
+                    candidate.display()
+                )));
+            }
+            let target = std::fs::read_link(&candidate)?;
+            if target.is_absolute() {
+                resolved.clear();
+            }
+            for part in target.iter().rev() {
+                if part != "/" {
+                    todo.push_front(part.to_os_string());
+                }
+            }
+            continue;
+        }
+        resolved.push(comp);
+    }
+    Ok(Some(resolved.iter().collect()))
+}
+
+/// Lists what one named path selects.
+struct Walker<'a> {
+    root: &'a Path,
+    ignore: Option<&'a IgnoreMatcher>,
+}
+
+/// Entry index in [`Match::entries`], absolute path and stat data of a file to hash.
+type FileRef = (usize, PathBuf, StatKey);
+
+impl Walker<'_> {
+    fn is_excluded(&self, rel: &Path) -> bool {
+        match self.ignore {
+            Some(ignore) if !rel.as_os_str().is_empty() => ignore.is_excluded(&String::from_utf8_lossy(rel.as_os_str().as_bytes())),
+            _ => false,
+        }
+    }
+
+    fn may_include_under(&self, rel: &Path) -> bool {
+        match self.ignore {
+            Some(ignore) => ignore.may_include_under(&String::from_utf8_lossy(rel.as_os_str().as_bytes())),
+            None => true,
+        }
+    }
+
+    /// The match for `named`, or `None` if it does not exist or is excluded.
+    fn match_path(&self, named: &Path) -> Result<Option<(Match, Vec<FileRef>)>, Error> {
+        let comps: Vec<OsString> = named.iter().map(OsStr::to_os_string).collect();
+        let Some(resolved) =
+            resolve_in_root(self.root, &comps, true).map_err(|err| Error::io("resolve", self.root.join(named), err))?
+        else {
+            return Ok(None);
+        };
+        let path = self.root.join(&resolved);
+        let meta = std::fs::symlink_metadata(&path).map_err(|err| Error::io("stat", &path, err))?;
+        let excluded = self.is_excluded(named) || self.is_excluded(&resolved);
+        let mut entries = Vec::new();
+        let mut files = Vec::new();
+        let Some(first) = entry_from_meta(PathBuf::new(), &meta, &path)? else {
+            return Ok(None);
+        };
+        let is_dir = first.kind == EntryKind::Dir;
+        if first.kind == EntryKind::File {
+            files.push((0, path.clone(), StatKey::from_metadata(&meta)));
+        }
+        entries.push(first);
+        if is_dir {
+            if excluded && !self.may_include_under(&resolved) {
+                return Ok(None);
+            }
+            let n_included = self.walk(&path, &resolved, Path::new(""), &mut entries, &mut files)?;
+            if excluded && n_included == 0 {
+                return Ok(None);
+            }
+        } else if excluded {
+            return Ok(None);
+        }
+        Ok(Some((
+            Match {
+                named: named.to_path_buf(),
+                resolved,
+                path,
+                entries,
+            },
+            files,
+        )))
+    }
+
+    /// Adds the selected entries below the directory `abs` (`ctx_rel` relative to the root,
+    /// `match_rel` relative to the match). Returns how many entries were added.
+    fn walk(
+        &self,
+        abs: &Path,
+        ctx_rel: &Path,
+        match_rel: &Path,
+        entries: &mut Vec<SelectedEntry>,
+        files: &mut Vec<FileRef>,
+    ) -> Result<usize, Error> {
+        let mut children: Vec<(OsString, std::fs::Metadata)> = Vec::new();
+        let iter = std::fs::read_dir(abs).map_err(|err| Error::io("list", abs, err))?;
+        for res in iter {
+            let entry = res.map_err(|err| Error::io("list", abs, err))?;
+            let meta = entry.metadata().map_err(|err| Error::io("stat", entry.path(), err))?;
+            children.push((entry.file_name(), meta));
+        }
+        children.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let mut n_added = 0;
+        for (name, meta) in children {
+            let child_ctx = ctx_rel.join(&name);
+            let child_abs = abs.join(&name);
+            let child_rel = match_rel.join(&name);
+            // Below an excluded directory only re-included paths count; the matcher checks
+            // parents itself, so asking about the child is enough either way.
+            let excluded = self.is_excluded(&child_ctx);
+            let is_dir = meta.file_type().is_dir();
+            if excluded && !(is_dir && self.may_include_under(&child_ctx)) {
+                continue;
+            }
+            let Some(entry) = entry_from_meta(child_rel.clone(), &meta, &child_abs)? else {
+                continue;
+            };
+            let idx = entries.len();
+            if entry.kind == EntryKind::File {
+                files.push((idx, child_abs.clone(), StatKey::from_metadata(&meta)));
+            }
+            entries.push(entry);
+            if is_dir {
+                let n_files_before = files.len();
+                let n_below = self.walk(&child_abs, &child_ctx, &child_rel, entries, files)?;
+                if excluded && n_below == 0 {
+                    // An excluded directory with nothing re-included below it is not selected.
+                    entries.truncate(idx);
+                    files.truncate(n_files_before);
+                    continue;
+                }
+                n_added += n_below;
+            }
+            n_added += 1;
+        }
+        Ok(n_added)
+    }
+}
+
+/// Builds an entry from `lstat` data; `None` for sockets, which are never copied.
+fn entry_from_meta(rel: PathBuf, meta: &std::fs::Metadata, abs: &Path) -> Result<Option<SelectedEntry>, Error> {
+    let file_type = meta.file_type();
+    let kind = if file_type.is_file() {
+        EntryKind::File
+    } else if file_type.is_dir() {
+        EntryKind::Dir
+    } else if file_type.is_symlink() {
+        EntryKind::Symlink
+    } else if file_type.is_fifo() {
+        EntryKind::Fifo
+    } else if file_type.is_char_device() {
+        EntryKind::CharDevice
+    } else if file_type.is_block_device() {
+        EntryKind::BlockDevice
+    } else {
+        return Ok(None);
+    };
+    let link_target = if kind == EntryKind::Symlink {
+        Some(std::fs::read_link(abs).map_err(|err| Error::io("read symlink", abs, err))?)
+    } else {
+        None
+    };
+    Ok(Some(SelectedEntry {
+        rel,
+        kind,
+        mode: meta.mode() & 0o7777,
+        size: if kind == EntryKind::File { meta.size() } else { 0 },
+        mtime_sec: meta.mtime(),
+        mtime_nsec: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
+        link_target,
+        rdev: meta.rdev(),
+        blake3: None,
+    }))
+}
