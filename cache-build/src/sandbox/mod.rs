@@ -1219,6 +1219,28 @@ mod tests {
     }
 
     #[test]
+    fn setup_failures_name_the_step() {
+        let Some(mode) = test_mode() else { return };
+        let root = make_rootfs();
+        std::fs::write(root.path().join("proc"), "not a directory").expect("write");
+        let err = run_with(&sh(root.path(), "true"), mode)
+            .err()
+            .expect("mounting /proc on a file fails");
+        assert!(matches!(err, Error::Setup { .. }), "{err:?}");
+        let message = err.to_string();
+        let expected = format!(
+            "mounting /proc in {}: ",
+            root.path().canonicalize().expect("canonical").display()
+        );
+        assert!(message.starts_with(&expected), "{message}");
+        assert_eq!(
+            top_level(root.path()),
+            ["bin", "proc"],
+            "mount points removed"
+        );
+    }
+
+    #[test]
     fn missing_rootfs_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let missing = dir.path().join("nothing");

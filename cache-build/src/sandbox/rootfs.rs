@@ -1,10 +1,8 @@
 //! Path work inside a root filesystem: resolution confined to the root, mount-point creation and its undoing.
 
-use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
@@ -279,8 +277,5 @@ impl Root {
 /// The host path of an open file, as the kernel names it.
 fn host_path(fd: &impl AsFd) -> io::Result<PathBuf> {
     let link = format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd());
-    let target = std::fs::read_link(link)?;
-    Ok(PathBuf::from(OsStr::from_bytes(
-        target.as_os_str().as_bytes(),
-    )))
+    std::fs::read_link(link)
 }
