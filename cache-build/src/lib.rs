@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod context;
+pub mod engine;
 pub mod dockerfile;
 pub mod image;
 pub mod layer;

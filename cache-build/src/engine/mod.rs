@@ -1,0 +1,1606 @@
+//! The build engine: resolves each step's cache key against the cache graph, executes only what
+//! misses, and produces layers, records and the final image.
+//!
+//! Steps are resolved lazily. A step whose record is found with a result is a hit: its layer
+//! chain is known without unpacking anything. A step whose record is found without a result
+//! (for example a builder stage in a `mode=min` cache) stays pending: it runs only if a later
+//! step misses and needs that filesystem. A step with no record runs at once.
+
+mod keys;
+mod progress;
+mod stores;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cache_core::descriptor::annotation;
+use cache_core::graph::{CacheGraph, CacheResult, Link, RecordIdx, SourceId};
+use cache_core::{Descriptor, Digest};
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::context::{self, CopyOptions, HashCache};
+use crate::dockerfile::{self, Base, CopyFrom, CopySource, Op, PlannedStage, RunCommand, Step};
+use crate::image;
+use crate::layer::{self, Compression, Snapshot};
+use crate::sandbox;
+
+pub use keys::{content_root, image_root, record_digest, scratch_root};
+pub use progress::{Event, Progress, Silent};
+pub use stores::{BlobStore, Blobs, ImportedSource, blocking_reader, file_blob};
+
+/// The source id of this machine's own cache (`--root`) and of results made by this build.
+pub const LOCAL_SOURCE: SourceId = 0;
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct BuildRequest {
+    /// The build context directory.
+    pub context: PathBuf,
+    /// The Dockerfile.
+    pub dockerfile: PathBuf,
+    /// `--build-arg` values.
+    pub build_args: BTreeMap<String, String>,
+    /// `--target`.
+    pub target: Option<String>,
+    /// `--build-context` values.
+    pub named_contexts: BTreeMap<String, NamedContext>,
+    /// `--no-cache`: execute every step, ignoring all caches.
+    pub no_cache: bool,
+    /// Compression of new layers.
+    pub compression: Compression,
+    /// Scratch space for root filesystems (deleted afterwards).
+    pub work_dir: PathBuf,
+    /// Where context file hashes are remembered between builds.
+    pub hash_cache: Option<PathBuf>,
+    /// The creation time of new results.
+    pub now: OffsetDateTime,
+}
+
+/// A `--build-context` value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NamedContext {
+    /// A local directory.
+    Dir(PathBuf),
+    /// An image in an OCI layout: `oci-layout://DIR[:TAG|@DIGEST]`.
+    OciLayout {
+        /// The layout directory.
+        dir: PathBuf,
+        /// Tag or digest, default `latest`.
+        reference: String,
+    },
+}
+
+impl NamedContext {
+    /// Parses `oci-layout://DIR[:TAG|@sha256:…]` or a directory path.
+    pub fn parse(value: &str) -> Result<NamedContext, String> {
+        if let Some(rest) = value.strip_prefix("oci-layout://") {
+            let (dir, reference) = if let Some((dir, digest)) = rest.split_once('@') {
+                (dir, digest.to_owned())
+            } else {
+                match rest.rsplit_once(':') {
+                    Some((dir, tag)) if !tag.contains('/') => (dir, tag.to_owned()),
+                    _ => (rest, "latest".to_owned()),
+                }
+            };
+            if dir.is_empty() {
+                return Err(format!(
+                    "{value:?}: the OCI layout directory is missing (oci-layout://DIR[:TAG])"
+                ));
+            }
+            return Ok(NamedContext::OciLayout {
+                dir: PathBuf::from(dir),
+                reference,
+            });
+        }
+        if value.contains("://") {
+            return Err(format!(
+                "{value:?}: only directories and oci-layout://DIR[:TAG] build contexts are supported"
+            ));
+        }
+        Ok(NamedContext::Dir(PathBuf::from(value)))
+    }
+}
+
+/// An image resolved for `FROM` or `COPY --from`.
+#[derive(Clone, Debug)]
+pub struct ResolvedImage {
+    /// The reference shown in progress (`127.0.0.1:5000/busybox:latest@sha256:…`).
+    pub display: String,
+    /// The manifest digest.
+    pub manifest_digest: Digest,
+    /// The parsed config.
+    pub config: image::ParsedConfig,
+    /// Layers, bottom first, each with `containerd.io/uncompressed`.
+    pub layers: Vec<Descriptor>,
+    /// Where the layer blobs are.
+    pub store: Arc<dyn BlobStore>,
+}
+
+/// Resolves image references (registry pulls); provided by the caller.
+pub trait ImageResolver: Send + Sync {
+    /// Resolves `reference` (normalized, e.g. `docker.io/library/busybox:latest`).
+    fn resolve<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<ResolvedImage, String>>;
+}
+
+/// What the engine needs from its caller besides the request.
+pub struct Services<'a> {
+    /// The root store and imported caches.
+    pub blobs: Blobs,
+    /// Where progress goes.
+    pub progress: &'a dyn Progress,
+    /// Registry image resolution, if available.
+    pub images: Option<&'a dyn ImageResolver>,
+    /// Opens an OCI layout directory as a read-only blob store.
+    pub open_layout: &'a (dyn Fn(&Path) -> Arc<dyn BlobStore> + Send + Sync),
+    /// Names of the cache sources by id: 0 is `local`, then the `--cache-from` values.
+    pub source_names: Vec<String>,
+}
+
+/// One step of the build as reported in the metadata file.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepReport {
+    /// `[final 2/3] COPY app.conf /etc/app.conf`.
+    pub name: String,
+    /// Whether it came from a cache.
+    pub cached: bool,
+    /// `None`, `"local"`, or the `--cache-from` value as typed.
+    pub cache_source: Option<String>,
+    /// Time spent on it.
+    pub duration_ms: u64,
+}
+
+/// The result of a build.
+pub struct BuildOutcome {
+    /// Every record known: the caches given plus this build's records and results.
+    pub graph: CacheGraph,
+    /// The records of the final result (export starts here).
+    pub targets: Vec<RecordIdx>,
+    /// The final image.
+    pub image: image::Image,
+    /// The final layer chain, bottom first.
+    pub chain: Vec<Descriptor>,
+    /// Steps in the order they were resolved.
+    pub steps: Vec<StepReport>,
+    /// Stores including base images' stores (export and output read from them).
+    pub blobs: Blobs,
+    /// Build args nobody used.
+    pub unused_build_args: Vec<String>,
+    /// Layer blobs fetched into the root during the build.
+    pub blobs_fetched: u64,
+}
+
+/// Why a build failed. Messages name the Dockerfile line or the input at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The Dockerfile is invalid.
+    #[error("{path}:{source}")]
+    Dockerfile {
+        /// The Dockerfile path.
+        path: String,
+        /// What is wrong.
+        source: dockerfile::Error,
+    },
+    /// A step failed.
+    #[error("{name}: {message} (Dockerfile line {line})")]
+    Step {
+        /// The step's display name.
+        name: String,
+        /// Its line.
+        line: usize,
+        /// What went wrong.
+        message: String,
+        /// The exit code, for a failed RUN.
+        exit_code: Option<i32>,
+    },
+    /// Anything else, with context.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    fn other(message: impl Into<String>) -> Self {
+        Error::Other(message.into())
+    }
+}
+
+/// Where a step reads from besides its own stage.
+#[derive(Clone, Debug)]
+enum Extra {
+    /// Nothing (RUN, WORKDIR, COPY of heredocs only).
+    None,
+    /// COPY from the context or a directory: the content key record and the selection.
+    Content {
+        record: RecordIdx,
+        src_root: PathBuf,
+        selection: context::Selection,
+    },
+    /// COPY --from=stage.
+    Stage(usize),
+    /// COPY --from=image (index into the engine's images).
+    Image(usize),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotState {
+    /// Found with a result.
+    Hit(SourceId),
+    /// Found without a result: runs only if needed.
+    Pending,
+    /// Executed by this build.
+    Ran,
+}
+
+/// A step of a stage: its key, records and state.
+#[derive(Debug)]
+struct Slot {
+    name: String,
+    line: usize,
+    digest: Digest,
+    extra: Extra,
+    records: Vec<RecordIdx>,
+    state: SlotState,
+    duration: Duration,
+    reported: bool,
+}
+
+/// A filesystem: known layers, then steps still to run on top of them.
+#[derive(Debug, Default)]
+struct Fs {
+    /// Records naming the current state.
+    records: Vec<RecordIdx>,
+    /// Layers of the last state whose filesystem is known.
+    chain: Vec<Descriptor>,
+    /// (stage, step) slots to run on top of `chain`, in order.
+    pending: Vec<(usize, usize)>,
+    /// A directory holding `chain` with nothing pending, if materialized.
+    rootfs: Option<PathBuf>,
+}
+
+/// The state of one stage.
+#[derive(Debug)]
+struct StageState {
+    fs: Fs,
+    base_history: Vec<image::HistoryEntry>,
+    base_created: Option<OffsetDateTime>,
+}
+
+struct Engine<'a> {
+    request: &'a BuildRequest,
+    services: &'a Services<'a>,
+    blobs: Blobs,
+    graph: CacheGraph,
+    hashes: HashCache,
+    ignore: dockerfile::IgnoreMatcher,
+    plan: dockerfile::Plan,
+    stages: Vec<StageState>,
+    slots: BTreeMap<(usize, usize), Slot>,
+    images: Vec<Fs>,
+    image_index: BTreeMap<String, usize>,
+    reports: Vec<StepReport>,
+    n_dirs: usize,
+    blobs_fetched: u64,
+    last_hit_source: Option<SourceId>,
+}
+
+fn link(record: RecordIdx) -> Link {
+    Link {
+        selector: String::new(),
+        record,
+    }
+}
+
+fn step_error(slot_name: &str, line: usize, message: impl Into<String>) -> Error {
+    Error::Step {
+        name: slot_name.to_owned(),
+        line,
+        message: message.into(),
+        exit_code: None,
+    }
+}
+
+/// Builds `request` against `graph` (the caches given, results tagged with source ids).
+pub async fn build(
+    request: &BuildRequest,
+    graph: CacheGraph,
+    services: &Services<'_>,
+) -> Result<BuildOutcome, Error> {
+    let dockerfile_text = std::fs::read_to_string(&request.dockerfile).map_err(|err| {
+        Error::other(format!(
+            "reading the Dockerfile {}: {err} (give the right path with -f)",
+            request.dockerfile.display()
+        ))
+    })?;
+    if !request.context.is_dir() {
+        return Err(Error::other(format!(
+            "the build context {} is not a directory",
+            request.context.display()
+        )));
+    }
+    let df_err = |source| Error::Dockerfile {
+        path: request.dockerfile.display().to_string(),
+        source,
+    };
+    let df = dockerfile::parse(&dockerfile_text).map_err(df_err)?;
+    let options = dockerfile::PlanOptions {
+        build_args: request.build_args.clone(),
+        target: request.target.clone(),
+        named_contexts: request.named_contexts.keys().cloned().collect(),
+    };
+    let first = dockerfile::plan(&df, &options).map_err(df_err)?;
+    let ignore_path = request.context.join(".dockerignore");
+    let ignore = match std::fs::read_to_string(&ignore_path) {
+        Ok(text) => dockerfile::IgnoreMatcher::parse(&text)
+            .map_err(|err| Error::other(format!("{}: {err}", ignore_path.display())))?,
+        Err(_) => dockerfile::IgnoreMatcher::empty(),
+    };
+    std::fs::create_dir_all(&request.work_dir).map_err(|err| {
+        Error::other(format!(
+            "creating work directory {}: {err}",
+            request.work_dir.display()
+        ))
+    })?;
+    let mut engine = Engine {
+        request,
+        services,
+        blobs: services.blobs.clone(),
+        graph,
+        hashes: match &request.hash_cache {
+            Some(path) => HashCache::load(path),
+            None => HashCache::in_memory(),
+        },
+        ignore,
+        plan: first.clone(),
+        stages: Vec::new(),
+        slots: BTreeMap::new(),
+        images: Vec::new(),
+        image_index: BTreeMap::new(),
+        reports: Vec::new(),
+        n_dirs: 0,
+        blobs_fetched: 0,
+        last_hit_source: None,
+    };
+    // Resolve image and context bases first, to plan with their configs.
+    let mut base_configs = BTreeMap::new();
+    let mut base_images: BTreeMap<String, ResolvedImage> = BTreeMap::new();
+    for stage in &first.stages {
+        let resolved = match &stage.base {
+            Base::Image(r) if !base_images.contains_key(r) => (r, engine.resolve_image(r).await?),
+            Base::Context(name) if !base_images.contains_key(name) => {
+                match engine.resolve_context_image(name)? {
+                    Some(img) => (name, img),
+                    None => continue,
+                }
+            }
+            _ => continue,
+        };
+        base_configs.insert(resolved.0.clone(), image_to_plan_config(&resolved.1.config));
+        base_images.insert(resolved.0.clone(), resolved.1);
+    }
+    engine.plan =
+        dockerfile::plan_with_base_configs(&df, &options, &base_configs).map_err(df_err)?;
+    let result = engine.run(&base_images).await;
+    engine.cleanup();
+    result?;
+    if let Err(err) = engine.hashes.save() {
+        services
+            .progress
+            .event(Event::Warning(format!("saving context hashes: {err}")));
+    }
+    let target = engine.plan.target;
+    let stage = &engine.plan.stages[target];
+    let state = &engine.stages[target];
+    let chain = state.fs.chain.clone();
+    let image = assemble_image(stage, state, &chain)?;
+    Ok(BuildOutcome {
+        targets: state.fs.records.clone(),
+        graph: engine.graph,
+        image,
+        chain,
+        steps: engine.reports,
+        blobs: engine.blobs,
+        unused_build_args: engine.plan.unused_build_args.clone(),
+        blobs_fetched: engine.blobs_fetched,
+    })
+}
+
+/// The image config and history of the target stage over `chain`.
+fn assemble_image(
+    stage: &PlannedStage,
+    state: &StageState,
+    chain: &[Descriptor],
+) -> Result<image::Image, Error> {
+    let created = chain
+        .iter()
+        .filter_map(|d| d.annotation(annotation::CREATED_AT))
+        .filter_map(|t| cache_core::config::go_time::parse(t).ok())
+        .max()
+        .or(state.base_created);
+    let mut history = state.base_history.clone();
+    for entry in &stage.history {
+        history.push(image::HistoryEntry {
+            created,
+            created_by: entry.created_by.clone(),
+            comment: Some(dockerfile::HISTORY_COMMENT.to_owned()),
+            empty_layer: entry.empty_layer,
+        });
+    }
+    let spec = image::ImageSpec {
+        architecture: "amd64".into(),
+        os: "linux".into(),
+        created,
+        config: plan_to_runtime_config(&stage.config),
+        history,
+        layers: chain.to_vec(),
+    };
+    image::assemble(&spec).map_err(|err| Error::other(format!("assembling the image: {err}")))
+}
+
+/// The runtime config of an image from a stage's config.
+fn plan_to_runtime_config(config: &dockerfile::ImageConfig) -> image::RuntimeConfig {
+    image::RuntimeConfig {
+        user: config.user.clone(),
+        exposed_ports: config.exposed_ports.clone(),
+        env: config.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        entrypoint: config.entrypoint.clone(),
+        cmd: config.cmd.clone(),
+        volumes: config.volumes.clone(),
+        working_dir: config.workdir.clone(),
+        labels: config.labels.clone(),
+        stop_signal: config.stop_signal.clone(),
+        healthcheck: config.healthcheck.as_ref().map(|h| {
+            let nanos = |d: Duration| d.as_nanos() as u64;
+            let mut map = serde_json::Map::new();
+            map.insert("Test".into(), serde_json::json!(h.test));
+            if !h.interval.is_zero() {
+                map.insert("Interval".into(), serde_json::json!(nanos(h.interval)));
+            }
+            if !h.timeout.is_zero() {
+                map.insert("Timeout".into(), serde_json::json!(nanos(h.timeout)));
+            }
+            if !h.start_period.is_zero() {
+                map.insert(
+                    "StartPeriod".into(),
+                    serde_json::json!(nanos(h.start_period)),
+                );
+            }
+            if !h.start_interval.is_zero() {
+                map.insert(
+                    "StartInterval".into(),
+                    serde_json::json!(nanos(h.start_interval)),
+                );
+            }
+            if h.retries != 0 {
+                map.insert("Retries".into(), serde_json::json!(h.retries));
+            }
+            serde_json::Value::Object(map)
+        }),
+        shell: config.shell.clone(),
+        ..image::RuntimeConfig::default()
+    }
+}
+
+/// A base image's config as the planner inherits it.
+fn image_to_plan_config(config: &image::ParsedConfig) -> dockerfile::ImageConfig {
+    let rc = &config.config;
+    dockerfile::ImageConfig {
+        env: rc
+            .env
+            .iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) => (k.to_owned(), v.to_owned()),
+                None => (kv.clone(), String::new()),
+            })
+            .collect(),
+        cmd: rc.cmd.clone(),
+        entrypoint: rc.entrypoint.clone(),
+        user: rc.user.clone().filter(|u| !u.is_empty()),
+        workdir: rc.working_dir.clone().filter(|w| !w.is_empty()),
+        labels: rc.labels.clone(),
+        exposed_ports: rc.exposed_ports.clone(),
+        volumes: rc.volumes.clone(),
+        stop_signal: rc.stop_signal.clone(),
+        healthcheck: None,
+        shell: rc.shell.clone(),
+        author: None,
+    }
+}
+
+fn from_display_with_digest(stage: &PlannedStage, img: &ResolvedImage) -> String {
+    match &stage.base {
+        Base::Image(_) if !stage.from_display.contains('@') => {
+            format!("{}@{}", stage.from_display, img.manifest_digest)
+        }
+        _ => stage.from_display.clone(),
+    }
+}
+
+impl Engine<'_> {
+    fn progress(&self) -> &dyn Progress {
+        self.services.progress
+    }
+
+    fn cleanup(&mut self) {
+        for state in &mut self.stages {
+            if let Some(dir) = state.fs.rootfs.take() {
+                remove_dir(&dir);
+            }
+        }
+        for fs in &mut self.images {
+            if let Some(dir) = fs.rootfs.take() {
+                remove_dir(&dir);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.request.work_dir);
+    }
+
+    async fn run(&mut self, base_images: &BTreeMap<String, ResolvedImage>) -> Result<(), Error> {
+        let plan = self.plan.clone();
+        for (si, stage) in plan.stages.iter().enumerate() {
+            self.start_stage(si, stage, base_images).await?;
+            for (k, step) in stage.steps.iter().enumerate() {
+                self.resolve_step(si, stage, k, step).await?;
+            }
+        }
+        let target = plan.target;
+        // The final chain must be known: run what is pending under the target.
+        if !self.stages[target].fs.pending.is_empty() {
+            self.ensure_fs(Target::Stage(target)).await?;
+        }
+        self.report_unrun();
+        Ok(())
+    }
+
+    fn new_dir(&mut self, what: &str) -> Result<PathBuf, Error> {
+        self.n_dirs += 1;
+        let dir = self
+            .request
+            .work_dir
+            .join(format!("{what}-{}", self.n_dirs));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .map_err(|err| Error::other(format!("creating {}: {err}", dir.display())))?;
+        Ok(dir)
+    }
+
+    fn root_record(&mut self, digest: Digest) -> RecordIdx {
+        match self.graph.find_root(&digest) {
+            Some(idx) => idx,
+            None => self.graph.add_record(digest, Vec::new()),
+        }
+    }
+
+    async fn resolve_image(&mut self, reference: &str) -> Result<ResolvedImage, Error> {
+        let Some(resolver) = self.services.images else {
+            return Err(Error::other(format!(
+                "image {reference}: pulling images from a registry is not available here; give the image with --build-context NAME=oci-layout://DIR"
+            )));
+        };
+        let resolved = resolver
+            .resolve(reference)
+            .await
+            .map_err(|err| Error::other(format!("resolving image {reference}: {err}")))?;
+        self.blobs.imports.push(ImportedSource {
+            name: format!("image {reference}"),
+            layers: resolved.layers.iter().map(|l| l.digest.clone()).collect(),
+            store: resolved.store.clone(),
+        });
+        Ok(resolved)
+    }
+
+    /// A named context that is an OCI layout image, or `None` for a directory context.
+    fn resolve_context_image(&mut self, name: &str) -> Result<Option<ResolvedImage>, Error> {
+        let Some(NamedContext::OciLayout { dir, reference }) =
+            self.request.named_contexts.get(name)
+        else {
+            return Ok(None);
+        };
+        let img = image::read_layout_image(dir, reference).map_err(|err| {
+            Error::other(format!(
+                "build context {name}=oci-layout://{}:{reference}: {err}",
+                dir.display()
+            ))
+        })?;
+        let store = (self.services.open_layout)(dir);
+        self.blobs.imports.push(ImportedSource {
+            name: format!("oci-layout://{}", dir.display()),
+            layers: img.layers.iter().map(|l| l.digest.clone()).collect(),
+            store: store.clone(),
+        });
+        Ok(Some(ResolvedImage {
+            display: format!("{name}@{}", img.manifest_digest),
+            manifest_digest: img.manifest_digest.clone(),
+            config: img.config.clone(),
+            layers: img.layers.clone(),
+            store,
+        }))
+    }
+
+    async fn start_stage(
+        &mut self,
+        si: usize,
+        stage: &PlannedStage,
+        base_images: &BTreeMap<String, ResolvedImage>,
+    ) -> Result<(), Error> {
+        let mut state = StageState {
+            fs: Fs::default(),
+            base_history: Vec::new(),
+            base_created: None,
+        };
+        match &stage.base {
+            Base::Scratch => {
+                state.fs.records = vec![self.root_record(keys::scratch_root())];
+            }
+            Base::Stage(j) => {
+                let parent = &self.stages[*j];
+                state.fs.records = parent.fs.records.clone();
+                state.fs.chain = parent.fs.chain.clone();
+                state.fs.pending = parent.fs.pending.clone();
+                state.base_history = parent.base_history.clone();
+                state.base_created = parent.base_created;
+            }
+            Base::Image(r) | Base::Context(r) => {
+                let started = Instant::now();
+                let vertex = format!("from:{si}");
+                if let Some(img) = base_images.get(r) {
+                    self.progress().event(Event::Start {
+                        vertex: vertex.clone(),
+                        name: format!(
+                            "{} {}",
+                            stage.progress_prefix(1),
+                            from_display_with_digest(stage, img)
+                        ),
+                    });
+                    state.fs.records =
+                        vec![self.root_record(keys::image_root(&img.manifest_digest))];
+                    state.fs.chain = img.layers.clone();
+                    state.base_history = img.config.history.clone();
+                    state.base_created = img.config.created;
+                } else if let Some(NamedContext::Dir(dir)) = self.request.named_contexts.get(r) {
+                    self.progress().event(Event::Start {
+                        vertex: vertex.clone(),
+                        name: format!("{} {}", stage.progress_prefix(1), stage.from_display),
+                    });
+                    let dir = dir.clone();
+                    state.fs = self.dir_base(r, &dir).await?;
+                } else {
+                    return Err(Error::other(format!(
+                        "stage {}: base {r} could not be resolved",
+                        stage.name
+                    )));
+                }
+                self.progress().event(Event::Done {
+                    vertex,
+                    duration: started.elapsed(),
+                });
+            }
+        }
+        self.stages.push(state);
+        Ok(())
+    }
+
+    /// `FROM <directory context>`: the directory's files as one layer on an empty base.
+    async fn dir_base(&mut self, name: &str, dir: &Path) -> Result<Fs, Error> {
+        let selection = self.select(dir, &[".".to_owned()], false, name)?;
+        let content = self.root_record(keys::content_root(&selection.checksum));
+        let scratch = self.root_record(keys::scratch_root());
+        let digest = keys::record_digest(&keys::cache_map(&("from-dir", "/")), 0);
+        let found = self
+            .graph
+            .find(&digest, &[("", &[scratch]), ("", &[content])]);
+        if !self.request.no_cache
+            && let Some((record, chain, _)) = self.best_hit(&found).await
+        {
+            return Ok(Fs {
+                records: vec![record],
+                chain,
+                pending: Vec::new(),
+                rootfs: None,
+            });
+        }
+        let rootfs = self.new_dir("rootfs")?;
+        let before = snapshot(&rootfs).await?;
+        let opts = CopyOptions {
+            chown: None,
+            chmod: None,
+            extract_archives: false,
+            workdir: "/".into(),
+        };
+        let (sel, src, dst) = (selection.clone(), dir.to_path_buf(), rootfs.clone());
+        blocking(move || context::copy_into(&sel, &src, &dst, "/", &opts))
+            .await?
+            .map_err(|err| Error::other(format!("build context {name}: {err}")))?;
+        let record = match found.first() {
+            Some(&r) => r,
+            None => self
+                .graph
+                .add_record(digest, vec![vec![link(scratch)], vec![link(content)]]),
+        };
+        let mut chain = Vec::new();
+        if let Some(desc) = self.make_layer(&rootfs, before).await? {
+            chain.push(desc);
+            self.add_result(record, &chain);
+        }
+        Ok(Fs {
+            records: vec![record],
+            chain,
+            pending: Vec::new(),
+            rootfs: Some(rootfs),
+        })
+    }
+
+    fn select(
+        &mut self,
+        src_root: &Path,
+        sources: &[String],
+        use_ignore: bool,
+        what: &str,
+    ) -> Result<context::Selection, Error> {
+        let ignore = use_ignore.then_some(&self.ignore);
+        context::select(src_root, sources, ignore, &mut self.hashes)
+            .map_err(|err| Error::other(format!("{what}: {err}")))
+    }
+
+    /// The best usable result among `records`: newest first, skipping local results whose
+    /// blobs are gone from the root store.
+    async fn best_hit(
+        &self,
+        records: &[RecordIdx],
+    ) -> Option<(RecordIdx, Vec<Descriptor>, SourceId)> {
+        let mut candidates: Vec<(RecordIdx, CacheResult)> = records
+            .iter()
+            .flat_map(|&r| {
+                self.graph
+                    .record(r)
+                    .results
+                    .iter()
+                    .map(move |res| (r, res.clone()))
+            })
+            .collect();
+        candidates.sort_by(|a, b| {
+            b.1.created_at
+                .cmp(&a.1.created_at)
+                .then_with(|| a.1.source.cmp(&b.1.source))
+        });
+        for (record, result) in candidates {
+            let chain: Vec<Descriptor> = self
+                .graph
+                .chain_blobs(result.layer)
+                .into_iter()
+                .cloned()
+                .collect();
+            if result.source == LOCAL_SOURCE {
+                let mut all = true;
+                for desc in &chain {
+                    if !matches!(self.blobs.root.stat(&desc.digest).await, Ok(Some(_))) {
+                        all = false;
+                        break;
+                    }
+                }
+                if !all {
+                    continue;
+                }
+            }
+            return Some((record, chain, result.source));
+        }
+        None
+    }
+
+    fn add_result(&mut self, record: RecordIdx, chain: &[Descriptor]) {
+        if let Some(top) = self.graph.add_chain(chain.iter().cloned()) {
+            self.graph.add_result(
+                record,
+                CacheResult {
+                    layer: top,
+                    created_at: self.request.now,
+                    source: LOCAL_SOURCE,
+                },
+            );
+        }
+    }
+
+    fn source_name(&self, source: SourceId) -> String {
+        self.services
+            .source_names
+            .get(source as usize)
+            .cloned()
+            .unwrap_or_else(|| "local".to_owned())
+    }
+
+    /// Computes the key of step `k` of stage `si`, looks it up, and either takes the hit,
+    /// leaves it pending, or runs it.
+    async fn resolve_step(
+        &mut self,
+        si: usize,
+        stage: &PlannedStage,
+        k: usize,
+        step: &Step,
+    ) -> Result<(), Error> {
+        let name = format!("{} {}", stage.progress_prefix(step.number), step.display);
+        let started = Instant::now();
+        let (cache_map, extra) = self.step_key(si, step, &name).await?;
+        let digest = keys::record_digest(&cache_map, 0);
+        let mut inputs: Vec<Vec<RecordIdx>> = vec![self.stages[si].fs.records.clone()];
+        match &extra {
+            Extra::None => {}
+            Extra::Content { record, .. } => inputs.push(vec![*record]),
+            Extra::Stage(j) => inputs.push(self.stages[*j].fs.records.clone()),
+            Extra::Image(i) => inputs.push(self.images[*i].records.clone()),
+        }
+        let query: Vec<(&str, &[RecordIdx])> = inputs.iter().map(|r| ("", r.as_slice())).collect();
+        let found = self.graph.find(&digest, &query);
+        let hit = if self.request.no_cache {
+            None
+        } else {
+            self.best_hit(&found).await
+        };
+        let mut slot = Slot {
+            name: name.clone(),
+            line: step.line,
+            digest,
+            extra,
+            records: found.clone(),
+            state: SlotState::Pending,
+            duration: Duration::ZERO,
+            reported: false,
+        };
+        if let Some((record, chain, source)) = hit {
+            slot.state = SlotState::Hit(source);
+            slot.records = vec![record];
+            slot.reported = true;
+            self.last_hit_source = Some(source);
+            let vertex = format!("step:{si}:{k}");
+            self.progress().event(Event::Start {
+                vertex: vertex.clone(),
+                name: name.clone(),
+            });
+            self.progress().event(Event::Cached { vertex });
+            self.reports.push(StepReport {
+                name,
+                cached: true,
+                cache_source: Some(self.source_name(source)),
+                duration_ms: started.elapsed().as_millis() as u64,
+            });
+            let fs = &mut self.stages[si].fs;
+            fs.records = vec![record];
+            fs.chain = chain;
+            fs.pending.clear();
+            if let Some(dir) = fs.rootfs.take() {
+                remove_dir(&dir);
+            }
+            self.slots.insert((si, k), slot);
+            return Ok(());
+        }
+        if !found.is_empty() && !self.request.no_cache {
+            // Known key without a result: run only if something needs this filesystem.
+            self.stages[si].fs.records = found;
+            self.stages[si].fs.pending.push((si, k));
+            self.slots.insert((si, k), slot);
+            return Ok(());
+        }
+        // A miss: create the record and run the step now.
+        let record = self.graph.add_record(
+            slot.digest.clone(),
+            inputs
+                .iter()
+                .map(|recs| recs.iter().copied().map(link).collect())
+                .collect(),
+        );
+        slot.records = vec![record];
+        self.stages[si].fs.records = vec![record];
+        self.stages[si].fs.pending.push((si, k));
+        self.slots.insert((si, k), slot);
+        self.ensure_fs(Target::Stage(si)).await?;
+        Ok(())
+    }
+
+    /// The cache-map digest and extra input of a step.
+    async fn step_key(
+        &mut self,
+        si: usize,
+        step: &Step,
+        name: &str,
+    ) -> Result<(Digest, Extra), Error> {
+        #[derive(Serialize)]
+        struct RunKey<'a> {
+            run: Vec<String>,
+            env: &'a [(String, String)],
+            cwd: &'a str,
+            user: &'a Option<String>,
+            heredocs: Vec<(String, String)>,
+            platform: &'a str,
+        }
+        #[derive(Serialize)]
+        struct CopyKey<'a> {
+            copy: Vec<String>,
+            inline: Vec<(String, String)>,
+            dest: &'a str,
+            from: String,
+            chown: &'a Option<String>,
+            chmod: Option<u32>,
+            add: bool,
+            platform: &'a str,
+        }
+        #[derive(Serialize)]
+        struct WorkdirKey<'a> {
+            mkdir: &'a str,
+            user: &'a Option<String>,
+        }
+        let _ = si;
+        match &step.op {
+            Op::Run { command, heredocs } => {
+                let key = RunKey {
+                    run: run_argv(step, command),
+                    env: &step.env,
+                    cwd: &step.workdir,
+                    user: &step.user,
+                    heredocs: heredocs
+                        .iter()
+                        .map(|h| (h.name.clone(), h.content.clone()))
+                        .collect(),
+                    platform: &step.platform,
+                };
+                Ok((keys::cache_map(&key), Extra::None))
+            }
+            Op::Workdir { path } => Ok((
+                keys::cache_map(&WorkdirKey {
+                    mkdir: path,
+                    user: &step.user,
+                }),
+                Extra::None,
+            )),
+            Op::Copy(copy) => {
+                let paths: Vec<String> = copy
+                    .sources
+                    .iter()
+                    .filter_map(|s| match s {
+                        CopySource::Path(p) => Some(p.clone()),
+                        CopySource::Inline { .. } => None,
+                    })
+                    .collect();
+                let inline: Vec<(String, String)> = copy
+                    .sources
+                    .iter()
+                    .filter_map(|s| match s {
+                        CopySource::Inline { name, content } => {
+                            Some((name.clone(), content.clone()))
+                        }
+                        CopySource::Path(_) => None,
+                    })
+                    .collect();
+                let (from, extra) = if paths.is_empty() {
+                    ("inline".to_owned(), Extra::None)
+                } else {
+                    match &copy.from {
+                        CopyFrom::Context => {
+                            let ctx = self.request.context.clone();
+                            let selection = self.select(&ctx, &paths, true, name)?;
+                            let record = self.root_record(keys::content_root(&selection.checksum));
+                            (
+                                "context".to_owned(),
+                                Extra::Content {
+                                    record,
+                                    src_root: ctx,
+                                    selection,
+                                },
+                            )
+                        }
+                        CopyFrom::Stage(j) => (format!("stage:{j}"), Extra::Stage(*j)),
+                        CopyFrom::NamedContext(ctx_name) => {
+                            match self.request.named_contexts.get(ctx_name).cloned() {
+                                Some(NamedContext::Dir(dir)) => {
+                                    let selection = self.select(&dir, &paths, false, name)?;
+                                    let record =
+                                        self.root_record(keys::content_root(&selection.checksum));
+                                    (
+                                        "context".to_owned(),
+                                        Extra::Content {
+                                            record,
+                                            src_root: dir,
+                                            selection,
+                                        },
+                                    )
+                                }
+                                Some(NamedContext::OciLayout { .. }) => {
+                                    let idx = self.image_fs(ctx_name, true).await?;
+                                    (format!("image:{ctx_name}"), Extra::Image(idx))
+                                }
+                                None => {
+                                    return Err(step_error(
+                                        name,
+                                        step.line,
+                                        format!("unknown build context {ctx_name}"),
+                                    ));
+                                }
+                            }
+                        }
+                        CopyFrom::Image(reference) => {
+                            let idx = self.image_fs(reference, false).await?;
+                            (format!("image:{reference}"), Extra::Image(idx))
+                        }
+                    }
+                };
+                let key = CopyKey {
+                    copy: paths,
+                    inline,
+                    dest: &copy.dest,
+                    from,
+                    chown: &copy.chown,
+                    chmod: copy.chmod,
+                    add: copy.is_add,
+                    platform: &step.platform,
+                };
+                Ok((keys::cache_map(&key), extra))
+            }
+        }
+    }
+
+    /// An image used by `COPY --from`, resolved once.
+    async fn image_fs(&mut self, reference: &str, is_context: bool) -> Result<usize, Error> {
+        if let Some(&idx) = self.image_index.get(reference) {
+            return Ok(idx);
+        }
+        let img = if is_context {
+            self.resolve_context_image(reference)?
+                .ok_or_else(|| Error::other(format!("build context {reference} is not an image")))?
+        } else {
+            self.resolve_image(reference).await?
+        };
+        let record = self.root_record(keys::image_root(&img.manifest_digest));
+        self.images.push(Fs {
+            records: vec![record],
+            chain: img.layers.clone(),
+            pending: Vec::new(),
+            rootfs: None,
+        });
+        let idx = self.images.len() - 1;
+        self.image_index.insert(reference.to_owned(), idx);
+        Ok(idx)
+    }
+
+    fn fs_mut(&mut self, target: Target) -> &mut Fs {
+        match target {
+            Target::Stage(si) => &mut self.stages[si].fs,
+            Target::Image(i) => &mut self.images[i],
+        }
+    }
+
+    /// Materializes the filesystem of `target`: unpacks its known chain and runs what is
+    /// pending on top. Returns the directory.
+    fn ensure_fs(&mut self, target: Target) -> BoxFuture<'_, Result<PathBuf, Error>> {
+        Box::pin(async move {
+            // Pending steps that ran meanwhile (through another stage) shorten the list.
+            let mut ran_upto = None;
+            {
+                let fs = self.fs_mut(target);
+                let pending = fs.pending.clone();
+                for (pos, key) in pending.iter().enumerate() {
+                    if matches!(self.slots.get(key).map(|s| s.state), Some(SlotState::Ran)) {
+                        ran_upto = Some(pos);
+                    }
+                }
+            }
+            if let Some(pos) = ran_upto {
+                let key = self.fs_mut(target).pending[pos];
+                let record = self.slots[&key].records[0];
+                let chain = match self.graph.best_result(record) {
+                    Some(result) => self
+                        .graph
+                        .chain_blobs(result.layer)
+                        .into_iter()
+                        .cloned()
+                        .collect(),
+                    None => self.chain_after(target, pos),
+                };
+                let fs = self.fs_mut(target);
+                fs.chain = chain;
+                fs.pending.drain(..=pos);
+                if let Some(dir) = fs.rootfs.take() {
+                    remove_dir(&dir);
+                }
+            }
+            let dir = match self.fs_mut(target).rootfs.clone() {
+                Some(dir) => dir,
+                None => {
+                    let chain = self.fs_mut(target).chain.clone();
+                    let dir = self.new_dir("rootfs")?;
+                    let vertex = self.current_vertex(target);
+                    self.unpack(&chain, &dir, &vertex).await?;
+                    self.fs_mut(target).rootfs = Some(dir.clone());
+                    dir
+                }
+            };
+            while let Some(&key) = self.fs_mut(target).pending.first() {
+                self.execute(key, target, &dir).await?;
+                self.fs_mut(target).pending.remove(0);
+            }
+            Ok(dir)
+        })
+    }
+
+    /// The chain of `target` after running its pending entries up to `pos`; only used when a
+    /// step that ran produced no result (an empty chain on scratch).
+    fn chain_after(&mut self, target: Target, _pos: usize) -> Vec<Descriptor> {
+        self.fs_mut(target).chain.clone()
+    }
+
+    fn current_vertex(&mut self, target: Target) -> String {
+        let key = self.fs_mut(target).pending.first().copied();
+        match key {
+            Some((s, k)) => format!("step:{s}:{k}"),
+            None => "unpack".to_owned(),
+        }
+    }
+
+    /// Unpacks `chain` into `dir`, fetching blobs into the root store first.
+    async fn unpack(
+        &mut self,
+        chain: &[Descriptor],
+        dir: &Path,
+        vertex: &str,
+    ) -> Result<(), Error> {
+        for desc in chain {
+            let started = Instant::now();
+            let fetched =
+                self.blobs.fetch_to_root(desc).await.map_err(|err| {
+                    Error::other(format!("fetching layer {}: {err}", desc.digest))
+                })?;
+            if fetched {
+                self.blobs_fetched += 1;
+                self.progress().event(Event::Status {
+                    vertex: vertex.to_owned(),
+                    text: format!(
+                        "{} {} / {}",
+                        desc.digest,
+                        human(desc.size),
+                        human(desc.size)
+                    ),
+                    done: Some(started.elapsed()),
+                });
+            }
+            let blob = self
+                .blobs
+                .root
+                .read(&desc.digest)
+                .await
+                .map_err(|err| Error::other(format!("reading layer {}: {err}", desc.digest)))?
+                .ok_or_else(|| {
+                    Error::other(format!(
+                        "layer {} vanished from the root store",
+                        desc.digest
+                    ))
+                })?;
+            let started = Instant::now();
+            let reader = blocking_reader(blob.verified(desc.digest.clone()));
+            let media_type = desc.media_type.clone();
+            let root = dir.to_path_buf();
+            blocking(move || layer::apply_layer(reader, &media_type, &root))
+                .await?
+                .map_err(|err| Error::other(format!("extracting layer {}: {err}", desc.digest)))?;
+            self.progress().event(Event::Status {
+                vertex: vertex.to_owned(),
+                text: format!("extracting {}", desc.digest),
+                done: Some(started.elapsed()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs pending slot `key` on `dir`, the materialized filesystem of `target`.
+    async fn execute(
+        &mut self,
+        key: (usize, usize),
+        target: Target,
+        dir: &Path,
+    ) -> Result<(), Error> {
+        let (si, k) = key;
+        let step = self.plan.stages[si].steps[k].clone();
+        let vertex = format!("step:{si}:{k}");
+        let (name, line, extra) = {
+            let slot = &self.slots[&key];
+            (slot.name.clone(), slot.line, slot.extra.clone())
+        };
+        let started = Instant::now();
+        self.progress().event(Event::Start {
+            vertex: vertex.clone(),
+            name: name.clone(),
+        });
+        let before = snapshot(dir).await?;
+        let outcome = self.run_op(&step, &extra, dir, &vertex, &name).await;
+        if let Err(err) = outcome {
+            self.progress().event(Event::Error {
+                vertex,
+                message: err.to_string(),
+            });
+            return Err(err);
+        }
+        let desc = self.make_layer(dir, before).await?;
+        let fs = self.fs_mut(target);
+        if let Some(desc) = desc {
+            fs.chain.push(desc);
+        }
+        let chain = fs.chain.clone();
+        let record = self.slots[&key].records[0];
+        self.add_result(record, &chain);
+        let duration = started.elapsed();
+        self.progress().event(Event::Done { vertex, duration });
+        let slot = self.slots.get_mut(&key).expect("slot exists");
+        slot.state = SlotState::Ran;
+        slot.duration = duration;
+        slot.reported = true;
+        self.reports.push(StepReport {
+            name,
+            cached: false,
+            cache_source: None,
+            duration_ms: duration.as_millis() as u64,
+        });
+        let _ = line;
+        Ok(())
+    }
+
+    async fn run_op(
+        &mut self,
+        step: &Step,
+        extra: &Extra,
+        dir: &Path,
+        vertex: &str,
+        name: &str,
+    ) -> Result<(), Error> {
+        match &step.op {
+            Op::Run { command, .. } => {
+                let spec = sandbox::RunSpec {
+                    rootfs: dir.to_path_buf(),
+                    argv: run_argv(step, command),
+                    env: step.env.clone(),
+                    cwd: step.workdir.clone(),
+                    user: step.user.clone(),
+                    hostname: sandbox::DEFAULT_HOSTNAME.to_owned(),
+                    stdin: None,
+                };
+                let progress = self.services.progress;
+                let vertex_owned = vertex.to_owned();
+                let outcome = tokio::task::block_in_place(|| {
+                    sandbox::run(&spec, &mut |stream, bytes| {
+                        progress.event(Event::Log {
+                            vertex: vertex_owned.clone(),
+                            stream,
+                            bytes: bytes.to_vec(),
+                        })
+                    })
+                })
+                .map_err(|err| step_error(name, step.line, err.to_string()))?;
+                if outcome.status != 0 {
+                    return Err(Error::Step {
+                        name: name.to_owned(),
+                        line: step.line,
+                        message: format!(
+                            "process {:?} did not complete successfully: exit code: {}",
+                            spec.argv.join(" "),
+                            outcome.status
+                        ),
+                        exit_code: Some(outcome.status),
+                    });
+                }
+                Ok(())
+            }
+            Op::Workdir { path } => {
+                let empty = self.new_dir("empty")?;
+                let selection =
+                    context::select(&empty, &[".".to_owned()], None, &mut HashCache::in_memory())
+                        .map_err(|err| step_error(name, step.line, err.to_string()))?;
+                let opts = CopyOptions {
+                    chown: step.user.clone(),
+                    chmod: None,
+                    extract_archives: false,
+                    workdir: "/".into(),
+                };
+                let dest = format!("{}/", path.trim_end_matches('/'));
+                let root = dir.to_path_buf();
+                let res =
+                    blocking(move || context::copy_into(&selection, &empty, &root, &dest, &opts))
+                        .await?;
+                res.map_err(|err| step_error(name, step.line, err.to_string()))?;
+                Ok(())
+            }
+            Op::Copy(copy) => {
+                let opts = CopyOptions {
+                    chown: copy.chown.clone(),
+                    chmod: copy.chmod,
+                    extract_archives: copy.is_add,
+                    workdir: step.workdir.clone(),
+                };
+                let n_sources = copy.sources.len();
+                let dest = if n_sources > 1 && !copy.dest.ends_with('/') {
+                    format!("{}/", copy.dest)
+                } else {
+                    copy.dest.clone()
+                };
+                let src = match extra {
+                    Extra::None => None,
+                    Extra::Content {
+                        src_root,
+                        selection,
+                        ..
+                    } => Some((src_root.clone(), selection.clone())),
+                    Extra::Stage(j) => {
+                        let src_root = self.ensure_fs(Target::Stage(*j)).await?;
+                        let sel = self.copy_selection(&src_root, copy, name, step.line)?;
+                        Some((src_root, sel))
+                    }
+                    Extra::Image(i) => {
+                        let src_root = self.ensure_fs(Target::Image(*i)).await?;
+                        let sel = self.copy_selection(&src_root, copy, name, step.line)?;
+                        Some((src_root, sel))
+                    }
+                };
+                if let Some((src_root, selection)) = src {
+                    let (root, dest, opts) = (dir.to_path_buf(), dest.clone(), opts.clone());
+                    blocking(move || {
+                        context::copy_into(&selection, &src_root, &root, &dest, &opts)
+                    })
+                    .await?
+                    .map_err(|err| step_error(name, step.line, err.to_string()))?;
+                }
+                let inline: Vec<(&String, &String)> = copy
+                    .sources
+                    .iter()
+                    .filter_map(|s| match s {
+                        CopySource::Inline { name, content } => Some((name, content)),
+                        CopySource::Path(_) => None,
+                    })
+                    .collect();
+                if !inline.is_empty() {
+                    let tmp = self.new_dir("heredoc")?;
+                    let mut names = Vec::new();
+                    for (file, content) in inline {
+                        std::fs::write(tmp.join(file), content).map_err(|err| {
+                            step_error(name, step.line, format!("writing heredoc {file}: {err}"))
+                        })?;
+                        names.push(file.clone());
+                    }
+                    let selection =
+                        context::select(&tmp, &names, None, &mut HashCache::in_memory())
+                            .map_err(|err| step_error(name, step.line, err.to_string()))?;
+                    let root = dir.to_path_buf();
+                    let res =
+                        blocking(move || context::copy_into(&selection, &tmp, &root, &dest, &opts))
+                            .await?;
+                    res.map_err(|err| step_error(name, step.line, err.to_string()))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn copy_selection(
+        &mut self,
+        src_root: &Path,
+        copy: &dockerfile::CopyOp,
+        name: &str,
+        line: usize,
+    ) -> Result<context::Selection, Error> {
+        let paths: Vec<String> = copy
+            .sources
+            .iter()
+            .filter_map(|s| match s {
+                CopySource::Path(p) => Some(p.clone()),
+                CopySource::Inline { .. } => None,
+            })
+            .collect();
+        context::select(src_root, &paths, None, &mut self.hashes)
+            .map_err(|err| step_error(name, line, err.to_string()))
+    }
+
+    /// Writes the layer of what changed in `dir` since `before` into the root store.
+    async fn make_layer(
+        &mut self,
+        dir: &Path,
+        before: Snapshot,
+    ) -> Result<Option<Descriptor>, Error> {
+        let root = dir.to_path_buf();
+        let tmp_dir = self.request.work_dir.clone();
+        let compression = self.request.compression;
+        let written = blocking(
+            move || -> Result<Option<(tempfile::NamedTempFile, layer::LayerInfo)>, layer::Error> {
+                let changes = layer::diff(&before, &root)?;
+                if changes.is_empty() {
+                    return Ok(None);
+                }
+                layer::write_layer_file(&root, &changes, compression, &tmp_dir).map(Some)
+            },
+        )
+        .await?
+        .map_err(|err| Error::other(format!("writing a layer: {err}")))?;
+        let Some((file, info)) = written else {
+            return Ok(None);
+        };
+        let digest: Digest = info.digest.parse().map_err(|_| {
+            Error::other(format!(
+                "layer writer gave an invalid digest {}",
+                info.digest
+            ))
+        })?;
+        let mut desc = Descriptor::new(info.media_type.clone(), digest, info.size);
+        desc.annotations.insert(
+            annotation::CREATED_AT.to_owned(),
+            cache_core::config::go_time::format(&self.request.now),
+        );
+        desc.annotations
+            .insert(annotation::UNCOMPRESSED.to_owned(), info.diff_id.clone());
+        let blob = file_blob(file.path()).await.map_err(|err| {
+            Error::other(format!("reading layer {}: {err}", file.path().display()))
+        })?;
+        self.blobs
+            .root
+            .write(&desc, blob)
+            .await
+            .map_err(|err| Error::other(format!("storing layer {}: {err}", desc.digest)))?;
+        Ok(Some(desc))
+    }
+
+    /// Pending steps that never had to run were satisfied by the cache: report them.
+    fn report_unrun(&mut self) {
+        let source = self.last_hit_source.map(|s| self.source_name(s));
+        let mut unrun: Vec<(usize, usize)> = self
+            .slots
+            .iter()
+            .filter(|(_, slot)| !slot.reported)
+            .map(|(key, _)| *key)
+            .collect();
+        unrun.sort();
+        for key in unrun {
+            let slot = self.slots.get_mut(&key).expect("slot exists");
+            slot.reported = true;
+            let vertex = format!("step:{}:{}", key.0, key.1);
+            let name = slot.name.clone();
+            self.services.progress.event(Event::Start {
+                vertex: vertex.clone(),
+                name: name.clone(),
+            });
+            self.services.progress.event(Event::Cached { vertex });
+            self.reports.push(StepReport {
+                name,
+                cached: true,
+                cache_source: source.clone(),
+                duration_ms: 0,
+            });
+        }
+    }
+}
+
+/// What a filesystem belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Stage(usize),
+    Image(usize),
+}
+
+/// The command of a RUN step as the sandbox runs it.
+fn run_argv(step: &Step, command: &RunCommand) -> Vec<String> {
+    match command {
+        RunCommand::Shell(cmd) => {
+            let mut argv = step.shell.clone();
+            argv.push(cmd.clone());
+            argv
+        }
+        RunCommand::Exec(argv) => argv.clone(),
+    }
+}
+
+async fn snapshot(dir: &Path) -> Result<Snapshot, Error> {
+    let dir = dir.to_path_buf();
+    blocking(move || Snapshot::capture(&dir))
+        .await?
+        .map_err(|err| Error::other(format!("reading the filesystem: {err}")))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|err| Error::other(format!("a worker thread failed: {err}")))
+}
+
+fn remove_dir(dir: &Path) {
+    if let Err(err) = std::fs::remove_dir_all(dir) {
+        tracing::warn!("removing {}: {err}", dir.display());
+    }
+}
+
+fn human(n: u64) -> String {
+    if n >= 1_000_000 {
+        format!("{:.2}MB", n as f64 / 1e6)
+    } else if n >= 1000 {
+        format!("{:.2}kB", n as f64 / 1e3)
+    } else {
+        format!("{n}B")
+    }
+}
+
+/// Unpacks `chain` into `dest` (for `--output type=local`), fetching blobs into the root store.
+pub async fn unpack_chain(chain: &[Descriptor], blobs: &Blobs, dest: &Path) -> Result<(), Error> {
+    for desc in chain {
+        blobs
+            .fetch_to_root(desc)
+            .await
+            .map_err(|err| Error::other(format!("fetching layer {}: {err}", desc.digest)))?;
+        let blob = blobs
+            .root
+            .read(&desc.digest)
+            .await
+            .map_err(|err| Error::other(format!("reading layer {}: {err}", desc.digest)))?
+            .ok_or_else(|| {
+                Error::other(format!(
+                    "layer {} is missing from the root store",
+                    desc.digest
+                ))
+            })?;
+        let reader = blocking_reader(blob.verified(desc.digest.clone()));
+        let media_type = desc.media_type.clone();
+        let root = dest.to_path_buf();
+        blocking(move || layer::apply_layer(reader, &media_type, &root))
+            .await?
+            .map_err(|err| Error::other(format!("extracting layer {}: {err}", desc.digest)))?;
+    }
+    Ok(())
+}
+
+/// The part of `graph` worth keeping in the root store: every record, and only results whose
+/// blobs are all in the root (imported hits whose layers were never fetched stay remote).
+pub async fn local_cache_graph(graph: &CacheGraph, root: &dyn BlobStore) -> CacheGraph {
+    let mut present: HashSet<Digest> = HashSet::new();
+    let mut absent: HashSet<Digest> = HashSet::new();
+    let mut keep = CacheGraph::new();
+    let mut map = Vec::with_capacity(graph.records().len());
+    let all: Vec<RecordIdx> = (0..graph.records().len()).collect();
+    // Records come out of `select` dependencies-first; re-add them with results filtered.
+    let selected = graph.select(&all, cache_core::Mode::Max);
+    for (idx, record) in selected.records().iter().enumerate() {
+        let inputs = record
+            .inputs
+            .iter()
+            .map(|links| links.iter().map(|l| link(map[l.record])).collect())
+            .collect();
+        let new_idx = keep.add_record(record.digest.clone(), inputs);
+        map.push(new_idx);
+        for result in &record.results {
+            let chain: Vec<Descriptor> = selected
+                .chain_blobs(result.layer)
+                .into_iter()
+                .cloned()
+                .collect();
+            let mut ok = true;
+            for desc in &chain {
+                if absent.contains(&desc.digest) {
+                    ok = false;
+                    break;
+                }
+                if present.contains(&desc.digest) {
+                    continue;
+                }
+                if matches!(root.stat(&desc.digest).await, Ok(Some(_))) {
+                    present.insert(desc.digest.clone());
+                } else {
+                    absent.insert(desc.digest.clone());
+                    ok = false;
+                    break;
+                }
+            }
+            if ok && let Some(top) = keep.add_chain(chain) {
+                keep.add_result(
+                    new_idx,
+                    CacheResult {
+                        layer: top,
+                        created_at: result.created_at,
+                        source: LOCAL_SOURCE,
+                    },
+                );
+            }
+        }
+        let _ = idx;
+    }
+    keep
+}

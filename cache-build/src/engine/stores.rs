@@ -1,0 +1,135 @@
+//! Blob stores the build reads from and writes to: the machine's root store and imported caches.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use cache_core::export::BlobSource;
+use cache_core::{Backend, Blob, Descriptor, Digest, ErrorKind};
+use futures_util::TryStreamExt;
+use futures_util::future::BoxFuture;
+
+/// A blob store behind a trait object: any [`Backend`] is one.
+pub trait BlobStore: Send + Sync + fmt::Debug {
+    /// Names the store for messages.
+    fn describe(&self) -> String;
+    /// The descriptor of `digest`, or `None`.
+    fn stat<'a>(
+        &'a self,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, cache_core::Result<Option<Descriptor>>>;
+    /// The bytes of `digest`, or `None`; verified while streaming.
+    fn read<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, cache_core::Result<Option<Blob>>>;
+    /// Stores a blob (idempotent, verified).
+    fn write<'a>(
+        &'a self,
+        desc: &'a Descriptor,
+        blob: Blob,
+    ) -> BoxFuture<'a, cache_core::Result<()>>;
+}
+
+impl<B: Backend> BlobStore for B {
+    fn describe(&self) -> String {
+        self.info().to_string()
+    }
+    fn stat<'a>(
+        &'a self,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, cache_core::Result<Option<Descriptor>>> {
+        Box::pin(self.stat_blob(digest))
+    }
+    fn read<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, cache_core::Result<Option<Blob>>> {
+        Box::pin(self.read_blob(digest))
+    }
+    fn write<'a>(
+        &'a self,
+        desc: &'a Descriptor,
+        blob: Blob,
+    ) -> BoxFuture<'a, cache_core::Result<()>> {
+        Box::pin(self.write_blob(desc, blob))
+    }
+}
+
+/// An imported cache: its name as the user typed it, the blobs its manifest lists, and its store.
+#[derive(Clone, Debug)]
+pub struct ImportedSource {
+    /// The `--cache-from` value as typed.
+    pub name: String,
+    /// Layer digests the source's manifest lists.
+    pub layers: HashSet<Digest>,
+    /// Where its blobs are read.
+    pub store: Arc<dyn BlobStore>,
+}
+
+/// The root store plus imported sources; reads a blob from the root first, then from the sources
+/// that list it.
+#[derive(Clone, Debug)]
+pub struct Blobs {
+    /// The machine's own store (`--root`).
+    pub root: Arc<dyn BlobStore>,
+    /// Imported caches in `--cache-from` order.
+    pub imports: Vec<ImportedSource>,
+}
+
+impl Blobs {
+    /// Opens `digest` from the root, else from a source listing it, else from any source.
+    pub async fn open(&self, digest: &Digest) -> cache_core::Result<Option<Blob>> {
+        if let Some(blob) = self.root.read(digest).await? {
+            return Ok(Some(blob));
+        }
+        let mut last_err = None;
+        let listing = self.imports.iter().filter(|s| s.layers.contains(digest));
+        for source in listing.chain(self.imports.iter().filter(|s| !s.layers.contains(digest))) {
+            match source.store.read(digest).await {
+                Ok(Some(blob)) => return Ok(Some(blob)),
+                Ok(None) => {}
+                Err(err) => last_err = Some(err),
+            }
+        }
+        match last_err {
+            Some(err) => Err(err),
+            None => Ok(None),
+        }
+    }
+
+    /// Makes sure the root store has `desc`, copying it from a source if needed.
+    /// Returns true when it had to be fetched.
+    pub async fn fetch_to_root(&self, desc: &Descriptor) -> cache_core::Result<bool> {
+        if self.root.stat(&desc.digest).await?.is_some() {
+            return Ok(false);
+        }
+        let blob = self.open(&desc.digest).await?.ok_or_else(|| {
+            cache_core::Error::new(
+                ErrorKind::NotFound,
+                format!("layer blob {} is in no cache source", desc.digest),
+            )
+        })?;
+        let blob = blob.verified(desc.digest.clone());
+        self.root.write(desc, blob).await?;
+        Ok(true)
+    }
+}
+
+impl BlobSource for Blobs {
+    async fn open_blob(&self, desc: &Descriptor) -> cache_core::Result<Option<Blob>> {
+        self.open(&desc.digest).await
+    }
+}
+
+/// A blob streaming the file at `path`.
+pub async fn file_blob(path: &Path) -> std::io::Result<Blob> {
+    let file = tokio::fs::File::open(path).await?;
+    let size = file.metadata().await?.len();
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
+    Ok(Blob {
+        size,
+        body: Box::pin(stream),
+    })
+}
+
+/// A synchronous reader over a blob, for use on a blocking thread.
+pub fn blocking_reader(blob: Blob) -> impl std::io::Read + Send {
+    let stream = blob.body.map_err(std::io::Error::other);
+    tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream))
+}
