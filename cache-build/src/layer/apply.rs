@@ -765,6 +765,12 @@ mod tests {
                 "dir".to_string()
             } else if ft.is_file() {
                 let content = fs::read(item.path()).expect("read");
+                let mut cap = [0u8; 64];
+                let cap = match rustix::fs::lgetxattr(item.path(), "security.capability", &mut cap)
+                {
+                    Ok(n) => format!(" cap {}", hex::encode(&cap[..n])),
+                    Err(_) => String::new(),
+                };
                 let link = if md.nlink() > 1 {
                     let first = inodes
                         .entry((md.dev(), md.ino()))
@@ -774,7 +780,7 @@ mod tests {
                     String::new()
                 };
                 format!(
-                    "file {} mtime {}{link}",
+                    "file {} mtime {}{link}{cap}",
                     hex::encode(Sha256::digest(&content)),
                     md.mtime()
                 )
@@ -850,6 +856,20 @@ mod tests {
         fs::remove_file(root.join("link")).expect("rm");
         symlink("bin/tool", root.join("link")).expect("symlink");
         symlink("/nonexistent/abs", root.join("abs_link")).expect("symlink");
+        symlink("t/".repeat(80), root.join("long_target")).expect("symlink");
+        // File capabilities (v2, cap_net_raw permitted) survive as a PAX SCHILY.xattr record.
+        let cap: [u8; 20] = [
+            0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let cap_set = rustix::fs::setxattr(
+            root.join("bin/tool").as_path(),
+            "security.capability",
+            &cap,
+            rustix::fs::XattrFlags::empty(),
+        );
+        if rustix::process::geteuid().is_root() {
+            cap_set.expect("root can set file capabilities");
+        }
         fs::hard_link(root.join("etc/new"), root.join("hl")).expect("hardlink");
         rustix::fs::mknodat(
             rustix::fs::CWD,
@@ -919,6 +939,13 @@ mod tests {
             .collect();
         assert!(diffs.is_empty(), "{compression:?}: {diffs:#?}");
         assert!(got["hl"].contains("linked with etc/new"), "{}", got["hl"]);
+        if rustix::process::geteuid().is_root() {
+            assert!(
+                got["bin/tool"].contains(" cap 00000002"),
+                "{}",
+                got["bin/tool"]
+            );
+        }
     }
 
     #[test]
