@@ -5,6 +5,19 @@
 //! variables expanded, steps, image config and history computed), and [`IgnoreMatcher`] applies
 //! `.dockerignore` rules to context paths.
 //!
+//! ```
+//! use cache_build::dockerfile::{Base, Op, PlanOptions, parse, plan};
+//!
+//! let df = parse("FROM busybox AS build\nRUN echo hi > /out\nFROM scratch\nCOPY --from=build /out /\n")?;
+//! let plan = plan(&df, &PlanOptions::default())?;
+//! assert_eq!(plan.stages.len(), 2);
+//! let target = plan.target_stage();
+//! assert_eq!(target.base, Base::Scratch);
+//! assert!(matches!(target.steps[0].op, Op::Copy(_)));
+//! assert_eq!(format!("{} {}", target.progress_prefix(1), target.steps[0].display), "[stage-1 1/1] COPY --from=build /out /");
+//! # Ok::<(), cache_build::dockerfile::Error>(())
+//! ```
+//!
 //! Anything buildcache cannot build faithfully (`RUN --mount`, `ONBUILD`, `ADD <url>`, other
 //! platforms than `linux/amd64`, ...) is an error naming the Dockerfile line, never ignored.
 

@@ -48,6 +48,34 @@ pub struct Plan {
     pub unused_build_args: Vec<String>,
 }
 
+impl Plan {
+    /// The image references and named contexts the planned stages start from or copy from, for
+    /// fetching their configs before [`plan_with_base_configs`] (and their content before running).
+    pub fn external_refs(&self) -> BTreeSet<String> {
+        let mut refs = BTreeSet::new();
+        for stage in &self.stages {
+            if let Base::Image(r) | Base::Context(r) = &stage.base {
+                refs.insert(r.clone());
+            }
+            for step in &stage.steps {
+                if let Op::Copy(CopyOp {
+                    from: CopyFrom::Image(r) | CopyFrom::NamedContext(r),
+                    ..
+                }) = &step.op
+                {
+                    refs.insert(r.clone());
+                }
+            }
+        }
+        refs
+    }
+
+    /// The target stage.
+    pub fn target_stage(&self) -> &PlannedStage {
+        &self.stages[self.target]
+    }
+}
+
 /// Where a stage starts from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Base {
@@ -1732,6 +1760,11 @@ mod tests {
                 "[3/3] RUN true"
             ]
         );
+        // BuildKit's own base image build: scratch is no step.
+        assert_eq!(
+            progress_lines(&ok("FROM scratch\nCOPY rootfs/ /\n")),
+            ["[1/1] COPY rootfs/ /"]
+        );
         // A COPY --from of an image makes BuildKit name the stage.
         let plan = ok("FROM busybox\nCOPY --from=alpine /a /b\n");
         assert_eq!(plan.stages[0].progress_name.as_deref(), Some("stage-0"));
@@ -1739,6 +1772,11 @@ mod tests {
             panic!("COPY expected")
         };
         assert_eq!(copy.from, CopyFrom::Image("alpine".into()));
+        assert_eq!(
+            plan.external_refs(),
+            BTreeSet::from(["alpine".to_string(), "busybox".to_string()])
+        );
+        assert_eq!(plan.target_stage().name, "stage-0");
     }
 
     #[test]
