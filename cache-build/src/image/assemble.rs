@@ -1,0 +1,253 @@
+//! Building the config blob and image manifest of an image from its spec.
+
+use bytes::Bytes;
+use cache_core::descriptor::media_type;
+use cache_core::{Descriptor, Digest, RawIndex};
+use serde::Serialize;
+
+use super::Error;
+use super::config::{ImageSpec, config_json};
+
+/// An assembled image: config blob, manifest, and the layers the manifest names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Image {
+    /// The config descriptor (`application/vnd.oci.image.config.v1+json`) and its bytes.
+    pub config: (Descriptor, Vec<u8>),
+    /// The image manifest (`application/vnd.oci.image.manifest.v1+json`); its digest is
+    /// `containerimage.digest`.
+    pub manifest: RawIndex,
+    /// The layers as given in the spec (with their annotations), bottom first.
+    pub layers: Vec<Descriptor>,
+}
+
+impl Image {
+    /// The digest of the config blob (`containerimage.config.digest`).
+    pub fn config_digest(&self) -> &Digest {
+        &self.config.0.digest
+    }
+
+    /// The digest of the manifest (`containerimage.digest`).
+    pub fn manifest_digest(&self) -> &Digest {
+        &self.manifest.digest
+    }
+}
+
+/// Builds the config blob and image manifest for `spec`, as BuildKit's image exporter does.
+///
+/// - The config's `rootfs.diff_ids` come from each layer's `containerd.io/uncompressed`
+///   annotation; a layer without one is an [`Error::MissingDiffId`].
+/// - The config's `created` is `spec.created`, or the time of the last history entry that has one.
+/// - Manifest layers carry only media type (converted to its OCI form), digest, size and URLs:
+///   BuildKit drops `containerd.io/*` and `buildkit/*` annotations from image manifests.
+/// - The manifest is indented with three spaces, as BuildKit's `json.MarshalIndent` writes it.
+///
+/// The result depends only on `spec`: the same spec always gives the same digests.
+pub fn assemble(spec: &ImageSpec) -> Result<Image, Error> {
+    let diff_ids = spec
+        .layers
+        .iter()
+        .map(|layer| {
+            layer.diff_id().ok_or_else(|| Error::MissingDiffId {
+                digest: layer.digest.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let config_bytes = config_json(spec, &diff_ids);
+    let config_desc = Descriptor::new(
+        media_type::OCI_IMAGE_CONFIG,
+        cache_core::digest::sha256(&config_bytes),
+        config_bytes.len() as u64,
+    );
+
+    #[derive(Serialize)]
+    struct ManifestOut<'a> {
+        #[serde(rename = "mediaType")]
+        media_type: &'static str,
+        #[serde(rename = "schemaVersion")]
+        schema_version: u32,
+        config: &'a Descriptor,
+        layers: Vec<Descriptor>,
+    }
+    let layers = spec
+        .layers
+        .iter()
+        .map(|layer| Descriptor {
+            media_type: media_type::convert_layer(&layer.media_type, true)
+                .map_or_else(|| layer.media_type.clone(), str::to_owned),
+            digest: layer.digest.clone(),
+            size: layer.size,
+            urls: layer.urls.clone(),
+            annotations: Default::default(),
+            platform: None,
+        })
+        .collect();
+    let manifest = ManifestOut {
+        media_type: media_type::OCI_MANIFEST,
+        schema_version: 2,
+        config: &config_desc,
+        layers,
+    };
+    let manifest_bytes = to_go_json_indent(&manifest);
+    Ok(Image {
+        config: (config_desc, config_bytes),
+        manifest: RawIndex::new(
+            Some(media_type::OCI_MANIFEST.to_owned()),
+            Bytes::from(manifest_bytes),
+        ),
+        layers: spec.layers.clone(),
+    })
+}
+
+/// `json.MarshalIndent(v, "", "   ")`: three-space indent and Go's HTML escaping.
+pub(super) fn to_go_json_indent<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"   ");
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, formatter);
+    value
+        .serialize(&mut serializer)
+        .expect("image wire types always serialize");
+    go_escape(out)
+}
+
+/// Go escapes `<`, `>`, `&`, U+2028 and U+2029 in strings; outside strings they cannot occur.
+fn go_escape(json: Vec<u8>) -> Vec<u8> {
+    if !json.iter().any(|b| matches!(b, b'<' | b'>' | b'&' | 0xE2)) {
+        return json;
+    }
+    let text = String::from_utf8(json).expect("serde_json writes UTF-8");
+    let mut out = String::with_capacity(text.len() + 16);
+    for ch in text.chars() {
+        match ch {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            other => out.push(other),
+        }
+    }
+    out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::{HistoryEntry, RuntimeConfig, parse_config};
+    use cache_core::descriptor::annotation;
+
+    pub(crate) fn layer(content: &[u8], diff_content: &[u8]) -> Descriptor {
+        let mut desc = Descriptor::new(
+            media_type::DOCKER_LAYER_GZIP,
+            cache_core::digest::sha256(content),
+            content.len() as u64,
+        );
+        desc.annotations.insert(
+            annotation::UNCOMPRESSED.into(),
+            cache_core::digest::sha256(diff_content).to_string(),
+        );
+        desc.annotations
+            .insert(annotation::CREATED_AT.into(), "2024-01-01T00:00:00Z".into());
+        desc
+    }
+
+    fn spec() -> ImageSpec {
+        ImageSpec {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            created: None,
+            config: RuntimeConfig {
+                env: vec!["PATH=/usr/local/bin:/usr/bin:/bin".into()],
+                cmd: Some(vec!["/app".into()]),
+                ..RuntimeConfig::default()
+            },
+            history: vec![
+                HistoryEntry {
+                    created: Some(time::OffsetDateTime::from_unix_timestamp(1).unwrap()),
+                    created_by: "COPY app /app # buildkit".into(),
+                    comment: Some(crate::image::HISTORY_COMMENT.into()),
+                    empty_layer: false,
+                },
+                HistoryEntry {
+                    created: None,
+                    created_by: "RUN true".into(),
+                    comment: None,
+                    empty_layer: false,
+                },
+            ],
+            layers: vec![layer(b"one", b"one-tar"), layer(b"two", b"two-tar")],
+        }
+    }
+
+    #[test]
+    fn assemble_is_deterministic_and_links_config_and_layers() {
+        let spec = spec();
+        let image = assemble(&spec).unwrap();
+        assert_eq!(image, assemble(&spec).unwrap());
+        assert_eq!(image.layers, spec.layers);
+
+        let (config_desc, config_bytes) = &image.config;
+        assert_eq!(config_desc.media_type, media_type::OCI_IMAGE_CONFIG);
+        assert_eq!(config_desc.digest, cache_core::digest::sha256(config_bytes));
+        assert_eq!(config_desc.size, config_bytes.len() as u64);
+        assert_eq!(
+            image.manifest.digest,
+            cache_core::digest::sha256(&image.manifest.bytes)
+        );
+
+        let manifest: serde_json::Value = serde_json::from_slice(&image.manifest.bytes).unwrap();
+        assert_eq!(manifest["mediaType"], media_type::OCI_MANIFEST);
+        assert_eq!(manifest["schemaVersion"], 2);
+        assert_eq!(manifest["config"]["digest"], config_desc.digest.to_string());
+        let layers = manifest["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 2);
+        for (json, desc) in layers.iter().zip(&spec.layers) {
+            assert_eq!(json["digest"], desc.digest.to_string());
+            assert_eq!(json["size"], desc.size);
+            assert_eq!(json["mediaType"], media_type::OCI_LAYER_GZIP);
+            assert!(json.get("annotations").is_none(), "{json}");
+        }
+        let text = std::str::from_utf8(&image.manifest.bytes).unwrap();
+        assert!(
+            text.starts_with("{\n   \"mediaType\": \"application/vnd.oci.image.manifest.v1+json\",\n   \"schemaVersion\": 2,\n   \"config\": {\n      \"mediaType\""),
+            "{text}"
+        );
+
+        let parsed = parse_config(config_bytes).unwrap();
+        let expected: Vec<_> = spec.layers.iter().map(|l| l.diff_id().unwrap()).collect();
+        assert_eq!(parsed.diff_ids, expected);
+        assert_eq!(parsed.created, spec.history[0].created);
+
+        let mut changed = spec.clone();
+        changed.config.cmd = Some(vec!["/other".into()]);
+        let other = assemble(&changed).unwrap();
+        assert_ne!(other.config.0.digest, config_desc.digest);
+        assert_ne!(other.manifest.digest, image.manifest.digest);
+    }
+
+    #[test]
+    fn a_layer_without_diff_id_is_refused() {
+        let mut spec = spec();
+        spec.layers[1].annotations.remove(annotation::UNCOMPRESSED);
+        let err = assemble(&spec).unwrap_err();
+        assert!(
+            matches!(&err, Error::MissingDiffId { digest } if *digest == spec.layers[1].digest),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_image_without_layers_has_an_empty_layer_list() {
+        let mut spec = spec();
+        spec.layers.clear();
+        spec.history.clear();
+        let image = assemble(&spec).unwrap();
+        let manifest: serde_json::Value = serde_json::from_slice(&image.manifest.bytes).unwrap();
+        assert_eq!(manifest["layers"], serde_json::json!([]));
+        let config = std::str::from_utf8(&image.config.1).unwrap();
+        assert!(
+            config.contains(r#""rootfs":{"type":"layers","diff_ids":[]}"#),
+            "{config}"
+        );
+        assert!(!config.contains("created"), "{config}");
+    }
+}
