@@ -10,7 +10,9 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timest
 use rustix::io::Errno;
 
 use super::Error;
-use super::select::{EntryKind, Match, SelectedEntry, Selection, clean_components, resolve_for_create};
+use super::select::{
+    EntryKind, Match, SelectedEntry, Selection, clean_components, resolve_for_create,
+};
 
 /// Options of one COPY/ADD.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -87,9 +89,14 @@ pub fn copy_into(
     let last_raw = dest.rsplit('/').next().unwrap_or("");
     let says_dir = dest.is_empty() || dest.ends_with('/') || last_raw == "." || last_raw == "..";
     let n_matches: usize = selection.sources.iter().map(|s| s.matches.len()).sum();
-    let any_dir = selection.sources.iter().flat_map(|s| &s.matches).any(Match::is_dir);
+    let any_dir = selection
+        .sources
+        .iter()
+        .flat_map(|s| &s.matches)
+        .any(Match::is_dir);
     let exists_as_dir = open_in_root(&root_fd, &dest_rel).is_ok();
-    let as_dir = says_dir || n_matches > 1 || any_dir || exists_as_dir || dest_rel.as_os_str().is_empty();
+    let as_dir =
+        says_dir || n_matches > 1 || any_dir || exists_as_dir || dest_rel.as_os_str().is_empty();
 
     let mut copier = Copier {
         root,
@@ -104,10 +111,11 @@ pub fn copy_into(
     for source in &selection.sources {
         for found in &source.matches {
             if options.extract_archives && found.entries[0].kind == EntryKind::File {
-                let extracted = crate::layer::extract_archive(&found.path, root, &dest_rel).map_err(|err| Error::Extract {
-                    archive: found.named.clone(),
-                    source: Box::new(err),
-                })?;
+                let extracted = crate::layer::extract_archive(&found.path, root, &dest_rel)
+                    .map_err(|err| Error::Extract {
+                        archive: found.named.clone(),
+                        source: Box::new(err),
+                    })?;
                 if extracted {
                     copier.stats.n_archives += 1;
                     continue;
@@ -122,11 +130,19 @@ pub fn copy_into(
                     copier.copy_tree(found, dir, &dest_rel)?;
                 } else {
                     let name = found.named.file_name().unwrap_or(OsStr::new("."));
-                    copier.create_leaf(dir, name, &dest_rel.join(name), found, &found.entries[0])?;
+                    copier.create_leaf(
+                        dir,
+                        name,
+                        &dest_rel.join(name),
+                        found,
+                        &found.entries[0],
+                    )?;
                 }
             } else {
                 let parent_rel = dest_rel.parent().unwrap_or(Path::new(""));
-                let name = dest_rel.file_name().expect("a non-root destination has a final name");
+                let name = dest_rel
+                    .file_name()
+                    .expect("a non-root destination has a final name");
                 let parent = copier.mkdir_p(parent_rel)?;
                 copier.create_leaf(&parent, name, &dest_rel, found, &found.entries[0])?;
             }
@@ -177,14 +193,16 @@ impl Copier<'_> {
         // Follow symlinks (also dangling ones) inside the root to find the directories to make,
         // as `mkdir -p` in a chroot would; every step below is still confined by the kernel.
         let comps: Vec<std::ffi::OsString> = rel.iter().map(OsStr::to_os_string).collect();
-        let rel = &resolve_for_create(self.root, &comps).map_err(|err| self.io_dest("resolve", rel, err))?;
+        let rel = &resolve_for_create(self.root, &comps)
+            .map_err(|err| self.io_dest("resolve", rel, err))?;
         match open_in_root(self.root_fd, rel) {
             Ok(fd) => return Ok(fd),
             Err(Errno::NOENT) => {}
             Err(Errno::NOTDIR) => return Err(self.not_a_dir(rel)),
             Err(err) => return Err(self.io_dest("open directory", rel, err)),
         }
-        let mut cur = open_in_root(self.root_fd, Path::new("")).map_err(|err| self.io_dest("open", Path::new(""), err))?;
+        let mut cur = open_in_root(self.root_fd, Path::new(""))
+            .map_err(|err| self.io_dest("open", Path::new(""), err))?;
         let mut prefix = PathBuf::new();
         for comp in rel.iter() {
             prefix.push(comp);
@@ -209,7 +227,8 @@ impl Copier<'_> {
                 };
                 self.io_dest("create directory", &prefix, err)
             })?;
-            rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755)).map_err(|err| self.io_dest("chmod", &prefix, err))?;
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755))
+                .map_err(|err| self.io_dest("chmod", &prefix, err))?;
             self.set_owner_fd(&fd, &prefix)?;
             cur = fd;
         }
@@ -231,7 +250,8 @@ impl Copier<'_> {
         };
         let st = rustix::fs::fstat(fd).map_err(|err| self.io_dest("stat", dest, err))?;
         if st.st_uid != uid || st.st_gid != gid {
-            rustix::fs::fchown(fd, Some(uid_of(uid)), Some(gid_of(gid))).map_err(|err| self.io_dest("chown", dest, err))?;
+            rustix::fs::fchown(fd, Some(uid_of(uid)), Some(gid_of(gid)))
+                .map_err(|err| self.io_dest("chown", dest, err))?;
         }
         Ok(())
     }
@@ -241,10 +261,17 @@ impl Copier<'_> {
         let Some((uid, gid)) = self.want_owner else {
             return Ok(());
         };
-        let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|err| self.io_dest("stat", dest, err))?;
+        let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|err| self.io_dest("stat", dest, err))?;
         if st.st_uid != uid || st.st_gid != gid {
-            rustix::fs::chownat(dir, name, Some(uid_of(uid)), Some(gid_of(gid)), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|err| self.io_dest("chown", dest, err))?;
+            rustix::fs::chownat(
+                dir,
+                name,
+                Some(uid_of(uid)),
+                Some(gid_of(gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|err| self.io_dest("chown", dest, err))?;
         }
         Ok(())
     }
@@ -255,7 +282,9 @@ impl Copier<'_> {
 
     /// Copies the contents of the directory match `found` into `dir` (`dest` inside the root).
     fn copy_tree(&mut self, found: &Match, dir: &OwnedFd, dest: &Path) -> Result<(), Error> {
-        let top = dir.try_clone().map_err(|err| self.io_dest("open directory", dest, err))?;
+        let top = dir
+            .try_clone()
+            .map_err(|err| self.io_dest("open directory", dest, err))?;
         let mut stack: Vec<Frame<'_>> = vec![Frame {
             rel: PathBuf::new(),
             fd: top,
@@ -275,10 +304,18 @@ impl Copier<'_> {
                     std::io::Error::other("selection entries are out of order"),
                 ));
             };
-            let name = entry.rel.file_name().expect("entries below a match have names");
+            let name = entry
+                .rel
+                .file_name()
+                .expect("entries below a match have names");
             let entry_dest = parent.dest.join(name);
             if entry.kind == EntryKind::Dir {
-                let fd = self.make_dir(&parent.fd, name, &entry_dest, &found.resolved.join(&entry.rel))?;
+                let fd = self.make_dir(
+                    &parent.fd,
+                    name,
+                    &entry_dest,
+                    &found.resolved.join(&entry.rel),
+                )?;
                 stack.push(Frame {
                     rel: entry.rel.clone(),
                     fd,
@@ -296,7 +333,13 @@ impl Copier<'_> {
     }
 
     /// Creates (or reuses) the directory `name` in `parent` and returns it open.
-    fn make_dir(&mut self, parent: &OwnedFd, name: &OsStr, dest: &Path, src_rel: &Path) -> Result<OwnedFd, Error> {
+    fn make_dir(
+        &mut self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        dest: &Path,
+        src_rel: &Path,
+    ) -> Result<OwnedFd, Error> {
         match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
             Ok(_) => {
@@ -330,8 +373,10 @@ impl Copier<'_> {
         let Some(entry) = frame.entry else {
             return Ok(());
         };
-        rustix::fs::fchmod(&frame.fd, self.mode_for(entry)).map_err(|err| self.io_dest("chmod", &frame.dest, err))?;
-        rustix::fs::futimens(&frame.fd, &timestamps(entry)).map_err(|err| self.io_dest("set times of", &frame.dest, err))?;
+        rustix::fs::fchmod(&frame.fd, self.mode_for(entry))
+            .map_err(|err| self.io_dest("chmod", &frame.dest, err))?;
+        rustix::fs::futimens(&frame.fd, &timestamps(entry))
+            .map_err(|err| self.io_dest("set times of", &frame.dest, err))?;
         Ok(())
     }
 
@@ -354,7 +399,8 @@ impl Copier<'_> {
                     reason: "a directory is in the way of a file; copy into it by ending the destination with `/`".into(),
                 });
             }
-            Ok(_) => rustix::fs::unlinkat(parent, name, AtFlags::empty()).map_err(|err| self.io_dest("replace", dest, err))?,
+            Ok(_) => rustix::fs::unlinkat(parent, name, AtFlags::empty())
+                .map_err(|err| self.io_dest("replace", dest, err))?,
             Err(Errno::NOENT) => {}
             Err(err) => return Err(self.io_dest("stat", dest, err)),
         }
@@ -362,7 +408,11 @@ impl Copier<'_> {
             EntryKind::File => {
                 let src = rustix::fs::openat2(
                     self.src_fd,
-                    if src_rel.as_os_str().is_empty() { Path::new(".") } else { &src_rel },
+                    if src_rel.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        &src_rel
+                    },
                     OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::empty(),
                     ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
@@ -371,7 +421,11 @@ impl Copier<'_> {
                 let out = rustix::fs::openat(
                     parent,
                     name,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(|err| self.io_dest("create", dest, err))?;
@@ -381,14 +435,17 @@ impl Copier<'_> {
                     .map_err(|err| Error::io("copy", self.src_root.join(&src_rel), err))?;
                 let out: OwnedFd = out_file.into();
                 self.set_owner_fd(&out, dest)?;
-                rustix::fs::fchmod(&out, self.mode_for(entry)).map_err(|err| self.io_dest("chmod", dest, err))?;
-                rustix::fs::futimens(&out, &timestamps(entry)).map_err(|err| self.io_dest("set times of", dest, err))?;
+                rustix::fs::fchmod(&out, self.mode_for(entry))
+                    .map_err(|err| self.io_dest("chmod", dest, err))?;
+                rustix::fs::futimens(&out, &timestamps(entry))
+                    .map_err(|err| self.io_dest("set times of", dest, err))?;
                 self.stats.n_files += 1;
                 self.stats.n_bytes += n_bytes;
             }
             EntryKind::Symlink => {
                 let target = entry.link_target.as_deref().unwrap_or(Path::new(""));
-                rustix::fs::symlinkat(target, parent, name).map_err(|err| self.io_dest("create symlink", dest, err))?;
+                rustix::fs::symlinkat(target, parent, name)
+                    .map_err(|err| self.io_dest("create symlink", dest, err))?;
                 self.set_owner_at(parent, name, dest)?;
                 rustix::fs::utimensat(parent, name, &timestamps(entry), AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|err| self.io_dest("set times of", dest, err))?;
@@ -400,8 +457,14 @@ impl Copier<'_> {
                     EntryKind::CharDevice => FileType::CharacterDevice,
                     _ => FileType::BlockDevice,
                 };
-                rustix::fs::mknodat(parent, name, file_type, Mode::from_raw_mode(0o600), entry.rdev)
-                    .map_err(|err| self.io_dest("create", dest, err))?;
+                rustix::fs::mknodat(
+                    parent,
+                    name,
+                    file_type,
+                    Mode::from_raw_mode(0o600),
+                    entry.rdev,
+                )
+                .map_err(|err| self.io_dest("create", dest, err))?;
                 self.set_owner_at(parent, name, dest)?;
                 rustix::fs::chmodat(parent, name, self.mode_for(entry), AtFlags::empty())
                     .map_err(|err| self.io_dest("chmod", dest, err))?;
@@ -436,7 +499,7 @@ fn gid_of(gid: u32) -> rustix::fs::Gid {
 fn timestamps(entry: &SelectedEntry) -> Timestamps {
     let time = Timespec {
         tv_sec: entry.mtime_sec,
-        tv_nsec: i64::from(entry.mtime_nsec).into(),
+        tv_nsec: i64::from(entry.mtime_nsec),
     };
     Timestamps {
         last_access: time,
@@ -445,13 +508,21 @@ fn timestamps(entry: &SelectedEntry) -> Timestamps {
 }
 
 fn open_root(path: &Path) -> Result<OwnedFd, Error> {
-    rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|err| Error::io("open directory", path, err))
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|err| Error::io("open directory", path, err))
 }
 
 /// Opens the directory `rel` inside `root_fd`, resolving symlinks as if it were `/`.
 fn open_in_root(root_fd: &OwnedFd, rel: &Path) -> Result<OwnedFd, Errno> {
-    let target = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+    let target = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
     loop {
         match rustix::fs::openat2(
             root_fd.as_fd(),
@@ -481,7 +552,9 @@ fn read_in_root(root_fd: &OwnedFd, rel: &str) -> Result<Option<String>, Errno> {
         Err(err) => return Err(err),
     };
     let mut text = Vec::new();
-    File::from(fd).read_to_end(&mut text).map_err(|err| Errno::from_io_error(&err).unwrap_or(Errno::IO))?;
+    File::from(fd)
+        .read_to_end(&mut text)
+        .map_err(|err| Errno::from_io_error(&err).unwrap_or(Errno::IO))?;
     Ok(Some(String::from_utf8_lossy(&text).into_owned()))
 }
 
@@ -508,7 +581,9 @@ fn resolve_chown(root_fd: &OwnedFd, spec: &str) -> Result<(u32, u32), Error> {
         None => (spec, None),
     };
     if user.is_empty() || group.is_some_and(str::is_empty) {
-        return Err(err("expected `user`, `user:group`, `uid` or `uid:gid`".into()));
+        return Err(err(
+            "expected `user`, `user:group`, `uid` or `uid:gid`".into()
+        ));
     }
     let lookup = |file: &str, name: &str, what: &str| -> Result<u32, Error> {
         if let Ok(id) = name.parse::<u32>() {

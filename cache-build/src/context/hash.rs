@@ -24,14 +24,14 @@ const BIG_FILE: u64 = 8 << 20;
 /// remembered: a later change within the same filesystem timestamp tick could leave its stat
 /// data unchanged ("racily clean", as git calls it). Kernel file timestamps come from a coarse
 /// clock that lags the real time by at most a jiffy (≤ 10 ms).
-const RACY_WINDOW_NS: i128 = 50_000_000;
+const RACY_WINDOW_NS: i64 = 50_000_000;
 
 /// The stat data a cached hash is valid for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct StatKey {
     pub(crate) size: u64,
-    pub(crate) mtime_ns: i128,
-    pub(crate) ctime_ns: i128,
+    pub(crate) mtime_ns: i64,
+    pub(crate) ctime_ns: i64,
     pub(crate) ino: u64,
     pub(crate) dev: u64,
 }
@@ -40,8 +40,14 @@ impl StatKey {
     pub(crate) fn from_metadata(meta: &std::fs::Metadata) -> StatKey {
         StatKey {
             size: meta.size(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+            mtime_ns: meta
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.mtime_nsec()),
+            ctime_ns: meta
+                .ctime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.ctime_nsec()),
             ino: meta.ino(),
             dev: meta.dev(),
         }
@@ -50,8 +56,11 @@ impl StatKey {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct CachedHash {
-    #[serde(flatten)]
-    key: StatKey,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    ino: u64,
+    dev: u64,
     blake3: String,
 }
 
@@ -120,7 +129,14 @@ impl HashCache {
                 tracing::warn!(path = %path.display(), file = %name, "corrupt entry in the context hash cache; skipping it");
                 continue;
             }
-            cache.entries.insert(PathBuf::from(name), (entry.key, hash));
+            let key = StatKey {
+                size: entry.size,
+                mtime_ns: entry.mtime_ns,
+                ctime_ns: entry.ctime_ns,
+                ino: entry.ino,
+                dev: entry.dev,
+            };
+            cache.entries.insert(PathBuf::from(name), (key, hash));
         }
         cache
     }
@@ -159,7 +175,11 @@ impl HashCache {
                 Some((
                     name,
                     CachedHash {
-                        key: *key,
+                        size: key.size,
+                        mtime_ns: key.mtime_ns,
+                        ctime_ns: key.ctime_ns,
+                        ino: key.ino,
+                        dev: key.dev,
                         blake3: hex::encode(hash),
                     },
                 ))
@@ -206,7 +226,10 @@ impl HashCache {
 
     /// Hashes `files` (absolute path and the stat data seen when it was listed), taking what it
     /// can from the cache and reading the rest in parallel. Results are in input order.
-    pub(crate) fn hash_files(&mut self, files: &[(PathBuf, StatKey)]) -> Result<Vec<[u8; 32]>, Error> {
+    pub(crate) fn hash_files(
+        &mut self,
+        files: &[(PathBuf, StatKey)],
+    ) -> Result<Vec<[u8; 32]>, Error> {
         let mut out: Vec<Option<[u8; 32]>> = Vec::with_capacity(files.len());
         let mut missing: Vec<usize> = Vec::new();
         for (idx, (path, key)) in files.iter().enumerate() {
@@ -218,10 +241,15 @@ impl HashCache {
         }
         self.stats.files_from_cache += (files.len() - missing.len()) as u64;
         if missing.is_empty() {
-            return Ok(out.into_iter().map(|h| h.expect("every file was a cache hit")).collect());
+            return Ok(out
+                .into_iter()
+                .map(|h| h.expect("every file was a cache hit"))
+                .collect());
         }
 
-        let (big, small): (Vec<usize>, Vec<usize>) = missing.iter().partition(|&&idx| files[idx].1.size >= BIG_FILE);
+        let (big, small): (Vec<usize>, Vec<usize>) = missing
+            .iter()
+            .partition(|&&idx| files[idx].1.size >= BIG_FILE);
         let mut results: Vec<(usize, Hashed)> = Vec::with_capacity(missing.len());
         for idx in big {
             results.push((idx, hash_file(&files[idx].0, true)?));
@@ -235,7 +263,8 @@ impl HashCache {
             // Remember the hash only if the file did not change while it was read and was not
             // changed so recently that a further change could go unnoticed.
             let stable = hashed.before == *listed && hashed.after == *listed;
-            let old_enough = listed.ctime_ns.max(listed.mtime_ns) < hashed.started_ns - RACY_WINDOW_NS;
+            let old_enough =
+                listed.ctime_ns.max(listed.mtime_ns) < hashed.started_ns - RACY_WINDOW_NS;
             if stable && old_enough {
                 self.entries.insert(path.clone(), (*listed, hashed.hash));
                 self.dirty = true;
@@ -244,7 +273,10 @@ impl HashCache {
             }
             out[idx] = Some(hashed.hash);
         }
-        Ok(out.into_iter().map(|h| h.expect("every file was hashed")).collect())
+        Ok(out
+            .into_iter()
+            .map(|h| h.expect("every file was hashed"))
+            .collect())
     }
 }
 
@@ -256,12 +288,12 @@ struct Hashed {
     before: StatKey,
     after: StatKey,
     /// Wall clock when reading started, in ns since the epoch.
-    started_ns: i128,
+    started_ns: i64,
 }
 
-fn now_ns() -> i128 {
+fn now_ns() -> i64 {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
-        Ok(since) => since.as_nanos() as i128,
+        Ok(since) => i64::try_from(since.as_nanos()).unwrap_or(i64::MAX),
         Err(_) => 0,
     }
 }
@@ -308,7 +340,10 @@ fn hash_file(path: &Path, rayon: bool) -> Result<Hashed, Error> {
 }
 
 /// Hashes `files[idx]` for each `idx` of `todo` on a small pool of threads.
-fn hash_parallel(files: &[(PathBuf, StatKey)], todo: &[usize]) -> Result<Vec<(usize, Hashed)>, Error> {
+fn hash_parallel(
+    files: &[(PathBuf, StatKey)],
+    todo: &[usize],
+) -> Result<Vec<(usize, Hashed)>, Error> {
     if todo.is_empty() {
         return Ok(Vec::new());
     }
@@ -318,7 +353,10 @@ fn hash_parallel(files: &[(PathBuf, StatKey)], todo: &[usize]) -> Result<Vec<(us
         .clamp(1, 8)
         .min(todo.len());
     if n_threads <= 1 {
-        return todo.iter().map(|&idx| Ok((idx, hash_file(&files[idx].0, false)?))).collect();
+        return todo
+            .iter()
+            .map(|&idx| Ok((idx, hash_file(&files[idx].0, false)?)))
+            .collect();
     }
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<(usize, Hashed)>> = Mutex::new(Vec::with_capacity(todo.len()));
@@ -341,7 +379,10 @@ fn hash_parallel(files: &[(PathBuf, StatKey)], todo: &[usize]) -> Result<Vec<(us
                         }
                     }
                 }
-                results.lock().unwrap_or_else(|e| e.into_inner()).extend(local);
+                results
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(local);
             });
         }
     });
@@ -363,7 +404,7 @@ mod tests {
     fn write_old(path: &Path, content: &[u8]) -> StatKey {
         std::fs::write(path, content).expect("write");
         // Let the file age past the racy window so its hash is remembered.
-        std::thread::sleep(std::time::Duration::from_millis(RACY_WINDOW_NS as u64 / 1_000_000 + 30));
+        crate::context::test_support::age_files();
         StatKey::from_metadata(&std::fs::symlink_metadata(path).expect("stat"))
     }
 
@@ -416,7 +457,10 @@ mod tests {
         let key = StatKey::from_metadata(&std::fs::symlink_metadata(&file).expect("stat"));
         let mut cache = HashCache::in_memory();
         cache.hash_files(&[(file.clone(), key)]).expect("hash");
-        assert!(cache.is_empty(), "a file changed within the racy window must not be cached");
+        assert!(
+            cache.is_empty(),
+            "a file changed within the racy window must not be cached"
+        );
     }
 
     #[test]

@@ -116,11 +116,41 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: impl Into<io::Error>) -> Error {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+        source: impl Into<io::Error>,
+    ) -> Error {
         Error::Io {
             op,
             path: path.into(),
             source: source.into(),
         }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! Helpers shared by this module's unit tests.
+
+    use std::path::Path;
+
+    /// Writes `content` at `rel` under `root`, creating parents.
+    pub(crate) fn write(root: &Path, rel: &str, content: &str) {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().expect("has a parent")).expect("create parents");
+        std::fs::write(&path, content).expect("write file");
+    }
+
+    /// Waits until files written so far are old enough for the hash cache to remember them.
+    pub(crate) fn age_files() {
+        std::thread::sleep(std::time::Duration::from_millis(120));
+    }
+
+    /// Sets the permission bits of `rel` under `root`.
+    pub(crate) fn chmod(root: &Path, rel: &str, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(root.join(rel), std::fs::Permissions::from_mode(mode))
+            .expect("chmod");
     }
 }

@@ -89,9 +89,21 @@ pub struct Match {
 }
 
 impl Match {
+    /// The path of one of this match's entries relative to the source root, as named
+    /// (`named` joined with the entry's `rel`).
+    pub fn entry_path(&self, entry: &SelectedEntry) -> PathBuf {
+        if entry.rel.as_os_str().is_empty() {
+            self.named.clone()
+        } else {
+            self.named.join(&entry.rel)
+        }
+    }
+
     /// Whether the match is a directory (whose contents are copied, not the directory itself).
     pub fn is_dir(&self) -> bool {
-        self.entries.first().is_some_and(|entry| entry.kind == EntryKind::Dir)
+        self.entries
+            .first()
+            .is_some_and(|entry| entry.kind == EntryKind::Dir)
     }
 }
 
@@ -139,7 +151,11 @@ pub fn select(
     ignore: Option<&IgnoreMatcher>,
     cache: &mut HashCache,
 ) -> Result<Selection, Error> {
-    let root_name = if ignore.is_some() { "build context" } else { "source stage" };
+    let root_name = if ignore.is_some() {
+        "build context"
+    } else {
+        "source stage"
+    };
     let mut selected = Vec::with_capacity(sources.len());
     // Files to hash: (source idx, match idx, entry idx) and (absolute path, stat data).
     let mut refs: Vec<(usize, usize, usize)> = Vec::new();
@@ -219,7 +235,7 @@ pub fn select(
 fn listing_line(out: &mut Vec<u8>, source_idx: usize, found: &Match, entry: &SelectedEntry) {
     out.extend_from_slice(source_idx.to_string().as_bytes());
     out.push(b'\t');
-    let path = found.named.join(&entry.rel);
+    let path = found.entry_path(entry);
     if path.as_os_str().is_empty() {
         out.push(b'.');
     } else {
@@ -334,14 +350,20 @@ fn expand_wildcards(root: &Path, source: &str, comps: &[OsString]) -> Result<Vec
                     .map(|res| res.map(|entry| entry.file_name()))
                     .collect::<Result<_, _>>()
                     .map_err(|err| Error::io("list", &dir, err))?,
-                Err(err) if matches!(err.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                    ) =>
+                {
                     continue;
                 }
                 Err(err) => return Err(Error::io("list", &dir, err)),
             };
             names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
             for name in names {
-                let name_chars: Vec<char> = String::from_utf8_lossy(name.as_bytes()).chars().collect();
+                let name_chars: Vec<char> =
+                    String::from_utf8_lossy(name.as_bytes()).chars().collect();
                 if match_component(&pattern, &name_chars) {
                     next.push(cand.join(&name));
                 }
@@ -364,7 +386,7 @@ fn validate_pattern(pattern: &[char]) -> Result<(), String> {
                 idx += 2;
             }
             '[' => match parse_class(pattern, idx + 1) {
-                Some((_, _, end)) => idx = end,
+                Some(class) => idx = class.end,
                 None => return Err("unterminated or empty character class `[...]`".into()),
             },
             _ => idx += 1,
@@ -373,8 +395,17 @@ fn validate_pattern(pattern: &[char]) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses a character class starting after its `[`: returns (negated, ranges, index after `]`).
-fn parse_class(pattern: &[char], mut idx: usize) -> Option<(bool, Vec<(char, char)>, usize)> {
+/// A parsed `[...]` character class.
+struct CharClass {
+    negated: bool,
+    /// Inclusive ranges; a single character is a range of one.
+    ranges: Vec<(char, char)>,
+    /// Index in the pattern after the closing `]`.
+    end: usize,
+}
+
+/// Parses a character class starting after its `[`; `None` if it is empty or unterminated.
+fn parse_class(pattern: &[char], mut idx: usize) -> Option<CharClass> {
     let negated = pattern.get(idx) == Some(&'^');
     if negated {
         idx += 1;
@@ -395,7 +426,11 @@ fn parse_class(pattern: &[char], mut idx: usize) -> Option<(bool, Vec<(char, cha
     };
     loop {
         if pattern.get(idx) == Some(&']') && !ranges.is_empty() {
-            return Some((negated, ranges, idx + 1));
+            return Some(CharClass {
+                negated,
+                ranges,
+                end: idx + 1,
+            });
         }
         let lo = read_char(&mut idx)?;
         let hi = if pattern.get(idx) == Some(&'-') {
@@ -423,11 +458,11 @@ fn match_component(pattern: &[char], name: &[char]) -> bool {
             let Some(&c) = name.first() else {
                 return false;
             };
-            let Some((negated, ranges, end)) = parse_class(pattern, 1) else {
+            let Some(class) = parse_class(pattern, 1) else {
                 return false;
             };
-            let hit = ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi);
-            hit != negated && match_component(&pattern[end..], &name[1..])
+            let hit = class.ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi);
+            hit != class.negated && match_component(&pattern[class.end..], &name[1..])
         }
         '\\' if pattern.len() > 1 => {
             name.first() == Some(&pattern[1]) && match_component(&pattern[2..], &name[1..])
@@ -440,7 +475,11 @@ fn match_component(pattern: &[char], name: &[char]) -> bool {
 /// absolute symlink targets start again from it. The final component is followed only if
 /// `follow_final`. Returns the resolved path relative to `root` (no component of it is a
 /// symlink, except possibly the last when not following), or `None` if it does not exist.
-pub(crate) fn resolve_in_root(root: &Path, components: &[OsString], follow_final: bool) -> io::Result<Option<PathBuf>> {
+pub(crate) fn resolve_in_root(
+    root: &Path,
+    components: &[OsString],
+    follow_final: bool,
+) -> io::Result<Option<PathBuf>> {
     resolve_impl(root, components, follow_final, false)
 }
 
@@ -451,7 +490,12 @@ pub(crate) fn resolve_for_create(root: &Path, components: &[OsString]) -> io::Re
     Ok(resolve_impl(root, components, true, true)?.expect("missing components are kept"))
 }
 
-fn resolve_impl(root: &Path, components: &[OsString], follow_final: bool, keep_missing: bool) -> io::Result<Option<PathBuf>> {
+fn resolve_impl(
+    root: &Path,
+    components: &[OsString],
+    follow_final: bool,
+    keep_missing: bool,
+) -> io::Result<Option<PathBuf>> {
     let mut resolved: Vec<OsString> = Vec::new();
     let mut todo: VecDeque<OsString> = components.iter().cloned().collect();
     let mut n_links = 0;
@@ -479,7 +523,13 @@ fn resolve_impl(root: &Path, components: &[OsString], follow_final: bool, keep_m
                 }
                 return Ok(Some(resolved.iter().collect()));
             }
-            Err(err) if !keep_missing && matches!(err.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
+            Err(err)
+                if !keep_missing
+                    && matches!(
+                        err.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                    ) =>
+            {
                 return Ok(None);
             }
             Err(err) => return Err(err),
@@ -520,14 +570,18 @@ type FileRef = (usize, PathBuf, StatKey);
 impl Walker<'_> {
     fn is_excluded(&self, rel: &Path) -> bool {
         match self.ignore {
-            Some(ignore) if !rel.as_os_str().is_empty() => ignore.is_excluded(&String::from_utf8_lossy(rel.as_os_str().as_bytes())),
+            Some(ignore) if !rel.as_os_str().is_empty() => {
+                ignore.is_excluded(&String::from_utf8_lossy(rel.as_os_str().as_bytes()))
+            }
             _ => false,
         }
     }
 
     fn may_include_under(&self, rel: &Path) -> bool {
         match self.ignore {
-            Some(ignore) => ignore.may_include_under(&String::from_utf8_lossy(rel.as_os_str().as_bytes())),
+            Some(ignore) => {
+                ignore.may_include_under(&String::from_utf8_lossy(rel.as_os_str().as_bytes()))
+            }
             None => true,
         }
     }
@@ -535,8 +589,8 @@ impl Walker<'_> {
     /// The match for `named`, or `None` if it does not exist or is excluded.
     fn match_path(&self, named: &Path) -> Result<Option<(Match, Vec<FileRef>)>, Error> {
         let comps: Vec<OsString> = named.iter().map(OsStr::to_os_string).collect();
-        let Some(resolved) =
-            resolve_in_root(self.root, &comps, true).map_err(|err| Error::io("resolve", self.root.join(named), err))?
+        let Some(resolved) = resolve_in_root(self.root, &comps, true)
+            .map_err(|err| Error::io("resolve", self.root.join(named), err))?
         else {
             return Ok(None);
         };
@@ -557,7 +611,8 @@ impl Walker<'_> {
             if excluded && !self.may_include_under(&resolved) {
                 return Ok(None);
             }
-            let n_included = self.walk(&path, &resolved, Path::new(""), &mut entries, &mut files)?;
+            let n_included =
+                self.walk(&path, &resolved, Path::new(""), &mut entries, &mut files)?;
             if excluded && n_included == 0 {
                 return Ok(None);
             }
@@ -589,7 +644,9 @@ impl Walker<'_> {
         let iter = std::fs::read_dir(abs).map_err(|err| Error::io("list", abs, err))?;
         for res in iter {
             let entry = res.map_err(|err| Error::io("list", abs, err))?;
-            let meta = entry.metadata().map_err(|err| Error::io("stat", entry.path(), err))?;
+            let meta = entry
+                .metadata()
+                .map_err(|err| Error::io("stat", entry.path(), err))?;
             children.push((entry.file_name(), meta));
         }
         children.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
@@ -631,7 +688,11 @@ impl Walker<'_> {
 }
 
 /// Builds an entry from `lstat` data; `None` for sockets, which are never copied.
-fn entry_from_meta(rel: PathBuf, meta: &std::fs::Metadata, abs: &Path) -> Result<Option<SelectedEntry>, Error> {
+fn entry_from_meta(
+    rel: PathBuf,
+    meta: &std::fs::Metadata,
+    abs: &Path,
+) -> Result<Option<SelectedEntry>, Error> {
     let file_type = meta.file_type();
     let kind = if file_type.is_file() {
         EntryKind::File
@@ -657,11 +718,283 @@ fn entry_from_meta(rel: PathBuf, meta: &std::fs::Metadata, abs: &Path) -> Result
         rel,
         kind,
         mode: meta.mode() & 0o7777,
-        size: if kind == EntryKind::File { meta.size() } else { 0 },
+        size: if kind == EntryKind::File {
+            meta.size()
+        } else {
+            0
+        },
         mtime_sec: meta.mtime(),
         mtime_nsec: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
         link_target,
         rdev: meta.rdev(),
         blake3: None,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::test_support::{age_files, chmod, write};
+
+    fn sel(
+        root: &Path,
+        sources: &[&str],
+        ignore: Option<&IgnoreMatcher>,
+    ) -> Result<Selection, Error> {
+        let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+        select(root, &sources, ignore, &mut HashCache::in_memory())
+    }
+
+    /// Context-relative paths of everything selected, as `named/rel`.
+    fn names(selection: &Selection) -> Vec<String> {
+        let mut out = Vec::new();
+        for source in &selection.sources {
+            for found in &source.matches {
+                for entry in &found.entries {
+                    out.push(found.entry_path(entry).to_string_lossy().into_owned());
+                }
+            }
+        }
+        out
+    }
+
+    fn context() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "a.txt", "a");
+        write(dir.path(), "b.txt", "b");
+        write(dir.path(), "c.md", "c");
+        write(dir.path(), "src/x/a", "xa");
+        write(dir.path(), "src/x/b", "xb");
+        write(dir.path(), "src/y/a", "ya");
+        write(dir.path(), "dir/one.txt", "1");
+        write(dir.path(), "dir/sub/two.txt", "2");
+        write(dir.path(), "dir/secret.key", "k");
+        dir
+    }
+
+    #[test]
+    fn checksum_covers_exactly_the_selected_content() {
+        let ctx = context();
+        let root = ctx.path();
+        let sources = ["a.txt", "dir"];
+        let base = sel(root, &sources, None).expect("select").checksum;
+
+        // Timestamps and unselected files do not count.
+        let old = filetime::FileTime::from_unix_time(1_000_000, 0);
+        filetime::set_file_mtime(root.join("a.txt"), old).expect("set mtime");
+        filetime::set_file_mtime(root.join("dir/sub"), old).expect("set mtime");
+        write(root, "b.txt", "changed");
+        write(root, "unrelated/new.txt", "new");
+        assert_eq!(sel(root, &sources, None).expect("select").checksum, base);
+
+        write(root, "a.txt", "A");
+        let content = sel(root, &sources, None).expect("select").checksum;
+        assert_ne!(content, base, "content change");
+        write(root, "a.txt", "a");
+        assert_eq!(sel(root, &sources, None).expect("select").checksum, base);
+
+        chmod(root, "dir/one.txt", 0o755);
+        assert_ne!(
+            sel(root, &sources, None).expect("select").checksum,
+            base,
+            "mode change"
+        );
+        chmod(root, "dir/one.txt", 0o644);
+        assert_eq!(sel(root, &sources, None).expect("select").checksum, base);
+
+        std::fs::rename(root.join("dir/sub/two.txt"), root.join("dir/sub/three.txt"))
+            .expect("rename");
+        assert_ne!(
+            sel(root, &sources, None).expect("select").checksum,
+            base,
+            "rename"
+        );
+    }
+
+    #[test]
+    fn checksum_is_a_sha256_of_the_listing() {
+        let ctx = context();
+        let selection = sel(ctx.path(), &["a.txt"], None).expect("select");
+        let hash = blake3::hash(b"a").to_hex();
+        let listing = format!("buildcache-context-selection v1\n0\ta.txt\tfile\t644\t{hash}\n");
+        assert_eq!(
+            selection.checksum,
+            cache_core::digest::sha256(listing.as_bytes())
+        );
+        assert_eq!((selection.n_files, selection.n_bytes), (1, 1));
+    }
+
+    #[test]
+    fn dockerignore_excludes_from_selection_and_checksum() {
+        let ctx = context();
+        let root = ctx.path();
+        let ignore = IgnoreMatcher::parse("**/*.key\nsrc\n!src/y\n").expect("parse");
+        let selection = sel(root, &["dir"], Some(&ignore)).expect("select");
+        assert_eq!(
+            names(&selection),
+            ["dir", "dir/one.txt", "dir/sub", "dir/sub/two.txt"]
+        );
+        let base = selection.checksum;
+        write(root, "dir/secret.key", "changed secret");
+        assert_eq!(
+            sel(root, &["dir"], Some(&ignore)).expect("select").checksum,
+            base
+        );
+
+        let err = sel(root, &["dir/secret.key"], Some(&ignore)).expect_err("excluded file");
+        assert!(matches!(err, Error::NotFound { .. }), "{err}");
+
+        // An excluded directory contributes only what `!` re-includes.
+        let selection = sel(root, &["."], Some(&ignore)).expect("select");
+        let listed = names(&selection);
+        assert!(listed.contains(&"src/y/a".to_string()), "{listed:?}");
+        assert!(!listed.iter().any(|p| p.starts_with("src/x")), "{listed:?}");
+        assert!(!listed.iter().any(|p| p.ends_with(".key")), "{listed:?}");
+    }
+
+    #[test]
+    fn wildcards_match_per_component() {
+        let ctx = context();
+        let root = ctx.path();
+        let check = |pattern: &str, expect: &[&str]| {
+            let selection = sel(root, &[pattern], None).expect("select");
+            assert!(selection.sources[0].is_wildcard);
+            let named: Vec<String> = selection.sources[0]
+                .matches
+                .iter()
+                .map(|m| m.named.to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(named, expect, "pattern {pattern}");
+        };
+        check("*.txt", &["a.txt", "b.txt"]);
+        check("/src/*/a", &["src/x/a", "src/y/a"]);
+        check("?.md", &["c.md"]);
+        check("[ab].txt", &["a.txt", "b.txt"]);
+        check("[^a].txt", &["b.txt"]);
+        check("s*", &["src"]);
+        let err = sel(root, &["*.none"], None).expect_err("no match");
+        assert!(err.to_string().contains("\"*.none\""), "{err}");
+        let err = sel(root, &["[a.txt"], None).expect_err("bad pattern");
+        assert!(matches!(err, Error::BadPattern { .. }), "{err}");
+    }
+
+    #[test]
+    fn go_match_semantics() {
+        let m = |pattern: &str, name: &str| {
+            let pattern: Vec<char> = pattern.chars().collect();
+            validate_pattern(&pattern).expect("valid");
+            match_component(&pattern, &name.chars().collect::<Vec<_>>())
+        };
+        assert!(m("*", ".hidden"));
+        assert!(m("a*b*c", "aXbYc"));
+        assert!(!m("a*b", "aXbY"));
+        assert!(m("[a-c]x", "bx"));
+        assert!(!m("[^a-c]x", "bx"));
+        assert!(m("\\*", "*"));
+        assert!(!m("\\*", "a"));
+        assert!(m("é?", "éü"));
+        assert!(validate_pattern(&['[', ']']).is_err());
+        assert!(validate_pattern(&['a', '\\']).is_err());
+    }
+
+    #[test]
+    fn missing_source_error_names_it() {
+        let ctx = context();
+        let err =
+            sel(ctx.path(), &["missing.txt"], Some(&IgnoreMatcher::empty())).expect_err("missing");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("COPY source \"missing.txt\" not found in the build context"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn sources_cannot_leave_the_root() {
+        let base = tempfile::tempdir().expect("tempdir");
+        write(base.path(), "outside", "secret");
+        write(base.path(), "ctx/inside", "in");
+        write(base.path(), "ctx/etc/hostname", "inner");
+        let root = base.path().join("ctx");
+        std::os::unix::fs::symlink("/etc/hostname", root.join("abs-link")).expect("symlink");
+        std::os::unix::fs::symlink("../../outside", root.join("rel-link")).expect("symlink");
+
+        for source in ["../outside", "/../outside", "rel-link"] {
+            let err = sel(&root, &[source], None).expect_err(source);
+            assert!(matches!(err, Error::NotFound { .. }), "{source}: {err}");
+        }
+        // An absolute link target resolves inside the root, not on the host.
+        let selection = sel(&root, &["abs-link"], None).expect("select");
+        let found = &selection.sources[0].matches[0];
+        assert_eq!(found.resolved, Path::new("etc/hostname"));
+        assert_eq!(found.named, Path::new("abs-link"));
+        assert_eq!(
+            found.entries[0].blake3,
+            Some(*blake3::hash(b"inner").as_bytes())
+        );
+        // `..` in a source is clamped at the root.
+        let selection = sel(&root, &["../../inside"], None).expect("select");
+        assert_eq!(
+            selection.sources[0].matches[0].resolved,
+            Path::new("inside")
+        );
+    }
+
+    #[test]
+    fn symlinks_inside_directories_are_listed_not_followed() {
+        let ctx = context();
+        let root = ctx.path();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("dir/link")).expect("symlink");
+        let selection = sel(root, &["dir"], None).expect("select");
+        let link = selection.sources[0].matches[0]
+            .entries
+            .iter()
+            .find(|e| e.rel == Path::new("link"))
+            .expect("link listed");
+        assert_eq!(link.kind, EntryKind::Symlink);
+        assert_eq!(link.link_target.as_deref(), Some(Path::new("/etc/passwd")));
+        let base = selection.checksum;
+        std::fs::remove_file(root.join("dir/link")).expect("rm");
+        std::os::unix::fs::symlink("/etc/group", root.join("dir/link")).expect("symlink");
+        assert_ne!(
+            sel(root, &["dir"], None).expect("select").checksum,
+            base,
+            "link target change"
+        );
+    }
+
+    #[test]
+    fn warm_select_reads_no_file() {
+        let ctx = tempfile::tempdir().expect("tempdir");
+        let root = ctx.path();
+        for i in 0..10_000 {
+            write(
+                root,
+                &format!("d{}/f{i}.txt", i % 100),
+                &format!("file {i}"),
+            );
+        }
+        age_files();
+        let cache_path = root.join(".state/hashes.json");
+        let sources = vec![".".to_string()];
+        let ignore = IgnoreMatcher::parse(".state\n").expect("parse");
+        let mut cache = HashCache::load(&cache_path);
+        let cold = select(root, &sources, Some(&ignore), &mut cache).expect("select");
+        assert_eq!(cold.n_files, 10_000);
+        assert_eq!(cache.stats().files_hashed, 10_000);
+        cache.save().expect("save");
+
+        let mut cache = HashCache::load(&cache_path);
+        let warm = select(root, &sources, Some(&ignore), &mut cache).expect("select");
+        assert_eq!(warm.checksum, cold.checksum);
+        assert_eq!(cache.stats().files_hashed, 0);
+        assert_eq!(cache.stats().files_from_cache, 10_000);
+        assert_eq!(cache.stats().bytes_hashed, 0);
+
+        // One changed file is the only one read again.
+        write(root, "d7/f7.txt", "changed");
+        let changed = select(root, &sources, Some(&ignore), &mut cache).expect("select");
+        assert_ne!(changed.checksum, cold.checksum);
+        assert_eq!(cache.stats().files_hashed, 1);
+    }
 }
