@@ -1,6 +1,9 @@
 //! The `buildcache` command line: builds Dockerfiles and manages BuildKit-format caches.
 
+mod build;
+mod images;
 mod inspect;
+mod progress;
 mod stores;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -15,6 +18,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Build a Dockerfile into an OCI image, importing and exporting build caches.
+    Build(Box<build::BuildArgs>),
     /// Inspect and manage exported caches.
     Cache {
         #[command(subcommand)]
@@ -61,6 +66,7 @@ fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Build(args) => build::run(*args).await,
         Command::Cache { command } => match command {
             CacheCommand::Inspect { source, format } => {
                 inspect::run(&source, format == Format::Json).await

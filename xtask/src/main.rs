@@ -1,5 +1,6 @@
 //! Project automation for buildcache: `cargo xtask test`, `ci`, `registry`, `deps`, `tidy`, `bench`.
 
+mod demo;
 mod services;
 mod test;
 mod tidy;
@@ -18,6 +19,8 @@ tasks:
   deps                               install (as root) or list the Debian packages the suite needs
   registry up [--auth] [--dir DIR]   start loopback registries and print their CACHE_TEST_REGISTRY* variables
   registry down                      stop the registries started by `registry up`
+  demo                               the main job: build examples/multistage cold with --cache-to type=local,
+                                     then warm on an empty root with --cache-from, and print both times
   tidy                               check docs, banned constructs, manifests and crate layering
   bench [--quick] [ARGS]             run the cache-bench scenario runner against fresh registries";
 
@@ -56,6 +59,10 @@ fn run_task() -> anyhow::Result<()> {
             Ok(())
         }
         "registry" => registry(rest),
+        "demo" => {
+            no_args(task, rest)?;
+            demo::run(&root)
+        }
         "tidy" => {
             no_args(task, rest)?;
             tidy::run(&root)

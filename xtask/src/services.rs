@@ -102,7 +102,7 @@ fn missing_packages() -> Vec<&'static str> {
 }
 
 /// Finds `name` in `PATH`, then in the usual system directories.
-fn find_binary(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_binary(name: &str) -> Option<PathBuf> {
     let path_dirs = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path_dirs)
         .chain(FALLBACK_BIN_DIRS.iter().map(PathBuf::from))

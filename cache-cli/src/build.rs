@@ -1,0 +1,706 @@
+//! `buildcache build`: builds a Dockerfile, importing and exporting BuildKit-format caches.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use cache_build::engine::{
+    self, BlobStore, Blobs, BuildRequest, Event, ImportedSource, NamedContext, Progress, Services,
+};
+use cache_build::image;
+use cache_build::layer::Compression;
+use cache_core::export::{self, FromBackend};
+use cache_core::graph::{CacheGraph, SourceId};
+use cache_core::spec::{self, CompressionKind, ExportSpec, ExportTarget, ImportSource, ImportSpec};
+use cache_core::{Digest, IndexRef};
+use cache_local::LayoutDir;
+use serde_json::json;
+
+use crate::progress::Display;
+use crate::stores::AnyBackend;
+
+/// The tag under which the root keeps this machine's own cache.
+const LOCAL_TAG: &str = "buildcache-local";
+
+/// Arguments of `buildcache build`.
+#[derive(clap::Args, Debug)]
+pub struct BuildArgs {
+    /// The build context directory.
+    pub context: PathBuf,
+    /// The Dockerfile (default: CONTEXT/Dockerfile).
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Name the image (`name:tag`); repeatable.
+    #[arg(short = 't', long = "tag")]
+    pub tags: Vec<String>,
+    /// The stage to build (default: the last).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// A build argument `KEY=VALUE` (or `KEY` to take it from the environment); repeatable.
+    #[arg(long = "build-arg")]
+    pub build_args: Vec<String>,
+    /// An extra context `NAME=DIR` or `NAME=oci-layout://DIR[:TAG]`; repeatable.
+    #[arg(long = "build-context")]
+    pub build_contexts: Vec<String>,
+    /// Export the cache: `type=local,dest=DIR[,mode=max]…` or `type=registry,ref=REF…`; repeatable.
+    #[arg(long = "cache-to")]
+    pub cache_to: Vec<String>,
+    /// Import a cache: `type=local,src=DIR[,tag=T]`, `type=registry,ref=REF` or `REF`; repeatable.
+    #[arg(long = "cache-from")]
+    pub cache_from: Vec<String>,
+    /// Output: `type=oci,dest=FILE[,tar=false]`, `type=local,dest=DIR`, `type=image,name=REF,push=true`.
+    #[arg(short = 'o', long = "output")]
+    pub outputs: Vec<String>,
+    /// Push the image named by `-t` to its registry.
+    #[arg(long)]
+    pub push: bool,
+    /// Write build results (image digest, steps, cache exports) as JSON to this file.
+    #[arg(long = "metadata-file")]
+    pub metadata_file: Option<PathBuf>,
+    /// Run every step, ignoring all caches.
+    #[arg(long = "no-cache")]
+    pub no_cache: bool,
+    /// This machine's state: its own cache of records, blobs and snapshots.
+    #[arg(long, env = "BUILDCACHE_ROOT")]
+    pub root: Option<PathBuf>,
+    /// Progress output.
+    #[arg(long, value_enum, default_value_t = crate::progress::Mode::Auto, env = "BUILDKIT_PROGRESS")]
+    pub progress: crate::progress::Mode,
+}
+
+/// A parsed `--output`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Output {
+    Oci { dest: PathBuf, tar: bool },
+    Local { dest: PathBuf },
+    Image { name: String, push: bool },
+}
+
+fn parse_output(value: &str) -> anyhow::Result<Output> {
+    let mut attrs = BTreeMap::new();
+    for field in value.split(',') {
+        let (k, v) = field.split_once('=').ok_or_else(|| {
+            anyhow::format_err!("invalid --output {value:?}: {field:?} is not key=value")
+        })?;
+        attrs.insert(k.trim().to_owned(), v.to_owned());
+    }
+    let get = |k: &str| attrs.get(k).cloned();
+    let allowed: &[&str] = match get("type").as_deref() {
+        Some("oci") => &["type", "dest", "tar", "name"],
+        Some("local") => &["type", "dest"],
+        Some("image") | Some("registry") => &["type", "name", "push", "registry.insecure"],
+        Some(other) => anyhow::bail!(
+            "invalid --output {value:?}: type {other:?} is not supported (use oci, local, image or registry)"
+        ),
+        None => anyhow::bail!(
+            "invalid --output {value:?}: type is missing (type=oci,dest=FILE or type=local,dest=DIR)"
+        ),
+    };
+    if let Some(k) = attrs.keys().find(|k| !allowed.contains(&k.as_str())) {
+        anyhow::bail!(
+            "invalid --output {value:?}: unknown attribute {k:?} (allowed: {})",
+            allowed.join(", ")
+        );
+    }
+    let bool_attr = |k: &str, default: bool| -> anyhow::Result<bool> {
+        match get(k).as_deref() {
+            None => Ok(default),
+            Some("true") => Ok(true),
+            Some("false") => Ok(false),
+            Some(v) => anyhow::bail!("invalid --output {value:?}: {k}={v:?} (use true or false)"),
+        }
+    };
+    match get("type").as_deref() {
+        Some("oci") => Ok(Output::Oci {
+            dest: PathBuf::from(
+                get("dest")
+                    .ok_or_else(|| anyhow::format_err!("--output type=oci needs dest=FILE"))?,
+            ),
+            tar: bool_attr("tar", true)?,
+        }),
+        Some("local") => Ok(Output::Local {
+            dest: PathBuf::from(
+                get("dest")
+                    .ok_or_else(|| anyhow::format_err!("--output type=local needs dest=DIR"))?,
+            ),
+        }),
+        _ => Ok(Output::Image {
+            name: get("name")
+                .ok_or_else(|| anyhow::format_err!("--output type=image needs name=REF"))?,
+            push: bool_attr("push", get("type").as_deref() == Some("registry"))?,
+        }),
+    }
+}
+
+/// The default root: `$XDG_DATA_HOME/buildcache` or `~/.local/share/buildcache`.
+fn default_root() -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("buildcache")
+}
+
+struct Import {
+    spec: ImportSpec,
+    backend: Arc<AnyBackend>,
+    graph: CacheGraph,
+    layers: HashSet<Digest>,
+}
+
+/// Runs `buildcache build`.
+pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let display = Display::new(args.progress);
+    // Validate every option before doing any work.
+    let exports: Vec<ExportSpec> = args
+        .cache_to
+        .iter()
+        .map(|v| spec::parse_export(v))
+        .collect::<Result<_, _>>()?;
+    let imports: Vec<ImportSpec> = args
+        .cache_from
+        .iter()
+        .map(|v| spec::parse_import(v))
+        .collect::<Result<_, _>>()?;
+    for (i, a) in exports.iter().enumerate() {
+        if exports[..i].iter().any(|b| b.target == a.target) {
+            anyhow::bail!(
+                "duplicate cache export {:?}: each destination may be given once",
+                a.raw
+            );
+        }
+    }
+    let outputs: Vec<Output> = args
+        .outputs
+        .iter()
+        .map(|o| parse_output(o))
+        .collect::<Result<_, _>>()?;
+    let mut build_args = BTreeMap::new();
+    for arg in &args.build_args {
+        match arg.split_once('=') {
+            Some((k, v)) => build_args.insert(k.to_owned(), v.to_owned()),
+            None => match std::env::var(arg) {
+                Ok(v) => build_args.insert(arg.clone(), v),
+                Err(_) => continue,
+            },
+        };
+    }
+    let mut named_contexts = BTreeMap::new();
+    for value in &args.build_contexts {
+        let (name, ctx) = value.split_once('=').ok_or_else(|| {
+            anyhow::format_err!(
+                "invalid --build-context {value:?}: use NAME=DIR or NAME=oci-layout://DIR[:TAG]"
+            )
+        })?;
+        let ctx = NamedContext::parse(ctx)
+            .map_err(|e| anyhow::format_err!("invalid --build-context {value:?}: {e}"))?;
+        named_contexts.insert(name.to_owned(), ctx);
+    }
+    let names: Vec<image::ImageName> = args
+        .tags
+        .iter()
+        .map(|t| image::image_names(t).map_err(|e| anyhow::format_err!("invalid tag {t:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+
+    let root_dir = args.root.clone().unwrap_or_else(default_root);
+    std::fs::create_dir_all(&root_dir)
+        .with_context(|| format!("creating the root directory {}", root_dir.display()))?;
+    let root = Arc::new(LayoutDir::open(root_dir.join("cache")));
+
+    // This machine's own cache, then the imports.
+    let local_graph = match cache_core::import::import(
+        root.as_ref(),
+        &IndexRef::Tag(LOCAL_TAG.into()),
+        engine::LOCAL_SOURCE,
+    )
+    .await
+    {
+        Ok(Some(imported)) => imported.graph,
+        Ok(None) => CacheGraph::new(),
+        Err(err) => {
+            display.line(&format!(
+                "WARNING: the local cache in {} is unreadable, starting without it: {err}",
+                root_dir.display()
+            ));
+            CacheGraph::new()
+        }
+    };
+    let mut loaded: Vec<Import> = Vec::new();
+    let mut empty_sources: Vec<String> = Vec::new();
+    for (i, spec) in imports.iter().enumerate() {
+        let source_id = (i + 1) as SourceId;
+        match import_one(spec, source_id, &display).await {
+            Ok(Some(import)) => loaded.push(import),
+            Ok(None) => empty_sources.push(spec.raw.clone()),
+            Err(err) => {
+                display.line(&format!(
+                    "WARNING: cache import {} failed, building without it: {err:#}",
+                    spec.raw
+                ));
+                empty_sources.push(spec.raw.clone());
+            }
+        }
+    }
+    let mut source_names = vec!["local".to_owned()];
+    source_names.extend(imports.iter().map(|s| s.raw.clone()));
+    let graph =
+        CacheGraph::merge(std::iter::once(&local_graph).chain(loaded.iter().map(|l| &l.graph)));
+
+    let compression = exports
+        .first()
+        .map(|e| match e.compression.kind {
+            CompressionKind::Gzip => Compression::Gzip {
+                level: e.compression.level.unwrap_or(6) as u32,
+            },
+            CompressionKind::Zstd => Compression::Zstd {
+                level: e.compression.level.unwrap_or(3),
+            },
+            CompressionKind::Uncompressed => Compression::Uncompressed,
+        })
+        .unwrap_or(Compression::GZIP);
+    let context = args.context.clone();
+    let dockerfile = args
+        .file
+        .clone()
+        .unwrap_or_else(|| context.join("Dockerfile"));
+    let request = BuildRequest {
+        context,
+        dockerfile,
+        build_args,
+        target: args.target.clone(),
+        named_contexts,
+        no_cache: args.no_cache,
+        compression,
+        work_dir: root_dir
+            .join("tmp")
+            .join(format!("build-{}", std::process::id())),
+        hash_cache: Some(root_dir.join("context-hashes.json")),
+        now: time::OffsetDateTime::now_utc(),
+    };
+    let blobs = Blobs {
+        root: root.clone() as Arc<dyn BlobStore>,
+        imports: loaded
+            .iter()
+            .map(|l| ImportedSource {
+                name: l.spec.raw.clone(),
+                layers: l.layers.clone(),
+                store: l.backend.clone() as Arc<dyn BlobStore>,
+            })
+            .collect(),
+    };
+    let open_layout = |dir: &Path| Arc::new(LayoutDir::open(dir)) as Arc<dyn BlobStore>;
+    let resolver = crate::images::RegistryImages::new();
+    let services = Services {
+        blobs,
+        progress: &display,
+        images: Some(&resolver),
+        open_layout: &open_layout,
+        source_names,
+    };
+    let outcome = engine::build(&request, graph, &services).await?;
+    for arg in &outcome.unused_build_args {
+        display.line(&format!(
+            "WARNING: build argument {arg} was given but the Dockerfile does not use it"
+        ));
+    }
+
+    // Outputs.
+    for output in &outputs {
+        write_output(output, &outcome, &root, &names, &display).await?;
+    }
+    if args.push {
+        if names.is_empty() {
+            anyhow::bail!("--push needs an image name: give -t REGISTRY/REPO:TAG");
+        }
+        for name in &names {
+            crate::images::push(&outcome, &root, &name.full, &display).await?;
+        }
+    }
+    for output in &outputs {
+        if let Output::Image { name, push: true } = output {
+            crate::images::push(&outcome, &root, name, &display).await?;
+        }
+    }
+
+    // Keep this machine's cache.
+    if let Err(err) = persist_local(&root, &outcome.graph).await {
+        display.line(&format!(
+            "WARNING: saving the local cache in {}: {err:#}",
+            root_dir.display()
+        ));
+    }
+
+    // Cache exports.
+    let mut export_reports = Vec::new();
+    let mut failed = None;
+    for spec in &exports {
+        match export_one(spec, &outcome, &loaded, &display).await {
+            Ok(report) => export_reports.push(report),
+            Err(err) if spec.ignore_error => {
+                display.line(&format!(
+                    "WARNING: cache export {} failed (ignore-error=true): {err:#}",
+                    spec.raw
+                ));
+                export_reports.push(json!({"to": spec.raw, "error": format!("{err:#}")}));
+            }
+            Err(err) => {
+                failed = Some(err.context(format!(
+                    "cache export {} failed (add ignore-error=true to make it a warning)",
+                    spec.raw
+                )));
+                break;
+            }
+        }
+    }
+    if let Some(path) = &args.metadata_file {
+        let metadata = json!({
+            "containerimage.digest": outcome.image.manifest.digest.to_string(),
+            "containerimage.config.digest": outcome.image.config.0.digest.to_string(),
+            "containerimage.descriptor": {
+                "mediaType": cache_core::descriptor::media_type::OCI_MANIFEST,
+                "digest": outcome.image.manifest.digest.to_string(),
+                "size": outcome.image.manifest.bytes.len(),
+            },
+            "image.name": names.iter().map(|n| n.full.clone()).collect::<Vec<_>>().join(","),
+            "buildcache.steps": outcome.steps,
+            "buildcache.cache_export": export_reports,
+            "buildcache.cache_import_empty": empty_sources,
+            "buildcache.blobs_fetched": outcome.blobs_fetched,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&metadata)?)
+            .with_context(|| format!("writing the metadata file {}", path.display()))?;
+    }
+    if let Some(err) = failed {
+        return Err(err);
+    }
+    // Summary.
+    let total = outcome.steps.len();
+    let cached = outcome.steps.iter().filter(|s| s.cached).count();
+    let mut by_source: BTreeMap<String, usize> = BTreeMap::new();
+    for step in outcome.steps.iter().filter(|s| s.cached) {
+        *by_source
+            .entry(step.cache_source.clone().unwrap_or_else(|| "local".into()))
+            .or_default() += 1;
+    }
+    let sources: Vec<String> = by_source
+        .iter()
+        .map(|(s, n)| format!("{n} from {s}"))
+        .collect();
+    let mut summary = format!(
+        "steps: {cached}/{total} cached{} in {:.1}s; image {}",
+        if sources.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", sources.join(", "))
+        },
+        started.elapsed().as_secs_f64(),
+        outcome.image.manifest.digest
+    );
+    if !empty_sources.is_empty() {
+        summary.push_str(&format!(
+            "; empty cache sources: {}",
+            empty_sources.join(", ")
+        ));
+    }
+    if display.is_quiet() {
+        println!("{}", outcome.image.manifest.digest);
+    } else {
+        display.line(&summary);
+    }
+    Ok(())
+}
+
+async fn import_one(
+    spec: &ImportSpec,
+    source_id: SourceId,
+    display: &Display,
+) -> anyhow::Result<Option<Import>> {
+    let (backend, reference) = AnyBackend::for_import(&spec.source)?;
+    if let ImportSource::Local { src, .. } = &spec.source
+        && !src.join("index.json").exists()
+    {
+        display.line(&format!(
+            "WARNING: local cache import at {} skipped: {} not found",
+            src.display(),
+            src.join("index.json").display()
+        ));
+        return Ok(None);
+    }
+    let vertex = format!("import:{source_id}");
+    let cm_key = match &spec.source {
+        ImportSource::Registry { reference, .. } => reference.clone(),
+        ImportSource::Local { src, .. } => format!("local:{}", src.display()),
+    };
+    let started = Instant::now();
+    display.event(Event::Start {
+        vertex: vertex.clone(),
+        name: format!("importing cache manifest from {cm_key}"),
+    });
+    let imported = match cache_core::import::import(&backend, &reference, source_id).await {
+        Ok(imported) => imported,
+        Err(err) => {
+            display.event(Event::Error {
+                vertex,
+                message: err.to_string(),
+            });
+            return Err(err.into());
+        }
+    };
+    let Some(imported) = imported else {
+        display.event(Event::Error {
+            vertex,
+            message: format!("no cache found for {reference} (the first export will create it)"),
+        });
+        return Ok(None);
+    };
+    display.event(Event::Status {
+        vertex: vertex.clone(),
+        text: format!(
+            "inferred cache manifest type: {}",
+            imported.cache_manifest.media_type
+        ),
+        done: Some(started.elapsed()),
+    });
+    display.event(Event::Done {
+        vertex,
+        duration: started.elapsed(),
+    });
+    let layers = imported
+        .cache_manifest
+        .layers
+        .iter()
+        .map(|d| d.digest.clone())
+        .collect();
+    Ok(Some(Import {
+        spec: spec.clone(),
+        backend: Arc::new(backend),
+        graph: imported.graph,
+        layers,
+    }))
+}
+
+async fn export_one(
+    spec: &ExportSpec,
+    outcome: &engine::BuildOutcome,
+    loaded: &[Import],
+    display: &Display,
+) -> anyhow::Result<serde_json::Value> {
+    let started = Instant::now();
+    let (backend, tag) = AnyBackend::for_export(&spec.target)?;
+    let vertex = format!("export:{}", spec.raw);
+    let name = match spec.target {
+        ExportTarget::Local { .. } => "exporting cache to client directory",
+        ExportTarget::Registry { .. } => "exporting cache to registry",
+    };
+    display.event(Event::Start {
+        vertex: vertex.clone(),
+        name: name.to_owned(),
+    });
+    let selected = outcome.graph.select(&outcome.targets, spec.mode);
+    display.event(Event::Status {
+        vertex: vertex.clone(),
+        text: "preparing build cache for export".into(),
+        done: Some(started.elapsed()),
+    });
+    // Blobs listed by a manifest imported from this very destination need no check.
+    let mut known_present = HashSet::new();
+    for import in loaded {
+        let same = match (&import.spec.source, &spec.target) {
+            (
+                ImportSource::Registry { reference: a, .. },
+                ExportTarget::Registry { reference: b, .. },
+            ) => a == b,
+            _ => false,
+        };
+        if same {
+            known_present.extend(import.layers.iter().cloned());
+        }
+    }
+    let options = export::Options {
+        tag,
+        form: spec.form,
+        max_parallel: 4,
+        known_present,
+    };
+    let progress: &dyn Progress = display;
+    let vertex_for_events = vertex.clone();
+    let on_event = move |event: export::Event| {
+        let text = match event {
+            export::Event::Layer { digest, .. } => format!("writing layer {digest}"),
+            export::Event::Config { digest } => format!("writing config {digest}"),
+            export::Event::Manifest { digest, form } => match form {
+                cache_core::manifest::ManifestForm::ImageManifest => {
+                    format!("writing cache image manifest {digest}")
+                }
+                _ => format!("writing cache manifest {digest}"),
+            },
+            export::Event::EmptyResult => "skipping cache export for empty result".into(),
+            export::Event::Unchanged { digest } => {
+                format!("cache manifest {digest} is unchanged: nothing to write")
+            }
+            export::Event::Warning(text) => {
+                progress.event(Event::Warning(text));
+                return;
+            }
+        };
+        progress.event(Event::Status {
+            vertex: vertex_for_events.clone(),
+            text,
+            done: None,
+        });
+    };
+    let result = export::export(&backend, &outcome.blobs, &selected, &options, &on_event).await;
+    let report = match result {
+        Ok(report) => report,
+        Err(err) => {
+            display.event(Event::Error {
+                vertex,
+                message: err.to_string(),
+            });
+            return Err(err.into());
+        }
+    };
+    display.event(Event::Done {
+        vertex,
+        duration: started.elapsed(),
+    });
+    Ok(json!({
+        "to": spec.raw,
+        "blobs_written": report.blobs_written,
+        "bytes_written": report.bytes_written,
+        "blobs_skipped": report.blobs_skipped,
+        "bytes_skipped": report.bytes_skipped,
+        "layers": report.layers,
+        "records": report.records,
+        "unchanged": report.unchanged,
+        "manifest_digest": report.manifest.as_ref().map(|m| m.digest.to_string()),
+        "config_digest": report.config_digest.as_ref().map(|d| d.to_string()),
+        "duration_ms": started.elapsed().as_millis() as u64,
+    }))
+}
+
+/// Saves this build's records into the root, merged with what other builds saved meanwhile.
+async fn persist_local(root: &Arc<LayoutDir>, graph: &CacheGraph) -> anyhow::Result<()> {
+    let current = cache_core::import::import(
+        root.as_ref(),
+        &IndexRef::Tag(LOCAL_TAG.into()),
+        engine::LOCAL_SOURCE,
+    )
+    .await
+    .ok()
+    .flatten()
+    .map(|i| i.graph)
+    .unwrap_or_default();
+    let merged = CacheGraph::merge([&current, graph]);
+    let keep = engine::local_cache_graph(&merged, root.as_ref()).await;
+    let options = export::Options {
+        tag: LOCAL_TAG.into(),
+        form: cache_core::manifest::ManifestForm::ImageManifest,
+        max_parallel: 4,
+        known_present: HashSet::new(),
+    };
+    export::export(
+        root.as_ref(),
+        &FromBackend(root.as_ref()),
+        &keep,
+        &options,
+        &|_| {},
+    )
+    .await?;
+    Ok(())
+}
+
+async fn write_output(
+    output: &Output,
+    outcome: &engine::BuildOutcome,
+    root: &Arc<LayoutDir>,
+    names: &[image::ImageName],
+    display: &Display,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let vertex = format!("output:{output:?}");
+    match output {
+        Output::Local { dest } => {
+            display.event(Event::Start {
+                vertex: vertex.clone(),
+                name: "exporting to client directory".into(),
+            });
+            std::fs::create_dir_all(dest)
+                .with_context(|| format!("creating {}", dest.display()))?;
+            engine::unpack_chain(&outcome.chain, &outcome.blobs, dest).await?;
+        }
+        Output::Oci { dest, tar } => {
+            display.event(Event::Start {
+                vertex: vertex.clone(),
+                name: "exporting to oci image format".into(),
+            });
+            for desc in &outcome.chain {
+                outcome.blobs.fetch_to_root(desc).await?;
+            }
+            let root = root.clone();
+            let mut open_blob =
+                move |desc: &cache_core::Descriptor| -> std::io::Result<Box<dyn Read + Send>> {
+                    match root.read_blob_sync(&desc.digest) {
+                        Ok(Some(reader)) => Ok(Box::new(reader)),
+                        Ok(None) => Err(std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!("blob {} missing", desc.digest),
+                        )),
+                        Err(err) => Err(std::io::Error::other(err.to_string())),
+                    }
+                };
+            if *tar {
+                let file = std::fs::File::create(dest)
+                    .with_context(|| format!("creating {}", dest.display()))?;
+                let mut out = std::io::BufWriter::new(file);
+                image::write_layout_tar(&mut out, &outcome.image, names, &mut open_blob)?;
+                std::io::Write::flush(&mut out)?;
+            } else {
+                image::write_layout_dir(dest, &outcome.image, names, &mut open_blob)?;
+            }
+        }
+        Output::Image { .. } => return Ok(()),
+    }
+    display.event(Event::Done {
+        vertex,
+        duration: started.elapsed(),
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_parse_like_buildx() {
+        assert_eq!(
+            parse_output("type=oci,dest=out.tar").unwrap(),
+            Output::Oci {
+                dest: "out.tar".into(),
+                tar: true
+            }
+        );
+        assert_eq!(
+            parse_output("type=oci,dest=d,tar=false").unwrap(),
+            Output::Oci {
+                dest: "d".into(),
+                tar: false
+            }
+        );
+        assert!(
+            parse_output("type=docker,dest=x")
+                .unwrap_err()
+                .to_string()
+                .contains("not supported")
+        );
+        assert!(
+            parse_output("type=local,dest=x,foo=1")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown attribute")
+        );
+    }
+}
