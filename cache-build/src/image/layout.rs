@@ -264,8 +264,9 @@ pub fn write_layout_tar(
 /// Reads the image named `reference` (a tag, or `sha256:...`) from the OCI layout `dir`.
 ///
 /// Behavior:
-/// - A tag matches an `index.json` entry whose `io.containerd.image.name` or
-///   `org.opencontainers.image.ref.name` equals it, or whose image name ends with `:TAG`.
+/// - A tag matches an `index.json` entry whose `io.containerd.image.name` (also after normalising:
+///   `app:1.0` finds `docker.io/library/app:1.0`) or `org.opencontainers.image.ref.name` equals
+///   it, or whose image name ends with `:TAG`.
 ///   An empty reference means `latest`; `latest` also matches a lone entry without a ref name.
 /// - A digest matches an entry by digest, or any manifest stored in `blobs/`.
 /// - An image index resolves to its `linux/amd64` manifest (attestations are skipped).
@@ -449,9 +450,17 @@ struct ManifestDoc {
 
 fn find_tag<'a>(entries: &'a [Descriptor], tag: &str) -> Option<&'a Descriptor> {
     let suffix = format!(":{tag}");
+    // A familiar name (`app:1.0`) also matches its normalised form (`docker.io/library/app:1.0`).
+    let full = super::image_names(tag).ok().map(|name| name.full);
     entries
         .iter()
         .find(|entry| entry.annotation(annotation::IMAGE_NAME) == Some(tag))
+        .or_else(|| {
+            let full = full.as_deref()?;
+            entries
+                .iter()
+                .find(|entry| entry.annotation(annotation::IMAGE_NAME) == Some(full))
+        })
         .or_else(|| {
             entries
                 .iter()
@@ -910,6 +919,7 @@ mod tests {
         for reference in [
             "1.0",
             "docker.io/library/app:1.0",
+            "app:1.0",
             "latest",
             "",
             fixture.image.manifest.digest.as_ref(),
@@ -1230,6 +1240,22 @@ mod tests {
             assert_eq!(config["config"]["Cmd"], serde_json::json!(["/bin/app"]));
             assert_eq!(config["config"]["WorkingDir"], "/srv");
             assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 2);
+
+            let archive = tmp.path().join("image.tar");
+            let names = [image_names("app:1.0").unwrap()];
+            let file = fs::File::create(&archive).unwrap();
+            write_layout_tar(file, &fixture.image, &names, &mut fixture.opener()).unwrap();
+            let out = Command::new(&skopeo)
+                .args(["inspect", "--raw"])
+                .arg(format!("oci-archive:{}:1.0", archive.display()))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(out.stdout, fixture.image.manifest.bytes);
         }
         if let Some(umoci) = tool("umoci") {
             let bundle = tmp.path().join("bundle");
