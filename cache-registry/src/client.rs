@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cache_core::backend::ByteStream;
@@ -21,12 +21,21 @@ use crate::auth::{self, Challenge, Credentials, Secret, Token, TokenResponse};
 use crate::error::{Action, Fail, parse_error, transport_error};
 use crate::retry::{RetryPolicy, retry};
 
+/// Byte bodies larger than this are sent as watched uploads, in slices of this size.
+const UPLOAD_SLICE: usize = 256 * 1024;
+
 /// Error bodies are read up to this size for their message.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// State shared by every [`crate::Registry`] of one registry host (see `with_repository`).
 pub(crate) struct Shared {
     pub(crate) http: reqwest::Client,
+    /// Like `http` but without a read timeout, which in reqwest runs from the start of a
+    /// request to its response headers and so would cut long uploads: uploads are watched for
+    /// progress instead (see `send_upload`).
+    pub(crate) http_upload: reqwest::Client,
+    /// How long an upload may make no progress, or wait for its response.
+    pub(crate) timeout: Duration,
     /// The registry as written in references, for messages and annotations.
     pub(crate) host: String,
     /// The host serving the API.
@@ -99,6 +108,8 @@ impl Shared {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         http: reqwest::Client,
+        http_upload: reqwest::Client,
+        timeout: Duration,
         host: String,
         api_host: String,
         allow_http: bool,
@@ -109,6 +120,8 @@ impl Shared {
     ) -> Self {
         Shared {
             http,
+            http_upload,
+            timeout,
             host,
             api_host,
             allow_http,
@@ -430,7 +443,18 @@ impl Shared {
             let authorization = self
                 .authorization(&req.url, &req.scopes, &req.action)
                 .await?;
-            let mut builder = self.http.request(req.method.clone(), req.url.clone());
+            let progress = Arc::new(Mutex::new(Instant::now()));
+            let upload = match &req.body {
+                Body::Empty => false,
+                Body::Bytes(bytes) => bytes.len() > UPLOAD_SLICE,
+                Body::Stream(_) => true,
+            };
+            let client = if upload {
+                &self.http_upload
+            } else {
+                &self.http
+            };
+            let mut builder = client.request(req.method.clone(), req.url.clone());
             for (name, value) in &req.headers {
                 builder = builder.header(name.clone(), value.clone());
             }
@@ -439,8 +463,12 @@ impl Shared {
             }
             builder = match &req.body {
                 Body::Empty => builder,
-                Body::Bytes(bytes) => builder.body(bytes.clone()),
-                Body::Stream(stream) => match stream.take() {
+                Body::Bytes(bytes) if !upload => builder.body(bytes.clone()),
+                Body::Bytes(bytes) => builder.body(reqwest::Body::wrap_stream(Progress {
+                    inner: Box::pin(futures_util::stream::iter(slices(bytes.clone()).map(Ok))),
+                    progress: Arc::clone(&progress),
+                })),
+                Body::Stream(stream) => match stream.take(&progress) {
                     Some(body) => builder.body(body),
                     None => {
                         return Err(Fail::from(Error::new(
@@ -456,10 +484,17 @@ impl Shared {
             };
             tracing::debug!(method = %req.method, url = %req.url.path(), "registry request");
             let consumed = || matches!(&req.body, Body::Stream(stream) if stream.is_started());
-            let resp = match builder.send().await {
+            let sent = if upload {
+                self.send_upload(builder, &progress, &req.action).await
+            } else {
+                builder
+                    .send()
+                    .await
+                    .map_err(|err| transport_error(&req.action, err))
+            };
+            let resp = match sent {
                 Ok(resp) => resp,
-                Err(err) => {
-                    let error = transport_error(&req.action, err);
+                Err(error) => {
                     return Err(Fail {
                         // The error stays temporary for callers that can re-create the body.
                         retry_now: !consumed(),
@@ -488,6 +523,66 @@ impl Shared {
             fail.retry_now = !consumed();
             return Err(fail);
         }
+    }
+}
+
+impl Shared {
+    /// Sends an upload, failing if its body makes no progress (or, once sent, its response
+    /// does not come) for [`Shared::timeout`].
+    async fn send_upload(
+        &self,
+        builder: reqwest::RequestBuilder,
+        progress: &Mutex<Instant>,
+        action: &Action<'_>,
+    ) -> Result<Response, Error> {
+        let send = builder.send();
+        tokio::pin!(send);
+        let tick = (self.timeout / 4).max(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                res = &mut send => return res.map_err(|err| transport_error(action, err)),
+                () = tokio::time::sleep(tick) => {
+                    let idle = progress.lock().map(|last| last.elapsed()).unwrap_or_default();
+                    if idle > self.timeout {
+                        return Err(Error::new(
+                            ErrorKind::Unexpected,
+                            format!(
+                                "registry {} stalled for {idle:?} during {} {}",
+                                action.host, action.what, action.target
+                            ),
+                        )
+                        .set_temporary(true));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `bytes` cut into [`UPLOAD_SLICE`]-byte pieces (no copies).
+fn slices(bytes: Bytes) -> impl Iterator<Item = Bytes> + Send {
+    (0..bytes.len())
+        .step_by(UPLOAD_SLICE)
+        .map(move |start| bytes.slice(start..(start + UPLOAD_SLICE).min(bytes.len())))
+}
+
+/// A body stream that stamps the time of each chunk it yields.
+struct Progress {
+    inner: ByteStream,
+    progress: Arc<Mutex<Instant>>,
+}
+
+impl Stream for Progress {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = self.inner.as_mut().poll_next(cx);
+        if let Poll::Ready(Some(_)) = &item
+            && let Ok(mut last) = self.progress.lock()
+        {
+            *last = Instant::now();
+        }
+        item
     }
 }
 
@@ -529,12 +624,13 @@ impl StreamBody {
     }
 
     /// The body for one request, or `None` if an earlier request consumed it.
-    fn take(&self) -> Option<reqwest::Body> {
+    fn take(&self, progress: &Arc<Mutex<Instant>>) -> Option<reqwest::Body> {
         let inner = self.slot.lock().ok()?.take()?;
         Some(reqwest::Body::wrap_stream(Lend {
             inner: Some(inner),
             slot: Arc::clone(&self.slot),
             started: Arc::clone(&self.started),
+            progress: Arc::clone(progress),
             polled: false,
         }))
     }
@@ -550,6 +646,7 @@ struct Lend {
     inner: Option<ByteStream>,
     slot: Arc<Mutex<Option<ByteStream>>>,
     started: Arc<AtomicBool>,
+    progress: Arc<Mutex<Instant>>,
     polled: bool,
 }
 
@@ -559,10 +656,16 @@ impl Stream for Lend {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.polled = true;
         self.started.store(true, Ordering::SeqCst);
-        match self.inner.as_mut() {
+        let item = match self.inner.as_mut() {
             Some(inner) => inner.as_mut().poll_next(cx),
             None => Poll::Ready(None),
+        };
+        if let Poll::Ready(Some(_)) = &item
+            && let Ok(mut last) = self.progress.lock()
+        {
+            *last = Instant::now();
         }
+        item
     }
 }
 

@@ -119,19 +119,24 @@ impl Registry {
     pub fn new(reference: &str, options: Options) -> Result<Registry, Error> {
         let reference = ImageRef::parse(reference)?;
         let timeout = options.timeout.max(Duration::from_millis(1));
-        let http = reqwest::Client::builder()
-            .user_agent(options.user_agent.clone())
-            .connect_timeout(timeout)
-            .read_timeout(timeout)
-            .tls_danger_accept_invalid_certs(options.insecure)
-            .build()
-            .map_err(|err| {
+        let client = |read_timeout: Option<Duration>| {
+            let mut builder = reqwest::Client::builder()
+                .user_agent(options.user_agent.clone())
+                .connect_timeout(timeout)
+                .tls_danger_accept_invalid_certs(options.insecure);
+            if let Some(read_timeout) = read_timeout {
+                builder = builder.read_timeout(read_timeout);
+            }
+            builder.build().map_err(|err| {
                 Error::new(
                     ErrorKind::InvalidConfig,
                     format!("cannot create the HTTP client for registry {reference}"),
                 )
                 .with_source(err)
-            })?;
+            })
+        };
+        let http = client(Some(timeout))?;
+        let http_upload = client(None)?;
         let policy = RetryPolicy {
             max_retries: options.max_retries,
             base_delay: options.retry_base_delay,
@@ -139,6 +144,8 @@ impl Registry {
         };
         let shared = Shared::new(
             http,
+            http_upload,
+            timeout,
             reference.registry().to_string(),
             reference.api_host().to_string(),
             options.insecure || reference.is_loopback(),

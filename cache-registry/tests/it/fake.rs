@@ -114,6 +114,9 @@ impl Reply {
     }
 }
 
+/// The request handler of a fake server.
+type Handler = Arc<dyn Fn(&Req) -> Reply + Send + Sync>;
+
 /// A running fake server.
 pub struct Fake {
     /// `127.0.0.1:PORT`.
@@ -131,7 +134,7 @@ impl Fake {
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr").to_string();
-        let handler = Arc::new(make(addr.clone()));
+        let handler: Handler = Arc::new(make(addr.clone()));
         let log = Arc::new(Mutex::new(Vec::new()));
         let conn_log = Arc::clone(&log);
         tokio::spawn(async move {
@@ -142,7 +145,7 @@ impl Fake {
                 let handler = Arc::clone(&handler);
                 let log = Arc::clone(&conn_log);
                 tokio::spawn(async move {
-                    let _ = serve(stream, &*handler, &log).await;
+                    let _ = serve(stream, handler, &log).await;
                 });
             }
         });
@@ -165,7 +168,7 @@ impl Fake {
 
 async fn serve(
     mut stream: TcpStream,
-    handler: &(dyn Fn(&Req) -> Reply + Send + Sync),
+    handler: Handler,
     log: &Mutex<Vec<Req>>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
@@ -239,7 +242,12 @@ async fn serve(
         }
         log.lock().expect("log lock").push(req.clone());
         let head_only = req.method == "HEAD";
-        match handler(&req) {
+        // Handlers may block (to simulate slow servers): keep them off the runtime's workers.
+        let call = Arc::clone(&handler);
+        let reply = tokio::task::spawn_blocking(move || call(&req))
+            .await
+            .expect("handler panicked");
+        match reply {
             Reply::Reset => {
                 stream.set_zero_linger()?;
                 return Ok(());

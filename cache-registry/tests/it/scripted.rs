@@ -614,3 +614,92 @@ async fn parallel_uploads_are_limited() {
     );
     assert_eq!(registry.stats().blobs_uploaded, 6);
 }
+
+/// An upload server whose PUT answers after `delay` (blocking its worker thread).
+async fn slow_upload_server(delay: Duration) -> Fake {
+    Fake::start(move |_| {
+        move |req: &Req| match (req.method.as_str(), req.path()) {
+            ("GET", "/v2/") => Reply::status(200),
+            ("HEAD", _) => Reply::status(404),
+            ("POST", _) => Reply::status(202).header("location", "/v2/app/blobs/uploads/u"),
+            ("PUT", _) => {
+                std::thread::sleep(delay);
+                Reply::status(201)
+            }
+            _ => Reply::status(500),
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_but_progressing_upload_outlives_the_timeout() {
+    let fake = slow_upload_server(Duration::ZERO).await;
+    let registry = open(
+        &fake,
+        "app",
+        Options {
+            timeout: Duration::from_millis(400),
+            ..options()
+        },
+    );
+    // 10 chunks, one every 100 ms: a second in all, never idle for 400 ms.
+    let chunks: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 1000]).collect();
+    let mut hasher = digest::Hasher::new();
+    chunks.iter().for_each(|chunk| hasher.update(chunk));
+    let desc = Descriptor::new("", hasher.finish(), 10_000);
+    let body = futures_util::stream::iter(chunks).then(|chunk| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(bytes::Bytes::from(chunk))
+    });
+    let start = Instant::now();
+    registry
+        .write_blob(
+            &desc,
+            Blob {
+                size: 10_000,
+                body: Box::pin(body),
+            },
+        )
+        .await
+        .expect("slow upload");
+    assert!(start.elapsed() >= Duration::from_millis(900));
+    let put = fake
+        .requests()
+        .into_iter()
+        .find(|req| req.method == "PUT")
+        .expect("PUT");
+    assert_eq!(put.body.len(), 10_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stalled_upload_fails_as_temporary() {
+    let fake = slow_upload_server(Duration::from_millis(1500)).await;
+    let registry = open(
+        &fake,
+        "app",
+        Options {
+            timeout: Duration::from_millis(300),
+            ..options()
+        },
+    );
+    let data = vec![1u8; 2 << 20];
+    let desc = Descriptor::new("", digest::sha256(&data), data.len() as u64);
+    let start = Instant::now();
+    let err = registry
+        .write_blob(&desc, Blob::from_bytes(data))
+        .await
+        .expect_err("no answer within the timeout");
+    assert!(
+        start.elapsed() < Duration::from_millis(1400),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(err.is_temporary(), "{err}");
+    assert!(err.to_string().contains("stalled"), "{err}");
+    assert_eq!(
+        fake.count("PUT", "/v2/app/blobs/uploads/u"),
+        1,
+        "a consumed body is not resent"
+    );
+}
