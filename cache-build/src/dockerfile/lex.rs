@@ -141,10 +141,13 @@ impl ShellWord<'_> {
                 self.next();
                 return Ok((result, words.finish()));
             }
-            let special = ch == '$' || (!self.lex.skip_process_quotes && (ch == '\'' || ch == '"'));
+            let special = ch == '$'
+                || ch == '<'
+                || (!self.lex.skip_process_quotes && (ch == '\'' || ch == '"'));
             if special {
                 let tmp = match ch {
                     '$' => self.process_dollar()?,
+                    '<' => self.process_possible_heredoc(),
                     '\'' => self.process_single_quote()?,
                     _ => self.process_double_quote()?,
                 };
@@ -178,6 +181,21 @@ impl ShellWord<'_> {
             ));
         }
         Ok((result, words.finish()))
+    }
+
+    /// Keeps `<<` and the blanks after it in one word, so `<< EOF` splits as one heredoc word.
+    fn process_possible_heredoc(&mut self) -> String {
+        self.next();
+        if self.peek() != Some('<') {
+            return "<".into();
+        }
+        self.next();
+        let mut result = String::from("<<");
+        while let Some(ch) = self.peek().filter(|c| matches!(c, ' ' | '\t' | '\r')) {
+            self.next();
+            result.push(ch);
+        }
+        result
     }
 
     fn process_single_quote(&mut self) -> Result<String, String> {
@@ -608,5 +626,7 @@ mod tests {
         assert_eq!(words("$SP c"), ["a", "b", "c"]);
         assert_eq!(words("\"$SP\" c"), ["a b", "c"]);
         assert_eq!(words("a\\ b"), ["a b"]);
+        assert_eq!(words("cat <<  EOF > x"), ["cat", "<<  EOF", ">", "x"]);
+        assert_eq!(words("a < b"), ["a", "<", "b"]);
     }
 }

@@ -328,7 +328,7 @@ static DIRECTIVE_RE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$").expect("directive regex is valid")
 });
 static HEREDOC_RE: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^(\d*)<<(-?)([^<]*)$").expect("heredoc regex is valid"));
+    LazyLock::new(|| Regex::new(r"^(\d*)<<(-?)\s*([^<]*)$").expect("heredoc regex is valid"));
 
 impl DirectiveParser {
     /// Looks for a parser directive on `line` (1-based `line_no`); returns a new escape character.
@@ -1375,6 +1375,138 @@ mod tests {
                 .iter()
                 .all(|i| i.heredocs.is_empty())
         );
+    }
+
+    /// BuildKit's `TestParseExtractsHeredoc`, case by case.
+    #[test]
+    fn heredoc_cases_from_buildkit() {
+        #[track_caller]
+        fn check(body: &str, expected: &[(&str, &str, bool, bool, u32)]) {
+            let df = parse(&format!("FROM alpine:3.6\n{body}")).expect("parses");
+            let got: Vec<(String, String, bool, bool, u32)> = df.stages[0]
+                .instructions
+                .iter()
+                .flat_map(|i| &i.heredocs)
+                .map(|h| {
+                    (
+                        h.name.clone(),
+                        h.content.clone(),
+                        h.expand,
+                        h.chomp,
+                        h.file_descriptor,
+                    )
+                })
+                .collect();
+            let expected: Vec<(String, String, bool, bool, u32)> = expected
+                .iter()
+                .map(|(n, c, e, ch, fd)| (n.to_string(), c.to_string(), *e, *ch, *fd))
+                .collect();
+            assert_eq!(got, expected, "input: {body:?}");
+        }
+        check("RUN ls\n", &[]);
+        check("USER <<INVALID\nRUN x\n", &[]);
+        check("RUN <<EMPTY\nEMPTY\n", &[("EMPTY", "", true, false, 0)]);
+        check("RUN 3<<EMPTY2\nEMPTY2\n", &[("EMPTY2", "", true, false, 3)]);
+        check("RUN \"<<NOHEREDOC\"\n", &[]);
+        check(
+            "RUN <<INDENT\n\tfoo\n\tbar\nINDENT\n",
+            &[("INDENT", "\tfoo\n\tbar\n", true, false, 0)],
+        );
+        check(
+            "RUN <<-UNINDENT\n\tbaz\n\tquux\nUNINDENT\n",
+            &[("UNINDENT", "\tbaz\n\tquux\n", true, true, 0)],
+        );
+        check(
+            "RUN <<-UNINDENT2\n\tbaz\n\tquux\n\tUNINDENT2\n",
+            &[("UNINDENT2", "\tbaz\n\tquux\n", true, true, 0)],
+        );
+        check(
+            "RUN <<-'NOEXPAND'\n\tdon't expand $NAME\nNOEXPAND\n",
+            &[("NOEXPAND", "\tdon't expand $NAME\n", false, true, 0)],
+        );
+        check(
+            "RUN <<COMMENT\n# internal comment\necho foo bar # trailing comment\nCOMMENT\n",
+            &[(
+                "COMMENT",
+                "# internal comment\necho foo bar # trailing comment\n",
+                true,
+                false,
+                0,
+            )],
+        );
+        check(
+            "RUN --mount=type=cache,target=/foo <<MOUNT\necho hello\nMOUNT\n",
+            &[("MOUNT", "echo hello\n", true, false, 0)],
+        );
+        check(
+            "COPY <<EOF /quotes\n\"foo\"\n'bar'\nEOF\n",
+            &[("EOF", "\"foo\"\n'bar'\n", true, false, 0)],
+        );
+        check(
+            "COPY <<X <<Y /dest\nY\nX\nX\nY\n",
+            &[("X", "Y\n", true, false, 0), ("Y", "X\n", true, false, 0)],
+        );
+        check(
+            "RUN <<COMPLEX python3\nprint('hello world')\nCOMPLEX\n",
+            &[("COMPLEX", "print('hello world')\n", true, false, 0)],
+        );
+        check(
+            "COPY <<file.txt /dest\nhello world\nfile.txt\n",
+            &[("file.txt", "hello world\n", true, false, 0)],
+        );
+        check(
+            "RUN <<eo'f'\necho foo\neof\n",
+            &[("eof", "echo foo\n", false, false, 0)],
+        );
+        check(
+            "RUN <<eo\\'f\necho foo\neo'f\n",
+            &[("eo'f", "echo foo\n", true, false, 0)],
+        );
+        check(
+            "RUN <<'e'o\\'f\necho foo\neo'f\n",
+            &[("eo'f", "echo foo\n", false, false, 0)],
+        );
+        check(
+            "RUN <<'one two'\necho bar\none two\n",
+            &[("one two", "echo bar\n", false, false, 0)],
+        );
+        check("RUN <<$EOF\n$EOF\n", &[("$EOF", "", true, false, 0)]);
+        check("RUN <<  EOF\nEOF\n", &[("EOF", "", true, false, 0)]);
+        check("RUN <<  EOF  > foo\nEOF\n", &[("EOF", "", true, false, 0)]);
+        check("RUN << -EOF\n-EOF\n", &[("-EOF", "", true, false, 0)]);
+        check("RUN [\"<<EOF\"]\nRUN [\"<<'EOF'\"]\n", &[]);
+        check(
+            "ONBUILD RUN <<EOF\nx\nEOF\n",
+            &[("EOF", "x\n", true, false, 0)],
+        );
+    }
+
+    /// BuildKit's `TestParseHeredocHelpers`.
+    #[test]
+    fn heredoc_words() {
+        for src in [
+            "<<EOF",
+            "<<'EOF'",
+            "<<\"EOF\"",
+            "<<-EOF",
+            "<<-'EOF'",
+            "<<-\"EOF\"",
+            "<<EO\"F\"",
+            "<< EOF",
+            "<<- EOF",
+        ] {
+            assert_eq!(
+                parse_heredoc(src).expect("valid").map(|h| h.name),
+                Some("EOF".to_string()),
+                "{src}"
+            );
+        }
+        for src in ["<<'EOF", "<<\"EOF", "<<EOF'", "<<EOF\""] {
+            assert!(parse_heredoc(src).is_err(), "{src}");
+        }
+        for src in ["", "EOF", "<<", "<<-", "<EOF", "<<<EOF", "<<EOF sh"] {
+            assert_eq!(parse_heredoc(src), Ok(None), "{src}");
+        }
     }
 
     #[test]

@@ -1479,7 +1479,12 @@ impl StageDispatch<'_> {
                 }
             }
         }
-        let (srcs, dest_raw) = args.split_at(args.len() - 1);
+        let Some((dest_raw, srcs)) = args.split_last().filter(|(_, srcs)| !srcs.is_empty()) else {
+            return Err(Error::at(
+                ins.line,
+                format!("{keyword} requires at least two arguments: sources and a destination"),
+            ));
+        };
         let mut paths = Vec::new();
         let mut inline = Vec::new();
         let mut history_srcs = Vec::new();
@@ -1532,7 +1537,7 @@ impl StageDispatch<'_> {
                 history_srcs.push(format!(" <<{name}"));
             }
         }
-        let dest_expanded = self.expand(&dest_raw[0])?;
+        let dest_expanded = self.expand(dest_raw)?;
         let workdir = self
             .state
             .config
