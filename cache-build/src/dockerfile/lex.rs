@@ -597,6 +597,159 @@ mod tests {
         check("${V^}", Err("unsupported modifier (^) in substitution"));
     }
 
+    /// BuildKit's `TestProcessWithMatches` and `TestShellParserMandatoryEnvVars` (results only).
+    #[test]
+    fn buildkit_expansion_cases() {
+        #[track_caller]
+        fn check_with(env: &[(&str, &str)], input: &str, expected: Option<&str>) {
+            let lookup = |name: &str| {
+                env.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            };
+            let got = Lex::new('\\').process_word(input, &lookup);
+            match expected {
+                Some(e) => assert_eq!(got.as_deref(), Ok(e), "input: {input:?}"),
+                None => assert!(got.is_err(), "input: {input:?} should fail, got {got:?}"),
+            }
+        }
+        let fb = [("FOO", "xxx"), ("BAR", "")];
+        check_with(&[("DUMMY", "dummy")], "x ${UNUSED}", Some("x "));
+        check_with(&fb, "${FOO-aaa} ${BAR-bbb} ${BAZ-ccc}", Some("xxx  ccc"));
+        check_with(
+            &fb,
+            "${FOO:-aaa} ${BAR:-bbb} ${BAZ:-ccc}",
+            Some("xxx bbb ccc"),
+        );
+        check_with(&fb, "${FOO:-}", Some("xxx"));
+        check_with(&[], "${FOO:-}", Some(""));
+        check_with(&fb, "${FOO+aaa} ${BAR+bbb} ${BAZ+ccc}", Some("aaa bbb "));
+        check_with(&fb, "${FOO:+aaa} ${BAR:+bbb} ${BAZ:+ccc}", Some("aaa  "));
+        check_with(&fb, "${FOO?aaa}", Some("xxx"));
+        check_with(&fb, "${BAR?bbb}", Some(""));
+        check_with(&fb, "${BAZ?ccc}", None);
+        check_with(&fb, "${BAR:?bbb}", None);
+        check_with(&fb, "${BAZ:?}", None);
+        check_with(&fb, "${FOO=aaa}", None);
+        check_with(&fb, "${FOO=:aaa}", None);
+        check_with(&[], "${FOO=}", None);
+        check_with(
+            &[("FOO", "()[]{}^$.*?|\\x")],
+            "${FOO#()[]{\\}^$.\\*\\?|\\\\}",
+            Some("x"),
+        );
+        check_with(&[("FOO", "xx**")], "${FOO%%\\**}", Some("xx"));
+        check_with(&[("FOO", "xxyy")], "${FOO#*x*y}", Some("y"));
+        check_with(&[("FOO", "xxyy")], "${FOO#*}", Some("xxyy"));
+        check_with(&[("FOO", "xxyy"), ("BAR", "x")], "${FOO#$BAR}", Some("xyy"));
+        check_with(&[("FOO", "xxyy"), ("BAR", "")], "${FOO#$BAR}", Some("xxyy"));
+        check_with(&[("FOO", "xxyy")], "${FOO#}", Some("xxyy"));
+        check_with(&[("FOO", "xxyy")], "${FOO##*x}", Some("yy"));
+        check_with(&[("FOO", "???y")], "${FOO#?\\?}", Some("?y"));
+        check_with(
+            &[("FOO", "xxyy")],
+            "${ABC:-.}${FOO%x}${ABC:-.}",
+            Some(".xxyy."),
+        );
+        check_with(&[("FOO", "a***yy*")], "${FOO%%\\**\\*}", Some("a"));
+        check_with(
+            &[("FOO", "xxyy"), ("BAR", "")],
+            "${FOO%%$BAR}",
+            Some("xxyy"),
+        );
+        check_with(
+            &[("FOO", "/foo*/*/*.txt"), ("NEEDLE", "\\*/")],
+            "${FOO/$NEEDLE/.} - ${FOO//$NEEDLE/.}",
+            Some("/foo.*/*.txt - /foo..*.txt"),
+        );
+        check_with(
+            &[("FOO", "/tmp/tmp/bar.txt"), ("NEEDLE", "/tmp")],
+            "${FOO/$NEEDLE/} - ${FOO//$NEEDLE/}",
+            Some("/tmp/bar.txt - /bar.txt"),
+        );
+        check_with(
+            &[
+                ("FOO", "/a/foo/b/c.txt"),
+                ("NEEDLE", "/?/"),
+                ("REPLACEMENT", "/"),
+            ],
+            "${FOO/$NEEDLE/$REPLACEMENT} - ${FOO//$NEEDLE/$REPLACEMENT}",
+            Some("/foo/b/c.txt - /foo/c.txt"),
+        );
+        check_with(
+            &[
+                ("FOO", "http://google.de"),
+                ("NEEDLE", "http://"),
+                ("REPLACEMENT", "https://"),
+            ],
+            "${FOO/$NEEDLE/$REPLACEMENT}",
+            Some("https://google.de"),
+        );
+        check_with(
+            &[("FOO", "/tmp/foo.txt")],
+            "${FOO//\\//\\/}",
+            Some("\\/tmp\\/foo.txt"),
+        );
+        check_with(
+            &[("FOO", "xxyy"), ("BAR", "")],
+            "${FOO/$BAR/ww}",
+            Some("wwxxyy"),
+        );
+        check_with(&[("FOO", "xxyy")], "${FOO//ww}", None);
+        check_with(&[("FOO", "xxyy")], "${FOO//}", None);
+        check_with(&[("FOO", "xxyy")], "${FOO///}", Some("xxyy"));
+        check_with(&[], "${FOO///}", Some(""));
+        let release = "something-${VERSION}.${TARGETOS}-${TARGETARCH}${TARGETVARIANT:+-${TARGETVARIANT}}.tar.gz";
+        check_with(
+            &[
+                ("VERSION", "v1.2.3"),
+                ("TARGETOS", "linux"),
+                ("TARGETARCH", "arm"),
+                ("TARGETVARIANT", "v7"),
+            ],
+            release,
+            Some("something-v1.2.3.linux-arm-v7.tar.gz"),
+        );
+        check_with(
+            &[
+                ("VERSION", "v1.2.3"),
+                ("TARGETOS", "linux"),
+                ("TARGETARCH", "amd64"),
+            ],
+            release,
+            Some("something-v1.2.3.linux-amd64.tar.gz"),
+        );
+        // Mandatory variables: the message is expanded too.
+        let err = Lex::new('\\').process_word("${VAR:?message here$ARG}", &|n| {
+            (n == "ARG").then(|| "x".to_string())
+        });
+        assert!(err.is_err_and(|e| e.contains("message herex")));
+        check_with(
+            &[("VAR", ""), ("ARG", "x")],
+            "${VAR?message here$ARG}",
+            Some(""),
+        );
+    }
+
+    #[test]
+    fn pattern_helpers_match_buildkit() {
+        for invalid in ["\\", "\\x", "\\\\\\"] {
+            assert!(
+                shell_pattern_to_regex(invalid, true, true).is_err(),
+                "{invalid}"
+            );
+        }
+        for (pattern, expected) in [
+            ("a\\*c", "c\\*a"),
+            ("\\\\\\ab", "b\\a\\\\"),
+            ("ab\\", "\\ba"),
+            ("👽\\🚀🖖", "🖖\\🚀👽"),
+            ("\\\\b", "b\\\\"),
+        ] {
+            assert_eq!(reverse_pattern(pattern), expected, "{pattern}");
+        }
+    }
+
     #[test]
     fn backtick_escape() {
         let lex = Lex::new('`');
