@@ -1,12 +1,14 @@
 //! Building the config blob and image manifest of an image from its spec.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
-use cache_core::descriptor::media_type;
+use cache_core::descriptor::{annotation, media_type};
 use cache_core::{Descriptor, Digest, RawIndex};
 use serde::Serialize;
 
 use super::Error;
-use super::config::{ImageSpec, config_json};
+use super::config::{HistoryEntry, ImageSpec, config_json};
 
 /// An assembled image: config blob, manifest, and the layers the manifest names.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +32,33 @@ impl Image {
     pub fn manifest_digest(&self) -> &Digest {
         &self.manifest.digest
     }
+
+    /// The exporter response buildx writes to `--metadata-file` for this image:
+    /// `containerimage.config.digest`, `containerimage.descriptor` (the manifest descriptor, with
+    /// `org.opencontainers.image.created` when the config has a creation time),
+    /// `containerimage.digest` and, when `names` is not empty, `image.name` (full names joined by
+    /// `,`). Sorted by key, as Go writes a map.
+    pub fn metadata(&self, names: &[super::ImageName]) -> BTreeMap<String, serde_json::Value> {
+        let mut out = BTreeMap::new();
+        out.insert(
+            "containerimage.config.digest".to_owned(),
+            self.config_digest().to_string().into(),
+        );
+        out.insert(
+            "containerimage.descriptor".to_owned(),
+            serde_json::to_value(super::layout::manifest_entry(self))
+                .expect("descriptors always serialize"),
+        );
+        out.insert(
+            "containerimage.digest".to_owned(),
+            self.manifest_digest().to_string().into(),
+        );
+        if !names.is_empty() {
+            let joined: Vec<&str> = names.iter().map(|name| name.full.as_str()).collect();
+            out.insert("image.name".to_owned(), joined.join(",").into());
+        }
+        out
+    }
 }
 
 /// Builds the config blob and image manifest for `spec`, as BuildKit's image exporter does.
@@ -37,6 +66,10 @@ impl Image {
 /// - The config's `rootfs.diff_ids` come from each layer's `containerd.io/uncompressed`
 ///   annotation; a layer without one is an [`Error::MissingDiffId`].
 /// - The config's `created` is `spec.created`, or the time of the last history entry that has one.
+/// - History is matched to the layers as BuildKit does: non-empty entries beyond the number of
+///   layers become empty, and layers without an entry get one (`created_by` from the layer's
+///   `buildkit/description`, `created` from `buildkit/createdat`, comment
+///   `buildkit.exporter.image.v0`).
 /// - Manifest layers carry only media type (converted to its OCI form), digest, size and URLs:
 ///   BuildKit drops `containerd.io/*` and `buildkit/*` annotations from image manifests.
 /// - The manifest is indented with three spaces, as BuildKit's `json.MarshalIndent` writes it.
@@ -52,7 +85,8 @@ pub fn assemble(spec: &ImageSpec) -> Result<Image, Error> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let config_bytes = config_json(spec, &diff_ids);
+    let history = normalize_history(&spec.history, &spec.layers);
+    let config_bytes = config_json(spec, &history, &diff_ids);
     let config_desc = Descriptor::new(
         media_type::OCI_IMAGE_CONFIG,
         cache_core::digest::sha256(&config_bytes),
@@ -98,6 +132,38 @@ pub fn assemble(spec: &ImageSpec) -> Result<Image, Error> {
     })
 }
 
+/// BuildKit's `normalizeLayersAndHistory`: one non-empty history entry per layer.
+fn normalize_history(history: &[HistoryEntry], layers: &[Descriptor]) -> Vec<HistoryEntry> {
+    let mut n_layers_seen = 0;
+    let mut out: Vec<HistoryEntry> = history
+        .iter()
+        .map(|entry| {
+            let mut entry = entry.clone();
+            if n_layers_seen >= layers.len() {
+                entry.empty_layer = true;
+            }
+            if !entry.empty_layer {
+                n_layers_seen += 1;
+            }
+            entry
+        })
+        .collect();
+    for layer in &layers[n_layers_seen..] {
+        out.push(HistoryEntry {
+            created: layer
+                .annotation(annotation::CREATED_AT)
+                .and_then(|text| cache_core::config::go_time::parse(text).ok()),
+            created_by: layer
+                .annotation(annotation::DESCRIPTION)
+                .unwrap_or("created by buildkit")
+                .to_owned(),
+            comment: Some("buildkit.exporter.image.v0".to_owned()),
+            empty_layer: false,
+        });
+    }
+    out
+}
+
 /// `json.MarshalIndent(v, "", "   ")`: three-space indent and Go's HTML escaping.
 pub(super) fn to_go_json_indent<T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = Vec::new();
@@ -132,8 +198,7 @@ fn go_escape(json: Vec<u8>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::{HistoryEntry, RuntimeConfig, parse_config};
-    use cache_core::descriptor::annotation;
+    use crate::image::{RuntimeConfig, parse_config};
 
     pub(crate) fn layer(content: &[u8], diff_content: &[u8]) -> Descriptor {
         let mut desc = Descriptor::new(
@@ -222,6 +287,56 @@ mod tests {
         let other = assemble(&changed).unwrap();
         assert_ne!(other.config.0.digest, config_desc.digest);
         assert_ne!(other.manifest.digest, image.manifest.digest);
+    }
+
+    #[test]
+    fn metadata_names_the_manifest_and_config() {
+        let image = assemble(&spec()).unwrap();
+        let names = [
+            crate::image::image_names("app:1").unwrap(),
+            crate::image::image_names("reg.io/app").unwrap(),
+        ];
+        let metadata = serde_json::to_value(image.metadata(&names)).unwrap();
+        assert_eq!(
+            metadata,
+            serde_json::json!({
+                "containerimage.config.digest": image.config.0.digest.to_string(),
+                "containerimage.descriptor": {
+                    "mediaType": media_type::OCI_MANIFEST,
+                    "digest": image.manifest.digest.to_string(),
+                    "size": image.manifest.bytes.len(),
+                    "annotations": {"org.opencontainers.image.created": "1970-01-01T00:00:01Z"},
+                },
+                "containerimage.digest": image.manifest.digest.to_string(),
+                "image.name": "docker.io/library/app:1,reg.io/app:latest",
+            })
+        );
+        assert!(!image.metadata(&[]).contains_key("image.name"));
+    }
+
+    #[test]
+    fn history_is_matched_to_the_layers_like_buildkit() {
+        let mut spec = spec();
+        spec.history.truncate(1);
+        let parsed = parse_config(&assemble(&spec).unwrap().config.1).unwrap();
+        assert_eq!(parsed.history.len(), 2);
+        assert_eq!(parsed.history[0], spec.history[0]);
+        assert_eq!(parsed.history[1].created_by, "created by buildkit");
+        assert_eq!(
+            parsed.history[1].comment.as_deref(),
+            Some("buildkit.exporter.image.v0")
+        );
+        assert_eq!(
+            parsed.history[1].created.map(|t| t.unix_timestamp()),
+            Some(1_704_067_200)
+        );
+
+        let mut spec = self::spec();
+        spec.layers.truncate(1);
+        let parsed = parse_config(&assemble(&spec).unwrap().config.1).unwrap();
+        assert_eq!(parsed.history.len(), 2);
+        assert!(!parsed.history[0].empty_layer);
+        assert!(parsed.history[1].empty_layer);
     }
 
     #[test]

@@ -248,7 +248,11 @@ pub fn parse_config(bytes: &[u8]) -> Result<ParsedConfig, Error> {
 ///
 /// BuildKit patches the frontend's config through a Go `map[string]json.RawMessage`, so the
 /// top-level keys come out sorted: `architecture`, `config`, `created`, `history`, `os`, `rootfs`.
-pub(super) fn config_json(spec: &ImageSpec, diff_ids: &[Digest]) -> Vec<u8> {
+pub(super) fn config_json(
+    spec: &ImageSpec,
+    history: &[HistoryEntry],
+    diff_ids: &[Digest],
+) -> Vec<u8> {
     #[derive(Serialize)]
     struct RootFsOut<'a> {
         #[serde(rename = "type")]
@@ -268,12 +272,12 @@ pub(super) fn config_json(spec: &ImageSpec, diff_ids: &[Digest]) -> Vec<u8> {
     }
     let created = spec
         .created
-        .or_else(|| spec.history.iter().rev().find_map(|entry| entry.created));
+        .or_else(|| history.iter().rev().find_map(|entry| entry.created));
     let out = ConfigOut {
         architecture: &spec.architecture,
         config: &spec.config,
         created: created.as_ref().map(go_time::format),
-        history: &spec.history,
+        history,
         os: &spec.os,
         rootfs: RootFsOut {
             kind: "layers",
@@ -490,7 +494,7 @@ mod tests {
             layers: Vec::new(),
         };
         let diff_id = cache_core::digest::sha256(b"layer");
-        let bytes = config_json(&spec, std::slice::from_ref(&diff_id));
+        let bytes = config_json(&spec, &spec.history, std::slice::from_ref(&diff_id));
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(
             text.starts_with(r#"{"architecture":"amd64","config":{"#),

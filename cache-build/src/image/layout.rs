@@ -512,7 +512,7 @@ fn pick_platform(entries: &[Descriptor]) -> Option<Descriptor> {
 }
 
 /// The index entry for the image's manifest, before names are added.
-fn manifest_entry(image: &Image) -> Descriptor {
+pub(super) fn manifest_entry(image: &Image) -> Descriptor {
     let mut entry = Descriptor::new(
         media_type::OCI_MANIFEST,
         image.manifest.digest.clone(),
