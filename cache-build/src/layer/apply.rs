@@ -1122,6 +1122,38 @@ mod tests {
     }
 
     #[test]
+    fn symlinked_parents_resolve_inside_the_root() {
+        // Merged-/usr images: `lib -> usr/lib` and an absolute `lib64 -> /usr/lib64`.
+        let jail = Jail::new();
+        let root = jail.root();
+        fs::create_dir_all(root.join("usr/lib")).expect("mkdir");
+        fs::create_dir_all(root.join("usr/lib64")).expect("mkdir");
+        symlink("usr/lib", root.join("lib")).expect("symlink");
+        symlink("/usr/lib64", root.join("lib64")).expect("symlink");
+        let (res, untouched) = jail.apply(&[
+            raw_entry(b"lib/libfoo.so", EntryType::Regular, b"", b"foo"),
+            raw_entry(b"lib64/ld.so", EntryType::Regular, b"", b"ld"),
+            raw_entry(b"lib64/ld-link", EntryType::Link, b"lib/libfoo.so", b""),
+        ]);
+        res.expect("apply");
+        assert!(untouched);
+        assert_eq!(
+            fs::read(root.join("usr/lib/libfoo.so")).expect("read"),
+            b"foo"
+        );
+        assert_eq!(fs::read(root.join("usr/lib64/ld.so")).expect("read"), b"ld");
+        assert_eq!(
+            fs::read(root.join("usr/lib64/ld-link")).expect("read"),
+            b"foo"
+        );
+        assert!(
+            fs::symlink_metadata(root.join("lib"))
+                .expect("lstat")
+                .is_symlink()
+        );
+    }
+
+    #[test]
     fn hardlink_outside_is_refused() {
         let jail = Jail::new();
         let (res, untouched) = jail.apply(&[raw_entry(

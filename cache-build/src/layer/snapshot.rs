@@ -188,7 +188,13 @@ impl Changes {
 /// number or symlink target differ. A deleted path is reported once at its top-most deleted
 /// ancestor. A directory that was deleted and created again (a different inode) is
 /// [`ChangeKind::Recreated`]: everything below it is included and nothing below it needs a
-/// whiteout. Parent directories of changed entries are included as [`ChangeKind::Parent`].
+/// whiteout. (If the filesystem reuses the inode number, the directory is reported as
+/// modified and its deleted children get whiteouts instead, which extracts to the same tree.)
+/// Parent directories of changed entries are included as [`ChangeKind::Parent`].
+///
+/// Change detection relies on ctime: a file rewritten within one timestamp tick of its previous
+/// change, with the same size and mtime, would be missed on filesystems without fine-grained
+/// (multigrain) timestamps.
 pub fn diff(before: &Snapshot, root: &Path) -> Result<Changes, Error> {
     let after = Snapshot::capture(root)?;
     Ok(diff_snapshots(before, &after))
@@ -318,7 +324,9 @@ mod tests {
         fs::set_permissions(root.join("keep/chmod"), fs::Permissions::from_mode(0o600))
             .expect("chmod");
         fs::remove_dir_all(root.join("gone")).expect("rm");
-        fs::remove_dir_all(root.join("redo")).expect("rm");
+        // Keep the old directory alive elsewhere so that its inode number cannot be reused.
+        let graveyard = tempfile::tempdir().expect("tempdir");
+        fs::rename(root.join("redo"), graveyard.path().join("redo")).expect("mv");
         fs::create_dir_all(root.join("redo/new")).expect("mkdir");
         fs::remove_file(root.join("delme")).expect("rm");
         fs::write(root.join("added"), b"x").expect("write");

@@ -580,7 +580,9 @@ mod tests {
 
         fs::remove_dir_all(root.join("data/old")).expect("rm");
         fs::remove_file(root.join("del.txt")).expect("rm");
-        fs::remove_dir_all(root.join("redo")).expect("rm");
+        // Keep the old directory alive elsewhere so that its inode number cannot be reused.
+        let graveyard = tempfile::tempdir().expect("tempdir");
+        fs::rename(root.join("redo"), graveyard.path().join("redo")).expect("mv");
         fs::create_dir(root.join("redo")).expect("mkdir");
         fs::write(root.join("redo/new"), b"new").expect("write");
         fs::write(root.join("added"), vec![7u8; 100_000]).expect("write");
