@@ -300,7 +300,7 @@ impl Copier<'_> {
             let Some(parent) = stack.last() else {
                 return Err(Error::io(
                     "copy",
-                    found.path.join(&entry.rel),
+                    self.src_root.join(found.entry_source(entry)),
                     std::io::Error::other("selection entries are out of order"),
                 ));
             };
@@ -310,12 +310,8 @@ impl Copier<'_> {
                 .expect("entries below a match have names");
             let entry_dest = parent.dest.join(name);
             if entry.kind == EntryKind::Dir {
-                let fd = self.make_dir(
-                    &parent.fd,
-                    name,
-                    &entry_dest,
-                    &found.resolved.join(&entry.rel),
-                )?;
+                let fd =
+                    self.make_dir(&parent.fd, name, &entry_dest, &found.entry_source(entry))?;
                 stack.push(Frame {
                     rel: entry.rel.clone(),
                     fd,
@@ -390,7 +386,7 @@ impl Copier<'_> {
         found: &Match,
         entry: &SelectedEntry,
     ) -> Result<(), Error> {
-        let src_rel = found.resolved.join(&entry.rel);
+        let src_rel = found.entry_source(entry);
         match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
                 return Err(Error::Conflict {
@@ -602,4 +598,318 @@ fn resolve_chown(root_fd: &OwnedFd, spec: &str) -> Result<(u32, u32), Error> {
         None => uid,
     };
     Ok((uid, gid))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+    use crate::context::HashCache;
+    use crate::context::select::select;
+    use crate::context::test_support::write;
+    use crate::dockerfile::IgnoreMatcher;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        ctx: PathBuf,
+        root: PathBuf,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctx = dir.path().join("ctx");
+        let root = dir.path().join("root");
+        write(&ctx, "a.txt", "a");
+        write(&ctx, "b.txt", "bb");
+        write(&ctx, "dir/one.txt", "1");
+        write(&ctx, "dir/sub/two.txt", "2");
+        write(&ctx, "dir/secret.key", "k");
+        std::os::unix::fs::symlink("one.txt", ctx.join("dir/link")).expect("symlink");
+        std::fs::create_dir_all(&root).expect("root");
+        Fixture {
+            _dir: dir,
+            ctx,
+            root,
+        }
+    }
+
+    fn opts() -> CopyOptions {
+        CopyOptions {
+            workdir: "/".into(),
+            ..CopyOptions::default()
+        }
+    }
+
+    fn copy(
+        f: &Fixture,
+        sources: &[&str],
+        dest: &str,
+        options: &CopyOptions,
+    ) -> Result<CopyStats, Error> {
+        copy_with(f, sources, dest, options, None)
+    }
+
+    fn copy_with(
+        f: &Fixture,
+        sources: &[&str],
+        dest: &str,
+        options: &CopyOptions,
+        ignore: Option<&IgnoreMatcher>,
+    ) -> Result<CopyStats, Error> {
+        let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+        let selection = select(&f.ctx, &sources, ignore, &mut HashCache::in_memory())?;
+        copy_into(&selection, &f.ctx, &f.root, dest, options)
+    }
+
+    fn read(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap_or_else(|err| panic!("read {}: {err}", path.display()))
+    }
+
+    #[test]
+    fn directory_source_copies_its_contents() {
+        let f = fixture();
+        let stats = copy(&f, &["dir"], "/app", &opts()).expect("copy");
+        assert_eq!(read(&f.root.join("app/one.txt")), "1");
+        assert_eq!(read(&f.root.join("app/sub/two.txt")), "2");
+        assert!(!f.root.join("app/dir").exists());
+        let link = std::fs::read_link(f.root.join("app/link")).expect("copied as a symlink");
+        assert_eq!(link, Path::new("one.txt"));
+        assert_eq!((stats.n_files, stats.n_symlinks, stats.n_dirs), (3, 1, 1));
+    }
+
+    #[test]
+    fn file_to_directory_and_to_file_path() {
+        let f = fixture();
+        copy(&f, &["a.txt"], "/dest/", &opts()).expect("copy");
+        assert_eq!(read(&f.root.join("dest/a.txt")), "a");
+        copy(&f, &["a.txt"], "/x/y.txt", &opts()).expect("copy");
+        assert_eq!(read(&f.root.join("x/y.txt")), "a");
+        // An existing directory is copied into, even without a trailing slash.
+        copy(&f, &["b.txt"], "/dest", &opts()).expect("copy");
+        assert_eq!(read(&f.root.join("dest/b.txt")), "bb");
+        // A relative destination is relative to the WORKDIR; `.` is the WORKDIR itself.
+        let in_workdir = CopyOptions {
+            workdir: "/work".into(),
+            ..opts()
+        };
+        copy(&f, &["a.txt"], ".", &in_workdir).expect("copy");
+        assert_eq!(read(&f.root.join("work/a.txt")), "a");
+        copy(&f, &["a.txt"], "renamed", &in_workdir).expect("copy");
+        assert_eq!(read(&f.root.join("work/renamed")), "a");
+        // An existing file is replaced.
+        copy(&f, &["b.txt"], "/x/y.txt", &opts()).expect("copy");
+        assert_eq!(read(&f.root.join("x/y.txt")), "bb");
+    }
+
+    #[test]
+    fn multiple_sources_and_wildcards_go_into_a_directory() {
+        let f = fixture();
+        copy(&f, &["a.txt", "b.txt"], "/multi", &opts()).expect("copy");
+        assert_eq!(read(&f.root.join("multi/a.txt")), "a");
+        assert_eq!(read(&f.root.join("multi/b.txt")), "bb");
+        copy(&f, &["*.txt"], "/wild", &opts()).expect("copy");
+        assert_eq!(read(&f.root.join("wild/a.txt")), "a");
+        assert_eq!(read(&f.root.join("wild/b.txt")), "bb");
+    }
+
+    #[test]
+    fn keeps_mode_and_mtime_owner_is_root() {
+        let f = fixture();
+        std::fs::set_permissions(f.ctx.join("a.txt"), std::fs::Permissions::from_mode(0o4751))
+            .expect("chmod");
+        let mtime = filetime::FileTime::from_unix_time(1_500_000_000, 123);
+        filetime::set_file_mtime(f.ctx.join("a.txt"), mtime).expect("mtime");
+        filetime::set_file_mtime(f.ctx.join("dir/sub"), mtime).expect("mtime");
+        copy(&f, &["a.txt"], "/a.txt", &opts()).expect("copy");
+        copy(&f, &["dir"], "/d/", &opts()).expect("copy");
+        let meta = std::fs::metadata(f.root.join("a.txt")).expect("stat");
+        assert_eq!(meta.mode() & 0o7777, 0o4751);
+        assert_eq!((meta.mtime(), meta.mtime_nsec()), (1_500_000_000, 123));
+        let sub = std::fs::metadata(f.root.join("d/sub")).expect("stat");
+        assert_eq!(
+            sub.mtime(),
+            1_500_000_000,
+            "directory mtime kept after writing children"
+        );
+        if rustix::process::geteuid().is_root() {
+            assert_eq!((meta.uid(), meta.gid()), (0, 0));
+        }
+    }
+
+    #[test]
+    fn chmod_applies_to_files_and_dirs() {
+        let f = fixture();
+        let options = CopyOptions {
+            chmod: Some(0o640),
+            ..opts()
+        };
+        copy(&f, &["dir"], "/c", &options).expect("copy");
+        let mode = |rel: &str| {
+            std::fs::symlink_metadata(f.root.join(rel))
+                .expect("stat")
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("c/one.txt"), 0o640);
+        assert_eq!(mode("c/sub"), 0o640);
+        assert_eq!(mode("c/sub/two.txt"), 0o640);
+    }
+
+    #[test]
+    fn chown_numeric_and_by_name() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipping chown test: needs root");
+            return;
+        }
+        let f = fixture();
+        write(
+            &f.root,
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1234:1000::/home/app:/bin/sh\n",
+        );
+        write(&f.root, "etc/group", "root:x:0:\nstaff:x:50:app\n");
+        let owner = |rel: &str| {
+            let meta = std::fs::symlink_metadata(f.root.join(rel)).expect("stat");
+            (meta.uid(), meta.gid())
+        };
+        let chown = |spec: &str| CopyOptions {
+            chown: Some(spec.into()),
+            ..opts()
+        };
+        copy(&f, &["a.txt"], "/n/a.txt", &chown("1000:1001")).expect("copy");
+        assert_eq!(owner("n/a.txt"), (1000, 1001));
+        assert_eq!(
+            owner("n"),
+            (1000, 1001),
+            "created parents get the --chown owner"
+        );
+        copy(&f, &["a.txt"], "/n/b.txt", &chown("77")).expect("copy");
+        assert_eq!(owner("n/b.txt"), (77, 77), "a uid alone is also the gid");
+        copy(&f, &["dir"], "/named/", &chown("app:staff")).expect("copy");
+        assert_eq!(owner("named/sub/two.txt"), (1234, 50));
+        assert_eq!(owner("named/link"), (1234, 50));
+        copy(&f, &["a.txt"], "/named/x", &chown("app")).expect("copy");
+        assert_eq!(owner("named/x"), (1234, 1234));
+
+        let err = copy(&f, &["a.txt"], "/z", &chown("nobody2")).expect_err("unknown user");
+        assert!(err.to_string().contains("\"nobody2\""), "{err}");
+        let err = copy(&f, &["a.txt"], "/z", &chown("app:nogroup")).expect_err("unknown group");
+        assert!(err.to_string().contains("\"nogroup\""), "{err}");
+        assert!(!f.root.join("z").exists());
+    }
+
+    #[test]
+    fn destination_symlinks_stay_inside_the_root() {
+        let f = fixture();
+        std::fs::create_dir_all(f.root.join("etc")).expect("mkdir");
+        std::os::unix::fs::symlink("/etc", f.root.join("link")).expect("symlink");
+        std::os::unix::fs::symlink("/nowhere/deeper", f.root.join("dangling")).expect("symlink");
+        std::os::unix::fs::symlink("../../../../../../etc", f.root.join("up")).expect("symlink");
+        let name = format!("buildcache-escape-test-{}", std::process::id());
+
+        copy(&f, &["a.txt"], &format!("/link/{name}"), &opts()).expect("copy");
+        assert_eq!(read(&f.root.join("etc").join(&name)), "a");
+        copy(&f, &["dir"], "/up/sub/", &opts()).expect("copy");
+        assert_eq!(read(&f.root.join("etc/sub/one.txt")), "1");
+        copy(&f, &["a.txt"], "/dangling/", &opts()).expect("copy");
+        assert_eq!(read(&f.root.join("nowhere/deeper/a.txt")), "a");
+        assert!(
+            !Path::new("/etc").join(&name).exists(),
+            "wrote to the host /etc"
+        );
+        assert!(!Path::new("/nowhere").exists(), "wrote to the host /");
+
+        // A symlink as the final destination is replaced, never written through.
+        std::os::unix::fs::symlink("/etc/hostname-target", f.root.join("final")).expect("symlink");
+        copy(&f, &["a.txt"], "/final", &opts()).expect("copy");
+        assert!(
+            std::fs::symlink_metadata(f.root.join("final"))
+                .expect("stat")
+                .is_file()
+        );
+    }
+
+    #[test]
+    fn dockerignore_exclusion_is_not_copied() {
+        let f = fixture();
+        let ignore = IgnoreMatcher::parse("**/*.key\n").expect("parse");
+        copy_with(&f, &["."], "/all/", &opts(), Some(&ignore)).expect("copy");
+        assert!(f.root.join("all/dir/one.txt").exists());
+        assert!(!f.root.join("all/dir/secret.key").exists());
+    }
+
+    #[test]
+    fn copy_from_stage_resolves_source_links_inside_the_stage() {
+        let f = fixture();
+        let stage = f.ctx.parent().expect("parent").join("stage");
+        write(&stage, "data/file", "from stage");
+        std::os::unix::fs::symlink("/data/file", stage.join("abs-link")).expect("symlink");
+        let selection = select(
+            &stage,
+            &["abs-link".to_string()],
+            None,
+            &mut HashCache::in_memory(),
+        )
+        .expect("select");
+        copy_into(&selection, &stage, &f.root, "/out/", &opts()).expect("copy");
+        assert_eq!(read(&f.root.join("out/abs-link")), "from stage");
+        assert!(
+            std::fs::symlink_metadata(f.root.join("out/abs-link"))
+                .expect("stat")
+                .is_file()
+        );
+    }
+
+    #[test]
+    fn conflicts_are_errors() {
+        let f = fixture();
+        std::fs::create_dir_all(f.root.join("busy/a.txt")).expect("mkdir");
+        let err = copy(&f, &["a.txt"], "/busy/", &opts()).expect_err("dir in the way");
+        assert!(matches!(err, Error::Conflict { .. }), "{err}");
+        assert!(err.to_string().contains("/busy/a.txt"), "{err}");
+        write(&f.root, "file", "x");
+        let err = copy(&f, &["dir"], "/file/sub", &opts()).expect_err("file in the way");
+        assert!(matches!(err, Error::Conflict { .. }), "{err}");
+    }
+
+    #[test]
+    fn add_extracts_local_archives() {
+        let f = fixture();
+        let archive = f.ctx.join("bundle.tar.gz");
+        {
+            let gz = flate2::write::GzEncoder::new(
+                File::create(&archive).expect("create"),
+                flate2::Compression::default(),
+            );
+            let mut tar = tar::Builder::new(gz);
+            let mut header = tar::Header::new_gnu();
+            header.set_size(5);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, "pkg/hello.txt", &b"hello"[..])
+                .expect("append");
+            tar.into_inner()
+                .expect("finish tar")
+                .finish()
+                .expect("finish gzip");
+        }
+        let add = CopyOptions {
+            extract_archives: true,
+            ..opts()
+        };
+        let stats = copy(&f, &["bundle.tar.gz", "a.txt"], "/opt/", &add).expect("add");
+        assert_eq!(stats.n_archives, 1);
+        assert_eq!(read(&f.root.join("opt/pkg/hello.txt")), "hello");
+        assert_eq!(
+            read(&f.root.join("opt/a.txt")),
+            "a",
+            "a non-archive is copied as a file"
+        );
+        assert!(!f.root.join("opt/bundle.tar.gz").exists());
+
+        // COPY never extracts.
+        copy(&f, &["bundle.tar.gz"], "/copy/", &opts()).expect("copy");
+        assert!(f.root.join("copy/bundle.tar.gz").is_file());
+    }
 }

@@ -92,11 +92,13 @@ impl Match {
     /// The path of one of this match's entries relative to the source root, as named
     /// (`named` joined with the entry's `rel`).
     pub fn entry_path(&self, entry: &SelectedEntry) -> PathBuf {
-        if entry.rel.as_os_str().is_empty() {
-            self.named.clone()
-        } else {
-            self.named.join(&entry.rel)
-        }
+        join_rel(&self.named, &entry.rel)
+    }
+
+    /// Where one of this match's entries is in the source root, relative to it, with no
+    /// symlink in the path (`resolved` joined with the entry's `rel`).
+    pub fn entry_source(&self, entry: &SelectedEntry) -> PathBuf {
+        join_rel(&self.resolved, &entry.rel)
     }
 
     /// Whether the match is a directory (whose contents are copied, not the directory itself).
@@ -132,6 +134,15 @@ pub struct Selection {
     pub n_files: u64,
     /// Total size of those files.
     pub n_bytes: u64,
+}
+
+/// `base/rel`, without the trailing `/` that `Path::join` adds for an empty `rel`.
+fn join_rel(base: &Path, rel: &Path) -> PathBuf {
+    if rel.as_os_str().is_empty() {
+        base.to_path_buf()
+    } else {
+        base.join(rel)
+    }
 }
 
 /// Resolves COPY/ADD `sources` against `src_root` and checksums exactly the entries they select.
