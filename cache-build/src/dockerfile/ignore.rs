@@ -75,6 +75,59 @@ pub(crate) fn clean_path(path: &str) -> String {
     }
 }
 
+/// Checks glob syntax like Go's `filepath.Match(pattern, ".")`, which patternmatcher uses to reject
+/// malformed patterns (`[`, `[]a]`, `[x-]`, a trailing `\\`).
+fn validate_glob(pattern: &str) -> Result<(), String> {
+    let bad = || Err(format!("syntax error in pattern {pattern:?}"));
+    let bytes = pattern.as_bytes();
+    // One escapable character of a class range: not empty, not `-` or `]`, and more must follow.
+    let get_esc = |mut i: usize| -> Option<usize> {
+        match bytes.get(i) {
+            None | Some(b'-') | Some(b']') => return None,
+            Some(b'\\') => i += 1,
+            Some(_) => {}
+        }
+        let ch = pattern.get(i..)?.chars().next()?;
+        let next = i + ch.len_utf8();
+        (next < bytes.len()).then_some(next)
+    };
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'[' => {
+                i += 1;
+                if bytes.get(i) == Some(&b'^') {
+                    i += 1;
+                }
+                let mut n_ranges = 0;
+                loop {
+                    if bytes.get(i) == Some(&b']') && n_ranges > 0 {
+                        i += 1;
+                        break;
+                    }
+                    let Some(next) = get_esc(i) else { return bad() };
+                    i = next;
+                    if bytes[i] == b'-' {
+                        let Some(next) = get_esc(i + 1) else {
+                            return bad();
+                        };
+                        i = next;
+                    }
+                    n_ranges += 1;
+                }
+            }
+            b'\\' => {
+                if i + 1 >= bytes.len() {
+                    return bad();
+                }
+                i += 2;
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
 /// Compiles a cleaned pattern like `patternmatcher.Pattern.compile`.
 fn compile(pattern: &str) -> Result<MatchKind, String> {
     #[derive(PartialEq)]
@@ -169,9 +222,9 @@ fn compile(pattern: &str) -> Result<MatchKind, String> {
     })
 }
 
-/// Normalizes a context-relative path: slashes, no leading `/` or `./`, cleaned.
+/// Normalizes a context-relative path (`\` is an ordinary character): no leading `/`, cleaned.
 fn normalize_rel(path: &str) -> String {
-    let cleaned = clean_path(&path.replace('\\', "/"));
+    let cleaned = clean_path(path);
     cleaned.trim_start_matches('/').to_string()
 }
 
@@ -210,6 +263,7 @@ impl IgnoreMatcher {
             if cleaned.len() > 1 && cleaned.starts_with('/') {
                 cleaned.remove(0);
             }
+            validate_glob(&cleaned).map_err(|err| Error::ignore_file(line_no, err))?;
             let kind = compile(&cleaned)
                 .map_err(|err| Error::ignore_file(line_no, format!("{err} in {line:?}")))?;
             patterns.push(Pattern {
@@ -355,6 +409,157 @@ mod tests {
         check("# comment\n\n  build  \n", "build/out", true);
         check("#*.md", "#x.md", false);
         check(" # not a comment", "# not a comment", true);
+    }
+
+    /// moby/patternmatcher's `TestMatches` (MatchesOrParentMatches) and `TestMatch` tables.
+    #[test]
+    fn patternmatcher_tables() {
+        let (exact, inexact, fail) = (true, true, false);
+        for (pattern, text, pass) in [
+            ("**", "file", exact),
+            ("**", "file/", exact),
+            ("**/", "file", exact),
+            ("**/", "file/", exact),
+            ("**", "dir/file", exact),
+            ("**/", "dir/file", exact),
+            ("**", "dir/file/", exact),
+            ("**/", "dir/file/", exact),
+            ("**/**", "dir/file", exact),
+            ("**/**", "dir/file/", exact),
+            ("dir/**", "dir/file", exact),
+            ("dir/**", "dir/file/", exact),
+            ("dir/**", "dir/dir2/file", exact),
+            ("dir/**", "dir/dir2/file/", exact),
+            ("**/dir", "dir", exact),
+            ("**/dir", "dir/file", inexact),
+            ("**/dir2/*", "dir/dir2/file", exact),
+            ("**/dir2/*", "dir/dir2/file/", inexact),
+            ("**/dir2/**", "dir/dir2/dir3/file", exact),
+            ("**/dir2/**", "dir/dir2/dir3/file/", exact),
+            ("**file", "file", exact),
+            ("**file", "dir/file", exact),
+            ("**/file", "dir/file", exact),
+            ("**file", "dir/dir/file", exact),
+            ("**/file", "dir/dir/file", exact),
+            ("**/file*", "dir/dir/file", exact),
+            ("**/file*", "dir/dir/file.txt", exact),
+            ("**/file*txt", "dir/dir/file.txt", exact),
+            ("**/file*.txt", "dir/dir/file.txt", exact),
+            ("**/file*.txt*", "dir/dir/file.txt", exact),
+            ("**/**/*.txt", "dir/dir/file.txt", exact),
+            ("**/**/*.txt2", "dir/dir/file.txt", fail),
+            ("**/*.txt", "file.txt", exact),
+            ("**/**/*.txt", "file.txt", exact),
+            ("a**/*.txt", "a/file.txt", exact),
+            ("a**/*.txt", "a/dir/file.txt", exact),
+            ("a**/*.txt", "a/dir/dir/file.txt", exact),
+            ("a/*.txt", "a/dir/file.txt", fail),
+            ("a/*.txt", "a/file.txt", exact),
+            ("a/*.txt**", "a/file.txt", exact),
+            ("a[b-d]e", "ae", fail),
+            ("a[b-d]e", "ace", exact),
+            ("a[b-d]e", "aae", fail),
+            ("a[^b-d]e", "aze", exact),
+            (".*", ".foo", exact),
+            (".*", "foo", fail),
+            ("abc.def", "abcdef", fail),
+            ("abc.def", "abc.def", exact),
+            ("abc.def", "abcZdef", fail),
+            ("abc?def", "abcZdef", exact),
+            ("abc?def", "abcdef", fail),
+            ("**/foo/bar", "foo/bar", exact),
+            ("**/foo/bar", "dir/foo/bar", exact),
+            ("**/foo/bar", "dir/dir2/foo/bar", exact),
+            ("abc/**", "abc", fail),
+            ("abc/**", "abc/def", exact),
+            ("abc/**", "abc/def/ghi", exact),
+            ("**/.foo", ".foo", exact),
+            ("**/.foo", "bar.foo", fail),
+            ("a(b)c/def", "a(b)c/def", exact),
+            ("a(b)c/def", "a(b)c/xyz", fail),
+            ("a.|)$(}+{bc", "a.|)$(}+{bc", exact),
+            (
+                "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl",
+                "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl",
+                exact,
+            ),
+            (
+                "dist/*.whl",
+                "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl",
+                exact,
+            ),
+            ("a\\\\", "a\\", exact),
+            ("a\\*b", "a*b", exact),
+            // Go's filepath.Match tests.
+            ("abc", "abc", true),
+            ("*", "abc", true),
+            ("*c", "abc", true),
+            ("a*", "a", true),
+            ("a*", "abc", true),
+            ("a*", "ab/c", true),
+            ("a*/b", "abc/b", true),
+            ("a*/b", "a/c/b", false),
+            ("a*b*c*d*e*/f", "axbxcxdxe/f", true),
+            ("a*b*c*d*e*/f", "axbxcxdxexxx/f", true),
+            ("a*b*c*d*e*/f", "axbxcxdxe/xxx/f", false),
+            ("a*b*c*d*e*/f", "axbxcxdxexxx/fff", false),
+            ("a*b?c*x", "abxbbxdbxebxczzx", true),
+            ("a*b?c*x", "abxbbxdbxebxczzy", false),
+            ("ab[c]", "abc", true),
+            ("ab[b-d]", "abc", true),
+            ("ab[e-g]", "abc", false),
+            ("ab[^c]", "abc", false),
+            ("ab[^b-d]", "abc", false),
+            ("ab[^e-g]", "abc", true),
+            ("a\\*b", "ab", false),
+            ("a?b", "a☺b", true),
+            ("a[^a]b", "a☺b", true),
+            ("a???b", "a☺b", false),
+            ("a[^a][^a][^a]b", "a☺b", false),
+            ("[a-ζ]*", "α", true),
+            ("*[a-ζ]", "A", false),
+            ("a?b", "a/b", false),
+            ("a*b", "a/b", false),
+            ("[\\]a]", "]", true),
+            ("[\\-]", "-", true),
+            ("[x\\-]", "x", true),
+            ("[x\\-]", "-", true),
+            ("[x\\-]", "z", false),
+            ("[\\-x]", "x", true),
+            ("[\\-x]", "-", true),
+            ("[\\-x]", "a", false),
+            ("*x", "xxx", true),
+        ] {
+            check(pattern, text, pass);
+        }
+        for patterns in [
+            "[]a]", "[-]", "[x-]", "[-x]", "\\", "[a-b-c]", "[", "[^", "[^bc", "a[", "x\n!",
+        ] {
+            assert!(
+                IgnoreMatcher::parse(patterns).is_err(),
+                "{patterns:?} must be rejected"
+            );
+        }
+        check("**\n!util/docker/web", "util/docker/web/foo", false);
+        check(
+            "**\n!util/docker/web\nutil/docker/web/foo",
+            "util/docker/web/foo",
+            true,
+        );
+        check(
+            "**\n!dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl",
+            "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl",
+            false,
+        );
+        check(
+            "**\n!dist/*.whl",
+            "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl",
+            false,
+        );
+        check("docs/\n!docs/README.md", "docs/README.md", false);
+        check("docs/*\n!docs/README.md", "docs/README.md", false);
+        check("!fileutils.go\n*.go", "fileutils.go", true);
+        check("*.go", ".", false);
     }
 
     #[test]
