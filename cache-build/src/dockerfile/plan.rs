@@ -33,7 +33,8 @@ pub struct PlanOptions {
     /// `--target` stage name; the last stage when `None`.
     pub target: Option<String>,
     /// Names given by `--build-context`; `FROM name`/`COPY --from=name` refer to these when no
-    /// stage has that name.
+    /// stage has that name. As in BuildKit, a context named like a stage (`FROM x AS name`)
+    /// replaces that stage: its instructions are not built.
     pub named_contexts: BTreeSet<String>,
 }
 
@@ -379,6 +380,8 @@ struct Resolved {
     platform: Option<String>,
     /// `--from` of each COPY, keyed by instruction index.
     copy_from: BTreeMap<usize, RawFrom>,
+    /// A named context has the stage's name: like BuildKit, it replaces the whole stage.
+    replaced: bool,
 }
 
 /// The dispatch state of a stage (BuildKit's `dispatchState`).
@@ -616,11 +619,21 @@ impl<'a> Planner<'a> {
                 };
                 copy_from.insert(idx, raw);
             }
+            // Like BuildKit, a named context with the stage's name replaces the stage.
+            let replaced = stage
+                .name
+                .as_ref()
+                .is_some_and(|n| opts.named_contexts.contains(n));
+            let (base, copy_from) = match (&stage.name, replaced) {
+                (Some(n), true) => (RawBase::Context(n.clone()), BTreeMap::new()),
+                _ => (base, copy_from),
+            };
             resolved.push(Resolved {
                 base,
                 base_expanded,
                 platform,
                 copy_from,
+                replaced,
             });
         }
 
@@ -727,9 +740,13 @@ impl<'a> Planner<'a> {
         };
 
         let from_counts = matches!(base, Base::Image(_) | Base::Context(_));
-        let step_total = usize::from(from_counts)
-            + stage
-                .instructions
+        let instructions = if resolved.replaced {
+            &[][..]
+        } else {
+            &stage.instructions[..]
+        };
+        let step_total = usize::from(from_counts && !resolved.replaced)
+            + instructions
                 .iter()
                 .filter(|ins| {
                     matches!(
@@ -753,7 +770,7 @@ impl<'a> Planner<'a> {
             cmd_index: usize::from(from_counts),
             cmd_set: false,
         };
-        for (idx, ins) in stage.instructions.iter().enumerate() {
+        for (idx, ins) in instructions.iter().enumerate() {
             let from = match resolved.copy_from.get(&idx) {
                 None => CopyFrom::Context,
                 Some(RawFrom::Stage(j)) => CopyFrom::Stage(plan_index[j]),
@@ -2286,6 +2303,23 @@ mod tests {
             p.stages[0].from_display,
             "FROM docker.io/library/later:latest"
         );
+    }
+
+    #[test]
+    fn named_context_replaces_a_stage_of_the_same_name() {
+        let df = parse("FROM alpine AS deps\nRUN --mount=type=cache,target=/x make\nFROM scratch\nCOPY --from=deps /a /b\n").expect("parses");
+        let opts = PlanOptions {
+            named_contexts: BTreeSet::from(["deps".to_string()]),
+            ..PlanOptions::default()
+        };
+        let p = plan(&df, &opts).expect("the replaced stage's instructions are not built");
+        assert_eq!(p.stages[0].base, Base::Context("deps".into()));
+        assert!(p.stages[0].steps.is_empty() && p.stages[0].history.is_empty());
+        assert_eq!(p.stages[0].step_total, 0);
+        let Op::Copy(copy) = &p.stages[1].steps[0].op else {
+            panic!("COPY")
+        };
+        assert_eq!(copy.from, CopyFrom::Stage(0));
     }
 
     #[test]
