@@ -531,10 +531,7 @@ fn execute(
 ) -> Result<RunOutcome, Error> {
     let rootfs = prepared.root.path().to_path_buf();
     let program = spec.argv[0].clone();
-    let (mut report_reader, report_writer) =
-        io::pipe().map_err(io_error("creating the sandbox's report pipe"))?;
-
-    let user_namespace = match mode {
+    let user_namespace = |mode: Mode| match mode {
         Mode::Root => None,
         Mode::UserNamespace {
             become_unprivileged,
@@ -546,42 +543,55 @@ fn execute(
             Some(user_namespace_maps(uid, gid))
         }
     };
-    let plan = Plan {
-        parent_pid: rustix::process::getpid(),
-        user_namespace,
-        become_unprivileged: match mode {
-            Mode::UserNamespace {
-                become_unprivileged: Some((uid, gid)),
-            } => Some((Uid::from_raw(uid), Gid::from_raw(gid))),
-            _ => None,
-        },
-        ops: prepared.steps.ops.clone(),
-        report_fd: std::os::fd::AsRawFd::as_raw_fd(&report_writer),
-    };
 
-    let mut cmd = Command::new(&program);
-    cmd.args(&spec.argv[1..])
-        .env_clear()
-        .envs(prepared.env.iter().map(|(k, v)| (k, v)))
-        .stdin(if spec.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    child::install(&mut cmd, plan);
+    let mut attempt = 0u32;
+    let (mut child, started) = loop {
+        let (mut report_reader, report_writer) =
+            io::pipe().map_err(io_error("creating the sandbox's report pipe"))?;
+        let plan = Plan {
+            parent_pid: rustix::process::getpid(),
+            user_namespace: user_namespace(mode),
+            become_unprivileged: match mode {
+                Mode::UserNamespace {
+                    become_unprivileged: Some((uid, gid)),
+                } => Some((Uid::from_raw(uid), Gid::from_raw(gid))),
+                _ => None,
+            },
+            ops: prepared.steps.ops.clone(),
+            report_fd: std::os::fd::AsRawFd::as_raw_fd(&report_writer),
+        };
+        let mut cmd = Command::new(&program);
+        cmd.args(&spec.argv[1..])
+            .env_clear()
+            .envs(prepared.env.iter().map(|(k, v)| (k, v)))
+            .stdin(if spec.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        child::install(&mut cmd, plan);
 
-    let started = Instant::now();
-    let spawned = cmd.spawn();
-    drop(report_writer);
-    drop(cmd);
-    let mut child = match spawned {
-        Ok(child) => ChildGuard(Some(child)),
-        Err(err) => {
-            let mut report = Vec::new();
-            let _ = report_reader.read_to_end(&mut report);
-            return Err(spawn_error(prepared, &rootfs, &program, err, &report));
+        let started = Instant::now();
+        let spawned = cmd.spawn();
+        drop(report_writer);
+        drop(cmd);
+        match spawned {
+            Ok(child) => break (ChildGuard(Some(child)), started),
+            Err(err) => {
+                let mut report = Vec::new();
+                let _ = report_reader.read_to_end(&mut report);
+                // "Text file busy": another thread of this process was writing the executable
+                // (e.g. extracting a layer) when some process forked, and that fork still holds the
+                // descriptor until it execs. It passes within moments; retry like a shell would.
+                if report.is_empty() && err.raw_os_error() == Some(libc::ETXTBSY) && attempt < 8 {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(5 << attempt));
+                    continue;
+                }
+                return Err(spawn_error(prepared, &rootfs, &program, err, &report));
+            }
         }
     };
     let running = child.0.as_mut().expect("the guard was just filled");
