@@ -3,6 +3,7 @@
 mod build;
 mod images;
 mod inspect;
+mod manage;
 mod progress;
 mod stores;
 
@@ -37,6 +38,8 @@ enum CacheCommand {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    #[command(flatten)]
+    Manage(manage::ManageCommand),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -71,6 +74,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             CacheCommand::Inspect { source, format } => {
                 inspect::run(&source, format == Format::Json).await
             }
+            CacheCommand::Manage(command) => manage::run(command).await,
         },
     }
 }
