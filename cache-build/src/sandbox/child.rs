@@ -229,6 +229,9 @@ fn intermediate(plan: &Plan) -> io::Result<()> {
 
 /// The sandbox's first process: runs the prepared steps, then returns so that `std` execs the command.
 fn sandbox_init(plan: &Plan) -> io::Result<()> {
+    // Armed now for the setup, and again as the last step because credential changes clear it.
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
+        .map_err(|errno| fail(plan, STEP_DEATH_SIGNAL, errno))?;
     for (idx, op) in plan.ops.iter().enumerate() {
         apply(op).map_err(|errno| fail(plan, idx as u32, errno))?;
     }
