@@ -1,0 +1,1 @@
+//! build tests of the buildcache binary.

@@ -1,0 +1,7 @@
+//! End-to-end tests of the `buildcache` binary: builds, cache export and import, registries and
+//! cache management.
+
+mod build;
+mod manage;
+mod registry;
+mod support;

@@ -1,0 +1,1 @@
+//! support tests of the buildcache binary.
