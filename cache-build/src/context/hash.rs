@@ -26,6 +26,18 @@ const BIG_FILE: u64 = 8 << 20;
 /// clock that lags the real time by at most a jiffy (≤ 10 ms).
 const RACY_WINDOW_NS: i64 = 50_000_000;
 
+/// Entries not used for this many days are dropped when the cache is saved, so paths of deleted
+/// files and of old stage roots do not pile up.
+const FORGET_AFTER_DAYS: u32 = 30;
+
+/// One remembered file.
+#[derive(Clone, Copy, Debug)]
+struct Remembered {
+    key: StatKey,
+    hash: [u8; 32],
+    used_day: u32,
+}
+
 /// The stat data a cached hash is valid for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct StatKey {
@@ -62,6 +74,10 @@ struct CachedHash {
     ino: u64,
     dev: u64,
     blake3: String,
+    /// Day (since the epoch) the entry was last used; entries unused for [`FORGET_AFTER_DAYS`]
+    /// are dropped on save.
+    #[serde(default)]
+    used_day: u32,
 }
 
 /// The on-disk form of a [`HashCache`] (private to this module, so not a wire type).
@@ -91,9 +107,10 @@ pub struct HashStats {
 #[derive(Debug)]
 pub struct HashCache {
     path: Option<PathBuf>,
-    entries: HashMap<PathBuf, (StatKey, [u8; 32])>,
+    entries: HashMap<PathBuf, Remembered>,
     stats: HashStats,
     dirty: bool,
+    today: u32,
 }
 
 impl HashCache {
@@ -136,7 +153,12 @@ impl HashCache {
                 ino: entry.ino,
                 dev: entry.dev,
             };
-            cache.entries.insert(PathBuf::from(name), (key, hash));
+            let remembered = Remembered {
+                key,
+                hash,
+                used_day: entry.used_day,
+            };
+            cache.entries.insert(PathBuf::from(name), remembered);
         }
         cache
     }
@@ -148,6 +170,7 @@ impl HashCache {
             entries: HashMap::new(),
             stats: HashStats::default(),
             dirty: false,
+            today: u32::try_from(now_ns() / 86_400_000_000_000).unwrap_or(0),
         }
     }
 
@@ -170,8 +193,14 @@ impl HashCache {
         let entries = self
             .entries
             .iter()
-            .filter_map(|(name, (key, hash))| {
+            .filter(|(_, entry)| entry.used_day.saturating_add(FORGET_AFTER_DAYS) >= self.today)
+            .filter_map(|(name, entry)| {
                 let name = name.to_str()?.to_string();
+                let Remembered {
+                    key,
+                    hash,
+                    used_day,
+                } = entry;
                 Some((
                     name,
                     CachedHash {
@@ -181,6 +210,7 @@ impl HashCache {
                         ino: key.ino,
                         dev: key.dev,
                         blake3: hex::encode(hash),
+                        used_day: *used_day,
                     },
                 ))
             })
@@ -216,10 +246,17 @@ impl HashCache {
         self.entries.is_empty()
     }
 
-    /// The remembered hash of `path` if its stat data still match.
-    fn lookup(&self, path: &Path, key: &StatKey) -> Option<[u8; 32]> {
-        match self.entries.get(path) {
-            Some((cached, hash)) if cached == key => Some(*hash),
+    /// The remembered hash of `path` if its stat data still match; marks the entry used today.
+    fn lookup(&mut self, path: &Path, key: &StatKey) -> Option<[u8; 32]> {
+        match self.entries.get_mut(path) {
+            Some(entry) if entry.key == *key => {
+                if entry.used_day < self.today {
+                    // At most one rewrite a day for builds that only hit the cache.
+                    entry.used_day = self.today;
+                    self.dirty = true;
+                }
+                Some(entry.hash)
+            }
             _ => None,
         }
     }
@@ -266,7 +303,12 @@ impl HashCache {
             let old_enough =
                 listed.ctime_ns.max(listed.mtime_ns) < hashed.started_ns - RACY_WINDOW_NS;
             if stable && old_enough {
-                self.entries.insert(path.clone(), (*listed, hashed.hash));
+                let remembered = Remembered {
+                    key: *listed,
+                    hash: hashed.hash,
+                    used_day: self.today,
+                };
+                self.entries.insert(path.clone(), remembered);
                 self.dirty = true;
             } else if self.entries.remove(path).is_some() {
                 self.dirty = true;
@@ -434,6 +476,28 @@ mod tests {
                 bytes_hashed: 0
             }
         );
+    }
+
+    #[test]
+    fn entries_unused_for_a_month_are_forgotten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache_path = dir.path().join("hashes.json");
+        let old = write_old(&dir.path().join("old"), b"old");
+        let new = write_old(&dir.path().join("new"), b"new");
+        let mut cache = HashCache::load(&cache_path);
+        cache
+            .hash_files(&[(dir.path().join("old"), old), (dir.path().join("new"), new)])
+            .expect("hash");
+        let today = cache.today;
+        cache
+            .entries
+            .get_mut(&dir.path().join("old"))
+            .expect("remembered")
+            .used_day = today - FORGET_AFTER_DAYS - 1;
+        cache.save().expect("save");
+        let loaded = HashCache::load(&cache_path);
+        assert_eq!(loaded.len(), 1);
+        assert!(loaded.entries.contains_key(&dir.path().join("new")));
     }
 
     #[test]
