@@ -453,6 +453,10 @@ async fn import_one(
             vertex,
             message: format!("no cache found for {reference} (the first export will create it)"),
         });
+        display.line(&format!(
+            "WARNING: cache import {} found no cache, building without it",
+            spec.raw
+        ));
         return Ok(None);
     };
     display.event(Event::Status {
