@@ -310,13 +310,13 @@ impl Copier<'_> {
                 .expect("entries below a match have names");
             let entry_dest = parent.dest.join(name);
             if entry.kind == EntryKind::Dir {
-                let fd =
+                let (fd, own) =
                     self.make_dir(&parent.fd, name, &entry_dest, &found.entry_source(entry))?;
                 stack.push(Frame {
                     rel: entry.rel.clone(),
                     fd,
                     dest: entry_dest,
-                    entry: Some(entry),
+                    entry: own.then_some(entry),
                 });
             } else {
                 self.create_leaf(&parent.fd, name, &entry_dest, found, entry)?;
@@ -328,16 +328,32 @@ impl Copier<'_> {
         Ok(())
     }
 
-    /// Creates (or reuses) the directory `name` in `parent` and returns it open.
+    /// Creates (or reuses) the directory `name` in `parent` and returns it open, and whether it
+    /// is the directory itself (`false`: a symlink in the root led to it, as `/lib -> usr/lib`
+    /// on merged-usr systems; its metadata is then left alone).
     fn make_dir(
         &mut self,
         parent: &OwnedFd,
         name: &OsStr,
         dest: &Path,
         src_rel: &Path,
-    ) -> Result<OwnedFd, Error> {
+    ) -> Result<(OwnedFd, bool), Error> {
         match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
+                // Follow it inside the root, as copying into a chroot would.
+                return match open_in_root(self.root_fd, dest) {
+                    Ok(fd) => {
+                        self.stats.n_dirs += 1;
+                        Ok((fd, false))
+                    }
+                    Err(_) => Err(Error::Conflict {
+                        source_path: src_rel.to_path_buf(),
+                        dest: self.show(dest),
+                        reason: "a symlink that does not lead to a directory is in the way of a directory".into(),
+                    }),
+                };
+            }
             Ok(_) => {
                 return Err(Error::Conflict {
                     source_path: src_rel.to_path_buf(),
@@ -361,7 +377,7 @@ impl Copier<'_> {
         .map_err(|err| self.io_dest("open directory", dest, err))?;
         self.set_owner_fd(&fd, dest)?;
         self.stats.n_dirs += 1;
-        Ok(fd)
+        Ok((fd, true))
     }
 
     /// Applies a copied directory's mode and mtime after its children are written.
@@ -469,15 +485,12 @@ impl Copier<'_> {
                 self.stats.n_special += 1;
             }
             EntryKind::Dir => {
-                // Directories are handled by `copy_tree`; a directory match never gets here.
-                let fd = self.make_dir(parent, name, dest, &src_rel)?;
-                let frame = Frame {
-                    rel: PathBuf::new(),
-                    fd,
-                    dest: dest.to_path_buf(),
-                    entry: Some(entry),
-                };
-                self.finish_dir(&frame)?;
+                // `copy_tree` creates directories; only non-directories get here.
+                return Err(Error::io(
+                    "copy",
+                    self.src_root.join(&src_rel),
+                    std::io::Error::other("a directory was passed as a single entry"),
+                ));
             }
         }
         Ok(())
@@ -827,6 +840,22 @@ mod tests {
             std::fs::symlink_metadata(f.root.join("final"))
                 .expect("stat")
                 .is_file()
+        );
+    }
+
+    #[test]
+    fn directories_merge_through_symlinks_in_the_root() {
+        let f = fixture();
+        // A merged-usr root: /lib -> usr/lib.
+        std::fs::create_dir_all(f.root.join("usr/lib")).expect("mkdir");
+        std::os::unix::fs::symlink("usr/lib", f.root.join("lib")).expect("symlink");
+        write(&f.ctx, "tree/lib/libx.so", "x");
+        copy(&f, &["tree"], "/", &opts()).expect("copy");
+        assert_eq!(read(&f.root.join("usr/lib/libx.so")), "x");
+        assert!(
+            std::fs::symlink_metadata(f.root.join("lib"))
+                .expect("stat")
+                .is_symlink()
         );
     }
 

@@ -123,10 +123,11 @@ pub struct SelectedSource {
 /// The result of [`select`]: what each source selected and a checksum over all of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Selection {
-    /// sha256 of the canonical listing of the selected entries: one line per entry,
-    /// `<source index>\t<path>\t<type>\t<mode octal>\t<blake3 hex | link target | ->`, where the
-    /// path is the match's `named` path joined with the entry's `rel` path (control characters
-    /// and `\` escaped). Ownership and timestamps are not part of it.
+    /// sha256 of the canonical listing of the selected entries: a version line, then one line
+    /// per entry, `<source index>\t<path>\t<type>\t<mode octal>\t<blake3 hex | link target | ->`,
+    /// where the path is the match's `named` path joined with the entry's `rel` path (control
+    /// characters and `\` escaped, `.` for the root). A directory match's own mode is written
+    /// as `-` (it is not copied). Ownership and timestamps are not part of it.
     pub checksum: Digest,
     /// Per source argument, in order.
     pub sources: Vec<SelectedSource>,
@@ -255,7 +256,13 @@ fn listing_line(out: &mut Vec<u8>, source_idx: usize, found: &Match, entry: &Sel
     out.push(b'\t');
     out.extend_from_slice(entry.kind.as_str().as_bytes());
     out.push(b'\t');
-    out.extend_from_slice(format!("{:o}", entry.mode).as_bytes());
+    if entry.kind == EntryKind::Dir && entry.rel.as_os_str().is_empty() {
+        // A directory source copies its contents, not itself: its own mode never reaches the
+        // destination, so it must not split the cache between machines with other umasks.
+        out.push(b'-');
+    } else {
+        out.extend_from_slice(format!("{:o}", entry.mode).as_bytes());
+    }
     out.push(b'\t');
     match (entry.kind, &entry.blake3, &entry.link_target) {
         (EntryKind::File, Some(hash), _) => out.extend_from_slice(to_hex(hash).as_bytes()),
@@ -812,6 +819,17 @@ mod tests {
         );
         chmod(root, "dir/one.txt", 0o644);
         assert_eq!(sel(root, &sources, None).expect("select").checksum, base);
+
+        // The mode of a directory source itself is not copied, so it does not count.
+        chmod(root, "dir", 0o700);
+        assert_eq!(sel(root, &sources, None).expect("select").checksum, base);
+        chmod(root, "dir/sub", 0o700);
+        assert_ne!(
+            sel(root, &sources, None).expect("select").checksum,
+            base,
+            "subdir mode"
+        );
+        chmod(root, "dir/sub", 0o755);
 
         std::fs::rename(root.join("dir/sub/two.txt"), root.join("dir/sub/three.txt"))
             .expect("rename");
