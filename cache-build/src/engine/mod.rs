@@ -178,12 +178,14 @@ pub struct BuildOutcome {
 #[non_exhaustive]
 pub enum Error {
     /// The Dockerfile is invalid.
-    #[error("{path}:{source}")]
+    #[error("{path}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
     Dockerfile {
         /// The Dockerfile path.
         path: String,
+        /// The line at fault, if known.
+        line: Option<usize>,
         /// What is wrong.
-        source: dockerfile::Error,
+        message: String,
     },
     /// A step failed.
     #[error("{name}: {message} (Dockerfile line {line})")]
@@ -196,6 +198,14 @@ pub enum Error {
         message: String,
         /// The exit code, for a failed RUN.
         exit_code: Option<i32>,
+    },
+    /// A layer blob of a cache is missing or corrupt; the build retries without it.
+    #[error("layer blob {digest} is unusable: {message}")]
+    BadBlob {
+        /// The blob.
+        digest: Digest,
+        /// What is wrong with it.
+        message: String,
     },
     /// Anything else, with context.
     #[error("{0}")]
@@ -285,7 +295,14 @@ struct Engine<'a> {
     n_dirs: usize,
     blobs_fetched: u64,
     last_hit_source: Option<SourceId>,
+    /// Blobs found missing or corrupt: results using them are misses.
+    bad_blobs: HashSet<Digest>,
+    /// Blobs checked to be available.
+    available: std::collections::HashMap<Digest, bool>,
 }
+
+/// How many times a build restarts after finding an unusable cache blob.
+const MAX_RESTARTS: usize = 8;
 
 fn link(record: RecordIdx) -> Link {
     Link {
@@ -321,9 +338,10 @@ pub async fn build(
             request.context.display()
         )));
     }
-    let df_err = |source| Error::Dockerfile {
+    let df_err = |err: dockerfile::Error| Error::Dockerfile {
         path: request.dockerfile.display().to_string(),
-        source,
+        line: err.line(),
+        message: err.message().to_owned(),
     };
     let df = dockerfile::parse(&dockerfile_text).map_err(df_err)?;
     let options = dockerfile::PlanOptions {
@@ -363,6 +381,8 @@ pub async fn build(
         n_dirs: 0,
         blobs_fetched: 0,
         last_hit_source: None,
+        bad_blobs: HashSet::new(),
+        available: std::collections::HashMap::new(),
     };
     // Resolve image and context bases first, to plan with their configs.
     let mut base_configs = BTreeMap::new();
@@ -383,9 +403,25 @@ pub async fn build(
     }
     engine.plan =
         dockerfile::plan_with_base_configs(&df, &options, &base_configs).map_err(df_err)?;
-    let result = engine.run(&base_images).await;
-    engine.cleanup();
-    result?;
+    let mut restarts = 0;
+    loop {
+        let result = engine.run(&base_images).await;
+        engine.cleanup();
+        match result {
+            Err(Error::BadBlob { digest, message }) if restarts < MAX_RESTARTS => {
+                restarts += 1;
+                services.progress.event(Event::Warning(format!(
+                    "cache blob {digest} is unusable ({message}): the results that need it are treated as misses"
+                )));
+                engine.bad_blobs.insert(digest);
+                engine.reset();
+            }
+            other => {
+                other?;
+                break;
+            }
+        }
+    }
     if let Err(err) = engine.hashes.save() {
         services
             .progress
@@ -522,6 +558,17 @@ fn from_display_with_digest(stage: &PlannedStage, img: &ResolvedImage) -> String
 impl Engine<'_> {
     fn progress(&self) -> &dyn Progress {
         self.services.progress
+    }
+
+    /// Forgets the state of an attempt, keeping the graph (with the results made so far) and
+    /// what is known about blobs.
+    fn reset(&mut self) {
+        self.stages.clear();
+        self.slots.clear();
+        self.images.clear();
+        self.image_index.clear();
+        self.reports.clear();
+        self.last_hit_source = None;
     }
 
     fn cleanup(&mut self) {
@@ -748,7 +795,7 @@ impl Engine<'_> {
     /// The best usable result among `records`: newest first, skipping local results whose
     /// blobs are gone from the root store.
     async fn best_hit(
-        &self,
+        &mut self,
         records: &[RecordIdx],
     ) -> Option<(RecordIdx, Vec<Descriptor>, SourceId)> {
         let mut candidates: Vec<(RecordIdx, CacheResult)> = records
@@ -773,19 +820,35 @@ impl Engine<'_> {
                 .into_iter()
                 .cloned()
                 .collect();
-            if result.source == LOCAL_SOURCE {
-                let mut all = true;
-                for desc in &chain {
-                    if !matches!(self.blobs.root.stat(&desc.digest).await, Ok(Some(_))) {
-                        all = false;
-                        break;
-                    }
+            let mut usable = true;
+            for desc in &chain {
+                if self.bad_blobs.contains(&desc.digest) {
+                    usable = false;
+                    break;
                 }
-                if !all {
-                    continue;
+                let available = match self.available.get(&desc.digest) {
+                    Some(&known) => known,
+                    None => {
+                        let known = self.blobs.is_available(desc).await;
+                        if !known && result.source != LOCAL_SOURCE {
+                            self.progress().event(Event::Warning(format!(
+                                "layer blob {} listed by cache {} is missing: its results are misses",
+                                desc.digest,
+                                self.source_name(result.source)
+                            )));
+                        }
+                        self.available.insert(desc.digest.clone(), known);
+                        known
+                    }
+                };
+                if !available {
+                    usable = false;
+                    break;
                 }
             }
-            return Some((record, chain, result.source));
+            if usable {
+                return Some((record, chain, result.source));
+            }
         }
         None
     }
@@ -1180,7 +1243,10 @@ impl Engine<'_> {
             let root = dir.to_path_buf();
             blocking(move || layer::apply_layer(reader, &media_type, &root))
                 .await?
-                .map_err(|err| Error::other(format!("extracting layer {}: {err}", desc.digest)))?;
+                .map_err(|err| Error::BadBlob {
+                    digest: desc.digest.clone(),
+                    message: format!("extracting: {err}"),
+                })?;
             self.progress().event(Event::Status {
                 vertex: vertex.to_owned(),
                 text: format!("extracting {}", desc.digest),
@@ -1251,7 +1317,28 @@ impl Engine<'_> {
         name: &str,
     ) -> Result<(), Error> {
         match &step.op {
-            Op::Run { command, .. } => {
+            Op::Run { command, heredocs } => {
+                // `RUN <<EOF` with a `#!` body runs the body as a file, as BuildKit does.
+                let mut mounts = Vec::new();
+                for heredoc in heredocs {
+                    let Some(target) = &heredoc.mount_path else {
+                        continue;
+                    };
+                    let dir = self.new_dir("heredoc")?;
+                    let file = dir.join(&heredoc.name);
+                    write_executable(&file, &heredoc.content).map_err(|err| {
+                        step_error(
+                            name,
+                            step.line,
+                            format!("writing heredoc {}: {err}", heredoc.name),
+                        )
+                    })?;
+                    mounts.push(sandbox::Mount {
+                        target: target.clone(),
+                        kind: sandbox::MountKind::Bind { source: file },
+                        readonly: true,
+                    });
+                }
                 let spec = sandbox::RunSpec {
                     rootfs: dir.to_path_buf(),
                     argv: run_argv(step, command),
@@ -1264,7 +1351,7 @@ impl Engine<'_> {
                 let progress = self.services.progress;
                 let vertex_owned = vertex.to_owned();
                 let outcome = tokio::task::block_in_place(|| {
-                    sandbox::run(&spec, &mut |stream, bytes| {
+                    sandbox::run_with_mounts(&spec, &mounts, &mut |stream, bytes| {
                         progress.event(Event::Log {
                             vertex: vertex_owned.clone(),
                             stream,
@@ -1489,6 +1576,12 @@ fn run_argv(step: &Step, command: &RunCommand) -> Vec<String> {
         }
         RunCommand::Exec(argv) => argv.clone(),
     }
+}
+
+fn write_executable(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, content)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
 }
 
 async fn snapshot(dir: &Path) -> Result<Snapshot, Error> {

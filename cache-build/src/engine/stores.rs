@@ -93,6 +93,24 @@ impl Blobs {
         }
     }
 
+    /// Whether `desc` is available with its size: in the root, or in a source that lists it.
+    pub async fn is_available(&self, desc: &Descriptor) -> bool {
+        let fits = |found: &Option<Descriptor>| found.as_ref().is_some_and(|d| d.size == desc.size);
+        if matches!(self.root.stat(&desc.digest).await, Ok(found) if fits(&found)) {
+            return true;
+        }
+        for source in self
+            .imports
+            .iter()
+            .filter(|s| s.layers.contains(&desc.digest))
+        {
+            if matches!(source.store.stat(&desc.digest).await, Ok(found) if fits(&found)) {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Makes sure the root store has `desc`, copying it from a source if needed.
     /// Returns true when it had to be fetched.
     pub async fn fetch_to_root(&self, desc: &Descriptor) -> cache_core::Result<bool> {

@@ -83,6 +83,16 @@ impl Steps {
 /// The flags a read-only remount of a bind mount of `source` needs: the source mount's own flags
 /// (a user namespace may not clear them) plus read-only.
 fn read_only_remount_flags(source: &Path) -> MountFlags {
+    hardened_remount_flags(source) | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC
+}
+
+/// The flags a read-only remount of a `RUN --mount` bind of `source` needs: the source mount's
+/// own flags plus read-only. Executables stay executable (a `#!` heredoc is run from one).
+fn user_remount_flags(source: &Path) -> MountFlags {
+    hardened_remount_flags(source)
+}
+
+fn hardened_remount_flags(source: &Path) -> MountFlags {
     let mut flags = MountFlags::BIND | MountFlags::RDONLY;
     if let Ok(stat) = rustix::fs::statvfs(source) {
         let pairs = [
@@ -99,7 +109,7 @@ fn read_only_remount_flags(source: &Path) -> MountFlags {
             }
         }
     }
-    flags | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC
+    flags
 }
 
 fn path_of(c_path: &CString) -> PathBuf {
@@ -137,6 +147,7 @@ pub(crate) fn plan(
     let hosts = ensure("/etc/hosts", Kind::File)?;
     let resolv = ensure("/etc/resolv.conf", Kind::File)?;
     let mut extra = Vec::with_capacity(mounts.len());
+    let mut dev_extra = Vec::new();
     for mount in mounts {
         if !mount.target.starts_with('/') {
             return Err(Error::InvalidSpec {
@@ -147,6 +158,12 @@ pub(crate) fn plan(
             MountKind::Bind { source } if !source.is_dir() => Kind::File,
             _ => Kind::Dir,
         };
+        // Targets under /dev live in the sandbox's /dev tmpfs, made after it is mounted
+        // (BuildKit's `RUN <<EOF` with a `#!` body runs /dev/pipes/EOF).
+        if let (Some(rest), Some(_)) = (mount.target.strip_prefix("/dev/"), &dev_dir) {
+            dev_extra.push((mount, rest.to_owned(), kind));
+            continue;
+        }
         if let Some(target) = ensure(&mount.target, kind)? {
             extra.push((mount, target));
         }
@@ -221,6 +238,36 @@ pub(crate) fn plan(
     }
     if let Some(dev) = &dev_dir {
         dev_steps(&mut steps, dev, is_root_mode)?;
+        let dev_path = path_of(dev);
+        for (mount, rest, kind) in dev_extra {
+            let rel = Path::new(&rest);
+            let mut cur = dev_path.clone();
+            if let Some(parent) = rel.parent() {
+                for component in parent.components() {
+                    cur.push(component);
+                    steps.push(
+                        Op::Mkdir {
+                            path: c_path(&cur)?,
+                            mode: 0o755,
+                        },
+                        format!("creating {} in /dev", cur.display()),
+                        "",
+                    );
+                }
+            }
+            let target = c_path(&dev_path.join(rel))?;
+            let op = match kind {
+                Kind::File => Op::CreateFile {
+                    path: target.clone(),
+                },
+                Kind::Dir => Op::Mkdir {
+                    path: target.clone(),
+                    mode: 0o755,
+                },
+            };
+            steps.push(op, format!("creating the mount point {}", mount.target), "");
+            extra.push((mount, target));
+        }
     }
     mask_steps(&mut steps, proc_dir.as_ref(), sys_dir.as_ref())?;
     for (target, source, shown) in [
@@ -287,7 +334,7 @@ fn extra_mount_steps(steps: &mut Steps, mount: &Mount, target: CString) -> Resul
                 steps.push(
                     Op::Remount {
                         target,
-                        flags: read_only_remount_flags(source),
+                        flags: user_remount_flags(source),
                     },
                     format!("making {shown} read-only"),
                     HINT_PRIVILEGE,
