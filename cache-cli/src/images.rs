@@ -1,7 +1,11 @@
 //! Images in registries: resolving `FROM host/repo:tag` and pushing built images.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
+
+use anyhow::Context as _;
 
 use cache_build::engine::{self, BlobStore, Event, ImageResolver, Progress, ResolvedImage};
 use cache_build::image;
@@ -118,11 +122,109 @@ impl ImageResolver for RegistryImages {
     }
 }
 
-/// Pushes the built image to `name`: layers (skipped when present, mounted when the registry
-/// has them in another repository), config, then the manifest under the tag.
+/// Where pushes remember which repositories hold which blobs (`ROOT/distribution-sources.json`),
+/// like containerd's `containerd.io/distribution.source.<host>` content labels.
+const SOURCES_FILE: &str = "distribution-sources.json";
+
+/// Blob digest to the `host/repository`s known to hold it.
+type Sources = BTreeMap<String, BTreeSet<String>>;
+
+fn sources_path(root: &LayoutDir) -> PathBuf {
+    let dir = root.root();
+    dir.parent().unwrap_or(dir).join(SOURCES_FILE)
+}
+
+/// The remembered sources; a missing or unreadable file is empty (it only saves uploads).
+fn load_sources(path: &Path) -> Sources {
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+/// Merges `pushed` into the file, replacing it atomically.
+fn save_sources(path: &Path, pushed: &Sources) -> std::io::Result<()> {
+    let mut all = load_sources(path);
+    for (digest, repos) in pushed {
+        all.entry(digest.clone())
+            .or_default()
+            .extend(repos.iter().cloned());
+    }
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec(&all).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The repositories of `host` that may hold `desc`: its distribution-source annotation (layers
+/// of a base image pulled from there) and earlier pushes.
+fn mount_candidates(desc: &Descriptor, host: &str, known: &Sources, skip: &str) -> Vec<String> {
+    let key = format!("{}{host}", annotation::DISTRIBUTION_SOURCE_PREFIX);
+    let annotated = desc
+        .annotation(&key)
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .map(|r| r.trim().to_owned());
+    let prefix = format!("{host}/");
+    let pushed = known
+        .get(desc.digest.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.strip_prefix(&prefix).map(str::to_owned));
+    let mut out: Vec<String> = Vec::new();
+    for repo in annotated.chain(pushed) {
+        if !repo.is_empty() && repo != skip && !out.contains(&repo) {
+            out.push(repo);
+        }
+    }
+    out
+}
+
+/// How a blob reached the registry.
+enum Pushed {
+    Present,
+    Mounted(String),
+    Uploaded,
+}
+
+/// Makes `desc` present in `registry`: nothing if it is there, a cross-repository mount if a
+/// repository of the same registry is known to hold it, else an upload from `open`.
+async fn push_blob<F, Fut>(
+    registry: &Registry,
+    desc: &Descriptor,
+    known: &Sources,
+    open: F,
+) -> anyhow::Result<Pushed>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Blob>>,
+{
+    if registry.stat_blob(&desc.digest).await?.is_some() {
+        return Ok(Pushed::Present);
+    }
+    let reference = registry.reference();
+    for from in mount_candidates(desc, reference.registry(), known, reference.repository()) {
+        if registry.mount_blob(&desc.digest, &from).await? {
+            return Ok(Pushed::Mounted(from));
+        }
+    }
+    // The annotations were used above; the upload itself needs none.
+    let mut upload = desc.clone();
+    upload.annotations.clear();
+    registry.write_blob(&upload, open().await?).await?;
+    Ok(Pushed::Uploaded)
+}
+
+/// Pushes the built image to `name`: layers (skipped when present, mounted when this root
+/// pushed them, or pulled them, from another repository of the registry), config, then the
+/// manifest under the tag.
+///
+/// Fails closed: any registry error fails the push, naming the image.
 pub async fn push(
     outcome: &engine::BuildOutcome,
-    _root: &Arc<LayoutDir>,
+    root: &Arc<LayoutDir>,
     name: &str,
     display: &Display,
 ) -> anyhow::Result<()> {
@@ -132,36 +234,84 @@ pub async fn push(
         vertex: vertex.clone(),
         name: format!("pushing {name}"),
     });
+    let result = push_image(outcome, root, name, display, &vertex).await;
+    match &result {
+        Ok(()) => display.event(Event::Done {
+            vertex,
+            duration: started.elapsed(),
+        }),
+        Err(err) => display.event(Event::Error {
+            vertex,
+            message: format!("{err:#}"),
+        }),
+    }
+    result.with_context(|| format!("pushing the image {name}"))
+}
+
+async fn push_image(
+    outcome: &engine::BuildOutcome,
+    root: &Arc<LayoutDir>,
+    name: &str,
+    display: &Display,
+    vertex: &str,
+) -> anyhow::Result<()> {
     let registry = Registry::new(name, cache_registry::Options::new())?;
     let tag = registry.reference().tag().unwrap_or("latest").to_owned();
+    let here = format!(
+        "{}/{}",
+        registry.reference().registry(),
+        registry.reference().repository()
+    );
+    let sources_file = sources_path(root);
+    let known = load_sources(&sources_file);
+    let mut pushed = Sources::new();
+    let status = |text: String| {
+        (display as &dyn Progress).event(Event::Status {
+            vertex: vertex.to_owned(),
+            text,
+            done: None,
+        })
+    };
     for desc in &outcome.image.layers {
-        if registry.stat_blob(&desc.digest).await?.is_some() {
-            continue;
-        }
-        let blob = outcome
-            .blobs
-            .open(&desc.digest)
-            .await?
-            .ok_or_else(|| anyhow::format_err!("layer {} is in no store", desc.digest))?;
-        let mut upload = desc.clone();
-        upload.media_type = media_type::convert_layer(&desc.media_type, true)
+        let mut desc = desc.clone();
+        desc.media_type = media_type::convert_layer(&desc.media_type, true)
             .unwrap_or(&desc.media_type)
             .to_owned();
-        registry.write_blob(&upload, blob).await?;
-        (display as &dyn Progress).event(Event::Status {
-            vertex: vertex.clone(),
-            text: format!("pushing layer {}", desc.digest),
-            done: None,
-        });
+        let how = push_blob(&registry, &desc, &known, || async {
+            outcome
+                .blobs
+                .open(&desc.digest)
+                .await?
+                .ok_or_else(|| anyhow::format_err!("layer {} is in no store", desc.digest))
+        })
+        .await
+        .with_context(|| format!("pushing layer {}", desc.digest))?;
+        match how {
+            Pushed::Present => {}
+            Pushed::Mounted(from) => status(format!("mounted layer {} from {from}", desc.digest)),
+            Pushed::Uploaded => status(format!("pushing layer {}", desc.digest)),
+        }
+        pushed
+            .entry(desc.digest.to_string())
+            .or_default()
+            .insert(here.clone());
     }
     let (config_desc, config_bytes) = &outcome.image.config;
-    registry
-        .write_blob(config_desc, Blob::from_bytes(config_bytes.clone()))
-        .await?;
+    push_blob(&registry, config_desc, &known, || async {
+        Ok(Blob::from_bytes(config_bytes.clone()))
+    })
+    .await
+    .with_context(|| format!("pushing config {}", config_desc.digest))?;
+    pushed
+        .entry(config_desc.digest.to_string())
+        .or_default()
+        .insert(here.clone());
     registry.write_index(&tag, &outcome.image.manifest).await?;
-    display.event(Event::Done {
-        vertex,
-        duration: started.elapsed(),
-    });
+    if let Err(err) = save_sources(&sources_file, &pushed) {
+        display.line(&format!(
+            "WARNING: remembering where the image's blobs are in {}: {err}",
+            sources_file.display()
+        ));
+    }
     Ok(())
 }
