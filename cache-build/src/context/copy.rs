@@ -1,5 +1,6 @@
 //! Copying a [`Selection`] into a stage root with Docker's COPY/ADD rules, confined to the root.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::Read;
@@ -43,6 +44,9 @@ pub struct CopyStats {
     pub n_special: u64,
     /// Bytes of file content written.
     pub n_bytes: u64,
+    /// Hard links made to a file copied earlier in the same copy (sources that were hard links
+    /// of each other stay hard links).
+    pub n_hard_links: u64,
     /// ADD archives extracted.
     pub n_archives: u64,
 }
@@ -106,6 +110,7 @@ pub fn copy_into(
         options,
         want_owner,
         stats: CopyStats::default(),
+        hard_links: HashMap::new(),
     };
     let mut dest_dir: Option<OwnedFd> = None;
     for source in &selection.sources {
@@ -160,7 +165,13 @@ struct Copier<'a> {
     options: &'a CopyOptions,
     want_owner: Option<(u32, u32)>,
     stats: CopyStats,
+    /// Files with several hard links already written, by source (device, inode): an `O_PATH`
+    /// descriptor of the copy, so later links to the same inode become hard links too.
+    hard_links: HashMap<(u64, u64), OwnedFd>,
 }
+
+/// At most this many descriptors are kept open for hard links; later ones are copied.
+const MAX_HARD_LINK_FDS: usize = 256;
 
 /// A directory being filled during [`Copier::copy_tree`]: its path relative to the match, its
 /// descriptor and the entry whose mode and mtime it gets once its children are written.
@@ -418,6 +429,14 @@ impl Copier<'_> {
         }
         match entry.kind {
             EntryKind::File => {
+                if entry.nlink > 1
+                    && let Some(first) = self.hard_links.get(&entry.dev_ino)
+                    && rustix::fs::linkat(first, "", parent, name, AtFlags::EMPTY_PATH).is_ok()
+                {
+                    // Linking needs CAP_DAC_READ_SEARCH; without it the file is copied below.
+                    self.stats.n_hard_links += 1;
+                    return Ok(());
+                }
                 let src = rustix::fs::openat2(
                     self.src_fd,
                     if src_rel.as_os_str().is_empty() {
@@ -453,6 +472,18 @@ impl Copier<'_> {
                     .map_err(|err| self.io_dest("set times of", dest, err))?;
                 self.stats.n_files += 1;
                 self.stats.n_bytes += n_bytes;
+                if entry.nlink > 1
+                    && self.hard_links.len() < MAX_HARD_LINK_FDS
+                    && !self.hard_links.contains_key(&entry.dev_ino)
+                    && let Ok(fd) = rustix::fs::openat(
+                        parent,
+                        name,
+                        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                {
+                    self.hard_links.insert(entry.dev_ino, fd);
+                }
             }
             EntryKind::Symlink => {
                 let target = entry.link_target.as_deref().unwrap_or(Path::new(""));
@@ -857,6 +888,23 @@ mod tests {
                 .expect("stat")
                 .is_symlink()
         );
+    }
+
+    #[test]
+    fn hard_links_stay_hard_links() {
+        let f = fixture();
+        std::fs::hard_link(
+            f.ctx.join("dir/one.txt"),
+            f.ctx.join("dir/sub/one-again.txt"),
+        )
+        .expect("link");
+        let stats = copy(&f, &["dir"], "/h", &opts()).expect("copy");
+        let ino = |rel: &str| std::fs::metadata(f.root.join(rel)).expect("stat").ino();
+        if rustix::process::geteuid().is_root() {
+            assert_eq!(stats.n_hard_links, 1);
+            assert_eq!(ino("h/one.txt"), ino("h/sub/one-again.txt"));
+        }
+        assert_eq!(read(&f.root.join("h/sub/one-again.txt")), "1");
     }
 
     #[test]

@@ -68,6 +68,10 @@ pub struct SelectedEntry {
     pub link_target: Option<PathBuf>,
     /// Device number of a device node.
     pub rdev: u64,
+    /// Device and inode of the source, to keep hard links together when copying.
+    pub dev_ino: (u64, u64),
+    /// Number of hard links of the source.
+    pub nlink: u64,
     /// blake3 of a file's content.
     pub blake3: Option<[u8; 32]>,
 }
@@ -745,6 +749,8 @@ fn entry_from_meta(
         mtime_nsec: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
         link_target,
         rdev: meta.rdev(),
+        dev_ino: (meta.dev(), meta.ino()),
+        nlink: meta.nlink(),
         blake3: None,
     }))
 }
