@@ -897,3 +897,49 @@ fn base64_matches_rfc_4648() {
     assert_eq!(base64(b"foo"), "Zm9v");
     assert_eq!(base64(b"foobar"), "Zm9vYmFy");
 }
+
+#[test]
+fn pushing_an_image_mounts_its_base_layers_from_the_base_repository() {
+    let Some(reg) = registry() else { return };
+    let s = Scratch::new();
+    let (base_repo, _) = push_busybox(&s, &reg);
+    let base_layers = layer_digests(&registry_manifest(&reg.addr, &base_repo, "latest"));
+    let ctx = s.context(
+        "derived",
+        &format!(
+            "FROM {}/{base_repo}:latest\nRUN echo derived > /derived.txt\n",
+            reg.addr
+        ),
+    );
+    let target = unique_repo("derived");
+    let mark = reg.mark();
+    s.build(
+        "root-derived",
+        &ctx,
+        &["-t", &format!("{}/{target}:1", reg.addr), "--push"],
+    )
+    .success();
+    let lines = reg.requests_since(&mark);
+
+    let layers = layer_digests(&registry_manifest(&reg.addr, &target, "1"));
+    assert_eq!(layers.len(), base_layers.len() + 1);
+    assert_eq!(layers[..base_layers.len()], base_layers[..]);
+    let uploads = requests(&lines, "PUT", &target, "blobs/uploads/");
+    for layer in &base_layers {
+        let escaped = layer.replace(':', "%3A");
+        assert!(
+            !uploads.iter().any(|l| l.contains(&escaped)),
+            "base layer {layer} was uploaded instead of mounted from {base_repo}"
+        );
+        let mount = format!("mount={escaped}&from={base_repo}");
+        assert!(
+            requests(&lines, "POST", &target, "blobs/uploads/?")
+                .iter()
+                .any(|l| l.contains(&mount)),
+            "base layer {layer} was not mounted from {base_repo}:\n{lines:#?}"
+        );
+    }
+    // The new layer had to be uploaded.
+    let new_layer = layers.last().expect("a layer").replace(':', "%3A");
+    assert!(uploads.iter().any(|l| l.contains(&new_layer)));
+}
