@@ -501,6 +501,19 @@ mod tests {
     }
 
     #[test]
+    fn big_files_hash_like_small_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("big");
+        let content: Vec<u8> = (0..BIG_FILE + 12_345).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &content).expect("write");
+        let key = StatKey::from_metadata(&std::fs::symlink_metadata(&path).expect("stat"));
+        let mut cache = HashCache::in_memory();
+        let hashes = cache.hash_files(&[(path, key)]).expect("hash");
+        assert_eq!(hashes[0], *blake3::hash(&content).as_bytes());
+        assert_eq!(cache.stats().bytes_hashed, content.len() as u64);
+    }
+
+    #[test]
     fn changed_stat_rehashes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("a.txt");

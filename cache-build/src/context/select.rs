@@ -933,6 +933,20 @@ mod tests {
     }
 
     #[test]
+    fn odd_names_cannot_forge_listing_lines() {
+        let ctx = tempfile::tempdir().expect("tempdir");
+        let root = ctx.path();
+        // One file whose name looks like two listing lines, versus two real files.
+        let hash = blake3::hash(b"x").to_hex();
+        write(root, &format!("d/a\tfile\t644\t{hash}\n0\td/b"), "x");
+        let forged = sel(root, &["d"], None).expect("select").checksum;
+        std::fs::remove_dir_all(root.join("d")).expect("rm");
+        write(root, "d/a", "x");
+        write(root, "d/b", "x");
+        assert_ne!(sel(root, &["d"], None).expect("select").checksum, forged);
+    }
+
+    #[test]
     fn missing_source_error_names_it() {
         let ctx = context();
         let err =
