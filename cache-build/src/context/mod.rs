@@ -10,6 +10,26 @@
 //! [`copy_into`] then copies a [`Selection`] into a stage root with Docker's COPY rules, never
 //! writing outside that root.
 //!
+//! ```no_run
+//! use std::path::Path;
+//! use cache_build::context::{CopyOptions, HashCache, copy_into, select};
+//! use cache_build::dockerfile::IgnoreMatcher;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let context = Path::new("/src/app");
+//! let ignore = IgnoreMatcher::parse("target\n.git\n")?;
+//! let mut cache = HashCache::load(Path::new("/var/lib/buildcache/context-hashes.json"));
+//! // COPY src/ Cargo.toml /app/
+//! let sources = vec!["src/".to_string(), "Cargo.toml".to_string()];
+//! let selection = select(context, &sources, Some(&ignore), &mut cache)?;
+//! println!("content key {}", selection.checksum);
+//! let options = CopyOptions { workdir: "/".into(), ..CopyOptions::default() };
+//! copy_into(&selection, context, Path::new("/stage/rootfs"), "/app/", &options)?;
+//! cache.save()?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Invariants
 //! - Source paths never leave the source root: `..` is clamped and symlinks in source paths
 //!   resolve as if the source root were `/`.
