@@ -1208,9 +1208,13 @@ impl Engine<'_> {
     ) -> Result<(), Error> {
         for desc in chain {
             let started = Instant::now();
-            let fetched =
-                self.blobs.fetch_to_root(desc).await.map_err(|err| {
-                    Error::other(format!("fetching layer {}: {err}", desc.digest))
+            let fetched = self
+                .blobs
+                .fetch_to_root(desc)
+                .await
+                .map_err(|err| Error::BadBlob {
+                    digest: desc.digest.clone(),
+                    message: err.to_string(),
                 })?;
             if fetched {
                 self.blobs_fetched += 1;

@@ -4,4 +4,5 @@
 mod build;
 mod manage;
 mod registry;
+mod robustness;
 mod support;

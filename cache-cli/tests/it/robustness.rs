@@ -1,0 +1,211 @@
+//! Cache trouble is a warning, never a failed build: missing and corrupt blobs in an imported
+//! cache become misses; and RUN heredocs with a `#!` body run.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+fn busybox() -> Option<PathBuf> {
+    let found = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "busybox-static must be installed on CI"
+        );
+        eprintln!("skipping: busybox is not installed");
+    }
+    found
+}
+
+fn context(dir: &Path, dockerfile: &str) -> Option<PathBuf> {
+    let busybox = busybox()?;
+    let ctx = dir.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy(busybox, ctx.join("busybox")).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+    std::fs::write(ctx.join("app.conf"), "a=1\n").unwrap();
+    Some(ctx)
+}
+
+fn build(root: &Path, ctx: &Path, extra: &[&str], meta: &Path) -> Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_buildcache"));
+    cmd.arg("build")
+        .arg("--progress=plain")
+        .arg("--root")
+        .arg(root)
+        .arg("--metadata-file")
+        .arg(meta)
+        .args(extra)
+        .arg(ctx);
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn steps(meta: &Path) -> Vec<(String, bool)> {
+    let value: serde_json::Value = serde_json::from_slice(&std::fs::read(meta).unwrap()).unwrap();
+    value["buildcache.steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_owned(),
+                s["cached"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+const DOCKERFILE: &str = r#"FROM scratch AS base
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN echo one > /one.txt
+
+FROM base AS final
+COPY app.conf /etc/app.conf
+RUN cat /etc/app.conf /one.txt > /both.txt
+"#;
+
+/// The layer blobs a local cache's manifest lists, with sizes.
+fn cache_layers(cache: &Path) -> Vec<(String, u64)> {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cache.join("index.json")).unwrap()).unwrap();
+    let digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(cache.join("blobs/sha256").join(&digest[7..])).unwrap(),
+    )
+    .unwrap();
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["digest"].as_str().unwrap().to_owned(),
+                l["size"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_missing_cache_blob_is_a_warning_and_a_miss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(ctx) = context(tmp.path(), DOCKERFILE) else {
+        return;
+    };
+    let cache = tmp.path().join("cache");
+    let to = format!("type=local,dest={},mode=max", cache.display());
+    build(
+        &tmp.path().join("root-a"),
+        &ctx,
+        &["--cache-to", &to],
+        &tmp.path().join("a.json"),
+    );
+    // Delete the layer of `RUN echo one`: the smallest layer that is not the busybox copy.
+    let mut layers = cache_layers(&cache);
+    layers.sort_by_key(|(_, size)| *size);
+    let (victim, _) = layers[0].clone();
+    std::fs::remove_file(cache.join("blobs/sha256").join(&victim[7..])).unwrap();
+    let from = format!("type=local,src={}", cache.display());
+    let out = build(
+        &tmp.path().join("root-b"),
+        &ctx,
+        &["--cache-from", &from],
+        &tmp.path().join("b.json"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&victim) && stderr.contains("missing"),
+        "warning names the blob: {stderr}"
+    );
+    let steps = steps(&tmp.path().join("b.json"));
+    assert!(
+        steps.iter().any(|(_, cached)| !cached),
+        "some step ran again: {steps:?}"
+    );
+    assert!(
+        steps.iter().any(|(_, cached)| *cached),
+        "unaffected steps stay cached: {steps:?}"
+    );
+}
+
+#[test]
+fn a_corrupt_cache_blob_restarts_without_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(ctx) = context(tmp.path(), DOCKERFILE) else {
+        return;
+    };
+    let cache = tmp.path().join("cache");
+    let to = format!("type=local,dest={},mode=max", cache.display());
+    build(
+        &tmp.path().join("root-a"),
+        &ctx,
+        &["--cache-to", &to],
+        &tmp.path().join("a.json"),
+    );
+    // Corrupt every layer in place (same size), then change a file the final stage copies, so
+    // the final stage must unpack the base stage's layers from the cache.
+    for (digest, _) in cache_layers(&cache) {
+        let path = cache.join("blobs/sha256").join(&digest[7..]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    std::fs::write(ctx.join("app.conf"), "a=2\n").unwrap();
+    let from = format!("type=local,src={}", cache.display());
+    let out_dir = tmp.path().join("out");
+    let output = format!("type=local,dest={}", out_dir.display());
+    let out = build(
+        &tmp.path().join("root-b"),
+        &ctx,
+        &["--cache-from", &from, "--output", &output],
+        &tmp.path().join("b.json"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unusable"),
+        "the corrupt blob is reported: {stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("both.txt")).unwrap(),
+        "a=2\none\n"
+    );
+}
+
+#[test]
+fn shebang_heredocs_run_as_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dockerfile = "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN <<EOF\n#!/bin/sh\necho \"ran as $0\" > /script.txt\nEOF\nRUN <<EOT sh\necho piped > /piped.txt\nEOT\n";
+    let Some(ctx) = context(tmp.path(), dockerfile) else {
+        return;
+    };
+    let out_dir = tmp.path().join("out");
+    let output = format!("type=local,dest={}", out_dir.display());
+    build(
+        &tmp.path().join("root"),
+        &ctx,
+        &["--output", &output],
+        &tmp.path().join("m.json"),
+    );
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("script.txt")).unwrap(),
+        "ran as /dev/pipes/EOF\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("piped.txt")).unwrap(),
+        "piped\n"
+    );
+    assert!(
+        !out_dir.join("dev").exists(),
+        "the mount point leaves no trace in the image"
+    );
+}
