@@ -488,6 +488,7 @@ fn reexporting_an_unchanged_cache_writes_nothing() {
     let report = second.export(0);
     assert_eq!(report["blobs_written"], 0, "{report:#}");
     assert_eq!(report["bytes_written"], 0, "{report:#}");
+    assert_eq!(report["unchanged"], true, "{report:#}");
     assert_eq!(
         report["manifest_digest"],
         first.export(0)["manifest_digest"],
