@@ -315,3 +315,78 @@ async fn push_image(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(digest_hex: char, annotations: &[(&str, &str)]) -> Descriptor {
+        let digest = format!("sha256:{}", digest_hex.to_string().repeat(64));
+        let mut desc = Descriptor::new(
+            media_type::OCI_LAYER_GZIP,
+            digest.parse().expect("a valid digest"),
+            1,
+        );
+        for (k, v) in annotations {
+            desc.annotations.insert((*k).to_owned(), (*v).to_owned());
+        }
+        desc
+    }
+
+    #[test]
+    fn mount_candidates_come_from_annotations_then_pushes_on_the_same_host() {
+        let layer = desc(
+            'a',
+            &[
+                (
+                    "containerd.io/distribution.source.reg:5000",
+                    "base, app,base",
+                ),
+                ("containerd.io/distribution.source.other:5000", "elsewhere"),
+            ],
+        );
+        let mut known = Sources::new();
+        known.insert(
+            layer.digest.to_string(),
+            ["reg:5000/pushed", "other:5000/far", "reg:5000/base"]
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+        );
+        assert_eq!(
+            mount_candidates(&layer, "reg:5000", &known, "app"),
+            ["base", "pushed"]
+        );
+        assert_eq!(
+            mount_candidates(&desc('b', &[]), "reg:5000", &known, "app"),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn sources_merge_with_what_the_file_holds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = LayoutDir::open(dir.path().join("cache"));
+        let path = sources_path(&root);
+        assert_eq!(path, dir.path().join(SOURCES_FILE));
+        assert!(load_sources(&path).is_empty());
+        let entry = |digest: &str, repo: &str| {
+            let mut s = Sources::new();
+            s.entry(digest.to_owned())
+                .or_default()
+                .insert(repo.to_owned());
+            s
+        };
+        save_sources(&path, &entry("sha256:1", "h/a")).expect("save");
+        save_sources(&path, &entry("sha256:1", "h/b")).expect("save");
+        save_sources(&path, &entry("sha256:2", "h/a")).expect("save");
+        let all = load_sources(&path);
+        assert_eq!(all.len(), 2);
+        assert_eq!(all["sha256:1"].iter().collect::<Vec<_>>(), ["h/a", "h/b"]);
+        std::fs::write(&path, "not json").expect("write");
+        assert!(
+            load_sources(&path).is_empty(),
+            "a corrupt file only costs uploads"
+        );
+    }
+}
