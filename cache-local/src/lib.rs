@@ -15,8 +15,9 @@
 //! ```
 //!
 //! # Layout
-//! `oci-layout`, `index.json` (tags), `index.json.lock` (an `flock` shared with BuildKit's client)
-//! and `blobs/sha256/<hex>`. Temporary files are named `.tmp-*`; nothing reads them as blobs.
+//! `oci-layout`, `index.json` (tags), `index.json.lock` (an `flock` shared with BuildKit's client),
+//! `gc.lock` (exports share it, garbage collection takes it alone) and `blobs/sha256/<hex>`.
+//! Temporary files are named `.tmp-*`; nothing reads them as blobs.
 //!
 //! # Invariants
 //! - A blob is visible under its digest only once its full content is verified and synced.
@@ -27,13 +28,16 @@
 //!
 //! # Limitations
 //! - Unix only (`flock`). Only sha256 digests.
-//! - Nothing is ever deleted by writes: garbage collection builds on [`LayoutDir::list_blobs`],
-//!   [`LayoutDir::delete_blob`] and [`LayoutDir::lock`].
+//! - Writes never delete: exports hold [`LayoutDir::writer`] and then call
+//!   [`LayoutDir::collect_garbage`], which removes blobs no tag reaches when no other export is
+//!   running. [`LayoutDir::disk_usage`] and [`LayoutDir::prune`] (age and size budgets) build on
+//!   the same walk. BuildKit's client does not take `gc.lock` (see [`GcReport::busy`]).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod blob;
 mod error;
+mod gc;
 mod hook;
 mod index;
 mod lock;
@@ -47,6 +51,10 @@ use cache_core::{Backend, Blob, Descriptor, Digest, Error, ErrorKind, IndexRef, 
 use futures_util::StreamExt;
 
 pub use blob::{BlobReader, BlobWriter};
+pub use gc::{
+    DropReason, DroppedTag, GC_LOCK_FILE, GC_LOCK_WAIT, GcOptions, GcReport, PruneOptions,
+    PruneReport, TEMP_FILE_MAX_AGE, TagUsage, TrimmedTag, Usage, WriterGuard,
+};
 #[doc(hidden)]
 pub use hook::set_pause_hook;
 pub use lock::IndexLock;

@@ -4,5 +4,6 @@
 mod conformance;
 mod crash;
 mod fixtures;
+mod gc;
 mod layout;
 mod util;
