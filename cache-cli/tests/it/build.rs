@@ -735,7 +735,15 @@ fn an_unknown_instruction_names_its_line() {
         return;
     };
     assert!(stderr.contains("FROBNICATE"), "{stderr}");
-    assert!(stderr.contains(":3"), "the error names line 3: {stderr}");
+    assert!(
+        stderr.contains("Dockerfile:3: "),
+        "the error names line 3: {stderr}"
+    );
+    assert_eq!(
+        stderr.matches("unknown instruction").count(),
+        1,
+        "the message is said once: {stderr}"
+    );
     assert!(!stderr.contains("#1 DONE"), "nothing is built: {stderr}");
 }
 
