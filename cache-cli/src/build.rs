@@ -208,6 +208,15 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&root_dir)
         .with_context(|| format!("creating the root directory {}", root_dir.display()))?;
     let root = Arc::new(LayoutDir::open(root_dir.join("cache")));
+    // Held for the whole build: a concurrent build's garbage collection on this root never
+    // deletes blobs this build has written but not yet recorded.
+    let root_guard = {
+        let root = root.clone();
+        tokio::task::spawn_blocking(move || root.writer())
+            .await
+            .map_err(|e| anyhow::format_err!("locking the root: {e}"))?
+            .with_context(|| format!("locking the root {}", root_dir.display()))?
+    };
 
     // This machine's own cache, then the imports.
     let local_graph = match cache_core::import::import(
@@ -328,6 +337,13 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
     if let Err(err) = persist_local(&root, &outcome.graph).await {
         display.line(&format!(
             "WARNING: saving the local cache in {}: {err:#}",
+            root_dir.display()
+        ));
+    }
+    drop(root_guard);
+    if let Err(err) = collect_garbage(&root).await {
+        display.line(&format!(
+            "WARNING: cleaning the root {}: {err:#}",
             root_dir.display()
         ));
     }
@@ -555,7 +571,21 @@ async fn export_one(
             done: None,
         });
     };
+    let guard = match &backend {
+        AnyBackend::Local(dir) => {
+            std::fs::create_dir_all(dir.root())
+                .with_context(|| format!("creating {}", dir.root().display()))?;
+            let dir = dir.clone();
+            Some(
+                tokio::task::spawn_blocking(move || dir.writer())
+                    .await
+                    .map_err(|e| anyhow::format_err!("locking the cache directory: {e}"))??,
+            )
+        }
+        AnyBackend::Registry(_) => None,
+    };
     let result = export::export(&backend, &outcome.blobs, &selected, &options, &on_event).await;
+    drop(guard);
     let report = match result {
         Ok(report) => report,
         Err(err) => {
@@ -570,7 +600,30 @@ async fn export_one(
         vertex,
         duration: started.elapsed(),
     });
+    let gc = match &backend {
+        AnyBackend::Local(dir) if spec.gc => {
+            let dir = Arc::new(dir.clone());
+            let gc = collect_garbage(&dir).await?;
+            if gc.deleted_blobs > 0 {
+                display.event(Event::Status {
+                    vertex: "gc".into(),
+                    text: format!(
+                        "removed {} unreferenced blobs ({} bytes) from {}",
+                        gc.deleted_blobs,
+                        gc.deleted_bytes,
+                        dir.root().display()
+                    ),
+                    done: None,
+                });
+            }
+            Some(
+                json!({"busy": gc.busy, "deleted_blobs": gc.deleted_blobs, "deleted_bytes": gc.deleted_bytes, "live_blobs": gc.live_blobs, "live_bytes": gc.live_bytes}),
+            )
+        }
+        _ => None,
+    };
     Ok(json!({
+        "gc": gc,
         "to": spec.raw,
         "blobs_written": report.blobs_written,
         "bytes_written": report.bytes_written,
@@ -583,6 +636,17 @@ async fn export_one(
         "config_digest": report.config_digest.as_ref().map(|d| d.to_string()),
         "duration_ms": started.elapsed().as_millis() as u64,
     }))
+}
+
+/// Removes blobs no tag of `dir` reaches (skipped while another writer is active).
+async fn collect_garbage(dir: &Arc<LayoutDir>) -> anyhow::Result<cache_local::GcReport> {
+    let dir = dir.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        dir.collect_garbage(&cache_local::GcOptions { dry_run: false })
+    })
+    .await
+    .map_err(|e| anyhow::format_err!("garbage collection failed: {e}"))??;
+    Ok(report)
 }
 
 /// Saves this build's records into the root, merged with what other builds saved meanwhile.
