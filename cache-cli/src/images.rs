@@ -43,7 +43,7 @@ async fn resolve(reference: &str) -> Result<ResolvedImage, String> {
         .get_manifest(&index_ref)
         .await
         .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{reference}: not found in the registry"))?;
+        .ok_or_else(|| format!("{reference}: not found in the registry (check the name and tag, or push the image first)"))?;
     let value: serde_json::Value = serde_json::from_slice(&raw.bytes)
         .map_err(|e| format!("{reference}: invalid manifest: {e}"))?;
     if let Some(manifests) = value.get("manifests").and_then(|m| m.as_array()) {

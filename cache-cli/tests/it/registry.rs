@@ -944,3 +944,66 @@ fn pushing_an_image_mounts_its_base_layers_from_the_base_repository() {
     let new_layer = layers.last().expect("a layer").replace(':', "%3A");
     assert!(uploads.iter().any(|l| l.contains(&new_layer)));
 }
+
+#[test]
+fn a_missing_base_image_fails_naming_it() {
+    let Some(reg) = registry() else { return };
+    let s = Scratch::new();
+    let base = format!("{}/{}:latest", reg.addr, unique_repo("absent-base"));
+    let ctx = s.context("ctx", &format!("FROM {base}\nRUN true\n"));
+    let run = s.build("root", &ctx, &[]);
+    assert!(!run.ok, "a build from a missing base image succeeded");
+    let error = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line:\n{}", run.stderr));
+    assert!(
+        error.contains(&base) && error.contains("not found"),
+        "{error}"
+    );
+}
+
+#[test]
+fn base_images_from_an_authenticated_registry_use_docker_credentials() {
+    let Some(auth) = auth_registry() else { return };
+    let s = Scratch::new();
+    let right = s.docker_config("right", &auth.addr, &auth.user, &auth.password);
+    let repo = unique_repo("auth-base");
+    let base = format!("{}/{repo}:latest", auth.addr);
+    let base_ctx = s.context(
+        "base",
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\",\"--install\",\"-s\",\"/bin\"]\n",
+    );
+    s.build_with(
+        "root-push",
+        &base_ctx,
+        &["-t", &base, "--push"],
+        Some(&right),
+    )
+    .success();
+
+    let ctx = s.context("derived", &format!("FROM {base}\nRUN echo ok > /ok.txt\n"));
+    let anonymous = s.build("root-anonymous", &ctx, &[]);
+    assert!(
+        !anonymous.ok,
+        "an anonymous pull from the auth registry succeeded"
+    );
+    assert!(
+        says_unauthorized(&anonymous.stderr) && anonymous.stderr.contains(&base),
+        "{}",
+        anonymous.stderr
+    );
+    let out = s.path("out");
+    s.build_with(
+        "root-user",
+        &ctx,
+        &["--output", &format!("type=local,dest={}", out.display())],
+        Some(&right),
+    )
+    .success();
+    assert_eq!(
+        std::fs::read_to_string(out.join("ok.txt")).expect("ok.txt in the output"),
+        "ok\n"
+    );
+}
