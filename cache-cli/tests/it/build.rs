@@ -1113,3 +1113,31 @@ fn an_invalid_cache_mode_is_rejected_before_building() {
     );
     assert!(!cache.exists(), "nothing exported");
 }
+
+#[test]
+fn an_unusable_base_image_layer_fails_the_build_once() {
+    let work = tempdir();
+    let outside = tempdir();
+    let escape = format!(
+        "{}{}/evil",
+        "../".repeat(20),
+        s(outside.path()).trim_start_matches('/')
+    );
+    let layer = raw_tar(&[RawEntry::File(&escape, b"pwned\n", 0o644)]);
+    let Some(outcome) = build_on_hostile_base(work.path(), &[layer]) else {
+        return;
+    };
+    let stderr = outcome.assert_failure();
+    // A layer of the FROM image is no cache result: there is no miss to fall back to, so the
+    // build stops at the first refusal instead of restarting and extracting the base again.
+    assert_eq!(
+        stderr.matches("[1/2] FROM base").count(),
+        1,
+        "the base is resolved once: {stderr}"
+    );
+    assert!(
+        !stderr.contains("treated as misses"),
+        "a base image layer is not a cache blob: {stderr}"
+    );
+    assert!(stderr.contains("evil"), "{stderr}");
+}
