@@ -2,6 +2,7 @@
 //! cache management.
 
 mod build;
+mod inspect;
 mod manage;
 mod registry;
 mod robustness;
