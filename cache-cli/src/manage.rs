@@ -1,18 +1,1024 @@
 //! `buildcache cache du | prune | copy | verify`: managing exported caches, ours and BuildKit's.
 
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use cache_core::config::CacheConfig;
+use cache_core::import::MAX_CONFIG_SIZE;
+use cache_core::manifest::{self, CacheManifest};
+use cache_core::spec::{self, ExportSpec, ImportSpec};
+use cache_core::{Backend, CacheGraph, Descriptor, Digest, IndexRef, RawIndex};
+use cache_local::{DropReason, GcOptions, LayoutDir, PruneOptions, PruneReport, Usage};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use crate::inspect::human_bytes;
+use crate::stores::AnyBackend;
+
+/// How many blobs `copy` and `verify` move or read at once.
+const PARALLEL_BLOBS: usize = 4;
+
 /// Cache management subcommands.
 #[derive(clap::Subcommand, Debug)]
 pub enum ManageCommand {
     /// Live and orphaned bytes of a cache, per tag.
     Du {
-        /// The cache, in --cache-from syntax.
+        /// The cache: a directory, type=local,src=DIR or type=registry,ref=REF.
         source: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
     },
+    /// Remove orphaned blobs of a local cache and, with a budget, old tags and old results.
+    Prune {
+        /// The cache directory, or type=local,src=DIR.
+        source: String,
+        /// Tags never removed (comma-separated or repeated); their results may still be trimmed
+        /// to meet --max-size.
+        #[arg(long = "keep-tags", value_delimiter = ',')]
+        keep_tags: Vec<String>,
+        /// Remove tags and results older than this (e.g. 30m, 12h, 7d, 2w).
+        #[arg(long = "older-than", value_parser = parse_duration)]
+        older_than: Option<Duration>,
+        /// Size budget: remove old tags, then old results, until the cache fits (e.g. 10GB,
+        /// 9.5GiB, 500M, 1234567).
+        #[arg(long = "max-size", value_parser = parse_size)]
+        max_size: Option<u64>,
+        /// Show what would be removed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Copy a cache between backends: only missing blobs move, the tag is written last.
+    Copy {
+        /// Source: a directory, type=local,src=DIR[,tag=T] or type=registry,ref=REF.
+        from: String,
+        /// Destination: a directory, type=local,dest=DIR[,tag=T] or type=registry,ref=REF.
+        to: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Check that every blob of a cache is present and intact and its config valid.
+    Verify {
+        /// The cache: a directory, type=local,src=DIR[,tag=T] or type=registry,ref=REF.
+        source: String,
+        /// Verify every tag of a local cache directory.
+        #[arg(long)]
+        all_tags: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+}
+
+/// Output formats of the management commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object on stdout; sizes in bytes.
+    Json,
 }
 
 /// Runs a management subcommand.
 pub async fn run(command: ManageCommand) -> anyhow::Result<()> {
     match command {
-        ManageCommand::Du { source } => anyhow::bail!("cache du {source}: not available yet"),
+        ManageCommand::Du { source, format } => du(&source, format).await,
+        ManageCommand::Prune {
+            source,
+            keep_tags,
+            older_than,
+            max_size,
+            dry_run,
+            format,
+        } => {
+            let options = PruneOptions {
+                keep_tags,
+                older_than,
+                max_size,
+                dry_run,
+                now: SystemTime::now(),
+            };
+            prune(&source, options, format).await
+        }
+        ManageCommand::Copy { from, to, format } => copy(&from, &to, format).await,
+        ManageCommand::Verify {
+            source,
+            all_tags,
+            format,
+        } => verify(&source, all_tags, format).await,
+    }
+}
+
+/// A bare path (absolute, relative with `.`, or an existing directory) is a local cache.
+fn is_bare_path(value: &str) -> bool {
+    !value.contains('=')
+        && (value.starts_with('/') || value.starts_with('.') || Path::new(value).is_dir())
+}
+
+/// Parses a source: a bare directory or `--cache-from` syntax.
+fn parse_source(value: &str) -> anyhow::Result<ImportSpec> {
+    let value = if is_bare_path(value) {
+        format!("type=local,src={value}")
+    } else {
+        value.to_owned()
+    };
+    Ok(spec::parse_import(&value)?)
+}
+
+/// Parses a destination: a bare directory or `--cache-to` syntax.
+fn parse_destination(value: &str) -> anyhow::Result<ExportSpec> {
+    let value = if is_bare_path(value) {
+        format!("type=local,dest={value}")
+    } else {
+        value.to_owned()
+    };
+    Ok(spec::parse_export(&value)?)
+}
+
+/// The local directory of `spec`, which must exist and be a cache (an explicit request).
+fn existing_layout(spec: &ImportSpec) -> anyhow::Result<Option<LayoutDir>> {
+    match &spec.source {
+        cache_core::spec::ImportSource::Local { src, .. } => Ok(Some(
+            LayoutDir::open_existing(src.clone())
+                .with_context(|| format!("opening the cache {}", spec.raw))?,
+        )),
+        cache_core::spec::ImportSource::Registry { .. } => Ok(None),
+    }
+}
+
+/// Runs blocking cache-local work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> cache_core::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    Ok(tokio::task::spawn_blocking(f)
+        .await
+        .context("a blocking task did not complete")??)
+}
+
+// ----- du -----
+
+async fn du(source: &str, format: OutputFormat) -> anyhow::Result<()> {
+    let spec = parse_source(source)?;
+    let Some(layout) = existing_layout(&spec)? else {
+        return du_registry(&spec, format).await;
+    };
+    let usage = blocking(move || layout.disk_usage()).await?;
+    if format == OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&usage_json(source, &usage))?
+        );
+        return Ok(());
+    }
+    println!("cache:     {source}");
+    for tag in &usage.tags {
+        let name = if tag.tag.is_empty() {
+            "(untagged)"
+        } else {
+            &tag.tag
+        };
+        println!(
+            "  tag {name}: {} in {} blobs ({} only this tag), manifest {}{}",
+            human_bytes(tag.bytes),
+            tag.blobs,
+            human_bytes(tag.unique_bytes),
+            tag.manifest.digest,
+            if tag.missing.is_empty() {
+                String::new()
+            } else {
+                format!(", {} blobs MISSING", tag.missing.len())
+            }
+        );
+    }
+    println!(
+        "live:      {} in {} blobs ({} bytes; {} shared by several tags)",
+        human_bytes(usage.live_bytes),
+        usage.live_blobs,
+        usage.live_bytes,
+        human_bytes(usage.shared_bytes)
+    );
+    println!(
+        "orphaned:  {} in {} blobs ({} bytes; `buildcache cache prune` removes them)",
+        human_bytes(usage.orphaned_bytes),
+        usage.orphaned_blobs,
+        usage.orphaned_bytes
+    );
+    println!(
+        "temporary: {} in {} files",
+        human_bytes(usage.temp_bytes),
+        usage.temp_files
+    );
+    println!("total:     {}", human_bytes(usage.total_bytes()));
+    if !usage.missing.is_empty() {
+        println!(
+            "missing:   {} blobs named by tags are absent (run `buildcache cache verify`)",
+            usage.missing.len()
+        );
+    }
+    Ok(())
+}
+
+fn usage_json(source: &str, usage: &Usage) -> Value {
+    json!({
+        "source": source,
+        "tags": usage.tags.iter().map(|t| json!({
+            "tag": t.tag,
+            "manifest": t.manifest.digest.to_string(),
+            "blobs": t.blobs,
+            "bytes": t.bytes,
+            "unique_bytes": t.unique_bytes,
+            "missing": t.missing.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "live_blobs": usage.live_blobs,
+        "live_bytes": usage.live_bytes,
+        "shared_bytes": usage.shared_bytes,
+        "orphaned_blobs": usage.orphaned_blobs,
+        "orphaned_bytes": usage.orphaned_bytes,
+        "temp_files": usage.temp_files,
+        "temp_bytes": usage.temp_bytes,
+        "total_bytes": usage.total_bytes(),
+        "missing": usage.missing.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    })
+}
+
+/// `du` of a registry tag: what its manifest names; a registry cannot list orphaned blobs.
+async fn du_registry(spec: &ImportSpec, format: OutputFormat) -> anyhow::Result<()> {
+    let (backend, reference) = AnyBackend::for_import(&spec.source)?;
+    let raw = backend
+        .read_index(&reference)
+        .await?
+        .ok_or_else(|| anyhow::format_err!("no cache found for {reference} in {}", spec.raw))?;
+    let cache = manifest::read(&raw)?;
+    let mut seen = HashSet::new();
+    let mut bytes = raw.bytes.len() as u64 + cache.config.size;
+    let mut blobs = 2u64;
+    for layer in &cache.layers {
+        if seen.insert(layer.digest.clone()) {
+            bytes += layer.size;
+            blobs += 1;
+        }
+    }
+    if format == OutputFormat::Json {
+        let out = json!({
+            "source": spec.raw,
+            "tags": [{"tag": reference.to_string(), "manifest": raw.digest.to_string(),
+                      "blobs": blobs, "bytes": bytes, "unique_bytes": bytes, "missing": []}],
+            "live_blobs": blobs,
+            "live_bytes": bytes,
+            "orphaned_blobs": Value::Null,
+            "orphaned_bytes": Value::Null,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("cache:     {}", spec.raw);
+    println!(
+        "  {reference}: {} in {blobs} blobs, manifest {}",
+        human_bytes(bytes),
+        raw.digest
+    );
+    println!("live:      {} ({bytes} bytes)", human_bytes(bytes));
+    println!("orphaned:  unknown (a registry does not list the blobs of a repository)");
+    Ok(())
+}
+
+// ----- prune -----
+
+async fn prune(source: &str, options: PruneOptions, format: OutputFormat) -> anyhow::Result<()> {
+    let spec = parse_source(source)?;
+    let Some(layout) = existing_layout(&spec)? else {
+        anyhow::bail!(
+            "{source}: prune works on local cache directories only; a registry cannot list or \
+             delete blobs through the distribution API (use the registry's own garbage \
+             collection)"
+        );
+    };
+    let report = blocking(move || layout.prune(&options)).await?;
+    if format == OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&prune_json(source, &report))?
+        );
+        return Ok(());
+    }
+    let verb = if report.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    for dropped in &report.dropped_tags {
+        let why = match dropped.reason {
+            DropReason::OlderThan => "older than --older-than",
+            DropReason::Budget => "to fit --max-size",
+            DropReason::NoResultsLeft => "no result left",
+        };
+        println!(
+            "{verb} tag {} (manifest {}, {why})",
+            dropped.tag, dropped.manifest
+        );
+    }
+    for trimmed in &report.trimmed {
+        println!(
+            "{} {} of {} results of tag {} (new manifest {})",
+            verb,
+            trimmed.results_removed,
+            trimmed.results_removed + trimmed.results_left,
+            trimmed.tag,
+            trimmed.new_manifest
+        );
+    }
+    println!(
+        "{} {} ({} bytes) in {} blobs and {} temporary files; {} were orphaned",
+        if report.dry_run {
+            "would free"
+        } else {
+            "freed"
+        },
+        human_bytes(report.freed_bytes),
+        report.freed_bytes,
+        report.freed_blobs,
+        report.deleted_temp_files,
+        human_bytes(report.orphaned_bytes)
+    );
+    println!(
+        "size: {} before, {} after",
+        human_bytes(report.bytes_before),
+        human_bytes(report.bytes_after)
+    );
+    if report.over_budget {
+        println!(
+            "warning: the cache does not fit --max-size even with every removable result gone"
+        );
+    }
+    Ok(())
+}
+
+fn prune_json(source: &str, report: &PruneReport) -> Value {
+    json!({
+        "source": source,
+        "dry_run": report.dry_run,
+        "bytes_before": report.bytes_before,
+        "bytes_after": report.bytes_after,
+        "freed_blobs": report.freed_blobs,
+        "freed_bytes": report.freed_bytes,
+        "orphaned_bytes": report.orphaned_bytes,
+        "deleted_temp_files": report.deleted_temp_files,
+        "over_budget": report.over_budget,
+        "dropped_tags": report.dropped_tags.iter().map(|d| json!({
+            "tag": d.tag,
+            "manifest": d.manifest.to_string(),
+            "reason": match d.reason {
+                DropReason::OlderThan => "older-than",
+                DropReason::Budget => "max-size",
+                DropReason::NoResultsLeft => "no-results-left",
+            },
+        })).collect::<Vec<_>>(),
+        "trimmed": report.trimmed.iter().map(|t| json!({
+            "tag": t.tag,
+            "old_manifest": t.old_manifest.to_string(),
+            "new_manifest": t.new_manifest.to_string(),
+            "results_removed": t.results_removed,
+            "results_left": t.results_left,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Parses a duration: a number with a unit `s`, `m`, `h`, `d` or `w` (e.g. `7d`, `36h`).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: use e.g. 90m, 12h, 7d or 2w"))?;
+    let seconds = match unit.trim() {
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        "w" => 7.0 * 86_400.0,
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {text:?}: use s, m, h, d or w (e.g. 7d)"
+            ));
+        }
+    };
+    Ok(Duration::from_secs_f64(number * seconds))
+}
+
+/// Parses a size in bytes: a number with an optional unit (`K`, `M`, `G`, `T` are powers of
+/// 1000 with or without `B`; `KiB`, `MiB`, `GiB`, `TiB` powers of 1024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}: use e.g. 10GB, 9.5GiB, 500M or 1234567"))?;
+    let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} in {text:?}: use B, KB, MB, GB, TB, KiB, MiB, GiB \
+                 or TiB"
+            ));
+        }
+    };
+    Ok((number * factor).round() as u64)
+}
+
+// ----- verify -----
+
+/// What `verify` found for one cache.
+#[derive(Debug, Default)]
+struct Verified {
+    reference: String,
+    manifest: Option<String>,
+    blobs_checked: u64,
+    bytes_checked: u64,
+    results: usize,
+    incomplete_results: usize,
+    problems: Vec<String>,
+}
+
+async fn verify(source: &str, all_tags: bool, format: OutputFormat) -> anyhow::Result<()> {
+    let spec = parse_source(source)?;
+    let layout = existing_layout(&spec)?;
+    let (backend, reference) = AnyBackend::for_import(&spec.source)?;
+    let references = match (&layout, all_tags) {
+        (Some(layout), true) => {
+            let layout = layout.clone();
+            let tags = blocking(move || layout.tags()).await?;
+            if tags.is_empty() {
+                anyhow::bail!("{source}: index.json names no tag");
+            }
+            tags.into_iter()
+                .map(|(tag, desc)| {
+                    if tag.is_empty() {
+                        IndexRef::Digest(desc.digest)
+                    } else {
+                        IndexRef::Tag(tag)
+                    }
+                })
+                .collect()
+        }
+        (None, true) => anyhow::bail!(
+            "{source}: --all-tags needs a local cache directory (a registry does not list tags here)"
+        ),
+        (_, false) => vec![reference],
+    };
+    let mut reports = Vec::new();
+    for reference in &references {
+        reports.push(verify_cache(&backend, reference).await);
+    }
+    let n_problems: usize = reports.iter().map(|r| r.problems.len()).sum();
+    if format == OutputFormat::Json {
+        let out = json!({
+            "source": source,
+            "ok": n_problems == 0,
+            "caches": reports.iter().map(|r| json!({
+                "reference": r.reference,
+                "manifest": r.manifest,
+                "blobs_checked": r.blobs_checked,
+                "bytes_checked": r.bytes_checked,
+                "results": r.results,
+                "incomplete_results": r.incomplete_results,
+                "problems": r.problems,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        for report in &reports {
+            let status = if report.problems.is_empty() {
+                "ok"
+            } else {
+                "BROKEN"
+            };
+            println!(
+                "{} {status}: manifest {}, {} blobs ({}) checked, {} results, {} with an \
+                 incomplete layer chain",
+                report.reference,
+                report.manifest.as_deref().unwrap_or("-"),
+                report.blobs_checked,
+                human_bytes(report.bytes_checked),
+                report.results,
+                report.incomplete_results
+            );
+            for problem in &report.problems {
+                println!("  problem: {problem}");
+            }
+        }
+    }
+    if n_problems > 0 {
+        anyhow::bail!("{source}: {n_problems} problems found");
+    }
+    Ok(())
+}
+
+/// Checks the cache `reference` names: manifest, config, every blob's digest and size, and the
+/// layer chain of every result. Never fails: what is wrong goes into `problems`.
+async fn verify_cache<B: Backend>(backend: &B, reference: &IndexRef) -> Verified {
+    let mut report = Verified {
+        reference: reference.to_string(),
+        ..Verified::default()
+    };
+    let raw = match backend.read_index(reference).await {
+        Ok(Some(raw)) => raw,
+        Ok(None) => {
+            report
+                .problems
+                .push(format!("no cache for {reference} in {}", backend.info()));
+            return report;
+        }
+        Err(err) => {
+            report
+                .problems
+                .push(format!("reading the manifest of {reference}: {err}"));
+            return report;
+        }
+    };
+    report.manifest = Some(raw.digest.to_string());
+    report.blobs_checked += 1;
+    report.bytes_checked += raw.bytes.len() as u64;
+    let cache = match manifest::read(&raw) {
+        Ok(cache) => cache,
+        Err(err) => {
+            report.problems.push(err.to_string());
+            return report;
+        }
+    };
+    let config = match read_config(backend, &cache).await {
+        Ok(config) => Some(config),
+        Err(problem) => {
+            report.problems.push(problem);
+            None
+        }
+    };
+    report.blobs_checked += 1;
+    report.bytes_checked += cache.config.size;
+
+    // Every layer the manifest lists, read through and checked.
+    let mut unique: Vec<&Descriptor> = Vec::new();
+    let mut seen = HashSet::new();
+    for layer in &cache.layers {
+        if seen.insert(layer.digest.clone()) {
+            unique.push(layer);
+        }
+    }
+    let checks: Vec<(Digest, Result<u64, String>)> = futures_util::stream::iter(unique)
+        .map(|desc| async move { (desc.digest.clone(), check_blob(backend, desc).await) })
+        .buffer_unordered(PARALLEL_BLOBS)
+        .collect()
+        .await;
+    let mut bad: HashMap<Digest, String> = HashMap::new();
+    for (digest, check) in checks {
+        report.blobs_checked += 1;
+        match check {
+            Ok(size) => report.bytes_checked += size,
+            Err(problem) => {
+                bad.insert(digest, problem);
+            }
+        }
+    }
+
+    // The layer chain of every result: each blob listed by the manifest, present and intact.
+    let mut affected: HashMap<Digest, usize> = HashMap::new();
+    if let Some(config) = &config {
+        let listed: HashSet<&Digest> = cache.layers.iter().map(|l| &l.digest).collect();
+        for record in &config.records {
+            let chains = record
+                .layers
+                .iter()
+                .map(|result| chain_of(config, result.layer))
+                .chain(record.chains.iter().map(|chain| {
+                    chain
+                        .layers
+                        .iter()
+                        .map(|&l| config_blob(config, l))
+                        .collect()
+                }));
+            for chain in chains {
+                report.results += 1;
+                let mut complete = true;
+                for blob in chain {
+                    match blob {
+                        Some(digest) if listed.contains(&digest) && !bad.contains_key(&digest) => {}
+                        Some(digest) if !listed.contains(&digest) => {
+                            complete = false;
+                            let message = format!(
+                                "blob {digest} is in the layer chain of record {} but the \
+                                 manifest does not list it",
+                                record.digest
+                            );
+                            bad.entry(digest.clone()).or_insert(message);
+                            *affected.entry(digest).or_default() += 1;
+                        }
+                        Some(digest) => {
+                            complete = false;
+                            *affected.entry(digest).or_default() += 1;
+                        }
+                        None => {
+                            complete = false;
+                            report.problems.push(format!(
+                                "record {} has a result whose layer chain is invalid",
+                                record.digest
+                            ));
+                        }
+                    }
+                }
+                if !complete {
+                    report.incomplete_results += 1;
+                }
+            }
+        }
+    }
+    let mut bad: Vec<(Digest, String)> = bad.into_iter().collect();
+    bad.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+    for (digest, problem) in bad {
+        let n = affected.get(&digest).copied().unwrap_or(0);
+        report
+            .problems
+            .push(format!("{problem} (in the layer chain of {n} results)"));
+    }
+    report
+}
+
+/// The blob digest of config layer `idx`, or `None` if out of range or invalid.
+fn config_blob(config: &CacheConfig, idx: i64) -> Option<Digest> {
+    let layer = config.layers.get(usize::try_from(idx).ok()?)?;
+    layer.blob.parse().ok()
+}
+
+/// The blobs of the chain ending at config layer `top`, top first; `None` entries mark an
+/// invalid index or a loop.
+fn chain_of(config: &CacheConfig, top: i64) -> Vec<Option<Digest>> {
+    let mut out = Vec::new();
+    let mut cur = Some(top);
+    while let Some(idx) = cur {
+        if out.len() > config.layers.len() {
+            out.push(None);
+            break;
+        }
+        out.push(config_blob(config, idx));
+        cur = usize::try_from(idx)
+            .ok()
+            .and_then(|i| config.layers.get(i))
+            .map(|l| l.parent)
+            .filter(|&p| p >= 0);
+    }
+    out
+}
+
+/// Reads, checks and parses the config of `cache`; a problem description on failure.
+async fn read_config<B: Backend>(
+    backend: &B,
+    cache: &CacheManifest,
+) -> Result<CacheConfig, String> {
+    let digest = &cache.config.digest;
+    let blob = match backend.read_blob(digest).await {
+        Ok(Some(blob)) => blob,
+        Ok(None) => return Err(format!("cache config {digest} is missing")),
+        Err(err) => return Err(format!("reading cache config {digest}: {err}")),
+    };
+    if blob.size != cache.config.size {
+        return Err(format!(
+            "cache config {digest} is {} bytes but the manifest says {}",
+            blob.size, cache.config.size
+        ));
+    }
+    let bytes = blob
+        .verified(digest.clone())
+        .into_bytes(MAX_CONFIG_SIZE)
+        .await
+        .map_err(|err| format!("cache config {digest} is corrupt: {err}"))?;
+    let config = CacheConfig::from_json(&bytes)
+        .map_err(|err| format!("cache config {digest} is invalid: {err}"))?;
+    let listed: HashMap<Digest, Descriptor> = cache
+        .layers
+        .iter()
+        .map(|d| (d.digest.clone(), d.clone()))
+        .collect();
+    CacheGraph::from_config(&config, &|d| listed.get(d).cloned(), 0)
+        .map_err(|err| format!("cache config {digest} is invalid: {err}"))?;
+    Ok(config)
+}
+
+/// Reads blob `desc` through, checking digest and size; its size, or a problem description.
+async fn check_blob<B: Backend>(backend: &B, desc: &Descriptor) -> Result<u64, String> {
+    let digest = &desc.digest;
+    let blob = match backend.read_blob(digest).await {
+        Ok(Some(blob)) => blob,
+        Ok(None) => return Err(format!("blob {digest} is missing")),
+        Err(err) => return Err(format!("reading blob {digest}: {err}")),
+    };
+    if blob.size != desc.size {
+        return Err(format!(
+            "blob {digest} is {} bytes but the manifest says {}",
+            blob.size, desc.size
+        ));
+    }
+    let mut body = blob.verified(digest.clone()).body;
+    let mut n_bytes = 0u64;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(chunk) => n_bytes += chunk.len() as u64,
+            Err(err) => return Err(format!("blob {digest} is corrupt: {err}")),
+        }
+    }
+    Ok(n_bytes)
+}
+
+// ----- copy -----
+
+/// What `copy` did.
+#[derive(Debug, Default)]
+struct Copied {
+    blobs_copied: u64,
+    bytes_copied: u64,
+    blobs_mounted: u64,
+    bytes_mounted: u64,
+    blobs_present: u64,
+    bytes_present: u64,
+}
+
+/// How one blob reached the destination.
+enum Moved {
+    Present,
+    Mounted,
+    Copied,
+}
+
+async fn copy(from: &str, to: &str, format: OutputFormat) -> anyhow::Result<()> {
+    let from_spec = parse_source(from)?;
+    let to_spec = parse_destination(to)?;
+    existing_layout(&from_spec)?;
+    let (source, reference) = AnyBackend::for_import(&from_spec.source)?;
+    let (destination, tag) = AnyBackend::for_export(&to_spec.target)?;
+    let raw = source
+        .read_index(&reference)
+        .await
+        .with_context(|| format!("reading the cache manifest of {from}"))?
+        .ok_or_else(|| anyhow::format_err!("no cache found for {reference} in {from}"))?;
+    let cache = manifest::read(&raw).with_context(|| format!("reading the cache of {from}"))?;
+    // The manifest travels as its exact bytes; only a missing media type is filled in.
+    let raw = RawIndex {
+        media_type: raw.media_type.clone().or(Some(cache.media_type.clone())),
+        ..raw
+    };
+    let guard = match &destination {
+        AnyBackend::Local(layout) => {
+            let layout = layout.clone();
+            Some(blocking(move || layout.writer()).await?)
+        }
+        AnyBackend::Registry(_) => None,
+    };
+    let mut blobs: Vec<&Descriptor> = Vec::new();
+    let mut seen = HashSet::new();
+    for desc in cache.layers.iter().chain(std::iter::once(&cache.config)) {
+        if seen.insert(desc.digest.clone()) {
+            blobs.push(desc);
+        }
+    }
+    let mount_from = mount_source(&source, &destination);
+    let moved: Vec<anyhow::Result<(u64, Moved)>> = futures_util::stream::iter(blobs.clone())
+        .map(|desc| copy_blob(&source, &destination, desc, mount_from.as_deref()))
+        .buffer_unordered(PARALLEL_BLOBS)
+        .collect()
+        .await;
+    let mut copied = Copied::default();
+    for result in moved {
+        let (size, how) = result?;
+        match how {
+            Moved::Present => {
+                copied.blobs_present += 1;
+                copied.bytes_present += size;
+            }
+            Moved::Mounted => {
+                copied.blobs_mounted += 1;
+                copied.bytes_mounted += size;
+            }
+            Moved::Copied => {
+                copied.blobs_copied += 1;
+                copied.bytes_copied += size;
+            }
+        }
+    }
+    // Every blob is in place with its size before the tag names it.
+    for desc in &blobs {
+        let stat = destination
+            .stat_blob(&desc.digest)
+            .await
+            .with_context(|| format!("checking blob {} in {to}", desc.digest))?;
+        match stat {
+            Some(found) if found.size == desc.size => {}
+            Some(found) => anyhow::bail!(
+                "copy to {to} is incomplete: blob {} is {} bytes there, expected {}; the tag \
+                 was not written",
+                desc.digest,
+                found.size,
+                desc.size
+            ),
+            None => anyhow::bail!(
+                "copy to {to} is incomplete: blob {} is missing there; the tag was not written",
+                desc.digest
+            ),
+        }
+    }
+    read_config(&destination, &cache).await.map_err(|problem| {
+        anyhow::format_err!("copy to {to}: {problem}; the tag was not written")
+    })?;
+    destination
+        .write_index(&tag, &raw)
+        .await
+        .with_context(|| format!("writing tag {tag} in {to}"))?;
+    drop(guard);
+    let mut collected = None;
+    if let AnyBackend::Local(layout) = &destination
+        && to_spec.gc
+    {
+        let layout = layout.clone();
+        collected =
+            Some(blocking(move || layout.collect_garbage(&GcOptions { dry_run: false })).await?);
+    }
+    if format == OutputFormat::Json {
+        let out = json!({
+            "from": from,
+            "to": to,
+            "tag": tag,
+            "manifest": raw.digest.to_string(),
+            "blobs_copied": copied.blobs_copied,
+            "bytes_copied": copied.bytes_copied,
+            "blobs_mounted": copied.blobs_mounted,
+            "bytes_mounted": copied.bytes_mounted,
+            "blobs_present": copied.blobs_present,
+            "bytes_present": copied.bytes_present,
+            "gc_deleted_bytes": collected.as_ref().map(|c| c.deleted_bytes),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("copied {from} to {to} (tag {tag}, manifest {})", raw.digest);
+    println!(
+        "  {} blobs sent ({}), {} mounted ({}), {} already there ({})",
+        copied.blobs_copied,
+        human_bytes(copied.bytes_copied),
+        copied.blobs_mounted,
+        human_bytes(copied.bytes_mounted),
+        copied.blobs_present,
+        human_bytes(copied.bytes_present)
+    );
+    if let Some(report) = collected
+        && report.deleted_blobs > 0
+    {
+        println!(
+            "  removed {} blobs ({}) no tag uses any more",
+            report.deleted_blobs,
+            human_bytes(report.deleted_bytes)
+        );
+    }
+    Ok(())
+}
+
+/// The repository blobs can be mounted from: both are registries on the same host, in different
+/// repositories.
+fn mount_source(source: &AnyBackend, destination: &AnyBackend) -> Option<String> {
+    match (source, destination) {
+        (AnyBackend::Registry(from), AnyBackend::Registry(to))
+            if from.reference().registry() == to.reference().registry()
+                && from.reference().repository() != to.reference().repository() =>
+        {
+            Some(from.reference().repository().to_owned())
+        }
+        _ => None,
+    }
+}
+
+/// Makes blob `desc` present in `destination`: already there, mounted, or streamed with its
+/// digest checked on the way.
+async fn copy_blob(
+    source: &AnyBackend,
+    destination: &AnyBackend,
+    desc: &Descriptor,
+    mount_from: Option<&str>,
+) -> anyhow::Result<(u64, Moved)> {
+    let digest = &desc.digest;
+    if let Some(found) = destination
+        .stat_blob(digest)
+        .await
+        .with_context(|| format!("checking blob {digest} in {}", destination.info()))?
+        && found.size == desc.size
+    {
+        return Ok((desc.size, Moved::Present));
+    }
+    if let (Some(repository), AnyBackend::Registry(registry)) = (mount_from, destination)
+        && registry
+            .mount_blob(digest, repository)
+            .await
+            .with_context(|| format!("mounting blob {digest} from {repository}"))?
+    {
+        return Ok((desc.size, Moved::Mounted));
+    }
+    let blob = source
+        .read_blob(digest)
+        .await
+        .with_context(|| format!("reading blob {digest} from {}", source.info()))?
+        .ok_or_else(|| {
+            anyhow::format_err!(
+                "blob {digest} is missing from {}: the source cache is incomplete (run \
+                 `buildcache cache verify` on it)",
+                source.info()
+            )
+        })?;
+    let blob = blob.verified(digest.clone());
+    destination
+        .write_blob(desc, blob)
+        .await
+        .with_context(|| format!("writing blob {digest} to {}", destination.info()))?;
+    Ok((desc.size, Moved::Copied))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(1_209_600)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("7").unwrap_err().contains("unit"));
+        assert!(
+            parse_duration("d")
+                .unwrap_err()
+                .contains("invalid duration")
+        );
+        assert!(parse_duration("3y").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1234567"), Ok(1_234_567));
+        assert_eq!(parse_size("10GB"), Ok(10_000_000_000));
+        assert_eq!(parse_size("10G"), Ok(10_000_000_000));
+        assert_eq!(parse_size("500M"), Ok(500_000_000));
+        assert_eq!(parse_size("1KiB"), Ok(1024));
+        assert_eq!(parse_size("1.5GiB"), Ok(1_610_612_736));
+        assert_eq!(parse_size("2 MiB"), Ok(2 * 1024 * 1024));
+        assert!(parse_size("10XB").unwrap_err().contains("unit"));
+        assert!(parse_size("GB").is_err());
+    }
+
+    #[test]
+    fn bare_paths_are_local() {
+        let spec = parse_source("/tmp/cache").expect("parses");
+        assert!(matches!(
+            spec.source,
+            cache_core::spec::ImportSource::Local { .. }
+        ));
+        let spec = parse_source("127.0.0.1:5000/app:cache").expect("parses");
+        assert!(matches!(
+            spec.source,
+            cache_core::spec::ImportSource::Registry { .. }
+        ));
+        let spec = parse_destination("./out").expect("parses");
+        assert!(matches!(
+            spec.target,
+            cache_core::spec::ExportTarget::Local { .. }
+        ));
+    }
+
+    #[test]
+    fn chains_follow_parents() {
+        let config = CacheConfig::from_json(
+            br#"{"layers":[{"blob":"sha256:0000000000000000000000000000000000000000000000000000000000000000","parent":-1},
+                           {"blob":"sha256:1111111111111111111111111111111111111111111111111111111111111111","parent":0}],
+                 "records":[]}"#,
+        )
+        .expect("config");
+        let chain = chain_of(&config, 1);
+        assert_eq!(chain.len(), 2);
+        assert!(chain.iter().all(Option::is_some));
+        assert_eq!(chain_of(&config, 5), vec![None]);
     }
 }
