@@ -97,6 +97,6 @@ mod tests {
     fn parse_refuses_other_algorithms_and_bad_hex() {
         assert!(parse_sha256("sha512:abcd").is_err());
         assert!(parse_sha256("sha256:XYZ").is_err());
-        assert!(parse_sha256(&sha256(b"x").to_string()).is_ok());
+        assert!(parse_sha256(sha256(b"x").as_ref()).is_ok());
     }
 }

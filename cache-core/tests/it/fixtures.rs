@@ -1,6 +1,6 @@
 //! BuildKit's real exports (../shared/fixtures/buildkit), read in place.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use cache_core::config::CacheConfig;
 use cache_core::graph::CacheGraph;
@@ -27,7 +27,7 @@ pub fn fixtures_dir() -> Option<PathBuf> {
     None
 }
 
-fn blob(dir: &PathBuf, digest: &str) -> Vec<u8> {
+fn blob(dir: &Path, digest: &str) -> Vec<u8> {
     let hex = digest.strip_prefix("sha256:").unwrap();
     let bytes = std::fs::read(dir.join("blobs/sha256").join(hex)).unwrap();
     assert_eq!(
@@ -46,7 +46,7 @@ struct Loaded {
     graph: CacheGraph,
 }
 
-fn load_layout(dir: &PathBuf) -> Loaded {
+fn load_layout(dir: &Path) -> Loaded {
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
     let entry = &index["manifests"][0];
