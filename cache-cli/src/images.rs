@@ -14,6 +14,7 @@ use cache_core::{Backend, Blob, Descriptor, IndexRef};
 use cache_local::LayoutDir;
 use cache_registry::Registry;
 use futures_util::future::BoxFuture;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 
 use crate::progress::Display;
 
@@ -125,6 +126,9 @@ impl ImageResolver for RegistryImages {
 /// Where pushes remember which repositories hold which blobs (`ROOT/distribution-sources.json`),
 /// like containerd's `containerd.io/distribution.source.<host>` content labels.
 const SOURCES_FILE: &str = "distribution-sources.json";
+
+/// Layers pushed at once (BuildKit's default concurrency).
+const PARALLEL_PUSHES: usize = 4;
 
 /// Blob digest to the `host/repository`s known to hold it.
 type Sources = BTreeMap<String, BTreeSet<String>>;
@@ -272,12 +276,20 @@ async fn push_image(
             done: None,
         })
     };
+    // Layers in parallel, as BuildKit pushes them (the registry client bounds the uploads).
+    let mut layers: Vec<Descriptor> = Vec::new();
     for desc in &outcome.image.layers {
-        let mut desc = desc.clone();
-        desc.media_type = media_type::convert_layer(&desc.media_type, true)
-            .unwrap_or(&desc.media_type)
-            .to_owned();
-        let how = push_blob(&registry, &desc, &known, || async {
+        if layers.iter().all(|l| l.digest != desc.digest) {
+            let mut desc = desc.clone();
+            desc.media_type = media_type::convert_layer(&desc.media_type, true)
+                .unwrap_or(&desc.media_type)
+                .to_owned();
+            layers.push(desc);
+        }
+    }
+    let (registry, known, status) = (&registry, &known, &status);
+    let pushes = layers.iter().map(|desc| async move {
+        let how = push_blob(registry, desc, known, || async {
             outcome
                 .blobs
                 .open(&desc.digest)
@@ -289,15 +301,19 @@ async fn push_image(
         match how {
             Pushed::Present => {}
             Pushed::Mounted(from) => status(format!("mounted layer {} from {from}", desc.digest)),
-            Pushed::Uploaded => status(format!("pushing layer {}", desc.digest)),
+            Pushed::Uploaded => status(format!("pushed layer {}", desc.digest)),
         }
-        pushed
-            .entry(desc.digest.to_string())
-            .or_default()
-            .insert(here.clone());
+        anyhow::Ok(desc.digest.to_string())
+    });
+    let done: Vec<String> = futures_util::stream::iter(pushes)
+        .buffer_unordered(PARALLEL_PUSHES)
+        .try_collect()
+        .await?;
+    for digest in done {
+        pushed.entry(digest).or_default().insert(here.clone());
     }
     let (config_desc, config_bytes) = &outcome.image.config;
-    push_blob(&registry, config_desc, &known, || async {
+    push_blob(registry, config_desc, known, || async {
         Ok(Blob::from_bytes(config_bytes.clone()))
     })
     .await
