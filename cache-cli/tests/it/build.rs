@@ -1029,6 +1029,12 @@ fn concurrent_builds_sharing_a_root_succeed_and_keep_their_cache() {
                 &root,
                 &["--output", &format!("type=local,dest={}", s(&rootfs))],
             );
+            assert_eq!(
+                uncached_steps(again.meta()),
+                Vec::<String>::new(),
+                "round {round}: after three concurrent builds on one root, context {i} lost its \
+                 cache records (another build's save of the root replaced them)"
+            );
             assert_nothing_ran(&again, 4);
             assert_eq!(
                 fs::read_to_string(rootfs.join("id.txt")).expect("id.txt"),
