@@ -1,5 +1,6 @@
 //! Project automation for buildcache: `cargo xtask test`, `ci`, `registry`, `deps`, `tidy`, `bench`.
 
+mod bench;
 mod demo;
 mod services;
 mod test;
@@ -22,7 +23,9 @@ tasks:
   demo                               the main job: build examples/multistage cold with --cache-to type=local,
                                      then warm on an empty root with --cache-from, and print both times
   tidy                               check docs, banned constructs, manifests and crate layering
-  bench [--quick] [ARGS]             run the cache-bench scenario runner against fresh registries";
+  bench [--quick] [--runs N] [--no-peer] [--no-micro] [--only IDS]
+                                     scenario benchmarks (vs buildah) and criterion micro benchmarks
+                                     into BENCHMARKS.md; --quick is the smoke test of `test`";
 
 fn main() -> ExitCode {
     match run_task() {

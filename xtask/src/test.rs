@@ -103,7 +103,7 @@ fn remove_run_dir(run_dir: &Path) {
     }
 }
 
-/// `cargo xtask bench [--quick] [ARGS]`: runs the cache-bench scenario runner against fresh registries.
+/// `cargo xtask bench [--quick] [ARGS]`: scenario and micro benchmarks, then BENCHMARKS.md.
 pub(crate) fn run_bench_scenarios(root: &Path, args: &[String]) -> anyhow::Result<()> {
     let packages = crate::tidy::workspace_packages(root)?;
     let has_runner = packages.iter().any(|package| {
@@ -114,28 +114,9 @@ pub(crate) fn run_bench_scenarios(root: &Path, args: &[String]) -> anyhow::Resul
     });
     anyhow::ensure!(
         has_runner,
-        "cache-bench has no scenario runner yet (no `cache-bench` bin target)"
+        "cache-bench has no scenario runner (no `cache-bench` bin target)"
     );
-    services::ensure_tools()?;
-    let run_dir = services::run_dir(&crate::services_dir(), "bench")?;
-    let services = services::start_registries(&run_dir, true, Lifetime::Owned)?;
-    let env = suite_env(root, &services);
-    let mut cargo_args = vec![
-        "run",
-        "--release",
-        "-p",
-        "cache-bench",
-        "--bin",
-        "cache-bench",
-        "--",
-    ];
-    cargo_args.extend(args.iter().map(String::as_str));
-    let res = cargo(root, &env, &cargo_args);
-    services.stop()?;
-    if res.is_ok() {
-        remove_run_dir(&run_dir);
-    }
-    res
+    crate::bench::run(root, args)
 }
 
 /// The registry variables plus `BUILDCACHE_FIXTURES` when `../shared/fixtures/buildkit` exists.
