@@ -598,8 +598,13 @@ fn a_deleted_file_is_a_whiteout_and_the_oci_output_unpacks_with_umoci() {
     );
     let data_meta = fs::metadata(rootfs.join("etc/app/data.txt")).expect("data.txt exists");
     assert_eq!(data_meta.permissions().mode() & 0o7777, 0o640);
+    let keep_meta = fs::metadata(rootfs.join("etc/app/keep.txt")).expect("keep.txt exists");
+    assert_eq!(keep_meta.permissions().mode() & 0o7777, 0o644);
+    let dir_meta = fs::metadata(rootfs.join("etc/app")).expect("etc/app exists");
+    assert_eq!(dir_meta.permissions().mode() & 0o7777, 0o755);
     if support::is_root() {
         assert_eq!((data_meta.uid(), data_meta.gid()), (1000, 1000));
+        assert_eq!((keep_meta.uid(), keep_meta.gid()), (0, 0));
     }
     assert_eq!(
         fs::read_to_string(rootfs.join("etc/app/data.txt")).expect("data.txt"),
