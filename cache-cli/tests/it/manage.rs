@@ -467,3 +467,133 @@ fn a_cache_copied_through_a_registry_serves_every_step() {
     );
     assert_eq!(count_cached(warm.meta()), n_steps);
 }
+
+/// Sum of the blob file sizes of a layout.
+fn blob_total(dir: &Path) -> u64 {
+    blobs(dir).iter().map(|(_, size)| size).sum()
+}
+
+#[test]
+fn twenty_builds_into_one_directory_stay_bounded() {
+    let Some(ctx) = busybox_context(DOCKERFILE) else {
+        return;
+    };
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    let dest = s(cache_dir.path()).to_owned();
+    let root = tempfile::tempdir().expect("tempdir");
+    ctx.write("app.conf", "stable\n");
+    build_ok(
+        ctx.path(),
+        root.path(),
+        &[
+            "--cache-to",
+            &format!("type=local,dest={dest},tag=stable,mode=max"),
+        ],
+    );
+    let mut grown_without_gc = 0u64;
+    let mut manifests = std::collections::HashSet::new();
+    for round in 0..20 {
+        ctx.write("app.conf", &format!("round {round}\n"));
+        build_ok(
+            ctx.path(),
+            root.path(),
+            &[
+                "--cache-to",
+                &format!("type=local,dest={dest},tag=main,mode=max"),
+            ],
+        );
+        let du = cache_json(&["du", &dest]);
+        let tags = du["tags"].as_array().expect("tags");
+        assert_eq!(tags.len(), 2, "{du}");
+        // One export per tag, shared blobs counted once: the directory is at most that.
+        let per_tag: u64 = tags
+            .iter()
+            .map(|t| t["bytes"].as_u64().expect("bytes"))
+            .sum();
+        let on_disk = blob_total(cache_dir.path());
+        assert!(
+            on_disk <= per_tag,
+            "round {round}: {on_disk} bytes on disk, more than one export per tag ({per_tag})"
+        );
+        assert_eq!(du["orphaned_blobs"], 0, "round {round}: {du}");
+        let main = tags.iter().find(|t| t["tag"] == "main").expect("main");
+        grown_without_gc += main["unique_bytes"].as_u64().expect("unique bytes");
+        manifests.insert(main["manifest"].as_str().expect("manifest").to_owned());
+    }
+    let on_disk = blob_total(cache_dir.path());
+    eprintln!(
+        "20 builds: {on_disk} bytes on disk; without collection the rounds' own blobs would \
+         add {grown_without_gc} bytes"
+    );
+    assert_eq!(manifests.len(), 20, "every round exported another cache");
+    let verified = cache_json(&["verify", &dest, "--all-tags"]);
+    assert_eq!(verified["ok"], true, "{verified}");
+    for (tag, conf) in [("stable", "stable\n"), ("main", "round 19\n")] {
+        ctx.write("app.conf", conf);
+        let fresh_root = tempfile::tempdir().expect("tempdir");
+        let warm = build_ok(
+            ctx.path(),
+            fresh_root.path(),
+            &["--cache-from", &format!("type=local,src={dest},tag={tag}")],
+        );
+        assert_eq!(
+            uncached_steps(warm.meta()),
+            Vec::<String>::new(),
+            "tag {tag} serves every step:\n{}",
+            warm.stderr()
+        );
+    }
+}
+
+#[test]
+fn four_concurrent_builds_export_into_one_directory() {
+    let Some(_) = support::busybox_path() else {
+        return;
+    };
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    let dest = s(cache_dir.path()).to_owned();
+    let jobs: Vec<_> = (0..4)
+        .map(|n| {
+            let dest = dest.clone();
+            std::thread::spawn(move || {
+                let ctx = busybox_context(DOCKERFILE).expect("busybox");
+                let root = tempfile::tempdir().expect("tempdir");
+                for round in 0..2 {
+                    ctx.write("app.conf", &format!("job {n} round {round}\n"));
+                    build_ok(
+                        ctx.path(),
+                        root.path(),
+                        &[
+                            "--cache-to",
+                            &format!("type=local,dest={dest},tag=job{n},mode=max"),
+                        ],
+                    );
+                }
+                ctx
+            })
+        })
+        .collect();
+    let contexts: Vec<_> = jobs
+        .into_iter()
+        .map(|job| job.join().expect("build thread"))
+        .collect();
+    let verified = cache_json(&["verify", &dest, "--all-tags"]);
+    assert_eq!(verified["ok"], true, "{verified}");
+    assert_eq!(verified["caches"].as_array().expect("caches").len(), 4);
+    let du = cache_json(&["du", &dest]);
+    assert_eq!(du["orphaned_blobs"], 0, "the last build collected: {du}");
+    for (n, ctx) in contexts.iter().enumerate() {
+        let fresh_root = tempfile::tempdir().expect("tempdir");
+        let warm = build_ok(
+            ctx.path(),
+            fresh_root.path(),
+            &["--cache-from", &format!("type=local,src={dest},tag=job{n}")],
+        );
+        assert_eq!(
+            uncached_steps(warm.meta()),
+            Vec::<String>::new(),
+            "tag job{n} serves every step:\n{}",
+            warm.stderr()
+        );
+    }
+}
