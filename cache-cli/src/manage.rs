@@ -528,7 +528,10 @@ async fn verify(source: &str, all_tags: bool, format: OutputFormat) -> anyhow::R
         }
     }
     if n_problems > 0 {
-        anyhow::bail!("{source}: {n_problems} problems found");
+        anyhow::bail!(
+            "{source}: {n_problems} problem{} found",
+            if n_problems == 1 { "" } else { "s" }
+        );
     }
     Ok(())
 }

@@ -270,7 +270,7 @@ fn prune_to_a_budget_keeps_a_valid_cache() {
         let pruned = cache_json(&["prune", path, "--max-size", &budget]);
         assert_eq!(pruned["trimmed"][0]["tag"], "latest", "{name}: {pruned}");
         assert!(pruned["freed_bytes"].as_u64().expect("freed") > 0);
-        assert!(pruned["bytes_after"].as_u64().expect("after") <= total - 1);
+        assert!(pruned["bytes_after"].as_u64().expect("after") < total);
         assert_eq!(dry["bytes_after"], pruned["bytes_after"], "{name}");
         assert_eq!(dry["freed_blobs"], pruned["freed_blobs"], "{name}");
         let verified = cache_json(&["verify", path]);
