@@ -28,7 +28,15 @@
 //! media type, when it is JSON) is read and every object in it with a `digest` field is a child:
 //! config, layers, listed manifests, `subject`. Layers and configs are leaves. A manifest of a
 //! known type that is not valid JSON keeps every `sha256:…` string it contains. Any error while
-//! reading `index.json` or a manifest stops the collection before anything is deleted.
+//! reading `index.json` or a manifest stops the collection before anything is deleted. A tag whose
+//! manifest is missing is already broken and names nothing: it is reported in `missing`.
+//!
+//! # Budgets
+//!
+//! [`LayoutDir::prune`] counts the bytes of live blobs (what `index.json` reaches), not
+//! `index.json` itself, temporary files or file system overhead. Its age of a tag is the newest
+//! `createdAt` of its config or `buildkit/createdat` of its layers, or else the modification time
+//! of its manifest blob.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};

@@ -768,3 +768,51 @@ fn prune_of_a_buildkit_fixture_rewrites_its_config() {
         rt.block_on(check_tag(&layout, "latest", None));
     }
 }
+
+#[test]
+fn removing_a_tag_keeps_every_other_entry_and_field() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = LayoutDir::open(dir.path());
+    let image_entry = rt.block_on(async {
+        Cache::default()
+            .result("old", &[("old", 1_000)], "2020-01-01T00:00:00Z")
+            .export(&layout, "old", false)
+            .await;
+        let kept = Cache::default()
+            .result("kept", &[("kept", 1_000)], "2026-11-01T00:00:00Z")
+            .export(&layout, "kept", false)
+            .await;
+        // An entry as containerd writes it, with a field this crate does not know.
+        format!(
+            concat!(
+                r#"{{"mediaType":"{}","digest":"{}","size":{},"#,
+                r#""annotations":{{"io.containerd.image.name":"docker.io/library/app:1","#,
+                r#""org.opencontainers.image.ref.name":"1"}},"future":[1,2]}}"#
+            ),
+            media_type::OCI_MANIFEST,
+            kept.digest,
+            kept.bytes.len()
+        )
+    });
+    let index_path = dir.path().join("index.json");
+    let index = fs::read_to_string(&index_path).expect("index");
+    let patched = index.replacen(
+        r#""manifests":["#,
+        &format!(r#""annotations":{{"k":"v"}},"manifests":[{image_entry},"#),
+        1,
+    );
+    fs::write(&index_path, &patched).expect("write index");
+    let mut options = prune_options("2026-11-23T00:00:00Z");
+    options.older_than = Some(Duration::from_secs(365 * 86_400));
+    options.keep_tags = vec!["1".into()];
+    let report = layout.prune(&options).expect("prune");
+    assert_eq!(report.dropped_tags.len(), 1, "{report:?}");
+    assert_eq!(report.dropped_tags[0].tag, "old");
+    let after = fs::read_to_string(&index_path).expect("index");
+    assert!(after.contains(&image_entry), "{after}");
+    assert!(after.contains(r#""annotations":{"k":"v"}"#), "{after}");
+    assert!(!after.contains(r#""org.opencontainers.image.ref.name":"old""#));
+    assert_eq!(tag_names(&layout), ["1", "kept"]);
+    rt.block_on(check_cache(&layout, "kept", 1));
+}
