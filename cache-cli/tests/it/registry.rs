@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use tempfile::TempDir;
 
+use crate::support::{self, AuthRegistry};
+
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -30,42 +32,19 @@ struct TestRegistry {
     log: PathBuf,
 }
 
-/// The htpasswd-protected test registry.
-struct AuthRegistry {
-    addr: String,
-    user: String,
-    password: String,
-}
-
-fn missing(what: &str) -> Option<String> {
-    if std::env::var_os("CI").is_some() {
-        panic!("{what} must be set on CI (cargo xtask test sets it)");
-    }
-    eprintln!(
-        "skipping: {what} is not set (start one with `eval \"$(cargo xtask registry up --auth | sed 's/^/export /')\"`)"
-    );
-    None
-}
-
-fn env_or_skip(name: &str) -> Option<String> {
-    match std::env::var(name) {
-        Ok(value) if !value.is_empty() => Some(value),
-        _ => missing(name),
-    }
-}
-
+/// The open registry under test, or `None` (skip) outside CI; the tests also need busybox.
 fn registry() -> Option<TestRegistry> {
-    let addr = env_or_skip("CACHE_TEST_REGISTRY")?;
-    let log = PathBuf::from(env_or_skip("CACHE_TEST_REGISTRY_LOG")?);
+    let addr = support::registry_under_test()?;
+    let log = support::registry_log()?;
+    support::busybox_path()?;
     Some(TestRegistry { addr, log })
 }
 
+/// The Basic-auth registry under test, or `None` (skip) outside CI.
 fn auth_registry() -> Option<AuthRegistry> {
-    Some(AuthRegistry {
-        addr: env_or_skip("CACHE_TEST_REGISTRY_AUTH")?,
-        user: env_or_skip("CACHE_TEST_REGISTRY_USER")?,
-        password: env_or_skip("CACHE_TEST_REGISTRY_PASSWORD")?,
-    })
+    let auth = support::auth_registry_under_test()?;
+    support::busybox_path()?;
+    Some(auth)
 }
 
 /// A repository name no other test (or earlier run) uses: the registry is shared.
@@ -207,11 +186,7 @@ impl Scratch {
     fn context(&self, name: &str, dockerfile: &str) -> PathBuf {
         let ctx = self.path(name);
         std::fs::create_dir_all(&ctx).expect("create the context");
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .map(Path::new)
-            .find(|p| p.exists())
-            .expect("a static busybox at /bin/busybox (Debian package busybox-static)");
+        let busybox = support::busybox_path().expect("registry() checked for busybox");
         std::fs::copy(busybox, ctx.join("busybox")).expect("copy busybox into the context");
         std::fs::write(ctx.join("Dockerfile"), dockerfile).expect("write the Dockerfile");
         ctx
@@ -228,12 +203,10 @@ impl Scratch {
     }
 
     /// `buildcache ARGS` with an empty `DOCKER_CONFIG` (no credentials of this machine's user).
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_buildcache"));
+    fn command(&self, args: &[&str]) -> assert_cmd::Command {
+        let mut cmd = support::buildcache();
         cmd.args(args)
-            .env("DOCKER_CONFIG", self.path("docker-config"))
-            .env_remove("BUILDCACHE_ROOT")
-            .env_remove("BUILDKIT_PROGRESS");
+            .env("DOCKER_CONFIG", self.path("docker-config"));
         cmd
     }
 
@@ -406,17 +379,7 @@ fn assert_no_repeated_cause(stderr: &str) {
 }
 
 fn skopeo_available() -> bool {
-    let found = Command::new("skopeo")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        if std::env::var_os("CI").is_some() {
-            panic!("skopeo must be installed on CI (Debian package skopeo)");
-        }
-        eprintln!("skipping the skopeo check: skopeo is not installed");
-    }
-    found
+    support::tool("skopeo").is_some()
 }
 
 // ---------------------------------------------------------------------------------------------
