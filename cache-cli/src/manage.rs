@@ -487,7 +487,29 @@ async fn verify(source: &str, all_tags: bool, format: OutputFormat) -> anyhow::R
     };
     let mut reports = Vec::new();
     for reference in &references {
-        reports.push(verify_cache(&backend, reference).await);
+        let mut report = verify_cache(&backend, reference).await;
+        if report.manifest.is_none()
+            && let Some(layout) = &layout
+        {
+            let layout = layout.clone();
+            let tags: Vec<String> = blocking(move || layout.tags())
+                .await?
+                .into_iter()
+                .map(|(tag, _)| tag)
+                .filter(|tag| !tag.is_empty())
+                .collect();
+            if let Some(problem) = report.problems.last_mut() {
+                problem.push_str(&format!(
+                    " (tags in this directory: {}; choose one with tag=… or use --all-tags)",
+                    if tags.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        tags.join(", ")
+                    }
+                ));
+            }
+        }
+        reports.push(report);
     }
     let n_problems: usize = reports.iter().map(|r| r.problems.len()).sum();
     if format == OutputFormat::Json {

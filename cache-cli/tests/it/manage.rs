@@ -335,6 +335,12 @@ fn copy_between_local_directories_moves_only_missing_blobs() {
         third["blobs_present"].as_u64().expect("present") >= 1,
         "{third}"
     );
+    let (ok, stdout, _) = cache(&["verify", dest_path]);
+    assert!(!ok, "there is no tag latest");
+    assert!(
+        stdout.contains("tags in this directory: copied, min"),
+        "{stdout}"
+    );
     let all = cache_json(&["verify", dest_path, "--all-tags"]);
     assert_eq!(all["ok"], true, "{all}");
     assert_eq!(all["caches"].as_array().expect("caches").len(), 2);
