@@ -111,6 +111,12 @@ fn requests<'a>(lines: &'a [String], method: &str, repo: &str, path_prefix: &str
 
 /// `GET http://ADDR/PATH` with an `Accept` header: status and body.
 fn http_get(addr: &str, path: &str, accept: &str) -> (u16, Vec<u8>) {
+    let (status, _, body) = http_request(addr, "GET", path, accept);
+    (status, body)
+}
+
+/// `METHOD http://ADDR/PATH` with an `Accept` header: status, headers and body.
+fn http_request(addr: &str, method: &str, path: &str, accept: &str) -> (u16, String, Vec<u8>) {
     let mut stream =
         TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
     stream
@@ -118,7 +124,7 @@ fn http_get(addr: &str, path: &str, accept: &str) -> (u16, Vec<u8>) {
         .expect("set a read timeout");
     write!(
         stream,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
     )
     .expect("send the request");
     let mut response = Vec::new();
@@ -135,7 +141,7 @@ fn http_get(addr: &str, path: &str, accept: &str) -> (u16, Vec<u8>) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {head:?}"));
-    (status, response[split + 4..].to_vec())
+    (status, head, response[split + 4..].to_vec())
 }
 
 /// The image manifest under `repo:reference` in the registry, as JSON.
@@ -969,4 +975,46 @@ fn base_images_from_an_authenticated_registry_use_docker_credentials() {
         std::fs::read_to_string(out.join("ok.txt")).expect("ok.txt in the output"),
         "ok\n"
     );
+}
+
+#[test]
+fn pushing_every_tag_uploads_each_blob_once() {
+    let Some(reg) = registry() else { return };
+    let s = Scratch::new();
+    let ctx = s.context("ctx", APP_DOCKERFILE);
+    let repo = unique_repo("tags");
+    let (a, b) = (
+        format!("{}/{repo}:a", reg.addr),
+        format!("{}/{repo}:b", reg.addr),
+    );
+    let mark = reg.mark();
+    let first = s
+        .build("root", &ctx, &["-t", &a, "-t", &b, "--push"])
+        .success();
+    let lines = reg.requests_since(&mark);
+    let digest = first.image_digest();
+    for tag in ["a", "b"] {
+        let (status, head, _) = http_request(
+            &reg.addr,
+            "HEAD",
+            &format!("/v2/{repo}/manifests/{tag}"),
+            OCI_MANIFEST,
+        );
+        assert_eq!(status, 200, "{repo}:{tag} was not pushed");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains(&format!("docker-content-digest: {digest}")),
+            "{repo}:{tag} is another image than {digest}:\n{head}"
+        );
+    }
+    // Three layers and the config, each uploaded once although two tags were pushed.
+    let uploads = requests(&lines, "PUT", &repo, "blobs/uploads/");
+    assert_eq!(uploads.len(), 4, "{uploads:#?}");
+
+    // Pushing the same image again uploads no blob.
+    let mark = reg.mark();
+    s.build("root", &ctx, &["-t", &a, "--push"]).success();
+    let lines = reg.requests_since(&mark);
+    let uploads = requests(&lines, "PUT", &repo, "blobs/uploads/");
+    assert!(uploads.is_empty(), "{uploads:#?}");
 }
