@@ -651,6 +651,23 @@ async fn collect_garbage(dir: &Arc<LayoutDir>) -> anyhow::Result<cache_local::Gc
 
 /// Saves this build's records into the root, merged with what other builds saved meanwhile.
 async fn persist_local(root: &Arc<LayoutDir>, graph: &CacheGraph) -> anyhow::Result<()> {
+    // One build at a time reads, merges and rewrites the local tag, so none loses another's records.
+    let lock_path = root.root().join("local.lock");
+    let _lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        if let Some(dir) = lock_path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)?;
+        file.lock()?;
+        Ok(file)
+    })
+    .await
+    .map_err(|e| anyhow::format_err!("locking the local cache: {e}"))?
+    .context("locking the local cache")?;
     let current = cache_core::import::import(
         root.as_ref(),
         &IndexRef::Tag(LOCAL_TAG.into()),

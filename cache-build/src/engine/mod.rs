@@ -408,7 +408,15 @@ pub async fn build(
         let result = engine.run(&base_images).await;
         engine.cleanup();
         match result {
-            Err(Error::BadBlob { digest, message }) if restarts < MAX_RESTARTS => {
+            Err(Error::BadBlob { digest, message })
+                if restarts < MAX_RESTARTS
+                    && !engine.bad_blobs.contains(&digest)
+                    && engine
+                        .graph
+                        .layers()
+                        .iter()
+                        .any(|l| l.blob.digest == digest) =>
+            {
                 restarts += 1;
                 services.progress.event(Event::Warning(format!(
                     "cache blob {digest} is unusable ({message}): the results that need it are treated as misses"
@@ -1247,9 +1255,15 @@ impl Engine<'_> {
             let root = dir.to_path_buf();
             blocking(move || layer::apply_layer(reader, &media_type, &root))
                 .await?
-                .map_err(|err| Error::BadBlob {
-                    digest: desc.digest.clone(),
-                    message: format!("extracting: {err}"),
+                .map_err(|err| match err {
+                    // A layer that tries to leave the root is refused, not retried.
+                    layer::Error::Refused { .. } => {
+                        Error::other(format!("extracting layer {}: {err}", desc.digest))
+                    }
+                    other => Error::BadBlob {
+                        digest: desc.digest.clone(),
+                        message: format!("extracting: {other}"),
+                    },
                 })?;
             self.progress().event(Event::Status {
                 vertex: vertex.to_owned(),
