@@ -43,7 +43,7 @@ pub const LIMITS: &[(&str, &str, &str)] = &[
     (
         "cache-build/layer-tar-zstd",
         "limit/zstd-3",
-        "layer tar + zstd (level 3) vs `tar | zstd -3`",
+        "layer tar + zstd (level 3, 2 workers) vs `tar | zstd -3 -T0`",
     ),
     (
         "cache-local/export",
@@ -83,7 +83,10 @@ fn walk(dir: &Path, out: &mut Vec<MicroResult>) {
             if let Some(result) = read_one(&path) {
                 out.push(result);
             }
-        } else if path.file_name().is_none_or(|n| n != "base" && n != "report") {
+        } else if path
+            .file_name()
+            .is_none_or(|n| n != "base" && n != "report")
+        {
             walk(&path, out);
         }
     }

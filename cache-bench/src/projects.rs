@@ -73,9 +73,7 @@ pub fn find_busybox() -> anyhow::Result<PathBuf> {
         .iter()
         .map(PathBuf::from)
         .find(|p| p.is_file())
-        .ok_or_else(|| {
-            anyhow::format_err!("busybox is missing: apt-get install -y busybox-static")
-        })
+        .ok_or_else(|| anyhow::format_err!("busybox is missing: apt-get install -y busybox-static"))
 }
 
 fn fresh_dir(dir: &Path) -> anyhow::Result<()> {
@@ -168,7 +166,9 @@ pub fn c_sources(modules: usize) -> Vec<(String, String)> {
     }
     header.push_str("#endif\n");
     files.push(("app.h".to_owned(), header));
-    let mut main = String::from("#include <stdio.h>\n#include \"app.h\"\n\nint main(void) {\n    unsigned long acc = 1;\n");
+    let mut main = String::from(
+        "#include <stdio.h>\n#include \"app.h\"\n\nint main(void) {\n    unsigned long acc = 1;\n",
+    );
     for i in 0..modules {
         let _ = writeln!(main, "    acc = module_{i}(acc);");
     }
@@ -261,7 +261,10 @@ pub fn compiled_base(cache: &Path) -> anyhow::Result<PathBuf> {
     if layout.exists() {
         fs::remove_dir_all(&layout)?;
     }
-    run(Command::new("umoci").arg("init").arg("--layout").arg(&layout))?;
+    run(Command::new("umoci")
+        .arg("init")
+        .arg("--layout")
+        .arg(&layout))?;
     let image = format!("{}:base", layout.display());
     run(Command::new("umoci").args(["new", "--image", &image]))?;
     run(Command::new("umoci")

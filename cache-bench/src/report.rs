@@ -90,7 +90,11 @@ pub fn secs(s: f64) -> String {
 }
 
 /// `median (min–max)` of `f` over the samples.
-fn spread(samples: &[Sample], f: impl Fn(&Sample) -> Option<f64>, unit: fn(f64) -> String) -> String {
+fn spread(
+    samples: &[Sample],
+    f: impl Fn(&Sample) -> Option<f64>,
+    unit: fn(f64) -> String,
+) -> String {
     let values: Vec<f64> = samples.iter().filter_map(f).collect();
     match Summary::of(&values) {
         None => "—".into(),
@@ -182,7 +186,9 @@ const ROWS: &[Row] = &[
         value: |s| Some(s.wall_s),
         unit: secs,
         show_rss: true,
-        peer_missing: Some("buildah 1.28 has no local cache import: its `--cache-from` takes only a registry repository"),
+        peer_missing: Some(
+            "buildah 1.28 has no local cache import: its `--cache-from` takes only a registry repository",
+        ),
     },
     Row {
         label: "import latency, local (start → first cached step)",
@@ -263,30 +269,58 @@ fn mode_table(out: &mut String, project: &ProjectResult, mode: &str, ours: &[Fig
     out.push_str("| figure | buildcache: median (min–max) | peak RSS | steps cached | buildah: median (min–max) | peak RSS | steps cached | ours / peer |\n");
     out.push_str("|---|---|---|---|---|---|---|---|\n");
     for row in ROWS {
-        let Some(o) = find(ours, row.figure) else { continue };
+        let Some(o) = find(ours, row.figure) else {
+            continue;
+        };
         let ours_cell = spread(&o.samples, row.value, row.unit);
         let (peer_cell, peer_rss, peer_cached, r) = match find(&project.peer, row.figure) {
             Some(p) if row.peer_missing.is_none() => (
                 spread(&p.samples, row.value, row.unit),
-                if row.show_rss { rss(&p.samples) } else { String::new() },
-                if row.show_rss { cached(&p.samples) } else { String::new() },
+                if row.show_rss {
+                    rss(&p.samples)
+                } else {
+                    String::new()
+                },
+                if row.show_rss {
+                    cached(&p.samples)
+                } else {
+                    String::new()
+                },
                 ratio(median(&o.samples, row.value), median(&p.samples, row.value)),
             ),
             _ => {
                 let why = row
                     .peer_missing
                     .map(str::to_owned)
-                    .or_else(|| project.peer_missing.as_ref().map(|_| "peer not run (see below)".to_owned()))
+                    .or_else(|| {
+                        project
+                            .peer_missing
+                            .as_ref()
+                            .map(|_| "peer not run (see below)".to_owned())
+                    })
                     .unwrap_or_else(|| "—".to_owned());
-                (format!("n/a: {why}"), String::new(), String::new(), "—".into())
+                (
+                    format!("n/a: {why}"),
+                    String::new(),
+                    String::new(),
+                    "—".into(),
+                )
             }
         };
         let _ = writeln!(
             out,
             "| {} | {ours_cell} | {} | {} | {peer_cell} | {peer_rss} | {peer_cached} | {r} |",
             row.label,
-            if row.show_rss { rss(&o.samples) } else { String::new() },
-            if row.show_rss { cached(&o.samples) } else { String::new() },
+            if row.show_rss {
+                rss(&o.samples)
+            } else {
+                String::new()
+            },
+            if row.show_rss {
+                cached(&o.samples)
+            } else {
+                String::new()
+            },
         );
     }
     out.push('\n');
@@ -333,7 +367,10 @@ fn headline(results: &Results) -> String {
             let _ = writeln!(
                 out,
                 "- No buildah figures: {}",
-                compiled.peer_missing.as_deref().unwrap_or("see the scenario tables")
+                compiled
+                    .peer_missing
+                    .as_deref()
+                    .unwrap_or("see the scenario tables")
             );
         }
     }
@@ -361,31 +398,50 @@ pub fn render(
     out.push_str(&headline(results));
     out.push('\n');
     out.push_str("## Machine\n\n");
-    let _ = writeln!(out, "- CPU: {} ({} cores online), memory {:.1} GiB", machine.cpu, machine.cores, machine.memory_gib);
+    let _ = writeln!(
+        out,
+        "- CPU: {} ({} cores online), memory {:.1} GiB",
+        machine.cpu, machine.cores, machine.memory_gib
+    );
     let _ = writeln!(out, "- OS: {}, kernel {}", machine.os, machine.kernel);
-    let _ = writeln!(out, "- buildcache: commit `{}`, release build", machine.commit);
+    let _ = writeln!(
+        out,
+        "- buildcache: commit `{}`, release build",
+        machine.commit
+    );
     let _ = writeln!(
         out,
         "- peer: {}",
         match &results.peer_version {
-            Ok(v) => format!("{v} (Debian), `STORAGE_DRIVER=vfs BUILDAH_ISOLATION=chroot`, its own `--root`/`--runroot` per run"),
+            Ok(v) => format!(
+                "{v} (Debian), `STORAGE_DRIVER=vfs BUILDAH_ISOLATION=chroot`, its own `--root`/`--runroot` per run"
+            ),
             Err(why) => format!("not run: {why}"),
         }
     );
     out.push_str("- registry: Debian's `docker-registry` (distribution 2.8) on 127.0.0.1, started by `cargo xtask bench`; filesystem storage on the same disk\n\n");
 
     out.push_str("## How the figures are taken\n\n");
-    let _ = writeln!(out, "- Each figure is the median of {} run(s), with min and max; every run starts from an empty root (`--root` for buildcache, `--root/--runroot` for buildah), so only the named cache is warm.", results.runs);
+    let _ = writeln!(
+        out,
+        "- Each figure is the median of {} run(s), with min and max; every run starts from an empty root (`--root` for buildcache, `--root/--runroot` for buildah), so only the named cache is warm.",
+        results.runs
+    );
     out.push_str("- Wall time of the whole process; peak RSS is `ru_maxrss` of the builder process (getrusage of waited-for children, so it is the largest single process of the build: the builder itself or a RUN step).\n");
     out.push_str("- Steps cached: buildcache's metadata file (`buildcache.steps`); buildah: `--> Using cache` lines over its non-`FROM` steps.\n");
     out.push_str("- Import latency: time from the start of the process to the first line saying a step is cached (`#N CACHED` / `--> Using cache`).\n");
     out.push_str("- Bytes uploaded and layer blobs downloaded come from the registry's access log (completed blob `PUT`s, sized from the registry's storage; `GET`s of non-JSON blobs), so both builders are counted the same way.\n");
     out.push_str("- buildah has no cache modes (it pushes every layer, like `mode=max`): its figures are the same runs in both tables of a project.\n");
-    out.push_str("- Ratios are ours / buildah's medians: below 1 means buildcache is faster or smaller.\n\n");
+    out.push_str(
+        "- Ratios are ours / buildah's medians: below 1 means buildcache is faster or smaller.\n\n",
+    );
 
     out.push_str("## Scenarios\n\n");
     for (i, project) in results.projects.iter().enumerate() {
-        let letter = ["a", "b", "c", "d", "e", "f"].get(i).copied().unwrap_or("?");
+        let letter = ["a", "b", "c", "d", "e", "f"]
+            .get(i)
+            .copied()
+            .unwrap_or("?");
         let _ = writeln!(out, "### ({letter}) `{}`: {}\n", project.id, project.title);
         if let Some(why) = &project.peer_missing {
             let _ = writeln!(out, "No buildah figures for this project: {why}.\n");
@@ -435,7 +491,9 @@ fn rate(r: &MicroResult) -> String {
 }
 
 fn micro_section(out: &mut String, list: &[MicroResult]) {
-    out.push_str("`cargo bench -p cache-bench --bench micro` (criterion; median time per iteration).\n\n");
+    out.push_str(
+        "`cargo bench -p cache-bench --bench micro` (criterion; median time per iteration).\n\n",
+    );
     out.push_str("| benchmark | median time | throughput |\n|---|---|---|\n");
     for r in list.iter().filter(|r| !r.id.starts_with("limit/")) {
         let time = if r.median_ns < 1e6 {
@@ -448,7 +506,10 @@ fn micro_section(out: &mut String, list: &[MicroResult]) {
     out.push_str("\nThroughput next to its limit (the same data through the standard tool):\n\n");
     out.push_str("| operation | ours | limit | ours / limit |\n|---|---|---|---|\n");
     for (ours, limit, what) in micro::LIMITS {
-        for r in list.iter().filter(|r| r.id.starts_with(&format!("{ours}/"))) {
+        for r in list
+            .iter()
+            .filter(|r| r.id.starts_with(&format!("{ours}/")))
+        {
             let size = r.id.rsplit('/').next().unwrap_or("");
             let l = list.iter().find(|l| l.id == format!("{limit}/{size}"));
             let (limit_cell, ratio_cell) = match l {
@@ -461,7 +522,11 @@ fn micro_section(out: &mut String, list: &[MicroResult]) {
                 ),
                 None => ("not measured".into(), "—".into()),
             };
-            let _ = writeln!(out, "| {what} ({size}) | {} | {limit_cell} | {ratio_cell} |", rate(r));
+            let _ = writeln!(
+                out,
+                "| {what} ({size}) | {} | {limit_cell} | {ratio_cell} |",
+                rate(r)
+            );
         }
     }
     out.push('\n');
@@ -518,11 +583,27 @@ mod tests {
             failures: vec![],
             peer_version: Ok("buildah version 1.28.2".into()),
         };
-        let md = render(&results, &Machine::default(), &Err("skipped".into()), "cargo xtask bench");
+        let md = render(
+            &results,
+            &Machine::default(),
+            &Err("skipped".into()),
+            "cargo xtask bench",
+        );
         assert!(md.contains("| cold (empty root, no cache; ours exports to a local dir) | 11.0 s (10.0 s–12.0 s) | 2.0 MiB | 3/3 | 22.0 s | 2.0 MiB | 3/3 | 0.50 |"), "{md}");
-        assert!(md.contains("n/a: buildah 1.28 has no local cache import"), "{md}");
-        assert!(md.contains("cold 11.0 s → warm from the registry on an empty root 1.00 s (11× faster)"), "{md}");
-        assert!(md.contains("warm 1.00 s vs 4.00 s (0.25× buildah's time)"), "{md}");
+        assert!(
+            md.contains("n/a: buildah 1.28 has no local cache import"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "cold 11.0 s → warm from the registry on an empty root 1.00 s (11× faster)"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("warm 1.00 s vs 4.00 s (0.25× buildah's time)"),
+            "{md}"
+        );
         assert!(md.contains("Not run: skipped."), "{md}");
         assert!(md.contains("cmd warm-local"), "{md}");
     }

@@ -192,7 +192,9 @@ impl RegistryInfo {
         // The registry logs a request just after answering it.
         std::thread::sleep(std::time::Duration::from_millis(100));
         let bytes = fs::read(&self.log).unwrap_or_default();
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
         let text = String::from_utf8_lossy(&bytes[start..]);
         registry_log::traffic(&registry_log::requests(&text), &self.storage)
     }
@@ -295,7 +297,10 @@ pub fn measure_main(rusage_file: &Path, program: &OsString, args: &[OsString]) -
     let status = match Command::new(program).args(args).status() {
         Ok(status) => status,
         Err(err) => {
-            eprintln!("cache-bench: could not run {}: {err}", program.to_string_lossy());
+            eprintln!(
+                "cache-bench: could not run {}: {err}",
+                program.to_string_lossy()
+            );
             return 127;
         }
     };
@@ -313,7 +318,10 @@ mod tests {
     #[test]
     fn cached_lines_of_both_builders_are_recognised() {
         assert!(is_cached_line(Tool::Ours, "#5 CACHED"));
-        assert!(!is_cached_line(Tool::Ours, "#5 [builder 1/3] COPY CACHED/ /x"));
+        assert!(!is_cached_line(
+            Tool::Ours,
+            "#5 [builder 1/3] COPY CACHED/ /x"
+        ));
         assert!(!is_cached_line(Tool::Ours, "#5 DONE 0.1s"));
         assert!(is_cached_line(Tool::Peer, "--> Using cache 19dc1fbc0af4"));
         assert!(!is_cached_line(Tool::Peer, "--> 19dc1fbc0af"));

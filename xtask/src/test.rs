@@ -76,6 +76,10 @@ pub(crate) fn run(root: &Path, suite: Suite, test_args: &[String]) -> anyhow::Re
             cargo(root, &doc_env, &["doc", "--workspace", "--no-deps"])
         });
     }
+    // Smoke test of the benchmarks: every scenario runs and warm builds are fully cached.
+    step("bench", &mut || {
+        crate::bench::run(root, &["--quick".to_owned()])
+    });
 
     eprintln!("\nxtask: summary");
     for (name, elapsed, res) in &results {

@@ -29,7 +29,11 @@ fn main() -> ExitCode {
         let code = scenario::measure_main(&PathBuf::from(file), program, &args[3..]);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
-    match run(args.iter().map(|a| a.to_string_lossy().into_owned()).collect()) {
+    match run(args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect())
+    {
         Ok(code) => code,
         Err(err) => {
             eprintln!("cache-bench: error: {err:#}");
@@ -116,7 +120,10 @@ fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
             if results.failures.is_empty() {
                 Ok(ExitCode::SUCCESS)
             } else {
-                eprintln!("cache-bench: {} expectation(s) failed:", results.failures.len());
+                eprintln!(
+                    "cache-bench: {} expectation(s) failed:",
+                    results.failures.len()
+                );
                 for failure in &results.failures {
                     eprintln!("  {failure}");
                 }
@@ -126,12 +133,14 @@ fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
         "report" => {
             let markdown = markdown
                 .ok_or_else(|| anyhow::format_err!("--markdown FILE is required\n\n{USAGE}"))?;
-            let results: suite::Results = serde_json::from_slice(
-                &std::fs::read(&scenarios_json).with_context(|| {
-                    format!("reading {}: run `cache-bench scenarios` first", scenarios_json.display())
-                })?,
-            )
-            .with_context(|| format!("parsing {}", scenarios_json.display()))?;
+            let results: suite::Results =
+                serde_json::from_slice(&std::fs::read(&scenarios_json).with_context(|| {
+                    format!(
+                        "reading {}: run `cache-bench scenarios` first",
+                        scenarios_json.display()
+                    )
+                })?)
+                .with_context(|| format!("parsing {}", scenarios_json.display()))?;
             let micro = match (no_micro, criterion) {
                 (Some(why), _) => Err(why),
                 (None, Some(dir)) => {
@@ -151,7 +160,11 @@ fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
             let text = report::render(&results, &machine, &micro, &invocation);
             std::fs::write(&markdown, text)
                 .with_context(|| format!("writing {}", markdown.display()))?;
-            eprintln!("cache-bench: wrote {} and {}", markdown.display(), micro_json.display());
+            eprintln!(
+                "cache-bench: wrote {} and {}",
+                markdown.display(),
+                micro_json.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         other => anyhow::bail!("unknown command {other:?}\n\n{USAGE}"),
