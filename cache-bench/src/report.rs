@@ -406,8 +406,9 @@ pub fn render(
     let _ = writeln!(out, "- OS: {}, kernel {}", machine.os, machine.kernel);
     let _ = writeln!(
         out,
-        "- buildcache: commit `{}`, release build",
-        machine.commit
+        "- buildcache: commit `{}`, {} build",
+        machine.commit,
+        if results.quick { "debug" } else { "release" }
     );
     let _ = writeln!(
         out,
