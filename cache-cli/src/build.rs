@@ -74,9 +74,18 @@ pub struct BuildArgs {
 /// A parsed `--output`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Output {
-    Oci { dest: PathBuf, tar: bool },
-    Local { dest: PathBuf },
-    Image { name: String, push: bool },
+    Oci {
+        dest: PathBuf,
+        tar: bool,
+    },
+    Local {
+        dest: PathBuf,
+    },
+    Image {
+        name: String,
+        push: bool,
+        insecure: bool,
+    },
 }
 
 fn parse_output(value: &str) -> anyhow::Result<Output> {
@@ -131,6 +140,7 @@ fn parse_output(value: &str) -> anyhow::Result<Output> {
             name: get("name")
                 .ok_or_else(|| anyhow::format_err!("--output type=image needs name=REF"))?,
             push: bool_attr("push", get("type").as_deref() == Some("registry"))?,
+            insecure: bool_attr("registry.insecure", false)?,
         }),
     }
 }
@@ -245,8 +255,9 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
             Ok(None) => empty_sources.push(spec.raw.clone()),
             Err(err) => {
                 display.line(&format!(
-                    "WARNING: cache import {} failed, building without it: {err:#}",
-                    spec.raw
+                    "WARNING: cache import {} failed, building without it: {}",
+                    spec.raw,
+                    crate::error_chain(&err)
                 ));
                 empty_sources.push(spec.raw.clone());
             }
@@ -324,27 +335,26 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
             anyhow::bail!("--push needs an image name: give -t REGISTRY/REPO:TAG");
         }
         for name in &names {
-            crate::images::push(&outcome, &root, &name.full, &display).await?;
+            crate::images::push(&outcome, &root, &name.full, false, &display).await?;
         }
     }
     for output in &outputs {
-        if let Output::Image { name, push: true } = output {
-            crate::images::push(&outcome, &root, name, &display).await?;
+        if let Output::Image {
+            name,
+            push: true,
+            insecure,
+        } = output
+        {
+            crate::images::push(&outcome, &root, name, *insecure, &display).await?;
         }
     }
 
     // Keep this machine's cache.
     if let Err(err) = persist_local(&root, &outcome.graph).await {
         display.line(&format!(
-            "WARNING: saving the local cache in {}: {err:#}",
-            root_dir.display()
-        ));
-    }
-    drop(root_guard);
-    if let Err(err) = collect_garbage(&root).await {
-        display.line(&format!(
-            "WARNING: cleaning the root {}: {err:#}",
-            root_dir.display()
+            "WARNING: saving the local cache in {}: {}",
+            root_dir.display(),
+            crate::error_chain(&err)
         ));
     }
 
@@ -356,10 +366,11 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
             Ok(report) => export_reports.push(report),
             Err(err) if spec.ignore_error => {
                 display.line(&format!(
-                    "WARNING: cache export {} failed (ignore-error=true): {err:#}",
-                    spec.raw
+                    "WARNING: cache export {} failed (ignore-error=true): {}",
+                    spec.raw,
+                    crate::error_chain(&err)
                 ));
-                export_reports.push(json!({"to": spec.raw, "error": format!("{err:#}")}));
+                export_reports.push(json!({"to": spec.raw, "error": crate::error_chain(&err)}));
             }
             Err(err) => {
                 failed = Some(err.context(format!(
@@ -369,6 +380,15 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
                 break;
             }
         }
+    }
+    // Exports read blobs from the root: clean it only after them.
+    drop(root_guard);
+    if let Err(err) = collect_garbage(&root).await {
+        display.line(&format!(
+            "WARNING: cleaning the root {}: {}",
+            root_dir.display(),
+            crate::error_chain(&err)
+        ));
     }
     if let Some(path) = &args.metadata_file {
         let metadata = json!({

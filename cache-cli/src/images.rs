@@ -230,6 +230,7 @@ pub async fn push(
     outcome: &engine::BuildOutcome,
     root: &Arc<LayoutDir>,
     name: &str,
+    insecure: bool,
     display: &Display,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -238,7 +239,7 @@ pub async fn push(
         vertex: vertex.clone(),
         name: format!("pushing {name}"),
     });
-    let result = push_image(outcome, root, name, display, &vertex).await;
+    let result = push_image(outcome, root, name, insecure, display, &vertex).await;
     match &result {
         Ok(()) => display.event(Event::Done {
             vertex,
@@ -246,7 +247,7 @@ pub async fn push(
         }),
         Err(err) => display.event(Event::Error {
             vertex,
-            message: format!("{err:#}"),
+            message: crate::error_chain(err),
         }),
     }
     result.with_context(|| format!("pushing the image {name}"))
@@ -256,10 +257,13 @@ async fn push_image(
     outcome: &engine::BuildOutcome,
     root: &Arc<LayoutDir>,
     name: &str,
+    insecure: bool,
     display: &Display,
     vertex: &str,
 ) -> anyhow::Result<()> {
-    let registry = Registry::new(name, cache_registry::Options::new())?;
+    let mut options = cache_registry::Options::new();
+    options.insecure = insecure;
+    let registry = Registry::new(name, options)?;
     let tag = registry.reference().tag().unwrap_or("latest").to_owned();
     let here = format!(
         "{}/{}",
