@@ -120,7 +120,8 @@ pub fn peer_steps(output: &str) -> (usize, usize) {
     let mut total = 0;
     let mut cached = 0;
     for line in output.lines() {
-        if let Some(rest) = line.strip_prefix("STEP ")
+        // Multi-stage builds prefix the stage: `[2/3] STEP 1/4: COPY …`.
+        if let Some(rest) = line.find("STEP ").map(|at| &line[at + "STEP ".len()..])
             && let Some((_, instr)) = rest.split_once(": ")
             && !instr.starts_with("FROM ")
         {
@@ -331,8 +332,8 @@ mod tests {
     fn peer_steps_count_non_from_steps_and_cache_hits() {
         let out = "STEP 1/4: FROM scratch AS base\nSTEP 2/4: COPY busybox /bin/busybox\n\
                    --> Using cache fdafca\n--> fdafca\nSTEP 3/4: RUN true\n--> 19dc1f\n\
-                   STEP 4/4: FROM base\n";
-        assert_eq!(peer_steps(out), (1, 2));
+                   STEP 4/4: FROM base\n[2/2] STEP 1/2: COPY a b\n";
+        assert_eq!(peer_steps(out), (1, 3));
     }
 
     #[test]
