@@ -66,6 +66,9 @@ pub struct BuildArgs {
     /// This machine's state: its own cache of records, blobs and snapshots.
     #[arg(long, env = "BUILDCACHE_ROOT")]
     pub root: Option<PathBuf>,
+    /// The most the root's own cache may hold (e.g. `10GB`, `512MiB`); older results go first.
+    #[arg(long = "root-max-size", env = "BUILDCACHE_ROOT_MAX_SIZE", default_value = "10GB", value_parser = crate::manage::parse_size)]
+    pub root_max_size: u64,
     /// Progress output.
     #[arg(long, value_enum, default_value_t = crate::progress::Mode::Auto, env = "BUILDKIT_PROGRESS")]
     pub progress: crate::progress::Mode,
@@ -383,12 +386,23 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
     }
     // Exports read blobs from the root: clean it only after them.
     drop(root_guard);
-    if let Err(err) = collect_garbage(&root).await {
-        display.line(&format!(
+    match collect_garbage(&root).await {
+        Ok(gc) if gc.live_bytes > args.root_max_size => {
+            if let Err(err) = shrink_root(&root, args.root_max_size).await {
+                display.line(&format!(
+                    "WARNING: shrinking the root {} to {} bytes: {}",
+                    root_dir.display(),
+                    args.root_max_size,
+                    crate::error_chain(&err)
+                ));
+            }
+        }
+        Ok(_) => {}
+        Err(err) => display.line(&format!(
             "WARNING: cleaning the root {}: {}",
             root_dir.display(),
             crate::error_chain(&err)
-        ));
+        )),
     }
     if let Some(path) = &args.metadata_file {
         let metadata = json!({
@@ -667,6 +681,23 @@ async fn collect_garbage(dir: &Arc<LayoutDir>) -> anyhow::Result<cache_local::Gc
     .await
     .map_err(|e| anyhow::format_err!("garbage collection failed: {e}"))??;
     Ok(report)
+}
+
+/// Drops the oldest results of the root's own cache until it fits `max_size`.
+async fn shrink_root(root: &Arc<LayoutDir>, max_size: u64) -> anyhow::Result<()> {
+    let root = root.clone();
+    tokio::task::spawn_blocking(move || {
+        root.prune(&cache_local::PruneOptions {
+            keep_tags: vec![LOCAL_TAG.to_owned()],
+            older_than: None,
+            max_size: Some(max_size),
+            dry_run: false,
+            now: std::time::SystemTime::now(),
+        })
+    })
+    .await
+    .map_err(|e| anyhow::format_err!("pruning failed: {e}"))??;
+    Ok(())
 }
 
 /// Saves this build's records into the root, merged with what other builds saved meanwhile.

@@ -416,7 +416,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Parses a size in bytes: a number with an optional unit (`K`, `M`, `G`, `T` are powers of
 /// 1000 with or without `B`; `KiB`, `MiB`, `GiB`, `TiB` powers of 1024).
-fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit() && c != '.')

@@ -209,3 +209,42 @@ fn shebang_heredocs_run_as_files() {
         "the mount point leaves no trace in the image"
     );
 }
+
+/// Bytes of the blobs in a directory.
+fn blob_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir.join("cache/blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn the_root_stays_within_its_budget_and_keeps_the_newest_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Each version adds a 200 kB layer of random bytes, so an unbounded root would grow fast.
+    let dockerfile = format!("{DOCKERFILE}RUN head -c 200000 /dev/urandom > /noise.bin\n");
+    let Some(ctx) = context(tmp.path(), &dockerfile) else {
+        return;
+    };
+    let root = tmp.path().join("root");
+    let meta = tmp.path().join("m.json");
+    build(&root, &ctx, &[], &meta);
+    let one_build = blob_bytes(&root);
+    // A budget just above one build's blobs: every later build must trim older results.
+    let budget = (one_build + 4096).to_string();
+    for i in 0..4 {
+        std::fs::write(ctx.join("app.conf"), format!("version={i}\n")).unwrap();
+        build(&root, &ctx, &["--root-max-size", &budget], &meta);
+        assert!(
+            blob_bytes(&root) <= one_build + 4096 + 2048,
+            "round {i}: the root holds {} bytes, budget {budget}",
+            blob_bytes(&root)
+        );
+    }
+    build(&root, &ctx, &["--root-max-size", &budget], &meta);
+    assert!(
+        steps(&meta).iter().all(|(_, cached)| *cached),
+        "the newest build stays cached: {:?}",
+        steps(&meta)
+    );
+}
