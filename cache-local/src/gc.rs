@@ -870,7 +870,7 @@ struct ResultInfo {
     /// Index in `chains` (legacy form) rather than `layers`.
     chain: bool,
     idx: usize,
-    created: i64,
+    created: i128,
     blobs: Vec<Digest>,
 }
 
@@ -947,7 +947,7 @@ impl<'a> Plan<'a> {
             let newest = cache
                 .as_ref()
                 .and_then(|c| {
-                    let results = c.results.iter().map(|r| r.created);
+                    let results = c.results.iter().map(|r| (r.created / 1_000_000_000) as i64);
                     let layers = c.manifest.layers.iter().filter_map(|l| {
                         let text = l.annotation(annotation::CREATED_AT)?;
                         Some(go_time::parse(text).ok()?.unix_timestamp())
@@ -989,7 +989,7 @@ impl<'a> Plan<'a> {
             }
             if let Some(cache) = &mut state.cache {
                 for (result, removed) in cache.results.iter().zip(cache.removed.iter_mut()) {
-                    if result.created < cutoff {
+                    if result.created < i128::from(cutoff) * 1_000_000_000 {
                         *removed = true;
                     }
                 }
@@ -1021,7 +1021,7 @@ impl<'a> Plan<'a> {
         }
         while self.live_bytes() > max_size {
             // The oldest result left in any remaining cache.
-            let mut oldest: Option<(i64, usize, usize)> = None;
+            let mut oldest: Option<(i128, usize, usize)> = None;
             for (tag_idx, state) in self.tags.iter().enumerate() {
                 if state.dropped.is_some() {
                     continue;
@@ -1189,7 +1189,7 @@ fn read_cache(layout: &LayoutDir, desc: &Descriptor) -> Result<Option<CacheTag>>
                 record: record_idx,
                 chain: false,
                 idx,
-                created: result.created_at.unix_timestamp(),
+                created: result.created_at.unix_timestamp_nanos(),
                 blobs,
             });
         }
@@ -1203,7 +1203,7 @@ fn read_cache(layout: &LayoutDir, desc: &Descriptor) -> Result<Option<CacheTag>>
                 record: record_idx,
                 chain: true,
                 idx,
-                created: chain.created_at.unix_timestamp(),
+                created: chain.created_at.unix_timestamp_nanos(),
                 blobs,
             });
         }

@@ -904,11 +904,51 @@ impl Engine<'_> {
         }
         let query: Vec<(&str, &[RecordIdx])> = inputs.iter().map(|r| ("", r.as_slice())).collect();
         let found = self.graph.find(&digest, &query);
-        let hit = if self.request.no_cache {
+        let mut hit = if self.request.no_cache {
             None
         } else {
             self.best_hit(&found).await
         };
+        let mut found = found;
+        let mut also_records = Vec::new();
+        // COPY --from a stage or image that changed: BuildKit's content ("slow") key. If the
+        // files it copies are the same as in a cached result, that result is a hit.
+        if hit.is_none()
+            && found.is_empty()
+            && !self.request.no_cache
+            && let (Op::Copy(copy), Extra::Stage(_) | Extra::Image(_)) = (&step.op, &extra)
+        {
+            let source = match extra {
+                Extra::Stage(j) => Target::Stage(j),
+                Extra::Image(i) => Target::Image(i),
+                _ => unreachable!("matched above"),
+            };
+            let src_root = self.ensure_fs(source).await?;
+            let selection = self.copy_selection(&src_root, copy, &name, step.line)?;
+            let content = self.root_record(keys::content_root(&selection.checksum));
+            inputs[1].push(content);
+            let by_content = self
+                .graph
+                .find(&digest, &[("", &inputs[0]), ("", &[content])]);
+            if let Some((record, chain, source)) = self.best_hit(&by_content).await {
+                // Reachable by definition next time, too.
+                let linked = self.graph.add_record(
+                    digest.clone(),
+                    inputs
+                        .iter()
+                        .map(|recs| recs.iter().copied().map(link).collect())
+                        .collect(),
+                );
+                if linked != record {
+                    self.add_result(linked, &chain);
+                    also_records.push(linked);
+                }
+                // Children of the matched record are what later steps find.
+                hit = Some((record, chain, source));
+            } else {
+                found = Vec::new();
+            }
+        }
         let mut slot = Slot {
             name: name.clone(),
             line: step.line,
@@ -938,6 +978,7 @@ impl Engine<'_> {
             });
             let fs = &mut self.stages[si].fs;
             fs.records = vec![record];
+            fs.records.extend(also_records);
             fs.chain = chain;
             fs.pending.clear();
             if let Some(dir) = fs.rootfs.take() {

@@ -248,3 +248,61 @@ fn the_root_stays_within_its_budget_and_keeps_the_newest_results() {
         steps(&meta)
     );
 }
+
+#[test]
+fn copy_from_a_rebuilt_stage_with_identical_output_is_cached_by_content() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dockerfile = r#"FROM scratch AS base
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+
+FROM base AS builder
+COPY app.conf /in.txt
+RUN head -1 /in.txt > /out.txt
+
+FROM base
+COPY --from=builder /out.txt /out.txt
+RUN cat /out.txt > /final.txt
+"#;
+    let Some(ctx) = context(tmp.path(), dockerfile) else {
+        return;
+    };
+    std::fs::write(ctx.join("app.conf"), "kept\nv1\n").unwrap();
+    let cache = tmp.path().join("cache");
+    let to = format!("type=local,dest={},mode=max", cache.display());
+    build(
+        &tmp.path().join("root-a"),
+        &ctx,
+        &["--cache-to", &to],
+        &tmp.path().join("a.json"),
+    );
+    // Only the second line changes: the builder runs again, its output does not change.
+    std::fs::write(ctx.join("app.conf"), "kept\nv2\n").unwrap();
+    let from = format!("type=local,src={}", cache.display());
+    build(
+        &tmp.path().join("root-b"),
+        &ctx,
+        &["--cache-from", &from],
+        &tmp.path().join("b.json"),
+    );
+    let steps = steps(&tmp.path().join("b.json"));
+    let cached = |prefix: &str| {
+        steps
+            .iter()
+            .find(|(n, _)| n.contains(prefix))
+            .map(|(_, c)| *c)
+    };
+    assert_eq!(cached("RUN head -1"), Some(false), "{steps:?}");
+    assert_eq!(cached("COPY --from=builder"), Some(true), "{steps:?}");
+    assert_eq!(cached("RUN cat /out.txt"), Some(true), "{steps:?}");
+    let digest = |file: &str| -> String {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(tmp.path().join(file)).unwrap()).unwrap();
+        v["containerimage.digest"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(
+        digest("a.json"),
+        digest("b.json"),
+        "the same files give the same image"
+    );
+}
