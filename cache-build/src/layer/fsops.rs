@@ -112,7 +112,9 @@ impl Root {
                     }
                     cur = self.resolve(&prefix).map_err(|err| {
                         let err = if err == Errno::NOENT {
-                            std::io::Error::other("it is a dangling symbolic link")
+                            std::io::Error::other(
+                                "it is a symbolic link that leads nowhere inside the root (links pointing outside the root are never followed)",
+                            )
                         } else {
                             err.into()
                         };
