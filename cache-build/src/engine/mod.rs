@@ -249,7 +249,6 @@ enum SlotState {
 #[derive(Debug)]
 struct Slot {
     name: String,
-    line: usize,
     digest: Digest,
     extra: Extra,
     records: Vec<RecordIdx>,
@@ -893,7 +892,7 @@ impl Engine<'_> {
     ) -> Result<(), Error> {
         let name = format!("{} {}", stage.progress_prefix(step.number), step.display);
         let started = Instant::now();
-        let (cache_map, extra) = self.step_key(si, step, &name).await?;
+        let (cache_map, extra) = self.step_key(step, &name).await?;
         let digest = keys::record_digest(&cache_map, 0);
         let mut inputs: Vec<Vec<RecordIdx>> = vec![self.stages[si].fs.records.clone()];
         match &extra {
@@ -909,7 +908,6 @@ impl Engine<'_> {
         } else {
             self.best_hit(&found).await
         };
-        let mut found = found;
         let mut also_records = Vec::new();
         // COPY --from a stage or image that changed: BuildKit's content ("slow") key. If the
         // files it copies are the same as in a cached result, that result is a hit.
@@ -945,13 +943,10 @@ impl Engine<'_> {
                 }
                 // Children of the matched record are what later steps find.
                 hit = Some((record, chain, source));
-            } else {
-                found = Vec::new();
             }
         }
         let mut slot = Slot {
             name: name.clone(),
-            line: step.line,
             digest,
             extra,
             records: found.clone(),
@@ -1011,12 +1006,7 @@ impl Engine<'_> {
     }
 
     /// The cache-map digest and extra input of a step.
-    async fn step_key(
-        &mut self,
-        si: usize,
-        step: &Step,
-        name: &str,
-    ) -> Result<(Digest, Extra), Error> {
+    async fn step_key(&mut self, step: &Step, name: &str) -> Result<(Digest, Extra), Error> {
         #[derive(Serialize)]
         struct RunKey<'a> {
             run: Vec<String>,
@@ -1042,7 +1032,6 @@ impl Engine<'_> {
             mkdir: &'a str,
             user: &'a Option<String>,
         }
-        let _ = si;
         match &step.op {
             Op::Run { command, heredocs } => {
                 let key = RunKey {
@@ -1206,7 +1195,8 @@ impl Engine<'_> {
                         .into_iter()
                         .cloned()
                         .collect(),
-                    None => self.chain_after(target, pos),
+                    // A step that ran on an empty base and changed nothing has no result.
+                    None => self.fs_mut(target).chain.clone(),
                 };
                 let fs = self.fs_mut(target);
                 fs.chain = chain;
@@ -1232,12 +1222,6 @@ impl Engine<'_> {
             }
             Ok(dir)
         })
-    }
-
-    /// The chain of `target` after running its pending entries up to `pos`; only used when a
-    /// step that ran produced no result (an empty chain on scratch).
-    fn chain_after(&mut self, target: Target, _pos: usize) -> Vec<Descriptor> {
-        self.fs_mut(target).chain.clone()
     }
 
     fn current_vertex(&mut self, target: Target) -> String {
@@ -1325,9 +1309,9 @@ impl Engine<'_> {
         let (si, k) = key;
         let step = self.plan.stages[si].steps[k].clone();
         let vertex = format!("step:{si}:{k}");
-        let (name, line, extra) = {
+        let (name, extra) = {
             let slot = &self.slots[&key];
-            (slot.name.clone(), slot.line, slot.extra.clone())
+            (slot.name.clone(), slot.extra.clone())
         };
         let started = Instant::now();
         self.progress().event(Event::Start {
@@ -1363,7 +1347,6 @@ impl Engine<'_> {
             cache_source: None,
             duration_ms: duration.as_millis() as u64,
         });
-        let _ = line;
         Ok(())
     }
 
@@ -1710,7 +1693,7 @@ pub async fn local_cache_graph(graph: &CacheGraph, root: &dyn BlobStore) -> Cach
     let all: Vec<RecordIdx> = (0..graph.records().len()).collect();
     // Records come out of `select` dependencies-first; re-add them with results filtered.
     let selected = graph.select(&all, cache_core::Mode::Max);
-    for (idx, record) in selected.records().iter().enumerate() {
+    for record in selected.records() {
         let inputs = record
             .inputs
             .iter()
@@ -1752,7 +1735,6 @@ pub async fn local_cache_graph(graph: &CacheGraph, root: &dyn BlobStore) -> Cach
                 );
             }
         }
-        let _ = idx;
     }
     keep
 }
