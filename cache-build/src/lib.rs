@@ -22,7 +22,8 @@
 #![deny(missing_docs)]
 
 pub mod context;
-pub mod dockerfile;
+/// The Dockerfile front end, re-exported from [`cache_dockerfile`].
+pub use cache_dockerfile as dockerfile;
 pub mod engine;
 pub mod image;
 pub mod layer;

@@ -340,8 +340,9 @@ fn internal_dep_rule(name: &str) -> String {
 /// Which workspace crates a crate may depend on; `None` means any (apart from the never-deps).
 fn allowed_workspace_deps(name: &str) -> Option<&'static [&'static str]> {
     match name {
-        "cache-core" | "xtask" => Some(&[]),
-        "cache-local" | "cache-registry" | "cache-build" => Some(&["cache-core"]),
+        "cache-core" | "cache-dockerfile" | "xtask" => Some(&[]),
+        "cache-local" | "cache-registry" => Some(&["cache-core"]),
+        "cache-build" => Some(&["cache-core", "cache-dockerfile"]),
         _ => None,
     }
 }
@@ -402,6 +403,7 @@ mod tests {
             "cache-core",
             "cache-local",
             "cache-registry",
+            "cache-dockerfile",
             "cache-build",
             "cache-cli",
             "cache-bench",

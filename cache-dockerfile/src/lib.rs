@@ -1,4 +1,5 @@
-//! Dockerfile front end: parsing, variable expansion, `.dockerignore` and build planning.
+//! The Dockerfile front end of buildcache: parsing, variable expansion, `.dockerignore` and build
+//! planning, with no I/O: reusable by any tool that reads Dockerfiles.
 //!
 //! [`parse`] reads the syntax (keeping 1-based line numbers), [`plan`] resolves it for one target
 //! the way BuildKit's Dockerfile frontend does (stages the target does not need are dropped,
@@ -6,7 +7,7 @@
 //! `.dockerignore` rules to context paths.
 //!
 //! ```
-//! use cache_build::dockerfile::{Base, Op, PlanOptions, parse, plan};
+//! use cache_dockerfile::{Base, Op, PlanOptions, parse, plan};
 //!
 //! let df = parse("FROM busybox AS build\nRUN echo hi > /out\nFROM scratch\nCOPY --from=build /out /\n")?;
 //! let plan = plan(&df, &PlanOptions::default())?;
@@ -15,7 +16,7 @@
 //! assert_eq!(target.base, Base::Scratch);
 //! assert!(matches!(target.steps[0].op, Op::Copy(_)));
 //! assert_eq!(format!("{} {}", target.progress_prefix(1), target.steps[0].display), "[stage-1 1/1] COPY --from=build /out /");
-//! # Ok::<(), cache_build::dockerfile::Error>(())
+//! # Ok::<(), cache_dockerfile::Error>(())
 //! ```
 //!
 //! Anything buildcache cannot build faithfully (`RUN --mount`, `ONBUILD`, `ADD <url>`, other
