@@ -411,7 +411,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
             ));
         }
     };
-    Ok(Duration::from_secs_f64(number * seconds))
+    Duration::try_from_secs_f64(number * seconds).map_err(|_| {
+        format!("duration {text:?} is out of range: use at most a few thousand years, e.g. 3650d")
+    })
 }
 
 /// Parses a size in bytes: a number with an optional unit (`K`, `M`, `G`, `T` are powers of
@@ -999,6 +1001,8 @@ mod tests {
                 .contains("invalid duration")
         );
         assert!(parse_duration("3y").is_err());
+        let huge = parse_duration("99999999999999999999d").unwrap_err();
+        assert!(huge.contains("out of range"), "{huge}");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Word expansion as BuildKit's shell lexer does it (`frontend/dockerfile/shell/lex.go`).
 
+use std::sync::LazyLock;
+
 use regex::Regex;
 
 /// Looks up a variable by name; `None` means unset.
@@ -314,6 +316,10 @@ impl ShellWord<'_> {
                     }
                 }
                 let raw = ch == '#' || ch == '%';
+                // BuildKit has no `${V:#p}` or `${V:%p}`: the colon only modifies -, + and ?.
+                if null_is_unset && raw {
+                    return Err(format!("unsupported modifier ({modifier}) in substitution"));
+                }
                 let (word, _) = match self.process_stop_on(Some('}'), raw) {
                     Ok(res) => res,
                     Err(err) => {
@@ -403,11 +409,13 @@ impl ShellWord<'_> {
                 };
                 let re = shell_pattern_to_regex(&pattern, true, false)
                     .map_err(|err| format!("invalid pattern ({pattern}) in substitution: {err}"))?;
-                let replacement = regex::NoExpand(&replacement);
+                // As in BuildKit: `//` expands `$0`, `$name`, `${name}` and `$$` in the replacement
+                // (Go's regexp template, which the regex crate's syntax matches), `/` does not.
                 Ok(if replace_all {
-                    re.replace_all(&value, replacement).into_owned()
+                    re.replace_all(&value, replacement.as_str()).into_owned()
                 } else {
-                    re.replace(&value, replacement).into_owned()
+                    re.replace(&value, regex::NoExpand(&replacement))
+                        .into_owned()
                 })
             }
             _ => Err(format!("unsupported modifier ({modifier}) in substitution")),
@@ -417,8 +425,8 @@ impl ShellWord<'_> {
     fn process_name(&mut self) -> String {
         let mut name = String::new();
         while let Some(ch) = self.peek() {
-            if name.is_empty() && ch.is_ascii_digit() {
-                while let Some(d) = self.peek().filter(char::is_ascii_digit) {
+            if name.is_empty() && is_decimal_digit(ch) {
+                while let Some(d) = self.peek().filter(|&c| is_decimal_digit(c)) {
                     self.next();
                     name.push(d);
                 }
@@ -428,7 +436,7 @@ impl ShellWord<'_> {
                 self.next();
                 return ch.to_string();
             }
-            if !ch.is_alphanumeric() && ch != '_' {
+            if !is_letter(ch) && !is_decimal_digit(ch) && ch != '_' {
                 break;
             }
             self.next();
@@ -436,6 +444,18 @@ impl ShellWord<'_> {
         }
         name
     }
+}
+
+/// Unicode general category Nd (Go's `unicode.IsDigit`): `²` is not one, `٣` is.
+fn is_decimal_digit(ch: char) -> bool {
+    static ND: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^\p{Nd}$").expect("valid regex"));
+    ch.is_ascii_digit() || (!ch.is_ascii() && ND.is_match(ch.encode_utf8(&mut [0; 4])))
+}
+
+/// Unicode general category L (Go's `unicode.IsLetter`), narrower than Rust's `is_alphabetic`.
+fn is_letter(ch: char) -> bool {
+    static L: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^\p{L}$").expect("valid regex"));
+    ch.is_ascii_alphabetic() || (!ch.is_ascii() && L.is_match(ch.encode_utf8(&mut [0; 4])))
 }
 
 /// Converts a `${var%pattern}`-style pattern to a regex (no bracket expressions).
@@ -570,6 +590,28 @@ mod tests {
         check("$", Ok("$"));
         check("a$ b", Ok("a$ b"));
         check("$1", Ok(""));
+    }
+
+    #[test]
+    fn matches_buildkit_where_shells_differ() {
+        // Found by running BuildKit's own envVarTest data: the colon only modifies -, + and ?.
+        for modifier in [":#", ":##", ":%", ":%%"] {
+            let message = format!("unsupported modifier ({}) in substitution", &modifier[..2]);
+            check(&format!("${{FILE{modifier}*.}}"), Err(message.as_str()));
+        }
+        // `//` expands regexp template references in the replacement (`$0` is the match, an
+        // unknown group is empty); `/` keeps the replacement literal.
+        check(r"${PATHV//usr/<\$0>}", Ok(r"/<\usr>/local/bin:/<\usr>/bin"));
+        check(r"${PATHV//usr/<\$1>}", Ok(r"/<\>/local/bin:/<\>/bin"));
+        check(r"${PATHV/usr/<\$0>}", Ok(r"/<\$0>/local/bin:/usr/bin"));
+        // Names are Unicode letters and decimal digits only, as Go's unicode.IsLetter/IsDigit:
+        // `²` (category No) ends the name, `é` and `٣` (Nd) do not.
+        let vars = BTreeMap::from([("é٣", "x")]);
+        let lookup = |name: &str| vars.get(name).map(|v| v.to_string());
+        let word = |input: &str| Lex::new('\\').process(input, &lookup).unwrap().0;
+        assert_eq!(word("$é٣"), "x");
+        assert_eq!(word("$é٣²"), "x²");
+        assert_eq!(word("$²x"), "$²x");
     }
 
     #[test]

@@ -188,7 +188,7 @@ fn forms_are_detected_by_shape_without_media_type() {
 }
 
 #[test]
-fn select_min_keeps_only_the_final_chain() {
+fn select_min_equals_max_when_every_result_is_in_the_final_chain() {
     let graph = example_graph();
     let target = graph.find(
         &d("sha256:be2e8a41d1df0da6b6e7e5ba37b7baaf72f15599c7858253b6b2939a0c87f001"),
@@ -200,4 +200,69 @@ fn select_min_keeps_only_the_final_chain() {
     // In one stage, the RUN result is part of the final chain: min and max agree (spec §5).
     assert_eq!(max.to_config().0, min.to_config().0);
     assert_eq!(max.records().len(), 4);
+}
+
+#[test]
+fn select_min_keeps_only_the_final_chain() {
+    // Two stages: a builder (base + RUN) and a final stage on scratch that copies from it.
+    // The builder's RUN result is not part of the final image's chain, so `min` drops it.
+    let base = layer(
+        "sha256:723ec5fe25c61eb07df4c6b9ed2a68cf8aeae5e2a051362538275ee49547fccf",
+        3623807,
+        "2024-06-20T17:50:51Z",
+        "sha256:aef4f49169a2b617a0946c6e8fb8e259a15f8849b6ea376c1a7b3b6aa1fd5a95",
+    );
+    let built = layer(
+        "sha256:36d8c6eeaa90b778f04b4fa65c14fac72aca2c7dc283951f3c08f3ac51f89be4",
+        1821,
+        "2025-03-01T10:20:30Z",
+        "sha256:022aad9bc27e01dd4aa512fb17b4c8357d08e473ee93d41933b5bc90f3993ce7",
+    );
+    let copied = layer(
+        "sha256:8563dd6f3aad4f2ba7de72c14ab168832a4e40879f256f0219d45e4c1d8b157f",
+        142,
+        "2025-03-01T10:20:41Z",
+        "sha256:2212dc4d4617565e9110a362758c63f5c46f808f541d1d41c9877f43b64cbefc",
+    );
+    let link = |record| Link {
+        selector: String::new(),
+        record,
+    };
+    let mut graph = CacheGraph::new();
+    let image = graph.add_record(digest::sha256(b"image@0"), vec![]);
+    let scratch = graph.add_record(digest::sha256(b"scratch@0"), vec![]);
+    let run = graph.add_record(digest::sha256(b"run@0"), vec![vec![link(image)]]);
+    let copy = graph.add_record(
+        digest::sha256(b"copy@0"),
+        vec![vec![link(scratch)], vec![link(run)]],
+    );
+    let run_top = graph.add_chain([base, built]).unwrap();
+    let copy_top = graph.add_chain([copied.clone()]).unwrap();
+    let at = go_time::parse("2025-03-01T10:20:41Z").unwrap();
+    for (record, layer) in [(run, run_top), (copy, copy_top)] {
+        graph.add_result(
+            record,
+            CacheResult {
+                layer,
+                created_at: at,
+                source: 0,
+            },
+        );
+    }
+
+    let max = graph.select(&[copy], cache_core::Mode::Max);
+    let min = graph.select(&[copy], cache_core::Mode::Min);
+    // Both keep every record the target reaches, so a later build can still walk to it.
+    assert_eq!(max.records().len(), 4);
+    assert_eq!(min.records().len(), 4);
+    let (max_config, max_blobs) = max.to_config();
+    let (min_config, min_blobs) = min.to_config();
+    assert_ne!(max_config, min_config);
+    // max: the builder's chain (2 blobs) and the final one; min: only the final chain.
+    assert_eq!(max_blobs.len(), 3);
+    assert_eq!(min_blobs, vec![copied]);
+    let with_results =
+        |g: &CacheGraph| g.records().iter().filter(|r| !r.results.is_empty()).count();
+    assert_eq!(with_results(&max), 2);
+    assert_eq!(with_results(&min), 1);
 }
