@@ -16,7 +16,8 @@
 //!   unless a later step that misses needs that filesystem.
 //!
 //! # Limitations
-//! - linux/amd64 only; `RUN --mount`, `ONBUILD` and `ADD <url>` are refused with the line named.
+//! - linux/amd64 only; `ONBUILD` and `ADD <url>` are refused with the line named, and so, until the
+//!   executor runs them, are `RUN --mount`, `--network` and `--security`.
 //! - Cache keys are our own: they follow BuildKit's record-digest form, but a BuildKit cache gives
 //!   no hits to this builder (and the other way round), though each reads the other's caches.
 #![deny(missing_docs)]

@@ -19,19 +19,26 @@
 //! # Ok::<(), cache_dockerfile::Error>(())
 //! ```
 //!
-//! Anything buildcache cannot build faithfully (`RUN --mount`, `ONBUILD`, `ADD <url>`, other
+//! `RUN --mount`, `--network` and `--security` become typed data ([`Mount`], [`Network`],
+//! [`Security`]) in [`Op::Run`], with BuildKit's defaults and checks.
+//!
+//! Anything buildcache cannot build faithfully (`ONBUILD`, `ADD <url>`, `RUN --device`, other
 //! platforms than `linux/amd64`, ...) is an error naming the Dockerfile line, never ignored.
 
 mod config;
 mod error;
 mod ignore;
 mod lex;
+mod mount;
 mod parse;
 mod plan;
 
 pub use config::{Healthcheck, ImageConfig};
 pub use error::Error;
 pub use ignore::IgnoreMatcher;
+pub use mount::{
+    BindMount, CacheMount, Mount, Network, SecretMount, Security, Sharing, SshMount, TmpfsMount,
+};
 pub use parse::{
     ArgDecl, ArgInstruction, CommandLine, Directive, Dockerfile, Flag, HealthcheckSpec, Heredoc,
     Instruction, InstructionKind, RunCommand, Stage, parse,

@@ -2,7 +2,7 @@
 //!
 //! A port of BuildKit's `frontend/dockerfile/parser` and `instructions` packages, restricted to
 //! syntax: nothing is expanded here, and instructions or flags that are valid Dockerfile syntax but
-//! that buildcache cannot build (`RUN --mount`, `ONBUILD`, ...) parse fine and are rejected by
+//! that buildcache cannot build (`ONBUILD`, `RUN --device`, ...) parse fine and are rejected by
 //! [`plan`](super::plan) only when a needed stage uses them.
 
 use std::sync::LazyLock;

@@ -11,6 +11,7 @@ use super::Error;
 use super::config::{Healthcheck, ImageConfig};
 use super::ignore::clean_path;
 use super::lex::Lex;
+use super::mount::{self, Mount, Network, Security};
 use super::parse::{
     ArgDecl, CommandLine, Dockerfile, HealthcheckSpec, Heredoc, Instruction, InstructionKind,
     RunCommand, chomp_heredoc, parse_heredoc,
@@ -59,12 +60,26 @@ impl Plan {
                 refs.insert(r.clone());
             }
             for step in &stage.steps {
-                if let Op::Copy(CopyOp {
-                    from: CopyFrom::Image(r) | CopyFrom::NamedContext(r),
-                    ..
-                }) = &step.op
-                {
-                    refs.insert(r.clone());
+                match &step.op {
+                    Op::Copy(CopyOp {
+                        from: CopyFrom::Image(r) | CopyFrom::NamedContext(r),
+                        ..
+                    }) => {
+                        refs.insert(r.clone());
+                    }
+                    Op::Run { mounts, .. } => {
+                        for m in mounts {
+                            let from = match m {
+                                Mount::Bind(b) => Some(&b.from),
+                                Mount::Cache(c) => c.from.as_ref(),
+                                _ => None,
+                            };
+                            if let Some(CopyFrom::Image(r) | CopyFrom::NamedContext(r)) = from {
+                                refs.insert(r.clone());
+                            }
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
@@ -182,6 +197,12 @@ pub enum Op {
         command: RunCommand,
         /// The heredocs of the instruction, tabs stripped for `<<-`, not expanded (the shell does it).
         heredocs: Vec<Heredoc>,
+        /// `--mount`s in Dockerfile order, expanded, with BuildKit's defaults.
+        mounts: Vec<Mount>,
+        /// `--network`.
+        network: Network,
+        /// `--security`.
+        security: Security,
     },
     /// COPY or ADD.
     Copy(CopyOp),
@@ -225,7 +246,7 @@ pub enum CopySource {
     },
 }
 
-/// Where a COPY reads from.
+/// Where a COPY, a bind mount or a cache mount's seed reads from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CopyFrom {
     /// The build context (filtered by `.dockerignore`).
@@ -380,6 +401,8 @@ struct Resolved {
     platform: Option<String>,
     /// `--from` of each COPY, keyed by instruction index.
     copy_from: BTreeMap<usize, RawFrom>,
+    /// `from=` of each `RUN --mount` (`None` when absent), keyed by instruction index.
+    mount_from: BTreeMap<usize, Vec<Option<RawFrom>>>,
     /// A named context has the stage's name: like BuildKit, it replaces the whole stage.
     replaced: bool,
 }
@@ -566,7 +589,20 @@ impl<'a> Planner<'a> {
             };
 
             let mut copy_from = BTreeMap::new();
+            let mut mount_from = BTreeMap::new();
             for (idx, ins) in stage.instructions.iter().enumerate() {
+                if let InstructionKind::Run(_) = ins.kind {
+                    let froms = resolve_mount_froms(ins, i, stages, opts)?;
+                    // Like BuildKit, every mount not from a stage adds a source state.
+                    n_states += froms
+                        .iter()
+                        .filter(|f| !matches!(f, Some(RawFrom::Stage(_))))
+                        .count();
+                    if !froms.is_empty() {
+                        mount_from.insert(idx, froms);
+                    }
+                    continue;
+                }
                 let InstructionKind::Copy(_) = ins.kind else {
                     continue;
                 };
@@ -592,11 +628,7 @@ impl<'a> Planner<'a> {
                             ),
                         ));
                     }
-                    Err(_) => stages.iter().rposition(|s| {
-                        s.name
-                            .as_deref()
-                            .is_some_and(|n| n.eq_ignore_ascii_case(&from))
-                    }),
+                    Err(_) => stage_named(stages, &from),
                 };
                 let raw = match found {
                     Some(j) if j >= i => {
@@ -624,15 +656,20 @@ impl<'a> Planner<'a> {
                 .name
                 .as_ref()
                 .is_some_and(|n| opts.named_contexts.contains(n));
-            let (base, copy_from) = match (&stage.name, replaced) {
-                (Some(n), true) => (RawBase::Context(n.clone()), BTreeMap::new()),
-                _ => (base, copy_from),
+            let (base, copy_from, mount_from) = match (&stage.name, replaced) {
+                (Some(n), true) => (
+                    RawBase::Context(n.clone()),
+                    BTreeMap::new(),
+                    BTreeMap::new(),
+                ),
+                _ => (base, copy_from, mount_from),
             };
             resolved.push(Resolved {
                 base,
                 base_expanded,
                 platform,
                 copy_from,
+                mount_from,
                 replaced,
             });
         }
@@ -661,6 +698,11 @@ impl<'a> Planner<'a> {
                 stack.push(j);
             }
             for from in self.resolved[i].copy_from.values() {
+                if let RawFrom::Stage(j) = from {
+                    stack.push(*j);
+                }
+            }
+            for from in self.resolved[i].mount_from.values().flatten().flatten() {
                 if let RawFrom::Stage(j) = from {
                     stack.push(*j);
                 }
@@ -769,18 +811,33 @@ impl<'a> Planner<'a> {
             history: Vec::new(),
             cmd_index: usize::from(from_counts),
             cmd_set: false,
+            mount_from: Vec::new(),
+        };
+        let to_copy_from = |raw: &RawFrom, ins: &Instruction, flag: &str| match raw {
+            RawFrom::Stage(j) => Ok(CopyFrom::Stage(plan_index[j])),
+            RawFrom::Context(c) => Ok(CopyFrom::NamedContext(c.clone())),
+            RawFrom::Image(r) => {
+                normalize_image_ref(r).map_err(|e| {
+                    Error::at(ins.line, format!("{flag}{r} is neither a stage, a named context nor a valid image reference: {e}"))
+                })?;
+                Ok(CopyFrom::Image(r.clone()))
+            }
         };
         for (idx, ins) in instructions.iter().enumerate() {
             let from = match resolved.copy_from.get(&idx) {
                 None => CopyFrom::Context,
-                Some(RawFrom::Stage(j)) => CopyFrom::Stage(plan_index[j]),
-                Some(RawFrom::Context(c)) => CopyFrom::NamedContext(c.clone()),
-                Some(RawFrom::Image(r)) => {
-                    normalize_image_ref(r).map_err(|e| {
-                        Error::at(ins.line, format!("--from={r} is neither a stage, a named context nor a valid image reference: {e}"))
-                    })?;
-                    CopyFrom::Image(r.clone())
-                }
+                Some(raw) => to_copy_from(raw, ins, "--from=")?,
+            };
+            d.mount_from = match resolved.mount_from.get(&idx) {
+                None => Vec::new(),
+                Some(froms) => froms
+                    .iter()
+                    .map(|f| {
+                        f.as_ref()
+                            .map(|raw| to_copy_from(raw, ins, "--mount from="))
+                            .transpose()
+                    })
+                    .collect::<Result<_, _>>()?,
             };
             d.dispatch(ins, from).map_err(|e| e.or_line(ins.line))?;
         }
@@ -816,6 +873,49 @@ impl<'a> Planner<'a> {
             build_args: Vec::new(),
         }
     }
+}
+
+/// The last stage named `name` (case-insensitive): like BuildKit's name map, a later stage with
+/// the same name shadows an earlier one.
+fn stage_named(stages: &[super::Stage], name: &str) -> Option<usize> {
+    stages.iter().rposition(|s| {
+        s.name
+            .as_deref()
+            .is_some_and(|n| n.eq_ignore_ascii_case(name))
+    })
+}
+
+/// Resolves the `from=` of each `--mount` of RUN `ins` in Dockerfile stage `current`, like
+/// BuildKit's `detectRunMount`: a stage name (not an index), else a named context, else an image.
+fn resolve_mount_froms(
+    ins: &Instruction,
+    current: usize,
+    stages: &[super::Stage],
+    opts: &PlanOptions,
+) -> Result<Vec<Option<RawFrom>>, Error> {
+    ins.flag_values("mount")
+        .map(|value| {
+            let raw = mount::parse_mount(value, None)
+                .map_err(|e| Error::at(ins.line, format!("--mount={value}: {e}")))?;
+            if raw.from.is_empty() {
+                return Ok(None);
+            }
+            let from = raw.from;
+            Ok(Some(match stage_named(stages, &from) {
+                Some(j) if j >= current => {
+                    return Err(Error::at(
+                        ins.line,
+                        format!(
+                            "--mount={value}: cannot mount from stage {from:?}, stage needs to be defined before current command"
+                        ),
+                    ));
+                }
+                Some(j) => RawFrom::Stage(j),
+                None if opts.named_contexts.contains(&from) => RawFrom::Context(from),
+                None => RawFrom::Image(from),
+            }))
+        })
+        .collect()
 }
 
 fn is_builtin_arg(name: &str) -> bool {
@@ -1074,6 +1174,8 @@ struct StageDispatch<'p> {
     history: Vec<HistoryEntry>,
     cmd_index: usize,
     cmd_set: bool,
+    /// The resolved `from=` of each `--mount` of the instruction being dispatched.
+    mount_from: Vec<Option<CopyFrom>>,
 }
 
 impl StageDispatch<'_> {
@@ -1090,12 +1192,15 @@ impl StageDispatch<'_> {
     }
 
     fn display(&self, original: &str, raw_quotes: bool) -> String {
+        self.display_with(original, raw_quotes, self.state)
+    }
+
+    fn display_with(&self, original: &str, raw_quotes: bool, state: &State) -> String {
         let lex = Lex {
             raw_quotes,
             skip_unset_env: raw_quotes,
             ..self.lex()
         };
-        let state = &*self.state;
         uppercase_cmd(
             &lex.process_word(original, &|n| state.get(n))
                 .unwrap_or_else(|_| original.to_string()),
@@ -1398,14 +1503,56 @@ impl StageDispatch<'_> {
         })
     }
 
-    fn dispatch_run(&mut self, ins: &Instruction, cmd: &CommandLine) -> Result<(), Error> {
-        if let Some(flag) = ins.flags.first() {
+    /// The typed `--mount`s, `--network` and `--security` of a RUN, expanded with the stage's env.
+    fn run_options(&self, ins: &Instruction) -> Result<(Vec<Mount>, Network, Security), Error> {
+        if ins.flag("device").is_some() {
             return Err(Self::unsupported(
                 ins,
-                &format!("RUN --{}", flag.name),
-                "buildcache runs steps without mounts, network or security options; remove the flag (for caches, copy the files into the image instead)",
+                "RUN --device",
+                "buildcache has no CDI devices; remove the flag",
             ));
         }
+        let workdir = self
+            .state
+            .config
+            .workdir
+            .clone()
+            .unwrap_or_else(|| "/".into());
+        let namespace = self
+            .opts
+            .build_args
+            .get("BUILDKIT_CACHE_MOUNT_NS")
+            .cloned()
+            .unwrap_or_default();
+        let expand = |word: &str| self.expand(word).map_err(|e| e.message().to_string());
+        let mut mounts = Vec::new();
+        let mut n_ssh = 0;
+        for (n, value) in ins.flag_values("mount").enumerate() {
+            let in_flag = |e: String| Error::at(ins.line, format!("--mount={value}: {e}"));
+            let raw = mount::parse_mount(value, Some(&expand)).map_err(in_flag)?;
+            let from = self.mount_from.get(n).cloned().flatten();
+            let typed = mount::resolve(raw, from, &workdir, &namespace, n_ssh).map_err(in_flag)?;
+            if let Mount::Ssh(_) = typed {
+                n_ssh += 1;
+            }
+            mounts.push(typed);
+        }
+        let network = match ins.flag("network") {
+            None => Network::Default,
+            Some(v) => {
+                Network::parse(v).map_err(|e| Error::at(ins.line, format!("--network={v}: {e}")))?
+            }
+        };
+        let security = match ins.flag("security") {
+            None => Security::Sandbox,
+            Some(v) => Security::parse(v)
+                .map_err(|e| Error::at(ins.line, format!("--security={v}: {e}")))?,
+        };
+        Ok((mounts, network, security))
+    }
+
+    fn dispatch_run(&mut self, ins: &Instruction, cmd: &CommandLine) -> Result<(), Error> {
+        let (mounts, network, security) = self.run_options(ins)?;
         let mut display_source = ins.original.clone();
         let mut heredocs = Vec::new();
         let command = match cmd {
@@ -1447,10 +1594,38 @@ impl StageDispatch<'_> {
                 }
             }
         };
-        let display = self.display(&display_source, true);
+        // Like BuildKit, variables that name a secret's env show as `****` in the progress text.
+        let mut shown = self.state.clone();
+        for m in &mounts {
+            if let Mount::Secret(mount::SecretMount { env: Some(env), .. }) = m {
+                add_env(&mut shown.env, env, "****");
+            }
+        }
+        let display = self.display_with(&display_source, true, &shown);
         let args = self.with_shell(&command);
         let created_by = format!("RUN {} # buildkit", self.run_command_string(&args));
-        let idx = self.push_step(ins, display, Op::Run { command, heredocs });
+        let ssh_sock = mounts.iter().find_map(|m| match m {
+            Mount::Ssh(s) => Some(s.target.clone()),
+            _ => None,
+        });
+        let idx = self.push_step(
+            ins,
+            display,
+            Op::Run {
+                command,
+                heredocs,
+                mounts,
+                network,
+                security,
+            },
+        );
+        // BuildKit's exec op points SSH_AUTH_SOCK at the first agent socket unless it is set.
+        if let Some(sock) = ssh_sock {
+            let env = &mut self.steps[idx].env;
+            if !env.iter().any(|(k, _)| k == "SSH_AUTH_SOCK") {
+                env.push(("SSH_AUTH_SOCK".into(), sock));
+            }
+        }
         self.commit(created_by, Some(idx));
         Ok(())
     }
@@ -1765,8 +1940,7 @@ mod tests {
             "{err}"
         );
         // Unused stages may use unsupported features.
-        let plan =
-            ok("FROM alpine AS x\nRUN --mount=type=cache,target=/c make\nFROM alpine\nRUN ok\n");
+        let plan = ok("FROM alpine AS x\nRUN --device=gpu make\nFROM alpine\nRUN ok\n");
         assert_eq!(plan.stages.len(), 1);
         assert_eq!(plan.stages[0].name, "stage-1");
     }
@@ -2032,7 +2206,10 @@ mod tests {
             s[0].op,
             Op::Run {
                 command: RunCommand::Exec(vec!["echo".into(), "hi".into()]),
-                heredocs: vec![]
+                heredocs: vec![],
+                mounts: vec![],
+                network: Network::Default,
+                security: Security::Sandbox,
             }
         );
         assert_eq!(s[0].shell, ["/bin/sh", "-c"]);
@@ -2040,7 +2217,10 @@ mod tests {
             s[1].op,
             Op::Run {
                 command: RunCommand::Shell("echo $0".into()),
-                heredocs: vec![]
+                heredocs: vec![],
+                mounts: vec![],
+                network: Network::Default,
+                security: Security::Sandbox,
             }
         );
         assert_eq!(s[1].shell, ["/bin/bash", "-c"]);
@@ -2060,13 +2240,19 @@ mod tests {
             "FROM scratch\nRUN <<EOF\necho a\necho b\nEOF\nRUN <<-EOF\n\t#!/usr/bin/env python3\n\tprint(1)\n\tEOF\nRUN python3 - <<'PY' > out\nprint($X)\nPY\nENV X=1\nCOPY <<A <<\"B\" /etc/\nx=$X\nA\ny=$X\nB\n",
         );
         let s = &plan.stages[0].steps;
-        let Op::Run { command, heredocs } = &s[0].op else {
+        let Op::Run {
+            command, heredocs, ..
+        } = &s[0].op
+        else {
             panic!("RUN")
         };
         assert_eq!(command, &RunCommand::Shell("echo a\necho b\n".into()));
         assert_eq!(heredocs[0].mount_path, None);
         assert_eq!(s[0].display, "RUN <<EOF (echo a...)");
-        let Op::Run { command, heredocs } = &s[1].op else {
+        let Op::Run {
+            command, heredocs, ..
+        } = &s[1].op
+        else {
             panic!("RUN")
         };
         assert_eq!(command, &RunCommand::Shell("/dev/pipes/EOF".into()));
@@ -2136,14 +2322,9 @@ mod tests {
     #[test]
     fn unsupported_features_name_the_line() {
         check_error(
-            "FROM scratch\nRUN --mount=type=cache,target=/x make\n",
+            "FROM scratch\nRUN --device=gpu make\n",
             Some(2),
-            "RUN --mount is not supported",
-        );
-        check_error(
-            "FROM scratch\nRUN --network=none make\n",
-            Some(2),
-            "RUN --network",
+            "RUN --device is not supported",
         );
         check_error(
             "FROM scratch\n\nONBUILD RUN x\n",
@@ -2303,6 +2484,137 @@ mod tests {
             p.stages[0].from_display,
             "FROM docker.io/library/later:latest"
         );
+    }
+
+    fn run_of(plan: &Plan, stage: usize, step: usize) -> (Vec<Mount>, Network, Security) {
+        match &plan.stages[stage].steps[step].op {
+            Op::Run {
+                mounts,
+                network,
+                security,
+                ..
+            } => (mounts.clone(), *network, *security),
+            other => panic!("not a RUN: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn run_mounts_are_typed_expanded_and_resolved() {
+        let df = parse(concat!(
+            "FROM alpine AS deps\n",
+            "RUN true\n",
+            "FROM alpine AS unused\n",
+            "FROM alpine\n",
+            "ARG CACHE=/root/.cache\n",
+            "WORKDIR /src\n",
+            "RUN --mount=type=cache,target=$CACHE,sharing=locked,id=c1 \\\n",
+            "    --mount=type=bind,from=deps,source=/out,target=out \\\n",
+            "    --mount=type=bind,from=busybox:1,target=/bb \\\n",
+            "    --mount=type=bind,from=ctx,target=/ctx \\\n",
+            "    --mount=type=secret,id=tok,env=TOKEN \\\n",
+            "    --mount=type=ssh,required \\\n",
+            "    --network=none --security=sandbox echo $TOKEN $CACHE\n",
+        ))
+        .expect("parses");
+        let opts = PlanOptions {
+            named_contexts: BTreeSet::from(["ctx".to_string()]),
+            build_args: BTreeMap::from([("BUILDKIT_CACHE_MOUNT_NS".into(), "ns".into())]),
+            ..PlanOptions::default()
+        };
+        let p = plan(&df, &opts).expect("plans");
+        // The mount from `deps` makes it a needed stage; `unused` is not.
+        assert_eq!(p.stages.len(), 2);
+        let (mounts, network, security) = run_of(&p, 1, 1);
+        assert_eq!((network, security), (Network::None, Security::Sandbox));
+        let Mount::Cache(cache) = &mounts[0] else {
+            panic!("cache")
+        };
+        assert_eq!(
+            (cache.target.as_str(), cache.llb_id(), cache.sharing),
+            ("/root/.cache", "ns/c1".to_string(), crate::Sharing::Locked)
+        );
+        assert_eq!(
+            mounts[1],
+            Mount::Bind(crate::BindMount {
+                target: "/src/out".into(),
+                from: CopyFrom::Stage(0),
+                source: "/out".into(),
+                read_only: true,
+            })
+        );
+        assert!(
+            matches!(&mounts[2], Mount::Bind(b) if b.from == CopyFrom::Image("busybox:1".into()))
+        );
+        assert!(
+            matches!(&mounts[3], Mount::Bind(b) if b.from == CopyFrom::NamedContext("ctx".into()))
+        );
+        assert!(matches!(&mounts[4], Mount::Secret(s) if s.env.as_deref() == Some("TOKEN")));
+        assert!(matches!(&mounts[5], Mount::Ssh(s) if s.required));
+        let step = &p.stages[1].steps[1];
+        assert!(
+            step.env
+                .contains(&("SSH_AUTH_SOCK".into(), "/run/buildkit/ssh_agent.0".into()))
+        );
+        // The secret's env variable is masked in the progress text, like BuildKit's.
+        assert!(
+            step.display.ends_with("echo **** /root/.cache"),
+            "{}",
+            step.display
+        );
+        let refs = p.external_refs();
+        assert!(refs.contains("busybox:1") && refs.contains("ctx"));
+    }
+
+    #[test]
+    fn run_mounts_name_stages_like_buildkit() {
+        // Any mount not from a stage adds a source state, so even one stage gets its name.
+        let p = ok("FROM busybox\nRUN --mount=type=cache,target=/c true\n");
+        assert_eq!(p.stages[0].progress_prefix(2), "[stage-0 2/2]");
+        // A mount's from is a stage name, never an index.
+        let p = ok("FROM busybox AS a\nFROM busybox\nRUN --mount=from=0,target=/x true\n");
+        assert_eq!(p.stages.len(), 1);
+        let (mounts, ..) = run_of(&p, 0, 0);
+        assert!(matches!(&mounts[0], Mount::Bind(b) if b.from == CopyFrom::Image("0".into())));
+    }
+
+    #[test]
+    fn bad_run_flags_name_line_and_flag() {
+        for (text, contains) in [
+            (
+                "FROM scratch\nRUN --mount=type=volume,target=/x make\n",
+                "--mount=type=volume,target=/x: unsupported mount type \"volume\"",
+            ),
+            (
+                "FROM scratch\nRUN --mount=type=cache,target=/x,foo=1 make\n",
+                "--mount=type=cache,target=/x,foo=1: unexpected key 'foo'",
+            ),
+            (
+                "FROM scratch\nRUN --mount=type=bind,target=/x,from=later make\nFROM scratch AS later\n",
+                "cannot mount from stage \"later\"",
+            ),
+            (
+                "FROM scratch\nRUN --mount=type=bind,target=/x,from=Not_An_Image make\n",
+                "--mount from=Not_An_Image is neither a stage, a named context nor a valid image reference",
+            ),
+            (
+                "FROM scratch\nRUN --mount=type=bind,target=/x,from=$S make\n",
+                "'from' doesn't support variable expansion",
+            ),
+            (
+                "FROM scratch\nRUN --mount=type=cache,target=${NOPE} make\n",
+                "invalid mount target",
+            ),
+            (
+                "FROM scratch\nRUN --network=bridge make\n",
+                "--network=bridge: invalid network mode",
+            ),
+            (
+                "FROM scratch\nRUN --security=root make\n",
+                "--security=root: security \"root\" is not valid",
+            ),
+        ] {
+            check_error(text, Some(2), contains);
+        }
     }
 
     #[test]

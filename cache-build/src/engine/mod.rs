@@ -402,6 +402,27 @@ pub async fn build(
     }
     engine.plan =
         dockerfile::plan_with_base_configs(&df, &options, &base_configs).map_err(df_err)?;
+    for step in engine.plan.stages.iter().flat_map(|s| &s.steps) {
+        if let Op::Run {
+            mounts,
+            network,
+            security,
+            ..
+        } = &step.op
+            && (!mounts.is_empty()
+                || *network != dockerfile::Network::Default
+                || *security != dockerfile::Security::Sandbox)
+        {
+            // FIXME(#10): the executor runs RUN --mount, --network and --security next.
+            return Err(Error::Dockerfile {
+                path: request.dockerfile.display().to_string(),
+                line: Some(step.line),
+                message:
+                    "RUN --mount, --network and --security are not executed yet: remove the flags"
+                        .into(),
+            });
+        }
+    }
     let mut restarts = 0;
     loop {
         let result = engine.run(&base_images).await;
@@ -1033,7 +1054,9 @@ impl Engine<'_> {
             user: &'a Option<String>,
         }
         match &step.op {
-            Op::Run { command, heredocs } => {
+            Op::Run {
+                command, heredocs, ..
+            } => {
                 let key = RunKey {
                     run: run_argv(step, command),
                     env: &step.env,
@@ -1359,7 +1382,9 @@ impl Engine<'_> {
         name: &str,
     ) -> Result<(), Error> {
         match &step.op {
-            Op::Run { command, heredocs } => {
+            Op::Run {
+                command, heredocs, ..
+            } => {
                 // `RUN <<EOF` with a `#!` body runs the body as a file, as BuildKit does.
                 let mut mounts = Vec::new();
                 for heredoc in heredocs {
