@@ -47,17 +47,13 @@ async fn resolve(reference: &str) -> Result<ResolvedImage, String> {
         .ok_or_else(|| format!("{reference}: not found in the registry (check the name and tag, or push the image first)"))?;
     let value: serde_json::Value = serde_json::from_slice(&raw.bytes)
         .map_err(|e| format!("{reference}: invalid manifest: {e}"))?;
-    if let Some(manifests) = value.get("manifests").and_then(|m| m.as_array()) {
-        let pick = manifests
-            .iter()
-            .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64")
+    if let Some(manifests) = value.get("manifests") {
+        let manifests: Vec<Descriptor> = serde_json::from_value(manifests.clone())
+            .map_err(|e| format!("{reference}: invalid image index: {e}"))?;
+        let pick = cache_core::layout::pick_platform(&manifests, "linux", "amd64")
             .ok_or_else(|| format!("{reference}: the image index has no linux/amd64 image"))?;
-        let digest = pick["digest"]
-            .as_str()
-            .and_then(|d| d.parse().ok())
-            .ok_or_else(|| format!("{reference}: invalid digest in the image index"))?;
         raw = registry
-            .get_manifest(&IndexRef::Digest(digest))
+            .get_manifest(&IndexRef::Digest(pick.digest.clone()))
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("{reference}: the linux/amd64 manifest is missing"))?;

@@ -42,6 +42,7 @@ pub mod digest;
 pub mod export;
 pub mod graph;
 pub mod import;
+pub mod layout;
 pub mod manifest;
 pub mod spec;
 

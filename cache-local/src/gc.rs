@@ -47,16 +47,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cache_core::backend::Result;
 use cache_core::config::{CacheConfig, go_time};
 use cache_core::descriptor::{annotation, media_type};
+use cache_core::layout::OciIndex;
 use cache_core::manifest::{self, CacheManifest};
 use cache_core::{CacheGraph, Descriptor, Digest, Error, ErrorKind, IndexRef, RawIndex, digest};
 use rustix::fs::FlockOperation;
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::LayoutDir;
 use crate::blob::{sync_dir, temp_file_in};
 use crate::error::parse_error;
-use crate::index::{INDEX_FILE, IndexEntry, MAX_JSON_SIZE};
+use crate::index::{INDEX_FILE, MAX_JSON_SIZE};
 
 /// Name of the lock file that separates exports (shared) from garbage collection (exclusive).
 pub const GC_LOCK_FILE: &str = "gc.lock";
@@ -502,32 +502,11 @@ impl LayoutDir {
                 format!("{} is not a valid OCI index: {err}", path.display()),
             )
         };
-        let mut doc: IndexDoc = serde_json::from_slice(&bytes).map_err(corrupt)?;
-        let value: Value = serde_json::from_slice(&bytes).map_err(corrupt)?;
-        let plain = value
-            .get("manifests")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        if let Some(entries) = doc.manifests.take() {
-            let kept = entries
-                .into_iter()
-                .zip(plain.iter())
-                .filter(|(_, entry)| {
-                    let tag = entry
-                        .pointer("/annotations")
-                        .and_then(|a| a.get(annotation::REF_NAME))
-                        .and_then(Value::as_str);
-                    let digest = entry.get("digest").and_then(Value::as_str);
-                    !drops.iter().any(|(drop_tag, drop_digest)| {
-                        tag == Some(drop_tag.as_str()) && digest == Some(drop_digest.as_ref())
-                    })
-                })
-                .map(|(entry, _)| entry)
-                .collect();
-            doc.manifests = Some(kept);
+        let mut doc = OciIndex::from_json(&bytes).map_err(corrupt)?;
+        for (tag, digest) in drops {
+            doc.remove_tag(tag, digest);
         }
-        let out = serde_json::to_vec(&doc).expect("an index of JSON values serializes");
+        let out = doc.to_json();
         let mut temp = temp_file_in(self.root())?;
         temp.write_all(&out)
             .and_then(|()| temp.as_file().sync_all())
@@ -674,34 +653,6 @@ struct Analysis {
     reaches: Vec<HashSet<Digest>>,
     live: HashSet<Digest>,
     usage: Usage,
-}
-
-/// `index.json` with its entries kept as read, in the field order of Go's `ocispec.Index`
-/// (as `index.rs` writes it).
-#[derive(Serialize, Deserialize)]
-struct IndexDoc {
-    #[serde(
-        rename = "schemaVersion",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    schema_version: Option<Value>,
-    #[serde(rename = "mediaType", default, skip_serializing_if = "Option::is_none")]
-    media_type: Option<Value>,
-    #[serde(
-        rename = "artifactType",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    artifact_type: Option<Value>,
-    #[serde(default)]
-    manifests: Option<Vec<IndexEntry>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    subject: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    annotations: Option<Value>,
-    #[serde(flatten)]
-    other: Map<String, Value>,
 }
 
 /// Opens (creating it and the directory) `<root>/gc.lock`.

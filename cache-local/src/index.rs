@@ -1,15 +1,14 @@
 //! `index.json` and `oci-layout`: naming manifests by tag, read leniently and replaced atomically.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
 use cache_core::backend::Result;
-use cache_core::descriptor::{annotation, media_type};
-use cache_core::{Descriptor, Digest, Error, ErrorKind, IndexRef, RawIndex, digest};
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use cache_core::layout::OciIndex;
+use cache_core::{Descriptor, Error, ErrorKind, IndexRef, RawIndex, digest};
+use serde::Deserialize;
+use serde_json::Value;
 
 use crate::LayoutDir;
 use crate::blob::{sync_dir, temp_file_in};
@@ -25,153 +24,6 @@ const LAYOUT_CONTENT: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
 /// Largest `index.json` or manifest read into memory.
 pub(crate) const MAX_JSON_SIZE: u64 = 64 << 20;
 
-/// `index.json` as read: the fields this crate uses, everything else kept as it was.
-///
-/// Known fields are in the order of Go's `ocispec.Index`, so an index BuildKit wrote is rewritten
-/// with the same layout.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub(crate) struct IndexFile {
-    #[serde(
-        rename = "schemaVersion",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    schema_version: Option<Value>,
-    #[serde(rename = "mediaType", default, skip_serializing_if = "Option::is_none")]
-    media_type: Option<Value>,
-    #[serde(
-        rename = "artifactType",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    artifact_type: Option<Value>,
-    #[serde(default)]
-    manifests: Option<Vec<IndexEntry>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    subject: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    annotations: Option<Value>,
-    #[serde(flatten)]
-    other: Map<String, Value>,
-}
-
-/// One `manifests` entry, in the field order of Go's `ocispec.Descriptor`.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub(crate) struct IndexEntry {
-    #[serde(rename = "mediaType", default, skip_serializing_if = "Option::is_none")]
-    media_type: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    digest: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    size: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    urls: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    annotations: Option<BTreeMap<String, Value>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    data: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    platform: Option<Value>,
-    #[serde(
-        rename = "artifactType",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    artifact_type: Option<Value>,
-    #[serde(flatten)]
-    other: Map<String, Value>,
-}
-
-impl IndexEntry {
-    fn annotation(&self, key: &str) -> Option<&str> {
-        self.annotations.as_ref()?.get(key)?.as_str()
-    }
-
-    fn media_type(&self) -> Option<&str> {
-        self.media_type.as_ref()?.as_str()
-    }
-
-    /// The entry as a descriptor; an entry without a valid digest or size is corrupt.
-    fn descriptor(&self, index_path: &Path) -> Result<Descriptor> {
-        let corrupt = |what: &str| {
-            Error::new(
-                ErrorKind::Corrupt,
-                format!(
-                    "{} has an entry with {what}; fix or remove that entry",
-                    index_path.display()
-                ),
-            )
-        };
-        let digest = self
-            .digest
-            .as_ref()
-            .and_then(Value::as_str)
-            .ok_or_else(|| corrupt("no digest"))?;
-        let digest: Digest = digest
-            .parse()
-            .map_err(|err| corrupt(&format!("an invalid digest {digest:?} ({err})")))?;
-        let size = match &self.size {
-            None => 0,
-            Some(size) => size
-                .as_u64()
-                .ok_or_else(|| corrupt(&format!("an invalid size {size}")))?,
-        };
-        let mut desc = Descriptor::new(self.media_type().unwrap_or_default(), digest, size);
-        if let Some(annotations) = &self.annotations {
-            desc.annotations = annotations
-                .iter()
-                .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_owned())))
-                .collect();
-        }
-        if let Some(Value::Array(urls)) = &self.urls {
-            desc.urls = urls
-                .iter()
-                .filter_map(|url| url.as_str().map(str::to_owned))
-                .collect();
-        }
-        desc.platform = self.platform.clone();
-        Ok(desc)
-    }
-}
-
-impl IndexFile {
-    /// The entry an import of `tag` uses, as BuildKit picks it: the first whose
-    /// `io.containerd.image.name` is `tag`, else the first whose `ref.name` is `tag`.
-    fn find(&self, tag: &str) -> Option<&IndexEntry> {
-        let entries = self.manifests.as_deref().unwrap_or_default();
-        entries
-            .iter()
-            .find(|entry| entry.annotation(annotation::IMAGE_NAME) == Some(tag))
-            .or_else(|| {
-                entries
-                    .iter()
-                    .find(|entry| entry.annotation(annotation::REF_NAME) == Some(tag))
-            })
-    }
-
-    /// Points `tag` at `desc` as BuildKit's `ociindex.Put` does.
-    fn put(&mut self, tag: &str, desc: &Descriptor) {
-        self.schema_version.get_or_insert_with(|| Value::from(2));
-        self.media_type
-            .get_or_insert_with(|| Value::from(media_type::OCI_INDEX));
-        let entries = self.manifests.get_or_insert_with(Vec::new);
-        entries.retain(|entry| {
-            entry.annotation(annotation::REF_NAME) != Some(tag)
-                || entry.annotation(annotation::IMAGE_NAME).is_some()
-        });
-        entries.push(IndexEntry {
-            media_type: (!desc.media_type.is_empty()).then(|| Value::from(desc.media_type.clone())),
-            digest: Some(Value::from(desc.digest.to_string())),
-            size: Some(Value::from(desc.size)),
-            annotations: Some(BTreeMap::from([(
-                annotation::REF_NAME.to_owned(),
-                Value::from(tag),
-            )])),
-            ..IndexEntry::default()
-        });
-    }
-}
-
 /// The top-level `mediaType` of a manifest, for index entries of manifests written without one.
 fn sniff_media_type(bytes: &[u8]) -> Option<String> {
     #[derive(Deserialize)]
@@ -184,7 +36,7 @@ fn sniff_media_type(bytes: &[u8]) -> Option<String> {
 
 impl LayoutDir {
     /// Reads and parses `index.json`; `None` if it or the directory does not exist.
-    pub(crate) fn read_index_file(&self) -> Result<Option<IndexFile>> {
+    pub(crate) fn read_index_file(&self) -> Result<Option<OciIndex>> {
         match self.read_index_file_once() {
             // BuildKit's client rewrites `index.json` in place (truncate, then write), so a reader
             // racing it can see a partial file; a second look after it finished is whole.
@@ -196,7 +48,7 @@ impl LayoutDir {
         }
     }
 
-    fn read_index_file_once(&self) -> Result<Option<IndexFile>> {
+    fn read_index_file_once(&self) -> Result<Option<OciIndex>> {
         let path = self.root.join(INDEX_FILE);
         let file = match fs::File::open(&path) {
             Ok(file) => file,
@@ -216,7 +68,7 @@ impl LayoutDir {
                 ),
             ));
         }
-        let index: IndexFile = serde_json::from_slice(&bytes).map_err(|err| {
+        let index = OciIndex::from_json(&bytes).map_err(|err| {
             Error::new(
                 ErrorKind::Corrupt,
                 format!(
@@ -239,16 +91,11 @@ impl LayoutDir {
         };
         let path = self.root.join(INDEX_FILE);
         index
-            .manifests
-            .as_deref()
-            .unwrap_or_default()
+            .entries()
             .iter()
             .map(|entry| {
-                let tag = entry
-                    .annotation(annotation::REF_NAME)
-                    .unwrap_or_default()
-                    .to_owned();
-                Ok((tag, entry.descriptor(&path)?))
+                let tag = entry.tag().unwrap_or_default().to_owned();
+                Ok((tag, entry_descriptor(entry, &path)?))
             })
             .collect()
     }
@@ -272,11 +119,11 @@ impl LayoutDir {
                 let Some(index) = self.read_index_file()? else {
                     return Ok(None);
                 };
-                let Some(entry) = index.find(tag) else {
+                let Some(entry) = index.find_tag(tag) else {
                     return Ok(None);
                 };
-                let desc = entry.descriptor(&self.root.join(INDEX_FILE))?;
-                let size = entry.size.is_some().then_some(desc.size);
+                let desc = entry_descriptor(entry, &self.root.join(INDEX_FILE))?;
+                let size = entry.has_size().then_some(desc.size);
                 (desc.digest, entry.media_type().map(str::to_owned), size)
             }
         };
@@ -363,13 +210,12 @@ impl LayoutDir {
         let _lock = self.lock()?;
         hook::reach("index:locked");
         let mut file = self.read_index_file()?.unwrap_or_default();
-        file.put(tag, &desc);
+        file.put_tag(tag, &desc);
         let layout_path = self.root.join(LAYOUT_FILE);
         if !layout_path.exists() {
             self.replace_file(LAYOUT_FILE, LAYOUT_CONTENT.as_bytes())?;
         }
-        let bytes = serde_json::to_vec(&file).expect("an index of JSON values serializes");
-        self.replace_file(INDEX_FILE, &bytes)?;
+        self.replace_file(INDEX_FILE, &file.to_json())?;
         hook::reach("index:renamed");
         Ok(())
     }
@@ -438,97 +284,25 @@ impl LayoutDir {
     }
 }
 
+/// An `index.json` entry as a descriptor; an entry without a valid digest or size is corrupt.
+pub(crate) fn entry_descriptor(
+    entry: &cache_core::layout::IndexEntry,
+    index_path: &Path,
+) -> Result<Descriptor> {
+    entry.descriptor().map_err(|what| {
+        Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "{} has an entry with {what}; fix or remove that entry",
+                index_path.display()
+            ),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn entry(json: &str) -> IndexEntry {
-        serde_json::from_str(json).expect("entry parses")
-    }
-
-    #[test]
-    fn unknown_fields_and_entries_survive_a_put() {
-        let input = concat!(
-            r#"{"schemaVersion":2,"manifests":[{"mediaType":"x","digest":"sha256:"#,
-            "0000000000000000000000000000000000000000000000000000000000000000",
-            r#"","size":1,"annotations":{"io.containerd.image.name":"docker.io/a:latest","#,
-            r#""org.opencontainers.image.ref.name":"latest"},"future":true}],"#,
-            r#""annotations":{"k":"v"},"extra":[1]}"#
-        );
-        let mut index: IndexFile = serde_json::from_str(input).expect("parses");
-        let raw = RawIndex::new(Some(media_type::OCI_MANIFEST.into()), "{}");
-        index.put("latest", &raw.descriptor());
-        let out = serde_json::to_string(&index).expect("serializes");
-        let expected = format!(
-            concat!(
-                r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","#,
-                r#""manifests":[{{"mediaType":"x","digest":"sha256:"#,
-                "0000000000000000000000000000000000000000000000000000000000000000",
-                r#"","size":1,"annotations":{{"io.containerd.image.name":"docker.io/a:latest","#,
-                r#""org.opencontainers.image.ref.name":"latest"}},"future":true}},"#,
-                r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","#,
-                r#""size":2,"annotations":{{"org.opencontainers.image.ref.name":"latest"}}}}],"#,
-                r#""annotations":{{"k":"v"}},"extra":[1]}}"#
-            ),
-            raw.digest
-        );
-        assert_eq!(out, expected);
-    }
-
-    #[test]
-    fn put_replaces_bare_tag_entries_only() {
-        let mut index = IndexFile::default();
-        let one = RawIndex::new(None, "1").descriptor();
-        let two = RawIndex::new(None, "2").descriptor();
-        index.put("a", &one);
-        index.put("b", &one);
-        index.put("a", &two);
-        let tags: Vec<_> = index
-            .manifests
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .map(|entry| {
-                (
-                    entry.annotation(annotation::REF_NAME).map(str::to_owned),
-                    entry.digest.clone(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            tags,
-            vec![
-                (Some("b".into()), Some(Value::from(one.digest.to_string()))),
-                (Some("a".into()), Some(Value::from(two.digest.to_string()))),
-            ]
-        );
-    }
-
-    #[test]
-    fn find_prefers_image_name_then_first_ref_name() {
-        let mut index = IndexFile::default();
-        let digests: Vec<String> = (0..3).map(|i| digest::sha256(&[i]).to_string()).collect();
-        index.manifests = Some(vec![
-            entry(&format!(
-                r#"{{"digest":"{}","annotations":{{"org.opencontainers.image.ref.name":"t"}}}}"#,
-                digests[0]
-            )),
-            entry(&format!(
-                r#"{{"digest":"{}","annotations":{{"org.opencontainers.image.ref.name":"t"}}}}"#,
-                digests[1]
-            )),
-            entry(&format!(
-                r#"{{"digest":"{}","annotations":{{"io.containerd.image.name":"t"}}}}"#,
-                digests[2]
-            )),
-        ]);
-        let found = index.find("t").expect("found");
-        assert_eq!(found.digest, Some(Value::from(digests[2].clone())));
-        index.manifests.as_mut().expect("set").pop();
-        let found = index.find("t").expect("found");
-        assert_eq!(found.digest, Some(Value::from(digests[0].clone())));
-        assert!(index.find("u").is_none());
-    }
 
     #[test]
     fn sniffs_media_type() {

@@ -1,14 +1,14 @@
 //! OCI image layouts: writing an image as a directory or a tar stream, and reading one back.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use cache_core::config::go_time;
 use cache_core::descriptor::{annotation, media_type};
+use cache_core::layout::{self, OciIndex};
 use cache_core::{Descriptor, Digest, RawIndex};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::config::{ParsedConfig, parse_config};
 use super::{Error, Image, ImageName};
@@ -17,8 +17,6 @@ use super::{Error, Image, ImageName};
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 /// `org.opencontainers.image.created`, which BuildKit's OCI exporter sets on the index entry.
 const ANNOTATION_CREATED: &str = "org.opencontainers.image.created";
-/// Set by BuildKit on attestation manifests inside an image index.
-const ANNOTATION_REFERENCE_TYPE: &str = "vnd.docker.reference.type";
 /// Largest manifest, index or config blob read into memory.
 const MAX_METADATA_BLOB: u64 = 16 << 20;
 /// How deep image indexes may nest before a layout is considered corrupt.
@@ -42,27 +40,6 @@ pub struct LayoutImage {
     pub layers: Vec<Descriptor>,
     /// The blob file of each layer, in the same order as `layers`.
     pub layer_paths: Vec<PathBuf>,
-}
-
-/// `index.json`, in the field order of Go's `ocispec.Index`.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct IndexFile {
-    #[serde(rename = "schemaVersion", default)]
-    schema_version: u32,
-    #[serde(
-        rename = "mediaType",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
-    media_type: String,
-    #[serde(default, deserialize_with = "null_as_default")]
-    manifests: Vec<Descriptor>,
-    #[serde(
-        default,
-        skip_serializing_if = "BTreeMap::is_empty",
-        deserialize_with = "null_as_default"
-    )]
-    annotations: BTreeMap<String, String>,
 }
 
 /// Splits `[oci-layout://]DIR[:TAG][@sha256:...]` into the directory and the reference that
@@ -123,13 +100,13 @@ pub fn write_layout_dir(
 
     let index_path = dir.join("index.json");
     let mut index = match fs::read(&index_path) {
-        Ok(bytes) => serde_json::from_slice::<IndexFile>(&bytes).map_err(|err| Error::Layout {
+        Ok(bytes) => OciIndex::from_json(&bytes).map_err(|err| Error::Layout {
             dir: dir.to_owned(),
             reason: format!(
                 "existing index.json is not valid JSON ({err}); remove it or write to another directory"
             ),
         })?,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => IndexFile::default(),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => OciIndex::default(),
         Err(source) => {
             return Err(Error::Io {
                 op: "read",
@@ -138,36 +115,14 @@ pub fn write_layout_dir(
             });
         }
     };
-    index.schema_version = 2;
-    if index.media_type.is_empty() {
-        index.media_type = media_type::OCI_INDEX.to_owned();
-    }
     let base = manifest_entry(image);
-    let named: Vec<(Option<&str>, &str)> = if names.is_empty() {
-        vec![(None, "latest")]
-    } else {
-        names
-            .iter()
-            .map(|name| (Some(name.full.as_str()), name.tag.as_str()))
-            .collect()
-    };
-    for (full, tag) in named {
-        let mut entry = base.clone();
-        if let Some(full) = full {
-            entry
-                .annotations
-                .insert(annotation::IMAGE_NAME.into(), full.into());
-        }
-        entry
-            .annotations
-            .insert(annotation::REF_NAME.into(), tag.into());
-        index.manifests.retain(|existing| {
-            existing.annotation(annotation::REF_NAME) != Some(tag)
-                || existing.annotation(annotation::IMAGE_NAME) != full
-        });
-        index.manifests.push(entry);
+    if names.is_empty() {
+        index.put_image(&base, "latest", None);
     }
-    write_file_atomic(dir, "index.json", &cache_core::config::to_go_json(&index))
+    for name in names {
+        index.put_image(&base, &name.tag, Some(&name.full));
+    }
+    write_file_atomic(dir, "index.json", &index.to_json())
 }
 
 /// Writes `image` as an OCI image layout tar (`--output type=oci,dest=FILE`), as buildx does.
@@ -192,30 +147,14 @@ pub fn write_layout_tar(
         source,
     };
     let base = manifest_entry(image);
-    let manifests = if names.is_empty() {
-        vec![base]
-    } else {
-        names
-            .iter()
-            .map(|name| {
-                let mut entry = base.clone();
-                entry
-                    .annotations
-                    .insert(annotation::IMAGE_NAME.into(), name.full.clone());
-                entry
-                    .annotations
-                    .insert(annotation::REF_NAME.into(), name.tag.clone());
-                entry
-            })
-            .collect()
-    };
-    let index = IndexFile {
-        schema_version: 2,
-        media_type: media_type::OCI_INDEX.to_owned(),
-        manifests,
-        annotations: BTreeMap::new(),
-    };
-    let index_bytes = cache_core::config::to_go_json(&index);
+    let mut index = OciIndex::default();
+    if names.is_empty() {
+        index.put_untagged(&base);
+    }
+    for name in names {
+        index.put_image(&base, &name.tag, Some(&name.full));
+    }
+    let index_bytes = index.to_json();
 
     let mut blobs = blobs(image);
     blobs.sort_by(|a, b| a.0.digest.digest().cmp(b.0.digest.digest()));
@@ -289,8 +228,13 @@ pub fn read_layout_image(dir: &Path, reference: &str) -> Result<LayoutImage, Err
             }
         }
     })?;
-    let index: IndexFile = serde_json::from_slice(&index_bytes)
+    let index = OciIndex::from_json(&index_bytes)
         .map_err(|err| layout_error(format!("index.json is not a valid image index: {err}")))?;
+    let entry_descriptor = |entry: &cache_core::layout::IndexEntry| {
+        entry
+            .descriptor()
+            .map_err(|what| layout_error(format!("index.json has an entry with {what}")))
+    };
     let reference = if reference.is_empty() {
         "latest"
     } else {
@@ -298,18 +242,20 @@ pub fn read_layout_image(dir: &Path, reference: &str) -> Result<LayoutImage, Err
     };
     let mut desc = if reference.starts_with("sha256:") {
         let digest = cache_core::digest::parse_sha256(reference).map_err(&layout_error)?;
-        match index.manifests.iter().find(|entry| entry.digest == digest) {
-            Some(entry) => entry.clone(),
+        match index.find_digest(&digest) {
+            Some(entry) => entry_descriptor(entry)?,
             None => Descriptor::new("", digest, 0),
         }
     } else {
-        find_tag(&index.manifests, reference)
-            .cloned()
+        // A familiar name (`app:1.0`) also matches its normalised form (`docker.io/library/app:1.0`).
+        let full = super::image_names(reference).ok().map(|name| name.full);
+        let entry = index
+            .find_image(reference, full.as_deref())
             .ok_or_else(|| {
                 let mut tags: Vec<&str> = index
-                    .manifests
+                    .entries()
                     .iter()
-                    .filter_map(|entry| entry.annotation(annotation::REF_NAME))
+                    .filter_map(cache_core::layout::IndexEntry::tag)
                     .collect();
                 tags.dedup();
                 layout_error(format!(
@@ -320,7 +266,8 @@ pub fn read_layout_image(dir: &Path, reference: &str) -> Result<LayoutImage, Err
                         tags.join(", ")
                     }
                 ))
-            })?
+            })?;
+        entry_descriptor(entry)?
     };
 
     let mut depth = 0;
@@ -358,7 +305,13 @@ pub fn read_layout_image(dir: &Path, reference: &str) -> Result<LayoutImage, Err
                 desc.digest
             )));
         }
-        desc = pick_platform(doc.manifests.as_deref().unwrap_or_default()).ok_or_else(|| {
+        desc = layout::pick_platform(
+            doc.manifests.as_deref().unwrap_or_default(),
+            "linux",
+            "amd64",
+        )
+        .cloned()
+        .ok_or_else(|| {
             layout_error(format!(
                 "image index {} has no linux/amd64 image; this builder only runs linux/amd64",
                 desc.digest
@@ -446,69 +399,6 @@ struct ManifestDoc {
     layers: Vec<Descriptor>,
     #[serde(default)]
     manifests: Option<Vec<Descriptor>>,
-}
-
-fn find_tag<'a>(entries: &'a [Descriptor], tag: &str) -> Option<&'a Descriptor> {
-    let suffix = format!(":{tag}");
-    // A familiar name (`app:1.0`) also matches its normalised form (`docker.io/library/app:1.0`).
-    let full = super::image_names(tag).ok().map(|name| name.full);
-    entries
-        .iter()
-        .find(|entry| entry.annotation(annotation::IMAGE_NAME) == Some(tag))
-        .or_else(|| {
-            let full = full.as_deref()?;
-            entries
-                .iter()
-                .find(|entry| entry.annotation(annotation::IMAGE_NAME) == Some(full))
-        })
-        .or_else(|| {
-            entries
-                .iter()
-                .find(|entry| entry.annotation(annotation::REF_NAME) == Some(tag))
-        })
-        .or_else(|| {
-            entries.iter().find(|entry| {
-                entry
-                    .annotation(annotation::IMAGE_NAME)
-                    .is_some_and(|name| name.ends_with(&suffix))
-            })
-        })
-        .or_else(|| match entries {
-            [only] if tag == "latest" && only.annotation(annotation::REF_NAME).is_none() => {
-                Some(only)
-            }
-            _ => None,
-        })
-}
-
-/// The `linux/amd64` image manifest of an index, preferring one without a variant.
-fn pick_platform(entries: &[Descriptor]) -> Option<Descriptor> {
-    let images: Vec<&Descriptor> = entries
-        .iter()
-        .filter(|entry| entry.annotation(ANNOTATION_REFERENCE_TYPE) != Some("attestation-manifest"))
-        .collect();
-    let field = |entry: &Descriptor, key: &str| -> Option<String> {
-        entry
-            .platform
-            .as_ref()?
-            .get(key)?
-            .as_str()
-            .map(str::to_owned)
-    };
-    let matching = |entry: &&&Descriptor| {
-        field(entry, "os").as_deref() == Some("linux")
-            && field(entry, "architecture").as_deref() == Some("amd64")
-    };
-    images
-        .iter()
-        .filter(matching)
-        .find(|entry| field(entry, "variant").is_none())
-        .or_else(|| images.iter().find(matching))
-        .or_else(|| match images.as_slice() {
-            [only] if only.platform.is_none() => Some(only),
-            _ => None,
-        })
-        .map(|entry| (*entry).clone())
 }
 
 /// The index entry for the image's manifest, before names are added.
@@ -875,8 +765,8 @@ mod tests {
         }
     }
 
-    fn read_index(dir: &Path) -> IndexFile {
-        serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap()
+    fn read_index(dir: &Path) -> OciIndex {
+        OciIndex::from_json(&fs::read(dir.join("index.json")).unwrap()).unwrap()
     }
 
     #[test]
@@ -887,22 +777,22 @@ mod tests {
         fixture.write_dir(&dir, &["app:1.0", "127.0.0.1:5000/x/app"]);
 
         let index = read_index(&dir);
-        assert_eq!(index.media_type, media_type::OCI_INDEX);
-        assert_eq!(index.manifests.len(), 2);
+        assert_eq!(index.media_type(), Some(media_type::OCI_INDEX));
+        assert_eq!(index.entries().len(), 2);
         assert_eq!(
-            index.manifests[0].annotation(annotation::IMAGE_NAME),
+            index.entries()[0].annotation(annotation::IMAGE_NAME),
             Some("docker.io/library/app:1.0")
         );
         assert_eq!(
-            index.manifests[0].annotation(annotation::REF_NAME),
+            index.entries()[0].annotation(annotation::REF_NAME),
             Some("1.0")
         );
         assert_eq!(
-            index.manifests[1].annotation(annotation::REF_NAME),
+            index.entries()[1].annotation(annotation::REF_NAME),
             Some("latest")
         );
         assert_eq!(
-            index.manifests[0].annotation(ANNOTATION_CREATED),
+            index.entries()[0].annotation(ANNOTATION_CREATED),
             Some("2023-11-14T22:13:20Z")
         );
         assert_eq!(
@@ -957,7 +847,7 @@ mod tests {
         first.write_dir(tmp.path(), &["app:1", "app:2"]);
         second.write_dir(tmp.path(), &["app:2"]);
         let index = read_index(tmp.path());
-        assert_eq!(index.manifests.len(), 2);
+        assert_eq!(index.entries().len(), 2);
         let one = read_layout_image(tmp.path(), "1").unwrap();
         let two = read_layout_image(tmp.path(), "2").unwrap();
         assert_eq!(one.manifest_digest, first.image.manifest.digest);
@@ -967,10 +857,10 @@ mod tests {
         first.write_dir(tmp2.path(), &[]);
         let index = read_index(tmp2.path());
         assert_eq!(
-            index.manifests[0].annotation(annotation::REF_NAME),
+            index.entries()[0].annotation(annotation::REF_NAME),
             Some("latest")
         );
-        assert_eq!(index.manifests[0].annotation(annotation::IMAGE_NAME), None);
+        assert_eq!(index.entries()[0].annotation(annotation::IMAGE_NAME), None);
     }
 
     #[test]
@@ -1102,24 +992,22 @@ mod tests {
         );
         let attestation = entry(
             serde_json::json!({"architecture": "unknown", "os": "unknown"}),
-            &[(ANNOTATION_REFERENCE_TYPE, "attestation-manifest")],
+            &[(layout::REFERENCE_TYPE, "attestation-manifest")],
         );
         let mut arm = bogus.clone();
         arm.platform = Some(serde_json::json!({"architecture": "arm64", "os": "linux"}));
-        let inner = IndexFile {
-            schema_version: 2,
-            media_type: media_type::OCI_INDEX.into(),
-            manifests: vec![
-                arm,
-                attestation,
-                entry(
-                    serde_json::json!({"architecture": "amd64", "os": "linux"}),
-                    &[],
-                ),
-            ],
-            annotations: BTreeMap::new(),
-        };
-        let inner_bytes = cache_core::config::to_go_json(&inner);
+        let mut inner = OciIndex::default();
+        for desc in [
+            arm,
+            attestation,
+            entry(
+                serde_json::json!({"architecture": "amd64", "os": "linux"}),
+                &[],
+            ),
+        ] {
+            inner.put_untagged(&desc);
+        }
+        let inner_bytes = inner.to_json();
         let inner_desc = Descriptor::new(
             media_type::OCI_INDEX,
             cache_core::digest::sha256(&inner_bytes),
@@ -1127,16 +1015,8 @@ mod tests {
         );
         fs::write(blob_path(tmp.path(), &inner_desc.digest), &inner_bytes).unwrap();
         let mut index = read_index(tmp.path());
-        let mut tagged = inner_desc.clone();
-        tagged
-            .annotations
-            .insert(annotation::REF_NAME.into(), "multi".into());
-        index.manifests.push(tagged);
-        fs::write(
-            tmp.path().join("index.json"),
-            serde_json::to_vec(&index).unwrap(),
-        )
-        .unwrap();
+        index.put_tag("multi", &inner_desc);
+        fs::write(tmp.path().join("index.json"), index.to_json()).unwrap();
 
         let read = read_layout_image(tmp.path(), "multi").unwrap();
         assert_eq!(read.manifest_digest, fixture.image.manifest.digest);
@@ -1166,7 +1046,7 @@ mod tests {
             return;
         }
         let index = read_index(&fixtures);
-        let tag = index.manifests[0]
+        let tag = index.entries()[0]
             .annotation(annotation::REF_NAME)
             .unwrap_or("latest")
             .to_owned();
