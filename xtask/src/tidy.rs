@@ -70,6 +70,17 @@ pub(crate) fn check(root: &Path) -> anyhow::Result<Vec<Violation>> {
                 }
             }
         }
+        if PURE_CRATES.contains(&package.name.as_str()) {
+            for file in rust_files(&crate_dir.join("src"))? {
+                for (line, rule) in io_constructs(&package.name, &read(&file)?) {
+                    violations.push(Violation {
+                        path: relative(&file),
+                        line: Some(line),
+                        rule,
+                    });
+                }
+            }
+        }
         let manifest = read(&package.manifest_path)?;
         for (line, rule) in check_manifest(&manifest, &ws_names) {
             violations.push(Violation {
@@ -195,6 +206,43 @@ fn rust_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 
 fn starts_with_module_doc(text: &str) -> bool {
     text.trim_start_matches('\u{feff}').starts_with("//!")
+}
+
+/// Crates that do no I/O (ARCHITECTURE.md): the cache model, the Dockerfile front end and
+/// BuildKit's op model. Their library code may not name the filesystem, network, environment,
+/// processes, the clock or an async runtime.
+const PURE_CRATES: [&str; 3] = ["cache-core", "cache-dockerfile", "cache-llb"];
+
+/// Lines of a pure crate's library code (before its `#[cfg(test)]` module) that do I/O.
+fn io_constructs(crate_name: &str, text: &str) -> Vec<(usize, String)> {
+    const NEEDLES: [&str; 10] = [
+        "std::fs",
+        "TcpStream",
+        "TcpListener",
+        "UdpSocket",
+        "std::env",
+        "std::process",
+        "SystemTime::now",
+        "Instant::now",
+        "tokio::",
+        "std::io::stdin",
+    ];
+    let mut found = Vec::new();
+    for (idx, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with("#[cfg(test)]") {
+            break;
+        }
+        let code = line.split("//").next().unwrap_or_default();
+        for needle in NEEDLES {
+            if code.contains(needle) {
+                found.push((
+                    idx + 1,
+                    format!("`{needle}` in {crate_name}, which does no I/O: pass data in from the caller"),
+                ));
+            }
+        }
+    }
+    found
 }
 
 /// Lines holding constructs the project bans, as `(line number, rule)`.
@@ -397,6 +445,15 @@ fn check_layering(package: &Package, ws_names: &BTreeSet<&str>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pure_crates_may_not_do_io_outside_tests() {
+        let text = "//! doc\nuse std::fs;\n// std::env in a comment is fine\nfn f() { let _ = std::time::Instant::now(); }\n#[cfg(test)]\nmod tests { use std::fs; }\n";
+        let found = io_constructs("cache-core", text);
+        let lines: Vec<usize> = found.iter().map(|(line, _)| *line).collect();
+        assert_eq!(lines, [2, 4], "{found:?}");
+        assert!(found[0].1.contains("cache-core"));
+    }
 
     fn names() -> BTreeSet<&'static str> {
         [
