@@ -1,4 +1,4 @@
-//! Project automation for buildcache: `cargo xtask test`, `ci`, `registry`, `deps`, `tidy`, `bench`.
+//! Project automation for buildcache: `cargo xtask test`, `ci`, `registry`, `buildkit`, `deps`, `tidy`, `bench`.
 
 mod bench;
 mod demo;
@@ -20,6 +20,9 @@ tasks:
   deps                               install (as root) or list the Debian packages the suite needs
   registry up [--auth] [--dir DIR]   start loopback registries and print their CACHE_TEST_REGISTRY* variables
   registry down                      stop the registries started by `registry up`
+  buildkit up                        start a buildkitd from ../shared/tools/buildkit (its own state and socket)
+                                     and print its CACHE_TEST_BUILDKIT* variables
+  buildkit down                      stop the buildkitd started by `buildkit up` and remove its state
   demo                               the main job: build examples/multistage cold with --cache-to type=local,
                                      then warm on an empty root with --cache-from, and print both times
   tidy                               check docs, banned constructs, manifests and crate layering
@@ -62,6 +65,7 @@ fn run_task() -> anyhow::Result<()> {
             Ok(())
         }
         "registry" => registry(rest),
+        "buildkit" => buildkit(&root, rest),
         "demo" => {
             no_args(task, rest)?;
             demo::run(&root)
@@ -110,6 +114,21 @@ fn registry(args: &[String]) -> anyhow::Result<()> {
     }
 }
 
+fn buildkit(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    let services_dir = services_dir();
+    match args.split_first() {
+        Some((action, rest)) if action == "up" => {
+            no_args("buildkit up", rest)?;
+            services::buildkit::up(root, &services_dir)
+        }
+        Some((action, rest)) if action == "down" => {
+            no_args("buildkit down", rest)?;
+            services::buildkit::down(&services_dir)
+        }
+        _ => anyhow::bail!("`buildkit` needs `up` or `down`\n\n{USAGE}"),
+    }
+}
+
 /// Everything after an optional leading `--`; anything else is a usage error.
 fn passthrough_args<'a>(task: &str, args: &'a [String]) -> anyhow::Result<&'a [String]> {
     match args.split_first() {
@@ -139,11 +158,34 @@ pub(crate) fn project_root() -> PathBuf {
 
 /// `target/test-services`: registry configs, storage, logs and `state.json`.
 pub(crate) fn services_dir() -> PathBuf {
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+    target_dir().join("test-services")
+}
+
+/// `../shared` beside the checkout (tools, fixtures and specs), or `None` where it is absent.
+///
+/// A git worktree elsewhere finds it beside the main checkout.
+pub(crate) fn shared_dir(root: &Path) -> Option<PathBuf> {
+    let beside = root.join("../shared");
+    if beside.is_dir() {
+        return Some(beside);
+    }
+    let output = std::process::Command::new("git")
+        .args(["rev-parse", "--path-format=absolute", "--git-common-dir"])
+        .current_dir(root)
+        .output()
+        .ok()?;
+    let common = PathBuf::from(String::from_utf8(output.stdout).ok()?.trim());
+    let main_checkout = common.parent()?;
+    let shared = main_checkout.join("../shared");
+    (output.status.success() && shared.is_dir()).then_some(shared)
+}
+
+/// The cargo target directory (`CARGO_TARGET_DIR` or `target`).
+pub(crate) fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => project_root().join(dir),
         None => project_root().join("target"),
-    };
-    target.join("test-services")
+    }
 }
 
 /// The cargo that runs xtask (`$CARGO`), or `cargo` from `PATH`.

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+pub(crate) mod buildkit;
+
 /// A Debian package the test suite needs and the binary whose presence proves it is installed.
 struct Tool {
     package: &'static str,
@@ -60,7 +62,12 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `cargo xtask deps`: makes sure every test tool is installed, installing it with apt where possible.
 pub(crate) fn ensure_tools() -> anyhow::Result<()> {
-    let missing = missing_packages();
+    ensure_packages(TOOLS)
+}
+
+/// Installs the packages of `tools` whose binary is missing, with apt where possible.
+fn ensure_packages(tools: &[Tool]) -> anyhow::Result<()> {
+    let missing = missing_packages(tools);
     if missing.is_empty() {
         return Ok(());
     }
@@ -79,7 +86,7 @@ pub(crate) fn ensure_tools() -> anyhow::Result<()> {
             .args(["install", "-y"])
             .args(&missing),
     )?;
-    let still_missing = missing_packages();
+    let still_missing = missing_packages(tools);
     if !still_missing.is_empty() {
         anyhow::bail!(
             "`apt-get install -y {list}` succeeded but these packages still lack their binary: {}",
@@ -89,9 +96,9 @@ pub(crate) fn ensure_tools() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The packages of [`TOOLS`] whose binary is missing (or not static where it must be).
-fn missing_packages() -> Vec<&'static str> {
-    TOOLS
+/// The packages of `tools` whose binary is missing (or not static where it must be).
+fn missing_packages(tools: &[Tool]) -> Vec<&'static str> {
+    tools
         .iter()
         .filter(|tool| match find_binary(tool.binary) {
             None => true,
@@ -251,6 +258,11 @@ impl Services {
             }
         }
         env
+    }
+
+    /// `127.0.0.1:PORT` of every registry.
+    pub(crate) fn addrs(&self) -> Vec<String> {
+        self.registries.iter().map(Registry::addr).collect()
     }
 
     /// Stops every registry, reporting the first failure after trying them all.
@@ -533,25 +545,35 @@ fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
 }
 
 /// Whether `pid` is a live (not zombie) `docker-registry` process.
+#[cfg(test)]
 fn is_live_registry(pid: u32) -> bool {
+    is_live_process(pid, "docker-registry")
+}
+
+/// Whether `pid` is a live (not zombie) process whose command line contains `name`.
+fn is_live_process(pid: u32, name: &str) -> bool {
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The state follows the parenthesised command name: "PID (comm) S ...".
     let state = stat
         .rsplit_once(") ")
         .and_then(|(_, rest)| rest.chars().next());
-    String::from_utf8_lossy(&cmdline).contains("docker-registry")
-        && !matches!(state, None | Some('Z'))
+    String::from_utf8_lossy(&cmdline).contains(name) && !matches!(state, None | Some('Z'))
 }
 
 /// Stops a registry started by an earlier `registry up`, if that process still runs.
 fn stop_detached(pid: u32) -> anyhow::Result<()> {
-    if !is_live_registry(pid) {
+    stop_detached_process(pid, "docker-registry", STOP_TIMEOUT)
+}
+
+/// Stops `pid` (SIGTERM, then SIGKILL after `timeout`) if it is still a live `name` process.
+fn stop_detached_process(pid: u32, name: &str, timeout: Duration) -> anyhow::Result<()> {
+    if !is_live_process(pid, name) {
         return Ok(());
     }
     signal(pid, "TERM")?;
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    while is_live_registry(pid) {
+    let deadline = Instant::now() + timeout;
+    while is_live_process(pid, name) {
         if Instant::now() > deadline {
             signal(pid, "KILL")?;
             break;
@@ -616,6 +638,8 @@ pub(crate) fn run_dir(services_dir: &Path, kind: &str) -> anyhow::Result<PathBuf
             if let Some(pid) = pid
                 && !Path::new(&format!("/proc/{pid}")).exists()
             {
+                // A killed run may have left a buildkitd's mounts behind.
+                let _ = buildkit::unmount_under(&entry.path());
                 let _ = fs::remove_dir_all(entry.path());
             }
         }

@@ -26,7 +26,11 @@ pub(crate) fn run(root: &Path, suite: Suite, test_args: &[String]) -> anyhow::Re
     ensure_toolchain_components()?;
     let run_dir = services::run_dir(&crate::services_dir(), "test")?;
     let services = services::start_registries(&run_dir, true, Lifetime::Owned)?;
-    let env = suite_env(root, &services);
+    let buildkit = start_buildkit(root, &run_dir, &services)?;
+    let mut env = suite_env(root, &services);
+    if let Some(buildkit) = &buildkit {
+        env.extend(buildkit.env());
+    }
     for (name, value) in &env {
         eprintln!("xtask: {name}={value}");
     }
@@ -67,7 +71,8 @@ pub(crate) fn run(root: &Path, suite: Suite, test_args: &[String]) -> anyhow::Re
         args.extend(test_args.iter().map(String::as_str));
         cargo(root, &env, &args)
     });
-    // The registries are only needed up to here; stop them now so their shutdown errors show.
+    // The services are only needed up to here; stop them now so their shutdown errors show.
+    let stopped_buildkit = buildkit.map_or(Ok(()), services::buildkit::Buildkit::stop);
     let stopped = services.stop();
     if suite == Suite::Ci {
         step("doc", &mut || {
@@ -87,6 +92,7 @@ pub(crate) fn run(root: &Path, suite: Suite, test_args: &[String]) -> anyhow::Re
         eprintln!("  {name:<8} {verdict:<7} {elapsed:.1?}");
     }
     stopped.context("stopping the test registries")?;
+    stopped_buildkit.context("stopping buildkitd")?;
     let failed: Vec<&str> = results
         .iter()
         .filter(|(_, _, res)| res.is_err())
@@ -98,6 +104,28 @@ pub(crate) fn run(root: &Path, suite: Suite, test_args: &[String]) -> anyhow::Re
     }
     remove_run_dir(&run_dir);
     Ok(())
+}
+
+/// The BuildKit of `../shared/tools/buildkit`, started for the interop tests; `None` (the tests
+/// skip) where `../shared` is absent, an error there on CI.
+fn start_buildkit(
+    root: &Path,
+    run_dir: &Path,
+    services: &Services,
+) -> anyhow::Result<Option<services::buildkit::Buildkit>> {
+    let Some(bin_dir) = services::buildkit::install(root)? else {
+        anyhow::ensure!(
+            std::env::var_os("CI").is_none(),
+            "../shared/tools/buildkit is absent, and CI requires the BuildKit interop tests"
+        );
+        eprintln!(
+            "xtask: ../shared/tools/buildkit is absent: the BuildKit interop tests will skip"
+        );
+        return Ok(None);
+    };
+    let registries = services.addrs();
+    let buildkit = services::buildkit::start(&bin_dir, run_dir, &registries, Lifetime::Owned)?;
+    Ok(Some(buildkit))
 }
 
 /// Logs and storage of a successful run are of no further use.
@@ -126,8 +154,8 @@ pub(crate) fn run_bench_scenarios(root: &Path, args: &[String]) -> anyhow::Resul
 /// The registry variables plus `BUILDCACHE_FIXTURES` when `../shared/fixtures/buildkit` exists.
 fn suite_env(root: &Path, services: &Services) -> Vec<(String, String)> {
     let mut env = services.env();
-    let fixtures = root.join("../shared/fixtures/buildkit");
-    if let Ok(fixtures) = fixtures.canonicalize() {
+    let fixtures = crate::shared_dir(root).map(|shared| shared.join("fixtures/buildkit"));
+    if let Some(Ok(fixtures)) = fixtures.map(|fixtures| fixtures.canonicalize()) {
         env.push((
             "BUILDCACHE_FIXTURES".to_owned(),
             fixtures.display().to_string(),

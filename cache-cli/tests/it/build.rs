@@ -799,7 +799,7 @@ fn raw_header(path: &str, kind: tar::EntryType, size: u64, link: Option<&str>) -
     header
 }
 
-/// One layer entry written by [`write_layout_image`].
+/// One layer entry written by [`support::write_layout_image`].
 enum RawEntry<'a> {
     File(&'a str, &'a [u8], u32),
     Symlink(&'a str, &'a str),
@@ -829,65 +829,6 @@ fn raw_tar(entries: &[RawEntry<'_>]) -> Vec<u8> {
     builder.into_inner().expect("finishing a tar in memory")
 }
 
-/// Writes an OCI image layout at `dir` holding one linux/amd64 image tagged `tag` whose layers
-/// are `layers` (uncompressed tars).
-fn write_layout_image(dir: &Path, tag: &str, layers: &[Vec<u8>]) {
-    let blobs = dir.join("blobs/sha256");
-    fs::create_dir_all(&blobs).expect("creating the layout");
-    let put = |bytes: &[u8]| -> String {
-        let digest = sha256_hex(bytes);
-        fs::write(support::layout_blob(dir, &digest), bytes).expect("writing a blob");
-        digest
-    };
-    let mut diff_ids = Vec::new();
-    let mut layer_descs = Vec::new();
-    for layer in layers {
-        let digest = put(layer);
-        diff_ids.push(Value::from(digest.clone()));
-        layer_descs.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar",
-            "digest": digest,
-            "size": layer.len(),
-        }));
-    }
-    let config = serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    });
-    let config_bytes = serde_json::to_vec(&config).expect("serializing a config");
-    let config_digest = put(&config_bytes);
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": config_digest,
-            "size": config_bytes.len(),
-        },
-        "layers": layer_descs,
-    });
-    let manifest_bytes = serde_json::to_vec(&manifest).expect("serializing a manifest");
-    let manifest_digest = put(&manifest_bytes);
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": manifest_digest,
-            "size": manifest_bytes.len(),
-            "annotations": {"org.opencontainers.image.ref.name": tag},
-        }],
-    });
-    fs::write(
-        dir.join("index.json"),
-        serde_json::to_vec(&index).expect("index"),
-    )
-    .expect("index");
-    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
-}
-
 /// Builds `FROM base` + a RUN (so the base's layers are extracted) where `base` is an OCI layout
 /// image whose layers are busybox plus `hostile`; returns the build.
 fn build_on_hostile_base(work: &Path, hostile: &[Vec<u8>]) -> Option<support::BuildOutcome> {
@@ -900,7 +841,7 @@ fn build_on_hostile_base(work: &Path, hostile: &[Vec<u8>]) -> Option<support::Bu
     let mut layers = vec![raw_tar(&[RawEntry::File("bin/busybox", &busybox, 0o755)])];
     layers.extend(hostile.iter().cloned());
     let layout = work.join("layout");
-    write_layout_image(&layout, "v1", &layers);
+    support::write_layout_image(&layout, "v1", &layers);
     Some(build(
         ctx.path(),
         &work.join("root"),

@@ -3,6 +3,7 @@
 
 mod build;
 mod inspect;
+mod interop;
 mod manage;
 mod registry;
 mod robustness;

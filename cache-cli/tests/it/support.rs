@@ -11,6 +11,8 @@ use assert_cmd::Command;
 use serde_json::Value;
 use tempfile::TempDir;
 
+pub mod buildkit;
+
 /// Whether the tests run on CI (env `CI` set), where a missing tool or service is a failure.
 pub fn is_ci() -> bool {
     std::env::var_os("CI").is_some()
@@ -504,6 +506,66 @@ pub fn image_layers(layout: &Path, manifest: &Value) -> Vec<Vec<TarEntry>> {
             tar_entries(&bytes)
         })
         .collect()
+}
+
+/// Writes an OCI image layout at `dir` holding one linux/amd64 image tagged `tag` whose layers
+/// are `layers` (uncompressed tars) and whose config sets only `PATH`; returns the manifest digest.
+pub fn write_layout_image(dir: &Path, tag: &str, layers: &[Vec<u8>]) -> String {
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs).expect("creating the layout");
+    let put = |bytes: &[u8]| -> String {
+        let digest = cache_core::digest::sha256(bytes).to_string();
+        fs::write(layout_blob(dir, &digest), bytes).expect("writing a blob");
+        digest
+    };
+    let mut diff_ids = Vec::new();
+    let mut layer_descs = Vec::new();
+    for layer in layers {
+        let digest = put(layer);
+        diff_ids.push(Value::from(digest.clone()));
+        layer_descs.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": digest,
+            "size": layer.len(),
+        }));
+    }
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    });
+    let config_bytes = serde_json::to_vec(&config).expect("serializing a config");
+    let config_digest = put(&config_bytes);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config_bytes.len(),
+        },
+        "layers": layer_descs,
+    });
+    let manifest_bytes = serde_json::to_vec(&manifest).expect("serializing a manifest");
+    let manifest_digest = put(&manifest_bytes);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest,
+            "size": manifest_bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }],
+    });
+    fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&index).expect("index"),
+    )
+    .expect("index");
+    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
+    manifest_digest
 }
 
 /// Extracts a tar file (`--output type=oci` writes one) into a new directory.
