@@ -316,9 +316,15 @@ fn a_context_file_no_step_uses_invalidates_nothing() {
     assert_nothing_ran(&same_root, ALL_STEPS);
 }
 
-/// The fixture BuildKit wrote with `--export-cache type=local,mode=max`.
+/// The fixture BuildKit wrote with `--export-cache type=local,mode=max` (`BUILDCACHE_FIXTURES`,
+/// which `cargo xtask test` sets, or `../shared` beside the checkout).
 fn fixture_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/buildkit/local-max")
+    match std::env::var_os("BUILDCACHE_FIXTURES") {
+        Some(dir) => std::path::PathBuf::from(dir).join("local-max"),
+        None => {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/buildkit/local-max")
+        }
+    }
 }
 
 fn keys(value: &Value) -> BTreeSet<String> {
