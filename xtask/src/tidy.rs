@@ -390,7 +390,8 @@ fn allowed_workspace_deps(name: &str) -> Option<&'static [&'static str]> {
     match name {
         "cache-core" | "cache-dockerfile" | "xtask" => Some(&[]),
         "cache-local" | "cache-registry" => Some(&["cache-core"]),
-        "cache-build" => Some(&["cache-core", "cache-dockerfile"]),
+        "cache-llb" => Some(&["cache-core"]),
+        "cache-build" => Some(&["cache-core", "cache-dockerfile", "cache-llb"]),
         _ => None,
     }
 }
@@ -414,12 +415,13 @@ fn check_layering(package: &Package, ws_names: &BTreeSet<&str>) -> Vec<String> {
             ));
             continue;
         }
-        if package.name == "cache-core"
+        if matches!(package.name.as_str(), "cache-core" | "cache-llb")
             && kind != "dev"
             && matches!(dep.as_str(), "tokio" | "reqwest")
         {
             problems.push(format!(
-                "layering: cache-core depends on `{dep}`{kind_note}; it must stay runtime- and I/O-free"
+                "layering: {} depends on `{dep}`{kind_note}; it must stay runtime- and I/O-free",
+                package.name
             ));
         }
         if !ws_names.contains(dep.as_str()) {
@@ -461,6 +463,7 @@ mod tests {
             "cache-local",
             "cache-registry",
             "cache-dockerfile",
+            "cache-llb",
             "cache-build",
             "cache-cli",
             "cache-bench",
@@ -607,6 +610,8 @@ mod tests {
             package("cache-bench", &[("cache-cli", "dev")]),
             package("cache-local", &[("xtask", "build")]),
             package("xtask", &[("cache-core", "normal")]),
+            package("cache-llb", &[("tokio", "normal")]),
+            package("cache-llb", &[("cache-build", "normal")]),
         ];
         for package in &forbidden {
             assert_eq!(check_layering(package, &ws).len(), 1, "{package:?}");
