@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -454,6 +455,7 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
             empty_sources.join(", ")
         ));
     }
+    display.finish();
     if display.is_quiet() {
         println!("{}", outcome.image.manifest.digest);
     } else {
@@ -618,7 +620,17 @@ async fn export_one(
         }
         AnyBackend::Registry(_) => None,
     };
-    let result = export::export(&backend, &outcome.blobs, &selected, &options, &on_event).await;
+    let source = CountingSource {
+        inner: &outcome.blobs,
+        counters: std::sync::Mutex::new(Vec::new()),
+    };
+    let result = report_transfers(
+        display,
+        &vertex,
+        &source,
+        export::export(&backend, &source, &selected, &options, &on_event),
+    )
+    .await;
     drop(guard);
     let report = match result {
         Ok(report) => report,
@@ -670,6 +682,79 @@ async fn export_one(
         "config_digest": report.config_digest.as_ref().map(|d| d.to_string()),
         "duration_ms": started.elapsed().as_millis() as u64,
     }))
+}
+
+/// The build's blobs as an export source, counting the bytes of each blob read.
+struct CountingSource<'a> {
+    inner: &'a engine::Blobs,
+    /// The blobs opened so far.
+    counters: std::sync::Mutex<Vec<Opened>>,
+}
+
+/// A blob an export opened: digest, size, when, and the bytes read so far.
+type Opened = (Digest, u64, Instant, Arc<AtomicU64>);
+
+impl export::BlobSource for CountingSource<'_> {
+    async fn open_blob(
+        &self,
+        desc: &cache_core::Descriptor,
+    ) -> cache_core::Result<Option<cache_core::Blob>> {
+        let blob = self.inner.open(&desc.digest).await?;
+        Ok(blob.map(|blob| {
+            let counter = Arc::new(AtomicU64::new(0));
+            self.counters.lock().expect("counters lock").push((
+                desc.digest.clone(),
+                desc.size,
+                Instant::now(),
+                counter.clone(),
+            ));
+            engine::counted(blob, counter)
+        }))
+    }
+}
+
+/// Runs `work` (an export reading from `source`) and reports the bytes of each blob it sends
+/// on `vertex`, a few times a second, and once more when each is done.
+async fn report_transfers<T>(
+    display: &Display,
+    vertex: &str,
+    source: &CountingSource<'_>,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    const TICK: std::time::Duration = std::time::Duration::from_millis(150);
+    // The blobs whose end was reported.
+    let mut reported: HashSet<Digest> = HashSet::new();
+    let mut report = |finished: bool| {
+        let counters = source.counters.lock().expect("counters lock");
+        for (digest, size, since, counter) in counters.iter() {
+            let current = counter.load(Ordering::Relaxed);
+            if reported.contains(digest) {
+                continue;
+            }
+            let done = (finished || current >= *size).then(|| since.elapsed());
+            if done.is_some() {
+                reported.insert(digest.clone());
+            }
+            display.event(Event::Transfer {
+                vertex: vertex.to_owned(),
+                id: digest.to_string(),
+                current,
+                total: *size,
+                done,
+            });
+        }
+    };
+    let mut work = std::pin::pin!(work);
+    let mut ticks = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            out = &mut work => {
+                report(true);
+                return out;
+            }
+            _ = ticks.tick() => report(false),
+        }
+    }
 }
 
 /// Removes blobs no tag of `dir` reaches (skipped while another writer is active).
@@ -773,7 +858,13 @@ async fn write_output(
                 name: "exporting to oci image format".into(),
             });
             for desc in &outcome.chain {
-                outcome.blobs.fetch_to_root(desc).await?;
+                if outcome.blobs.in_root(desc).await {
+                    continue;
+                }
+                let counter = Arc::new(AtomicU64::new(0));
+                let fetch = outcome.blobs.fetch_to_root_counted(desc, &counter);
+                let id = desc.digest.to_string();
+                engine::track_transfer(display, &vertex, &id, desc.size, &counter, fetch).await?;
             }
             let root = root.clone();
             let mut open_blob =

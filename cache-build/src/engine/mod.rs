@@ -29,7 +29,7 @@ use crate::layer::{self, Compression, Snapshot};
 use crate::sandbox;
 
 pub use keys::{content_root, image_root, record_digest, scratch_root};
-pub use progress::{Event, Progress, Silent};
+pub use progress::{Event, Progress, Silent, counted, track_transfer};
 pub use stores::{BlobStore, Blobs, ImportedSource, blocking_reader, file_blob};
 
 /// The source id of this machine's own cache (`--root`) and of results made by this build.
@@ -298,6 +298,8 @@ struct Engine<'a> {
     bad_blobs: HashSet<Digest>,
     /// Blobs checked to be available.
     available: std::collections::HashMap<Digest, bool>,
+    /// The step being resolved or run (vertex, name): layers unpacked for it report on it.
+    active: Option<(String, String)>,
 }
 
 /// How many times a build restarts after finding an unusable cache blob.
@@ -382,6 +384,7 @@ pub async fn build(
         last_hit_source: None,
         bad_blobs: HashSet::new(),
         available: std::collections::HashMap::new(),
+        active: None,
     };
     // Resolve image and context bases first, to plan with their configs.
     let mut base_configs = BTreeMap::new();
@@ -597,6 +600,7 @@ impl Engine<'_> {
         self.image_index.clear();
         self.reports.clear();
         self.last_hit_source = None;
+        self.active = None;
     }
 
     fn cleanup(&mut self) {
@@ -618,7 +622,10 @@ impl Engine<'_> {
         for (si, stage) in plan.stages.iter().enumerate() {
             self.start_stage(si, stage, base_images).await?;
             for (k, step) in stage.steps.iter().enumerate() {
+                let name = format!("{} {}", stage.progress_prefix(step.number), step.display);
+                self.active = Some((format!("step:{si}:{k}"), name));
                 self.resolve_step(si, stage, k, step).await?;
+                self.active = None;
             }
         }
         let target = plan.target;
@@ -1234,7 +1241,14 @@ impl Engine<'_> {
                     let chain = self.fs_mut(target).chain.clone();
                     let dir = self.new_dir("rootfs")?;
                     let vertex = self.current_vertex(target);
+                    let started = Instant::now();
                     self.unpack(&chain, &dir, &vertex).await?;
+                    if vertex == "unpack" {
+                        self.progress().event(Event::Done {
+                            vertex,
+                            duration: started.elapsed(),
+                        });
+                    }
                     self.fs_mut(target).rootfs = Some(dir.clone());
                     dir
                 }
@@ -1247,12 +1261,22 @@ impl Engine<'_> {
         })
     }
 
+    /// The vertex that unpacking `target` is part of, started so that displays know its name:
+    /// the first step pending on it, else the step being resolved or run.
     fn current_vertex(&mut self, target: Target) -> String {
         let key = self.fs_mut(target).pending.first().copied();
-        match key {
-            Some((s, k)) => format!("step:{s}:{k}"),
-            None => "unpack".to_owned(),
-        }
+        let (vertex, name) = match key {
+            Some((s, k)) => (format!("step:{s}:{k}"), self.slots[&(s, k)].name.clone()),
+            None => match &self.active {
+                Some(active) => active.clone(),
+                None => ("unpack".to_owned(), "unpacking layers".to_owned()),
+            },
+        };
+        self.progress().event(Event::Start {
+            vertex: vertex.clone(),
+            name,
+        });
+        vertex
     }
 
     /// Unpacks `chain` into `dir`, fetching blobs into the root store first.
@@ -1263,27 +1287,20 @@ impl Engine<'_> {
         vertex: &str,
     ) -> Result<(), Error> {
         for desc in chain {
-            let started = Instant::now();
-            let fetched = self
-                .blobs
-                .fetch_to_root(desc)
-                .await
-                .map_err(|err| Error::BadBlob {
-                    digest: desc.digest.clone(),
-                    message: err.to_string(),
-                })?;
-            if fetched {
-                self.blobs_fetched += 1;
-                self.progress().event(Event::Status {
-                    vertex: vertex.to_owned(),
-                    text: format!(
-                        "{} {} / {}",
-                        desc.digest,
-                        human(desc.size),
-                        human(desc.size)
-                    ),
-                    done: Some(started.elapsed()),
-                });
+            if !self.blobs.in_root(desc).await {
+                let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                let id = desc.digest.to_string();
+                let fetch = self.blobs.fetch_to_root_counted(desc, &counter);
+                let fetched =
+                    track_transfer(self.progress(), vertex, &id, desc.size, &counter, fetch)
+                        .await
+                        .map_err(|err| Error::BadBlob {
+                            digest: desc.digest.clone(),
+                            message: err.to_string(),
+                        })?;
+                if fetched {
+                    self.blobs_fetched += 1;
+                }
             }
             let blob = self
                 .blobs
@@ -1342,7 +1359,9 @@ impl Engine<'_> {
             name: name.clone(),
         });
         let before = snapshot(dir).await?;
+        let previous = self.active.replace((vertex.clone(), name.clone()));
         let outcome = self.run_op(&step, &extra, dir, &vertex, &name).await;
+        self.active = previous;
         if let Err(err) = outcome {
             self.progress().event(Event::Error {
                 vertex,
@@ -1667,16 +1686,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 fn remove_dir(dir: &Path) {
     if let Err(err) = std::fs::remove_dir_all(dir) {
         tracing::warn!("removing {}: {err}", dir.display());
-    }
-}
-
-fn human(n: u64) -> String {
-    if n >= 1_000_000 {
-        format!("{:.2}MB", n as f64 / 1e6)
-    } else if n >= 1000 {
-        format!("{:.2}kB", n as f64 / 1e3)
-    } else {
-        format!("{n}B")
     }
 }
 

@@ -1,6 +1,8 @@
 //! Build events for progress displays: steps starting, logging, cached, done or failed.
 
-use std::time::Duration;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// One event of a build. `vertex` is a stable key per step or phase; displays number vertices
 /// in the order they first appear (`#N`).
@@ -30,6 +32,27 @@ pub enum Event {
         stream: u8,
         /// The bytes.
         bytes: Vec<u8>,
+    },
+    /// Bytes of a blob moving between stores (`id` is its digest): `current` of `total`.
+    /// Sent a few times a second while it moves, and once with `done` set.
+    Transfer {
+        /// The key.
+        vertex: String,
+        /// What moves (`sha256:…`).
+        id: String,
+        /// Bytes moved so far.
+        current: u64,
+        /// Bytes in all.
+        total: u64,
+        /// How long it took, once done.
+        done: Option<Duration>,
+    },
+    /// Why the vertex's step was not found in any cache (sent before it runs).
+    Miss {
+        /// The key.
+        vertex: String,
+        /// The reason (`the parent step missed`, `the command text differs`, …).
+        reason: String,
     },
     /// The vertex was satisfied from a cache.
     Cached {
@@ -66,4 +89,55 @@ pub struct Silent;
 
 impl Progress for Silent {
     fn event(&self, _event: Event) {}
+}
+
+/// How often a moving blob's byte count is reported.
+const TRANSFER_TICK: Duration = Duration::from_millis(150);
+
+/// Runs `work`, which moves the blob `id` of `total` bytes and counts them in `counter`, and
+/// reports its progress on `vertex`: a [`Event::Transfer`] every 150 ms while it runs, and one
+/// when it is done (also on failure). The count itself costs one atomic add per chunk.
+pub async fn track_transfer<T>(
+    progress: &dyn Progress,
+    vertex: &str,
+    id: &str,
+    total: u64,
+    counter: &AtomicU64,
+    work: impl Future<Output = T>,
+) -> T {
+    let started = Instant::now();
+    let event = |done: Option<Duration>| Event::Transfer {
+        vertex: vertex.to_owned(),
+        id: id.to_owned(),
+        current: counter.load(Ordering::Relaxed),
+        total,
+        done,
+    };
+    let mut work = std::pin::pin!(work);
+    let mut ticks =
+        tokio::time::interval_at(tokio::time::Instant::now() + TRANSFER_TICK, TRANSFER_TICK);
+    progress.event(event(None));
+    loop {
+        tokio::select! {
+            out = &mut work => {
+                progress.event(event(Some(started.elapsed())));
+                return out;
+            }
+            _ = ticks.tick() => progress.event(event(None)),
+        }
+    }
+}
+
+/// Counts the bytes of `blob`'s body into `counter` as they are read.
+pub fn counted(blob: cache_core::Blob, counter: std::sync::Arc<AtomicU64>) -> cache_core::Blob {
+    use futures_util::StreamExt;
+    let body = blob.body.inspect(move |chunk| {
+        if let Ok(bytes) = chunk {
+            counter.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
+    });
+    cache_core::Blob {
+        size: blob.size,
+        body: Box::pin(body),
+    }
 }

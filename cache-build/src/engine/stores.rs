@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use cache_core::export::BlobSource;
 use cache_core::{Backend, Blob, Descriptor, Digest, ErrorKind};
@@ -111,9 +112,24 @@ impl Blobs {
         false
     }
 
+    /// Whether the root store holds `desc` already (nothing to fetch).
+    pub async fn in_root(&self, desc: &Descriptor) -> bool {
+        matches!(self.root.stat(&desc.digest).await, Ok(Some(_)))
+    }
+
     /// Makes sure the root store has `desc`, copying it from a source if needed.
     /// Returns true when it had to be fetched.
     pub async fn fetch_to_root(&self, desc: &Descriptor) -> cache_core::Result<bool> {
+        self.fetch_to_root_counted(desc, &Arc::new(AtomicU64::new(0)))
+            .await
+    }
+
+    /// [`Blobs::fetch_to_root`], counting the bytes copied into `counter`.
+    pub async fn fetch_to_root_counted(
+        &self,
+        desc: &Descriptor,
+        counter: &Arc<AtomicU64>,
+    ) -> cache_core::Result<bool> {
         if self.root.stat(&desc.digest).await?.is_some() {
             return Ok(false);
         }
@@ -123,7 +139,7 @@ impl Blobs {
                 format!("layer blob {} is in no cache source", desc.digest),
             )
         })?;
-        let blob = blob.verified(desc.digest.clone());
+        let blob = super::counted(blob, counter.clone()).verified(desc.digest.clone());
         self.root.write(desc, blob).await?;
         Ok(true)
     }

@@ -8,3 +8,4 @@ mod manage;
 mod registry;
 mod robustness;
 mod support;
+mod tty;
