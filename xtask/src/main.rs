@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod golden;
 mod services;
 mod test;
 mod tidy;
@@ -23,6 +24,8 @@ tasks:
   buildkit up                        start a buildkitd from ../shared/tools/buildkit (its own state and socket)
                                      and print its CACHE_TEST_BUILDKIT* variables
   buildkit down                      stop the buildkitd started by `buildkit up` and remove its state
+  llb-golden [--check]               write (or check) cache-cli/tests/corpus/*/llb.jsonl: the ops BuildKit's
+                                     dockerfile2llb derives from each corpus Dockerfile
   demo                               the main job: build examples/multistage cold with --cache-to type=local,
                                      then warm on an empty root with --cache-from, and print both times
   tidy                               check docs, banned constructs, manifests and crate layering
@@ -66,6 +69,11 @@ fn run_task() -> anyhow::Result<()> {
         }
         "registry" => registry(rest),
         "buildkit" => buildkit(&root, rest),
+        "llb-golden" => match rest {
+            [] => golden::run(&root, false),
+            [flag] if flag == "--check" => golden::run(&root, true),
+            _ => anyhow::bail!("`llb-golden` takes only `--check`\n\n{USAGE}"),
+        },
         "demo" => {
             no_args(task, rest)?;
             demo::run(&root)

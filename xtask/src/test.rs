@@ -66,6 +66,10 @@ pub(crate) fn run(root: &Path, suite: Suite, test_args: &[String]) -> anyhow::Re
         )
     });
     step("tidy", &mut || crate::tidy::run(root));
+    if buildkit.is_some() {
+        // The corpus's op goldens must be what this BuildKit derives (`cargo xtask llb-golden`).
+        step("llb-golden", &mut || crate::golden::run(root, true));
+    }
     step("test", &mut || {
         let mut args = vec!["test", "--workspace"];
         args.extend(test_args.iter().map(String::as_str));

@@ -12,6 +12,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 pub mod buildkit;
+pub mod corpus;
 
 /// Whether the tests run on CI (env `CI` set), where a missing tool or service is a failure.
 pub fn is_ci() -> bool {

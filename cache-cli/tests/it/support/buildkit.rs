@@ -180,6 +180,21 @@ impl Buildkit {
         self.build_with_dockerfile(context, context, base, build)
     }
 
+    /// Builds a corpus entry prepared at `context` (its Dockerfile beside it) with its options.
+    pub fn build_entry(
+        &self,
+        entry: &super::corpus::Entry,
+        context: &Path,
+        base: &BaseImage,
+        build: &BuildkitBuild,
+    ) -> BuildkitOutcome {
+        let mut build = build.clone();
+        build.build_args.extend(entry.build_args.iter().cloned());
+        build.target = build.target.or_else(|| entry.target.clone());
+        let dockerfile_dir = context.parent().expect("a prepared entry has a parent");
+        self.build_with_dockerfile(context, dockerfile_dir, base, &build)
+    }
+
     /// Builds `dockerfile_dir/Dockerfile` on `context`.
     pub fn build_with_dockerfile(
         &self,
