@@ -64,6 +64,27 @@ pub struct BuildArgs {
     /// Run every step, ignoring all caches.
     #[arg(long = "no-cache")]
     pub no_cache: bool,
+    /// Run the steps of stage STAGE ignoring all caches (and what depends on them); repeatable.
+    #[arg(long = "no-cache-filter", value_name = "STAGE")]
+    pub no_cache_filter: Vec<String>,
+    /// Write the image ID (the digest of its config, as `docker build` does) to this file.
+    #[arg(long)]
+    pub iidfile: Option<PathBuf>,
+    /// Set a label on the image: `KEY=VALUE`; repeatable (overrides the Dockerfile's LABEL).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Annotate the image manifest: `KEY=VALUE` or `manifest:KEY=VALUE`; repeatable.
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    pub annotations: Vec<String>,
+    /// Add a `HOST:IP` (or `HOST=IP`) line to RUN's /etc/hosts; repeatable or comma-separated.
+    #[arg(long = "add-host", value_name = "HOST:IP", value_delimiter = ',')]
+    pub add_hosts: Vec<String>,
+    /// Resolve base images in their registry (buildcache always does: there is no local image store).
+    #[arg(long)]
+    pub pull: bool,
+    /// Target platform: only the host's (linux/amd64) until emulation exists; repeatable or comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub platform: Vec<String>,
     /// This machine's state: its own cache of records, blobs and snapshots.
     #[arg(long, env = "BUILDCACHE_ROOT")]
     pub root: Option<PathBuf>,
@@ -149,6 +170,100 @@ fn parse_output(value: &str) -> anyhow::Result<Output> {
     }
 }
 
+/// `KEY=VALUE` values of `flag` as a map (`KEY` alone is an empty value, as in `docker build`).
+fn key_values(flag: &str, values: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut map = BTreeMap::new();
+    for value in values {
+        let (k, v) = value.split_once('=').unwrap_or((value, ""));
+        if k.is_empty() {
+            anyhow::bail!("invalid {flag} {value:?}: the key is empty (use {flag} KEY=VALUE)");
+        }
+        map.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(map)
+}
+
+/// `--annotation` values: `KEY=VALUE` and `manifest:KEY=VALUE` annotate the image manifest.
+fn parse_annotations(values: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut plain = Vec::new();
+    for value in values {
+        let (key, _) = value.split_once('=').unwrap_or((value, ""));
+        match key.split_once(':') {
+            Some(("manifest", _)) => plain.push(value["manifest:".len()..].to_owned()),
+            Some((kind, _))
+                if ["index", "manifest-descriptor", "index-descriptor"].contains(&kind)
+                    || kind.contains('[') =>
+            {
+                anyhow::bail!(
+                    "invalid --annotation {value:?}: only image manifest annotations are supported (KEY=VALUE or manifest:KEY=VALUE); buildcache writes no index of its own to annotate"
+                )
+            }
+            _ => plain.push(value.clone()),
+        }
+    }
+    let map = key_values("--annotation", &plain)?;
+    if let Some(value) = values.iter().find(|v| !v.contains('=')) {
+        anyhow::bail!("invalid --annotation {value:?}: use KEY=VALUE");
+    }
+    Ok(map)
+}
+
+/// An `--add-host` value, `HOST:IP` or `HOST=IP`, as `(host, ip)`.
+fn parse_add_host(value: &str) -> anyhow::Result<(String, String)> {
+    let split = match (value.find('='), value.find(':')) {
+        (Some(e), Some(c)) => Some(e.min(c)),
+        (e, c) => e.or(c),
+    };
+    let Some(at) = split else {
+        anyhow::bail!("invalid --add-host {value:?}: use HOST:IP (for example db:10.0.0.2)");
+    };
+    let (host, ip) = (&value[..at], &value[at + 1..]);
+    if host.is_empty() {
+        anyhow::bail!("invalid --add-host {value:?}: the host name is empty (use HOST:IP)");
+    }
+    if ip == "host-gateway" {
+        anyhow::bail!(
+            "invalid --add-host {value:?}: host-gateway is a Docker daemon setting; give the gateway's IP address"
+        );
+    }
+    let ip: std::net::IpAddr = ip.trim_matches(['[', ']']).parse().map_err(|_| {
+        anyhow::format_err!("invalid --add-host {value:?}: {ip:?} is not an IP address")
+    })?;
+    Ok((host.to_owned(), ip.to_string()))
+}
+
+/// Accepts a `--platform` value naming the platform buildcache builds for.
+fn check_platform(value: &str) -> anyhow::Result<()> {
+    let host = cache_build::dockerfile::PLATFORM;
+    let normalized = normalize_platform(value);
+    if normalized != host {
+        anyhow::bail!(
+            "--platform {value}: buildcache builds only for the host platform {host} (it has no emulation); drop --platform or build on a {normalized} machine"
+        );
+    }
+    Ok(())
+}
+
+/// A platform as `os/arch[/variant]` with containerd's aliases (`x86_64` is `amd64`, `amd64`
+/// alone is `linux/amd64`).
+fn normalize_platform(value: &str) -> String {
+    let lower = value.trim().to_lowercase();
+    let parts: Vec<&str> = lower.split('/').collect();
+    let arch = |a: &str| match a {
+        "x86_64" | "x86-64" => "amd64".to_owned(),
+        "aarch64" => "arm64".to_owned(),
+        "i386" | "i686" => "386".to_owned(),
+        other => other.to_owned(),
+    };
+    match parts.as_slice() {
+        ["linux"] => "linux/amd64".to_owned(),
+        [a] => format!("linux/{}", arch(a)),
+        [os, a] => format!("{os}/{}", arch(a)),
+        [os, a, variant] if arch(a) == "amd64" && *variant == "v1" => format!("{os}/amd64"),
+        _ => lower,
+    }
+}
+
 /// The default root: `$XDG_DATA_HOME/buildcache` or `~/.local/share/buildcache`.
 fn default_root() -> PathBuf {
     dirs::data_dir()
@@ -212,6 +327,16 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::format_err!("invalid --build-context {value:?}: {e}"))?;
         named_contexts.insert(name.to_owned(), ctx);
     }
+    for platform in &args.platform {
+        check_platform(platform)?;
+    }
+    let labels = key_values("--label", &args.labels)?;
+    let annotations = parse_annotations(&args.annotations)?;
+    let add_hosts = args
+        .add_hosts
+        .iter()
+        .map(|h| parse_add_host(h))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let names: Vec<image::ImageName> = args
         .tags
         .iter()
@@ -296,6 +421,10 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
         target: args.target.clone(),
         named_contexts,
         no_cache: args.no_cache,
+        no_cache_filter: args.no_cache_filter.clone(),
+        labels,
+        annotations,
+        add_hosts,
         compression,
         work_dir: root_dir
             .join("tmp")
@@ -404,6 +533,10 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
             root_dir.display(),
             crate::error_chain(&err)
         )),
+    }
+    if let Some(path) = &args.iidfile {
+        std::fs::write(path, outcome.image.config_digest().to_string())
+            .with_context(|| format!("writing the image ID file {}", path.display()))?;
     }
     if let Some(path) = &args.metadata_file {
         let metadata = json!({
@@ -900,6 +1033,64 @@ async fn write_output(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn add_host_takes_host_colon_or_equals_ip() {
+        assert_eq!(
+            parse_add_host("db:10.0.0.2").unwrap(),
+            ("db".into(), "10.0.0.2".into())
+        );
+        assert_eq!(
+            parse_add_host("v6=::1").unwrap(),
+            ("v6".into(), "::1".into())
+        );
+        assert_eq!(
+            parse_add_host("v6:[fe80::1]").unwrap(),
+            ("v6".into(), "fe80::1".into())
+        );
+        for (bad, says) in [
+            ("db", "use HOST:IP"),
+            (":1.2.3.4", "host name is empty"),
+            ("db:nope", "not an IP address"),
+            ("db:host-gateway", "host-gateway"),
+        ] {
+            let err = parse_add_host(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn only_the_host_platform_is_accepted() {
+        for ok in [
+            "linux/amd64",
+            "amd64",
+            "linux/x86_64",
+            "LINUX/AMD64",
+            "linux",
+        ] {
+            check_platform(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let err = check_platform("linux/arm64").unwrap_err().to_string();
+        assert!(
+            err.contains("only for the host platform linux/amd64") && err.contains("linux/arm64"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn annotations_are_manifest_annotations() {
+        let map = parse_annotations(&["a=1".into(), "manifest:b=2".into()]).unwrap();
+        assert_eq!(map.get("a").map(String::as_str), Some("1"));
+        assert_eq!(map.get("b").map(String::as_str), Some("2"));
+        for bad in [
+            "index:a=1",
+            "manifest-descriptor:a=1",
+            "manifest[linux/amd64]:a=1",
+            "a",
+        ] {
+            assert!(parse_annotations(&[bad.into()]).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn outputs_parse_like_buildx() {

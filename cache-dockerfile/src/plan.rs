@@ -37,6 +37,9 @@ pub struct PlanOptions {
     /// stage has that name. As in BuildKit, a context named like a stage (`FROM x AS name`)
     /// replaces that stage: its instructions are not built.
     pub named_contexts: BTreeSet<String>,
+    /// `--label KEY=VALUE`: set on the target stage's image config after its own `LABEL`s, as
+    /// BuildKit's frontend does (no history entry).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What a build must do, stage by stage, dependencies first.
@@ -727,8 +730,12 @@ impl<'a> Planner<'a> {
             .filter(|k| !self.declared_args.contains(*k) && !is_builtin_arg(k))
             .cloned()
             .collect();
+        let target = plan_index[&self.target];
+        for (k, v) in &self.opts.labels {
+            stages[target].config.labels.insert(k.clone(), v.clone());
+        }
         Ok(Plan {
-            target: plan_index[&self.target],
+            target,
             stages,
             unused_build_args,
         })
@@ -1805,9 +1812,29 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             target: target.map(String::from),
-            named_contexts: BTreeSet::new(),
+            ..PlanOptions::default()
         };
         plan(&df, &opts)
+    }
+
+    #[test]
+    fn label_options_override_the_target_stages_labels_only() {
+        let df = parse("FROM scratch AS a\nLABEL x=1 y=1\nFROM a\nLABEL x=2\n").expect("parses");
+        let opts = PlanOptions {
+            labels: BTreeMap::from([("x".into(), "cli".into()), ("z".into(), "3".into())]),
+            ..PlanOptions::default()
+        };
+        let plan = plan(&df, &opts).expect("plans");
+        let labels = |i: usize| plan.stages[i].config.labels.clone();
+        assert_eq!(labels(0).get("x").map(String::as_str), Some("1"));
+        assert_eq!(labels(1).get("x").map(String::as_str), Some("cli"));
+        assert_eq!(labels(1).get("y").map(String::as_str), Some("1"));
+        assert_eq!(labels(1).get("z").map(String::as_str), Some("3"));
+        assert_eq!(
+            plan.stages[1].history.len(),
+            1,
+            "no history entry for --label"
+        );
     }
 
     fn ok(text: &str) -> Plan {

@@ -50,6 +50,14 @@ pub struct BuildRequest {
     pub named_contexts: BTreeMap<String, NamedContext>,
     /// `--no-cache`: execute every step, ignoring all caches.
     pub no_cache: bool,
+    /// `--no-cache-filter`: stages (by name) whose steps run, ignoring all caches.
+    pub no_cache_filter: Vec<String>,
+    /// `--label`: labels set on the image config.
+    pub labels: BTreeMap<String, String>,
+    /// `--annotation`: annotations of the image manifest.
+    pub annotations: BTreeMap<String, String>,
+    /// `--add-host`: `(host, ip)` lines added to RUN's `/etc/hosts`.
+    pub add_hosts: Vec<(String, String)>,
     /// Compression of new layers.
     pub compression: Compression,
     /// Scratch space for root filesystems (deleted afterwards).
@@ -349,7 +357,26 @@ pub async fn build(
         build_args: request.build_args.clone(),
         target: request.target.clone(),
         named_contexts: request.named_contexts.keys().cloned().collect(),
+        labels: request.labels.clone(),
     };
+    for name in &request.no_cache_filter {
+        let lower = name.to_lowercase();
+        if !df
+            .stages
+            .iter()
+            .any(|s| s.name.as_deref() == Some(lower.as_str()))
+        {
+            let names: Vec<&str> = df.stages.iter().filter_map(|s| s.name.as_deref()).collect();
+            return Err(Error::other(format!(
+                "--no-cache-filter {name}: the Dockerfile has no stage named {name} (its named stages: {})",
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            )));
+        }
+    }
     let first = dockerfile::plan(&df, &options).map_err(df_err)?;
     let ignore_path = request.context.join(".dockerignore");
     let ignore = match std::fs::read_to_string(&ignore_path) {
@@ -462,7 +489,7 @@ pub async fn build(
     let stage = &engine.plan.stages[target];
     let state = &engine.stages[target];
     let chain = state.fs.chain.clone();
-    let image = assemble_image(stage, state, &chain)?;
+    let image = assemble_image(stage, state, &chain, &request.annotations)?;
     Ok(BuildOutcome {
         targets: state.fs.records.clone(),
         graph: engine.graph,
@@ -480,6 +507,7 @@ fn assemble_image(
     stage: &PlannedStage,
     state: &StageState,
     chain: &[Descriptor],
+    annotations: &BTreeMap<String, String>,
 ) -> Result<image::Image, Error> {
     let created = chain
         .iter()
@@ -503,6 +531,7 @@ fn assemble_image(
         config: plan_to_runtime_config(&stage.config),
         history,
         layers: chain.to_vec(),
+        annotations: annotations.clone(),
     };
     image::assemble(&spec).map_err(|err| Error::other(format!("assembling the image: {err}")))
 }
@@ -931,7 +960,13 @@ impl Engine<'_> {
         }
         let query: Vec<(&str, &[RecordIdx])> = inputs.iter().map(|r| ("", r.as_slice())).collect();
         let found = self.graph.find(&digest, &query);
-        let mut hit = if self.request.no_cache {
+        let no_cache = self.request.no_cache
+            || self
+                .request
+                .no_cache_filter
+                .iter()
+                .any(|n| n.to_lowercase() == stage.name);
+        let mut hit = if no_cache {
             None
         } else {
             self.best_hit(&found).await
@@ -941,7 +976,7 @@ impl Engine<'_> {
         // files it copies are the same as in a cached result, that result is a hit.
         if hit.is_none()
             && found.is_empty()
-            && !self.request.no_cache
+            && !no_cache
             && let (Op::Copy(copy), Extra::Stage(_) | Extra::Image(_)) = (&step.op, &extra)
         {
             let source = match extra {
@@ -1010,7 +1045,7 @@ impl Engine<'_> {
             self.slots.insert((si, k), slot);
             return Ok(());
         }
-        if !found.is_empty() && !self.request.no_cache {
+        if !found.is_empty() && !no_cache {
             // Known key without a result: run only if something needs this filesystem.
             self.stages[si].fs.records = found;
             self.stages[si].fs.pending.push((si, k));
@@ -1043,6 +1078,9 @@ impl Engine<'_> {
             user: &'a Option<String>,
             heredocs: Vec<(String, String)>,
             platform: &'a str,
+            // BuildKit keys extra hosts with the exec op; absent when none, so keys stay stable.
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            hosts: &'a [(String, String)],
         }
         #[derive(Serialize)]
         struct CopyKey<'a> {
@@ -1074,6 +1112,7 @@ impl Engine<'_> {
                         .map(|h| (h.name.clone(), h.content.clone()))
                         .collect(),
                     platform: &step.platform,
+                    hosts: &self.request.add_hosts,
                 };
                 Ok((keys::cache_map(&key), Extra::None))
             }
@@ -1432,6 +1471,7 @@ impl Engine<'_> {
                     cwd: step.workdir.clone(),
                     user: step.user.clone(),
                     hostname: sandbox::DEFAULT_HOSTNAME.to_owned(),
+                    extra_hosts: self.request.add_hosts.clone(),
                     stdin: None,
                 };
                 let progress = self.services.progress;

@@ -101,6 +101,8 @@ pub fn assemble(spec: &ImageSpec) -> Result<Image, Error> {
         schema_version: u32,
         config: &'a Descriptor,
         layers: Vec<Descriptor>,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        annotations: &'a BTreeMap<String, String>,
     }
     let layers = spec
         .layers
@@ -120,6 +122,7 @@ pub fn assemble(spec: &ImageSpec) -> Result<Image, Error> {
         schema_version: 2,
         config: &config_desc,
         layers,
+        annotations: &spec.annotations,
     };
     let manifest_bytes = to_go_json_indent(&manifest);
     Ok(Image {
@@ -240,7 +243,26 @@ mod tests {
                 },
             ],
             layers: vec![layer(b"one", b"one-tar"), layer(b"two", b"two-tar")],
+            annotations: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn annotations_go_into_the_manifest() {
+        let mut spec = spec();
+        let plain = assemble(&spec).unwrap();
+        spec.annotations
+            .insert("org.opencontainers.image.title".into(), "app".into());
+        let annotated = assemble(&spec).unwrap();
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&annotated.manifest.bytes).unwrap();
+        assert_eq!(
+            manifest["annotations"]["org.opencontainers.image.title"],
+            "app"
+        );
+        let manifest: serde_json::Value = serde_json::from_slice(&plain.manifest.bytes).unwrap();
+        assert!(manifest.get("annotations").is_none(), "{manifest}");
+        assert_eq!(plain.config_digest(), annotated.config_digest());
     }
 
     #[test]

@@ -171,6 +171,8 @@ pub struct ImageSpec {
     pub history: Vec<HistoryEntry>,
     /// Layers, bottom first; each must carry `containerd.io/uncompressed` (its diffID).
     pub layers: Vec<cache_core::Descriptor>,
+    /// Annotations of the image manifest (`--annotation`).
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// An image config read from a base image.
@@ -492,6 +494,7 @@ mod tests {
                 },
             ],
             layers: Vec::new(),
+            annotations: Default::default(),
         };
         let diff_id = cache_core::digest::sha256(b"layer");
         let bytes = config_json(&spec, &spec.history, std::slice::from_ref(&diff_id));

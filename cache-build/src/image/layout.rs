@@ -745,6 +745,7 @@ mod tests {
                 },
                 history,
                 layers,
+                ..ImageSpec::default()
             };
             Self {
                 image: assemble(&spec).unwrap(),

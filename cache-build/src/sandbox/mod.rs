@@ -59,6 +59,8 @@ pub struct RunSpec {
     pub user: Option<String>,
     /// The sandbox's hostname; empty means [`DEFAULT_HOSTNAME`].
     pub hostname: String,
+    /// `(host, ip)` entries added to `/etc/hosts` after the defaults (`--add-host`).
+    pub extra_hosts: Vec<(String, String)>,
     /// Bytes for the command's standard input; `None` connects it to `/dev/null`.
     pub stdin: Option<Vec<u8>>,
 }
@@ -73,6 +75,7 @@ impl RunSpec {
             cwd: "/".to_owned(),
             user: None,
             hostname: DEFAULT_HOSTNAME.to_owned(),
+            extra_hosts: Vec::new(),
             stdin: None,
         }
     }

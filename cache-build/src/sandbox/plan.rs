@@ -181,11 +181,13 @@ pub(crate) fn plan(
         .tempdir()
         .map_err(io_error("creating a temporary directory for /etc/hosts"))?;
     let hosts_file = files.path().join("hosts");
-    std::fs::write(
-        &hosts_file,
-        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
-    )
-    .map_err(io_error(format!("writing {}", hosts_file.display())))?;
+    let mut hosts_text =
+        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for (host, ip) in &spec.extra_hosts {
+        hosts_text.push_str(&format!("{ip}\t{host}\n"));
+    }
+    std::fs::write(&hosts_file, hosts_text)
+        .map_err(io_error(format!("writing {}", hosts_file.display())))?;
     // With the host's network, the host's resolver configuration applies as it is.
     let resolv_file = files.path().join("resolv.conf");
     let resolv_text = std::fs::read("/etc/resolv.conf").unwrap_or_default();

@@ -2,6 +2,7 @@
 //! cache management.
 
 mod build;
+mod flags;
 mod inspect;
 mod interop;
 mod manage;
