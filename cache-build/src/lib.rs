@@ -16,8 +16,9 @@
 //!   unless a later step that misses needs that filesystem.
 //!
 //! # Limitations
-//! - linux/amd64 only; `ONBUILD` and `ADD <url>` are refused with the line named, and so, until the
-//!   executor runs them, are `RUN --mount`, `--network` and `--security`.
+//! - linux/amd64 only; `ONBUILD` and `ADD <url>` are refused with the line named.
+//! - `RUN --network=default` is the host's network (the sandbox has no bridge of its own); `none`
+//!   is a new network namespace with only loopback.
 //! - Cache keys are our own: they follow BuildKit's record-digest form, but a BuildKit cache gives
 //!   no hits to this builder (and the other way round), though each reads the other's caches.
 #![deny(missing_docs)]
@@ -28,4 +29,5 @@ pub use cache_dockerfile as dockerfile;
 pub mod engine;
 pub mod image;
 pub mod layer;
+pub mod mounts;
 pub mod sandbox;

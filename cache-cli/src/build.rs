@@ -94,6 +94,20 @@ pub struct BuildArgs {
     /// Progress output.
     #[arg(long, value_enum, default_value_t = crate::progress::Mode::Auto, env = "BUILDKIT_PROGRESS")]
     pub progress: crate::progress::Mode,
+    /// A secret for `RUN --mount=type=secret`: `id=ID,src=FILE` or `id=ID,env=VAR`; repeatable.
+    #[arg(long = "secret")]
+    pub secrets: Vec<String>,
+    /// An SSH agent for `RUN --mount=type=ssh`: `default` (SSH_AUTH_SOCK) or `ID=SOCKET`; repeatable.
+    #[arg(long = "ssh")]
+    pub ssh: Vec<String>,
+    /// The network of RUN steps without `--network` of their own: `default` (the host's), `none`
+    /// or `host`.
+    #[arg(long = "network")]
+    pub network: Option<String>,
+    /// Allow an entitlement: `network.host` (`RUN --network=host`), `security.insecure`
+    /// (`RUN --security=insecure`); repeatable.
+    #[arg(long = "allow")]
+    pub allow: Vec<String>,
 }
 
 /// A parsed `--output`.
@@ -344,6 +358,13 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
 
     let root_dir = args.root.clone().unwrap_or_else(default_root);
+    let run_options = crate::run_flags::run_options(
+        &args.secrets,
+        &args.ssh,
+        args.network.as_deref(),
+        &args.allow,
+        root_dir.join("mounts"),
+    )?;
     std::fs::create_dir_all(&root_dir)
         .with_context(|| format!("creating the root directory {}", root_dir.display()))?;
     let root = Arc::new(LayoutDir::open(root_dir.join("cache")));
@@ -431,6 +452,7 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
             .join(format!("build-{}", std::process::id())),
         hash_cache: Some(root_dir.join("context-hashes.json")),
         now: time::OffsetDateTime::now_utc(),
+        run: run_options,
     };
     let blobs = Blobs {
         root: root.clone() as Arc<dyn BlobStore>,
@@ -517,8 +539,30 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
     // Exports read blobs from the root: clean it only after them.
     drop(root_guard);
     match collect_garbage(&root).await {
-        Ok(gc) if gc.live_bytes > args.root_max_size => {
-            if let Err(err) = shrink_root(&root, args.root_max_size).await {
+        Ok(gc) if gc.live_bytes + mounts_bytes(&root_dir) > args.root_max_size => {
+            // Cache mounts count toward the budget; the least recently used go first.
+            let mounts = cache_build::mounts::CacheMounts::new(root_dir.join("mounts"));
+            let live = gc.live_bytes;
+            let max = args.root_max_size;
+            let mounts_left = match tokio::task::spawn_blocking(move || {
+                crate::root_mounts::remove(&mounts, live, Some(max), None, false, false)
+            })
+            .await
+            {
+                Ok(Ok(removed)) => removed.bytes_left,
+                Ok(Err(err)) => {
+                    display.line(&format!(
+                        "WARNING: removing cache mounts from the root {}: {err}",
+                        root_dir.display()
+                    ));
+                    0
+                }
+                Err(err) => anyhow::bail!("removing cache mounts failed: {err}"),
+            };
+            let budget = args.root_max_size.saturating_sub(mounts_left);
+            if gc.live_bytes > budget
+                && let Err(err) = shrink_root(&root, budget).await
+            {
                 display.line(&format!(
                     "WARNING: shrinking the root {} to {} bytes: {}",
                     root_dir.display(),
@@ -899,6 +943,11 @@ async fn collect_garbage(dir: &Arc<LayoutDir>) -> anyhow::Result<cache_local::Gc
     .await
     .map_err(|e| anyhow::format_err!("garbage collection failed: {e}"))??;
     Ok(report)
+}
+
+/// Bytes of the root's cache mounts.
+fn mounts_bytes(root_dir: &Path) -> u64 {
+    cache_build::mounts::dir_bytes(&root_dir.join("mounts"))
 }
 
 /// Drops the oldest results of the root's own cache until it fits `max_size`.

@@ -5,6 +5,8 @@ mod images;
 mod inspect;
 mod manage;
 mod progress;
+mod root_mounts;
+mod run_flags;
 mod stores;
 
 use clap::{Parser, Subcommand, ValueEnum};

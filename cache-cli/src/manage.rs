@@ -49,6 +49,11 @@ pub enum ManageCommand {
         /// Show what would be removed, change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Also remove every cache mount (`RUN --mount=type=cache`) of the root that no build is
+        /// using (the cache being `ROOT/cache`). Without it, unused cache mounts go only to meet
+        /// --older-than and --max-size, least recently used first.
+        #[arg(long)]
+        mounts: bool,
         /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
@@ -95,6 +100,7 @@ pub async fn run(command: ManageCommand) -> anyhow::Result<()> {
             older_than,
             max_size,
             dry_run,
+            mounts,
             format,
         } => {
             let options = PruneOptions {
@@ -104,7 +110,7 @@ pub async fn run(command: ManageCommand) -> anyhow::Result<()> {
                 dry_run,
                 now: SystemTime::now(),
             };
-            prune(&source, options, format).await
+            prune(&source, options, mounts, format).await
         }
         ManageCommand::Copy { from, to, format } => copy(&from, &to, format).await,
         ManageCommand::Verify {
@@ -168,12 +174,25 @@ async fn du(source: &str, format: OutputFormat) -> anyhow::Result<()> {
     let Some(layout) = existing_layout(&spec)? else {
         return du_registry(&spec, format).await;
     };
+    let mounts = match crate::root_mounts::of_layout(layout.root()) {
+        Some(store) => Some(
+            tokio::task::spawn_blocking(move || store.list())
+                .await
+                .map_err(|e| anyhow::format_err!("listing cache mounts failed: {e}"))?
+                .context("listing cache mounts")?,
+        ),
+        None => None,
+    };
     let usage = blocking(move || layout.disk_usage()).await?;
     if format == OutputFormat::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&usage_json(source, &usage))?
-        );
+        let mut value = usage_json(source, &usage);
+        if let Some(mounts) = &mounts {
+            value["cache_mounts"] = mounts
+                .iter()
+                .map(|m| json!({"id": m.id, "instance": m.instance, "bytes": m.bytes}))
+                .collect();
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
     println!("cache:     {source}");
@@ -215,6 +234,22 @@ async fn du(source: &str, format: OutputFormat) -> anyhow::Result<()> {
         usage.temp_files
     );
     println!("total:     {}", human_bytes(usage.total_bytes()));
+    if let Some(mounts) = &mounts {
+        let total: u64 = mounts.iter().map(|m| m.bytes).sum();
+        println!(
+            "cache mounts: {} in {} (RUN --mount=type=cache of this root; `buildcache cache prune --mounts` removes them)",
+            human_bytes(total),
+            mounts.len()
+        );
+        for m in mounts {
+            println!(
+                "  {} (instance {}): {}",
+                m.id,
+                m.instance,
+                human_bytes(m.bytes)
+            );
+        }
+    }
     if !usage.missing.is_empty() {
         println!(
             "missing:   {} blobs named by tags are absent (run `buildcache cache verify`)",
@@ -290,7 +325,12 @@ async fn du_registry(spec: &ImportSpec, format: OutputFormat) -> anyhow::Result<
 
 // ----- prune -----
 
-async fn prune(source: &str, options: PruneOptions, format: OutputFormat) -> anyhow::Result<()> {
+async fn prune(
+    source: &str,
+    options: PruneOptions,
+    all_mounts: bool,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
     let spec = parse_source(source)?;
     let Some(layout) = existing_layout(&spec)? else {
         anyhow::bail!(
@@ -299,13 +339,54 @@ async fn prune(source: &str, options: PruneOptions, format: OutputFormat) -> any
              collection)"
         );
     };
-    let report = blocking(move || layout.prune(&options)).await?;
-    if format == OutputFormat::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&prune_json(source, &report))?
+    let root_mounts = crate::root_mounts::of_layout(layout.root());
+    if all_mounts && root_mounts.is_none() {
+        anyhow::bail!(
+            "{source}: --mounts needs a root's own cache (ROOT/cache, next to ROOT/mounts); this cache has no cache mounts"
         );
+    }
+    let (max_size, older_than, dry_run) = (options.max_size, options.older_than, options.dry_run);
+    let report = blocking(move || layout.prune(&options)).await?;
+    let mounts = match root_mounts {
+        Some(mounts) => {
+            let other = report.bytes_after;
+            Some(
+                tokio::task::spawn_blocking(move || {
+                    crate::root_mounts::remove(
+                        &mounts, other, max_size, older_than, all_mounts, dry_run,
+                    )
+                })
+                .await
+                .map_err(|e| anyhow::format_err!("removing cache mounts failed: {e}"))?
+                .context("removing cache mounts")?,
+            )
+        }
+        None => None,
+    };
+    if format == OutputFormat::Json {
+        let mut value = prune_json(source, &report);
+        if let Some(removed) = &mounts {
+            value["cache_mounts_removed"] = removed
+                .mounts
+                .iter()
+                .map(|m| json!({"id": m.id, "instance": m.instance, "bytes": m.bytes}))
+                .collect();
+            value["cache_mounts_bytes_left"] = json!(removed.bytes_left);
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
+    }
+    if let Some(removed) = &mounts {
+        let verb = if dry_run { "would remove" } else { "removed" };
+        for m in &removed.mounts {
+            println!(
+                "{verb} cache mount {} (instance {}, {})",
+                m.id,
+                m.instance,
+                human_bytes(m.bytes)
+            );
+        }
+        println!("cache mounts: {} left", human_bytes(removed.bytes_left));
     }
     let verb = if report.dry_run {
         "would remove"

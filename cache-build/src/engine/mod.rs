@@ -8,6 +8,7 @@
 
 mod keys;
 mod progress;
+mod run_mounts;
 mod stores;
 
 use std::collections::{BTreeMap, HashSet};
@@ -30,6 +31,7 @@ use crate::sandbox;
 
 pub use keys::{content_root, image_root, record_digest, scratch_root};
 pub use progress::{Event, Progress, Silent, counted, track_transfer};
+pub use run_mounts::{RunOptions, SecretSource};
 pub use stores::{BlobStore, Blobs, ImportedSource, blocking_reader, file_blob};
 
 /// The source id of this machine's own cache (`--root`) and of results made by this build.
@@ -66,6 +68,8 @@ pub struct BuildRequest {
     pub hash_cache: Option<PathBuf>,
     /// The creation time of new results.
     pub now: OffsetDateTime,
+    /// RUN's cache mount store, secrets, SSH agents, default network and entitlements.
+    pub run: RunOptions,
 }
 
 /// A `--build-context` value.
@@ -432,27 +436,6 @@ pub async fn build(
     }
     engine.plan =
         dockerfile::plan_with_base_configs(&df, &options, &base_configs).map_err(df_err)?;
-    for step in engine.plan.stages.iter().flat_map(|s| &s.steps) {
-        if let Op::Run {
-            mounts,
-            network,
-            security,
-            ..
-        } = &step.op
-            && (!mounts.is_empty()
-                || *network != dockerfile::Network::Default
-                || *security != dockerfile::Security::Sandbox)
-        {
-            // FIXME(#10): the executor runs RUN --mount, --network and --security next.
-            return Err(Error::Dockerfile {
-                path: request.dockerfile.display().to_string(),
-                line: Some(step.line),
-                message:
-                    "RUN --mount, --network and --security are not executed yet: remove the flags"
-                        .into(),
-            });
-        }
-    }
     let mut restarts = 0;
     loop {
         let result = engine.run(&base_images).await;
@@ -1081,6 +1064,13 @@ impl Engine<'_> {
             // BuildKit keys extra hosts with the exec op; absent when none, so keys stay stable.
             #[serde(skip_serializing_if = "<[_]>::is_empty")]
             hosts: &'a [(String, String)],
+            // Absent when unused, so that plain RUN keys stay what they were.
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            mounts: Vec<run_mounts::MountKey<'a>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            network: Option<&'static str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            security: Option<&'static str>,
         }
         #[derive(Serialize)]
         struct CopyKey<'a> {
@@ -1100,8 +1090,13 @@ impl Engine<'_> {
         }
         match &step.op {
             Op::Run {
-                command, heredocs, ..
+                command,
+                heredocs,
+                mounts,
+                network,
+                security,
             } => {
+                let mounts = self.mount_keys(mounts, name).await?;
                 let key = RunKey {
                     run: run_argv(step, command),
                     env: &step.env,
@@ -1113,6 +1108,10 @@ impl Engine<'_> {
                         .collect(),
                     platform: &step.platform,
                     hosts: &self.request.add_hosts,
+                    mounts,
+                    network: (*network != dockerfile::Network::Default).then(|| network.as_str()),
+                    security: (*security != dockerfile::Security::Sandbox)
+                        .then(|| security.as_str()),
                 };
                 Ok((keys::cache_map(&key), Extra::None))
             }
@@ -1441,8 +1440,15 @@ impl Engine<'_> {
     ) -> Result<(), Error> {
         match &step.op {
             Op::Run {
-                command, heredocs, ..
+                command,
+                heredocs,
+                mounts: run_mounts,
+                network,
+                security,
             } => {
+                let prepared = self
+                    .prepare_run(step, run_mounts, *network, *security, name)
+                    .await?;
                 // `RUN <<EOF` with a `#!` body runs the body as a file, as BuildKit does.
                 let mut mounts = Vec::new();
                 for heredoc in heredocs {
@@ -1464,15 +1470,20 @@ impl Engine<'_> {
                         readonly: true,
                     });
                 }
+                mounts.extend(prepared.mounts.iter().cloned());
+                let mut env = step.env.clone();
+                env.extend(prepared.env.iter().cloned());
                 let spec = sandbox::RunSpec {
                     rootfs: dir.to_path_buf(),
                     argv: run_argv(step, command),
-                    env: step.env.clone(),
+                    env,
                     cwd: step.workdir.clone(),
                     user: step.user.clone(),
                     hostname: sandbox::DEFAULT_HOSTNAME.to_owned(),
                     extra_hosts: self.request.add_hosts.clone(),
                     stdin: None,
+                    network: prepared.network,
+                    insecure: prepared.insecure,
                 };
                 let progress = self.services.progress;
                 let vertex_owned = vertex.to_owned();

@@ -38,6 +38,8 @@ pub(crate) enum Op {
     Mkdir { path: CString, mode: u32 },
     /// Creates an empty file (a bind-mount target).
     CreateFile { path: CString },
+    /// Brings the loopback interface of a new network namespace up.
+    LoopbackUp,
     /// `symlink(target, link)`.
     Symlink { target: CString, link: CString },
     /// `sethostname`.
@@ -85,6 +87,8 @@ pub(crate) struct Plan {
     pub(crate) become_unprivileged: Option<(Uid, Gid)>,
     /// Steps of the sandbox's first process.
     pub(crate) ops: Vec<Op>,
+    /// Create a network namespace too (`RUN --network=none`).
+    pub(crate) new_network: bool,
     /// Write end of the failure report pipe.
     pub(crate) report_fd: RawFd,
 }
@@ -175,6 +179,9 @@ fn intermediate(plan: &Plan) -> io::Result<()> {
     let mut flags = sandbox_namespaces();
     if plan.user_namespace.is_some() {
         flags |= UnshareFlags::NEWUSER;
+    }
+    if plan.new_network {
+        flags |= UnshareFlags::NEWNET;
     }
     // SAFETY: `unshare_unsafe` is unsafe only for `CLONE_FILES`, which is not among the flags.
     unsafe { rustix::thread::unshare_unsafe(flags) }
@@ -274,6 +281,7 @@ fn apply(op: &Op) -> Result<(), Errno> {
         .map(drop),
         Op::Symlink { target, link } => rustix::fs::symlink(target.as_c_str(), link.as_c_str()),
         Op::SetHostname { name } => rustix::system::sethostname(name),
+        Op::LoopbackUp => loopback_up(),
         Op::PivotRoot { root } => {
             rustix::process::chdir(root.as_c_str())?;
             rustix::process::pivot_root(c".", c".")?;
@@ -320,6 +328,32 @@ fn apply(op: &Op) -> Result<(), Errno> {
             Ok(())
         }
         Op::DieWithParent => rustix::process::set_parent_process_death_signal(Some(Signal::KILL)),
+    }
+}
+
+/// `ifconfig lo up` with an `ioctl` on a throw-away socket (no allocation).
+fn loopback_up() -> Result<(), Errno> {
+    let last_errno = || Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::INVAL);
+    // SAFETY: `socket` takes integers; the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: `ifreq` is plain old data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags =
+        (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: `SIOCSIFFLAGS` reads the `ifreq` it is given, which lives for the call.
+    let res = unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &req as *const libc::ifreq) };
+    let err = (res != 0).then(last_errno);
+    // SAFETY: `fd` was opened above and is not used after this.
+    unsafe { libc::close(fd) };
+    match err {
+        Some(errno) => Err(errno),
+        None => Ok(()),
     }
 }
 

@@ -1,7 +1,8 @@
 //! RUN isolation: executing a command inside a root filesystem with its own namespaces.
 //!
 //! [`run`] executes one `RUN` step the way BuildKit's runc executor does: the command is PID 1 of
-//! new mount, PID, UTS and IPC namespaces (the network is the host's), the root filesystem is `/`
+//! new mount, PID, UTS and IPC namespaces (the network is the host's, or with [`Network::None`] a
+//! new network namespace with only loopback), the root filesystem is `/`
 //! (via `pivot_root`), with `/proc`, a minimal `/dev`, read-only `/etc/hosts` and `/etc/resolv.conf`,
 //! hostname `buildkitsandbox`, Docker's default capabilities and the `USER`'s credentials.
 //!
@@ -63,6 +64,21 @@ pub struct RunSpec {
     pub extra_hosts: Vec<(String, String)>,
     /// Bytes for the command's standard input; `None` connects it to `/dev/null`.
     pub stdin: Option<Vec<u8>>,
+    /// The network the command sees.
+    pub network: Network,
+    /// `RUN --security=insecure`: the command keeps every capability and nothing in `/proc` or
+    /// `/sys` is masked.
+    pub insecure: bool,
+}
+
+/// The network of a sandbox.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Network {
+    /// The host's network namespace.
+    #[default]
+    Host,
+    /// A new network namespace with only the loopback interface, up.
+    None,
 }
 
 impl RunSpec {
@@ -77,6 +93,8 @@ impl RunSpec {
             hostname: DEFAULT_HOSTNAME.to_owned(),
             extra_hosts: Vec::new(),
             stdin: None,
+            network: Network::Host,
+            insecure: false,
         }
     }
 }
@@ -561,6 +579,7 @@ fn execute(
                 _ => None,
             },
             ops: prepared.steps.ops.clone(),
+            new_network: spec.network == Network::None,
             report_fd: std::os::fd::AsRawFd::as_raw_fd(&report_writer),
         };
         let mut cmd = Command::new(&program);

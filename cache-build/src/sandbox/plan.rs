@@ -197,6 +197,13 @@ pub(crate) fn plan(
     let rootfs = c_path(root.path())?;
     let is_root_mode = matches!(mode, Mode::Root);
     let mut steps = Steps::default();
+    if spec.network == super::Network::None {
+        steps.push(
+            Op::LoopbackUp,
+            "bringing up the loopback interface of the new network namespace",
+            HINT_PRIVILEGE,
+        );
+    }
     steps.push(
         Op::SetHostname {
             name: hostname.as_bytes().to_vec(),
@@ -271,7 +278,9 @@ pub(crate) fn plan(
             extra.push((mount, target));
         }
     }
-    mask_steps(&mut steps, proc_dir.as_ref(), sys_dir.as_ref())?;
+    if !spec.insecure {
+        mask_steps(&mut steps, proc_dir.as_ref(), sys_dir.as_ref())?;
+    }
     for (target, source, shown) in [
         (hosts, &hosts_file, "/etc/hosts"),
         (resolv, &resolv_file, "/etc/resolv.conf"),
@@ -310,7 +319,7 @@ pub(crate) fn plan(
         "",
     );
     steps.push(Op::Umask { mode: UMASK }, "setting the umask", "");
-    credential_steps(&mut steps, exec_user, is_root_mode);
+    credential_steps(&mut steps, exec_user, is_root_mode, spec.insecure);
     Ok((steps, files))
 }
 
@@ -585,20 +594,28 @@ fn mask_steps(
 
 /// Capabilities, groups, ids, session and parent-death signal, in this order: dropping the bounding
 /// set needs root's capabilities, and any credential change clears the parent-death signal.
-fn credential_steps(steps: &mut Steps, exec_user: &user::ExecUser, is_root_mode: bool) {
+fn credential_steps(
+    steps: &mut Steps,
+    exec_user: &user::ExecUser,
+    is_root_mode: bool,
+    insecure: bool,
+) {
     let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|text| text.trim().parse::<u32>().ok())
         .unwrap_or(63);
-    steps.push(
-        Op::DropBoundingCaps {
-            caps: (0..=last_cap)
-                .filter(|cap| !DEFAULT_CAPS.contains(cap))
-                .collect(),
-        },
-        "dropping capabilities beyond Docker's default set",
-        HINT_PRIVILEGE,
-    );
+    // `--security=insecure` keeps every capability, as BuildKit's insecure mode does.
+    if !insecure {
+        steps.push(
+            Op::DropBoundingCaps {
+                caps: (0..=last_cap)
+                    .filter(|cap| !DEFAULT_CAPS.contains(cap))
+                    .collect(),
+            },
+            "dropping capabilities beyond Docker's default set",
+            HINT_PRIVILEGE,
+        );
+    }
     // An unprivileged user namespace refuses `setgroups` (it was denied to make the gid map legal).
     if is_root_mode {
         steps.push(

@@ -768,17 +768,6 @@ fn a_copy_of_a_missing_file_names_the_file() {
     assert!(stderr.contains("not-there.txt"), "{stderr}");
 }
 
-#[test]
-fn run_with_a_cache_mount_is_an_error_naming_the_line() {
-    let Some(stderr) = failing_build(
-        "FROM scratch\nCOPY busybox /bin/busybox\nRUN --mount=type=cache,target=/x true\n",
-    ) else {
-        return;
-    };
-    assert!(stderr.contains("--mount"), "{stderr}");
-    assert!(stderr.contains(":3"), "the error names line 3: {stderr}");
-}
-
 /// A raw tar header for `path`, written byte for byte so that `..` and absolute paths survive.
 fn raw_header(path: &str, kind: tar::EntryType, size: u64, link: Option<&str>) -> tar::Header {
     let mut header = tar::Header::new_old();

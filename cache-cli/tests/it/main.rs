@@ -6,6 +6,7 @@ mod flags;
 mod inspect;
 mod interop;
 mod manage;
+mod mounts;
 mod registry;
 mod robustness;
 mod support;
