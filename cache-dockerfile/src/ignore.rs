@@ -239,12 +239,24 @@ impl IgnoreMatcher {
     /// Errors name the line of an invalid pattern (a lone `!`, an unclosed `[`).
     pub fn parse(text: &str) -> Result<Self, Error> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        Self::compile_lines(
+            text.lines()
+                .enumerate()
+                .filter(|(_, line)| !line.starts_with('#'))
+                .map(|(idx, line)| (idx + 1, line)),
+        )
+    }
+
+    /// A matcher of `patterns`, one pattern each (no comments): `COPY --exclude` values.
+    ///
+    /// Errors name the 1-based position of an invalid pattern.
+    pub fn from_patterns<'a>(patterns: impl IntoIterator<Item = &'a str>) -> Result<Self, Error> {
+        Self::compile_lines(patterns.into_iter().enumerate().map(|(i, p)| (i + 1, p)))
+    }
+
+    fn compile_lines<'a>(lines: impl Iterator<Item = (usize, &'a str)>) -> Result<Self, Error> {
         let mut patterns = Vec::new();
-        for (idx, line) in text.lines().enumerate() {
-            let line_no = idx + 1;
-            if line.starts_with('#') {
-                continue;
-            }
+        for (line_no, line) in lines {
             let mut pattern = line.trim();
             if pattern.is_empty() {
                 continue;

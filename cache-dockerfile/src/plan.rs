@@ -233,6 +233,8 @@ pub struct CopyOp {
     pub link: bool,
     /// ADD: local tar archives (plain, gzip, bzip2, xz, zstd) are extracted into `dest`.
     pub is_add: bool,
+    /// `--exclude` patterns (expanded, `.dockerignore` syntax), matched below each source.
+    pub exclude: Vec<String>,
 }
 
 /// One source of a [`CopyOp`].
@@ -1667,13 +1669,13 @@ impl StageDispatch<'_> {
         let keyword = if is_add { "ADD" } else { "COPY" };
         for flag in &ins.flags {
             match flag.name.as_str() {
-                "from" | "chown" | "chmod" | "link" => {}
+                "from" | "chown" | "chmod" | "link" | "exclude" => {}
                 "parents" if flag.value == "false" => {}
                 other => {
                     return Err(Self::unsupported(
                         ins,
                         &format!("{keyword} --{other}"),
-                        "remove the flag (supported: --from, --chown, --chmod, --link)",
+                        "remove the flag (supported: --from, --chown, --chmod, --link, --exclude)",
                     ));
                 }
             }
@@ -1767,6 +1769,23 @@ impl StageDispatch<'_> {
             },
         };
         let link = ins.flag("link") == Some("true");
+        let mut exclude = Vec::new();
+        for pattern in ins.flag_values("exclude") {
+            let pattern = self.expand(pattern)?;
+            if pattern.is_empty() {
+                return Err(Error::at(
+                    ins.line,
+                    format!("{keyword} --exclude needs a pattern (--exclude=*.md)"),
+                ));
+            }
+            if let Err(err) = super::IgnoreMatcher::from_patterns([pattern.as_str()]) {
+                return Err(Error::at(
+                    ins.line,
+                    format!("{keyword} --exclude={pattern}: {}", err.message()),
+                ));
+            }
+            exclude.push(pattern);
+        }
 
         let mut msg = String::from(keyword);
         if let Some(c) = &chown {
@@ -1788,6 +1807,7 @@ impl StageDispatch<'_> {
             chmod,
             link,
             is_add,
+            exclude,
         });
         let idx = self.push_step(ins, display, op);
         self.commit(msg, Some(idx));
@@ -2347,6 +2367,20 @@ mod tests {
     }
 
     #[test]
+    fn copy_exclude_patterns_are_expanded_and_kept() {
+        let plan = plan_text(
+            "FROM scratch\nARG EXT=md\nADD --exclude=*.$EXT --exclude=tmp/ . /\n",
+            &[],
+            None,
+        )
+        .expect("plans");
+        let Op::Copy(copy) = &plan.stages[0].steps[0].op else {
+            panic!("a copy");
+        };
+        assert_eq!(copy.exclude, ["*.md", "tmp/"]);
+    }
+
+    #[test]
     fn unsupported_features_name_the_line() {
         check_error(
             "FROM scratch\nRUN --device=gpu make\n",
@@ -2379,9 +2413,14 @@ mod tests {
             "COPY --parents is not supported",
         );
         check_error(
-            "FROM scratch\nCOPY --exclude=*.md . /\n",
+            "FROM scratch\nCOPY --exclude= . /\n",
             Some(2),
-            "COPY --exclude",
+            "COPY --exclude needs a pattern",
+        );
+        check_error(
+            "FROM scratch\nCOPY --exclude=[a . /\n",
+            Some(2),
+            "COPY --exclude=[a: ",
         );
         check_error(
             "FROM scratch\nADD --checksum=sha256:x a /\n",

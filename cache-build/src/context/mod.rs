@@ -52,7 +52,9 @@ use std::path::PathBuf;
 
 pub use copy::{CopyOptions, CopyStats, copy_into};
 pub use hash::{HashCache, HashStats};
-pub use select::{EntryKind, Match, SelectedEntry, SelectedSource, Selection, select};
+pub use select::{
+    EntryKind, Match, SelectedEntry, SelectedSource, Selection, select, select_excluding,
+};
 
 /// Errors of selecting, hashing and copying COPY/ADD sources.
 #[derive(Debug, thiserror::Error)]

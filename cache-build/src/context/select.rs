@@ -167,6 +167,19 @@ pub fn select(
     ignore: Option<&IgnoreMatcher>,
     cache: &mut HashCache,
 ) -> Result<Selection, Error> {
+    select_excluding(src_root, sources, ignore, None, cache)
+}
+
+/// [`select`], leaving out what `exclude` matches (`COPY --exclude`): patterns are matched
+/// against paths relative to each source's match (a file match by its name), and a matched
+/// directory leaves out everything below it, as BuildKit's copy does.
+pub fn select_excluding(
+    src_root: &Path,
+    sources: &[String],
+    ignore: Option<&IgnoreMatcher>,
+    exclude: Option<&IgnoreMatcher>,
+    cache: &mut HashCache,
+) -> Result<Selection, Error> {
     let root_name = if ignore.is_some() {
         "build context"
     } else {
@@ -189,6 +202,7 @@ pub fn select(
             let walker = Walker {
                 root: src_root,
                 ignore,
+                exclude,
             };
             if let Some((found, files)) = walker.match_path(&named)? {
                 let match_idx = matches.len();
@@ -584,6 +598,8 @@ fn resolve_impl(
 struct Walker<'a> {
     root: &'a Path,
     ignore: Option<&'a IgnoreMatcher>,
+    /// `COPY --exclude` patterns, relative to the match.
+    exclude: Option<&'a IgnoreMatcher>,
 }
 
 /// Entry index in [`Match::entries`], absolute path and stat data of a file to hash.
@@ -594,6 +610,16 @@ impl Walker<'_> {
         match self.ignore {
             Some(ignore) if !rel.as_os_str().is_empty() => {
                 ignore.is_excluded(&String::from_utf8_lossy(rel.as_os_str().as_bytes()))
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether `COPY --exclude` leaves out `match_rel` (relative to the match).
+    fn is_left_out(&self, match_rel: &Path) -> bool {
+        match self.exclude {
+            Some(exclude) if !match_rel.as_os_str().is_empty() => {
+                exclude.is_excluded(&String::from_utf8_lossy(match_rel.as_os_str().as_bytes()))
             }
             _ => false,
         }
@@ -638,7 +664,11 @@ impl Walker<'_> {
             if excluded && n_included == 0 {
                 return Ok(None);
             }
-        } else if excluded {
+        } else if excluded
+            || named
+                .file_name()
+                .is_some_and(|n| self.is_left_out(Path::new(n)))
+        {
             return Ok(None);
         }
         Ok(Some((
@@ -679,6 +709,9 @@ impl Walker<'_> {
             let child_rel = match_rel.join(&name);
             // Below an excluded directory only re-included paths count; the matcher checks
             // parents itself, so asking about the child is enough either way.
+            if self.is_left_out(&child_rel) {
+                continue;
+            }
             let excluded = self.is_excluded(&child_ctx);
             let is_dir = meta.file_type().is_dir();
             if excluded && !(is_dir && self.may_include_under(&child_ctx)) {
@@ -794,6 +827,71 @@ mod tests {
         write(dir.path(), "dir/sub/two.txt", "2");
         write(dir.path(), "dir/secret.key", "k");
         dir
+    }
+
+    /// BuildKit's `testExcludedFilesOnCopy` cases: patterns match below each source's match.
+    #[test]
+    fn exclude_patterns_match_relative_to_each_source() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        for (path, body) in [
+            ("dir1/file-101.png", "2"),
+            ("dir1/file-102.txt", "3"),
+            ("dir2/file-201.pdf", "6"),
+            ("dir3/file-301.mp3", "9"),
+            ("dir3/file-302.mpeg", "10"),
+        ] {
+            write(root, path, body);
+        }
+        let check = |sources: &[&str], exclude: &[&str], expect: &[&str]| {
+            let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+            let exclude = IgnoreMatcher::parse(&exclude.join("\n")).expect("patterns");
+            let selection = select_excluding(
+                root,
+                &sources,
+                None,
+                Some(&exclude),
+                &mut HashCache::in_memory(),
+            )
+            .expect("select");
+            let mut got = names(&selection);
+            got.retain(|n| n.contains('.'));
+            assert_eq!(got, expect, "{sources:?} --exclude {exclude:?}");
+        };
+        check(
+            &["."],
+            &["*/*.png", "*/*.pdf"],
+            &[
+                "dir1/file-102.txt",
+                "dir3/file-301.mp3",
+                "dir3/file-302.mpeg",
+            ],
+        );
+        check(&["dir3/"], &["*.mp3"], &["dir3/file-302.mpeg"]);
+        check(
+            &["dir*"],
+            &["*.mp*", "*.png", "*.pdf"],
+            &["dir1/file-102.txt"],
+        );
+        check(&["dir*/file-1*"], &["*.png"], &["dir1/file-102.txt"]);
+        check(
+            &["."],
+            &["dir1", "dir2"],
+            &["dir3/file-301.mp3", "dir3/file-302.mpeg"],
+        );
+        let plain = sel(root, &["."], None).expect("select").checksum;
+        let sources = vec![".".to_string()];
+        let exclude = IgnoreMatcher::parse("*/*.png").expect("pattern");
+        let excluded = select_excluding(
+            root,
+            &sources,
+            None,
+            Some(&exclude),
+            &mut HashCache::in_memory(),
+        )
+        .expect("select")
+        .checksum;
+        assert_ne!(plain, excluded, "what is left out is not in the checksum");
     }
 
     #[test]

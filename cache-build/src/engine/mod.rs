@@ -779,7 +779,7 @@ impl Engine<'_> {
 
     /// `FROM <directory context>`: the directory's files as one layer on an empty base.
     async fn dir_base(&mut self, name: &str, dir: &Path) -> Result<Fs, Error> {
-        let selection = self.select(dir, &[".".to_owned()], false, name)?;
+        let selection = self.select(dir, &[".".to_owned()], false, &[], name)?;
         let content = self.root_record(keys::content_root(&selection.checksum));
         let scratch = self.root_record(keys::scratch_root());
         let digest = keys::record_digest(&keys::cache_map(&("from-dir", "/")), 0);
@@ -832,11 +832,20 @@ impl Engine<'_> {
         src_root: &Path,
         sources: &[String],
         use_ignore: bool,
+        exclude: &[String],
         what: &str,
     ) -> Result<context::Selection, Error> {
         let ignore = use_ignore.then_some(&self.ignore);
-        context::select(src_root, sources, ignore, &mut self.hashes)
-            .map_err(|err| Error::other(format!("{what}: {err}")))
+        let exclude =
+            exclude_matcher(exclude).map_err(|err| Error::other(format!("{what}: {err}")))?;
+        context::select_excluding(
+            src_root,
+            sources,
+            ignore,
+            exclude.as_ref(),
+            &mut self.hashes,
+        )
+        .map_err(|err| Error::other(format!("{what}: {err}")))
     }
 
     /// The best usable result among `records`: newest first, skipping local results whose
@@ -1082,6 +1091,9 @@ impl Engine<'_> {
             chmod: Option<u32>,
             add: bool,
             platform: &'a str,
+            // Absent when empty, so keys of copies without it stay stable.
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            exclude: &'a [String],
         }
         #[derive(Serialize)]
         struct WorkdirKey<'a> {
@@ -1147,7 +1159,7 @@ impl Engine<'_> {
                     match &copy.from {
                         CopyFrom::Context => {
                             let ctx = self.request.context.clone();
-                            let selection = self.select(&ctx, &paths, true, name)?;
+                            let selection = self.select(&ctx, &paths, true, &copy.exclude, name)?;
                             let record = self.root_record(keys::content_root(&selection.checksum));
                             (
                                 "context".to_owned(),
@@ -1162,7 +1174,8 @@ impl Engine<'_> {
                         CopyFrom::NamedContext(ctx_name) => {
                             match self.request.named_contexts.get(ctx_name).cloned() {
                                 Some(NamedContext::Dir(dir)) => {
-                                    let selection = self.select(&dir, &paths, false, name)?;
+                                    let selection =
+                                        self.select(&dir, &paths, false, &copy.exclude, name)?;
                                     let record =
                                         self.root_record(keys::content_root(&selection.checksum));
                                     (
@@ -1202,6 +1215,7 @@ impl Engine<'_> {
                     chmod: copy.chmod,
                     add: copy.is_add,
                     platform: &step.platform,
+                    exclude: &copy.exclude,
                 };
                 Ok((keys::cache_map(&key), extra))
             }
@@ -1615,7 +1629,8 @@ impl Engine<'_> {
                 CopySource::Inline { .. } => None,
             })
             .collect();
-        context::select(src_root, &paths, None, &mut self.hashes)
+        let exclude = exclude_matcher(&copy.exclude).map_err(|err| step_error(name, line, err))?;
+        context::select_excluding(src_root, &paths, None, exclude.as_ref(), &mut self.hashes)
             .map_err(|err| step_error(name, line, err.to_string()))
     }
 
@@ -1694,6 +1709,16 @@ impl Engine<'_> {
             });
         }
     }
+}
+
+/// The matcher of `COPY --exclude` patterns, `None` without any.
+fn exclude_matcher(patterns: &[String]) -> Result<Option<dockerfile::IgnoreMatcher>, String> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    dockerfile::IgnoreMatcher::from_patterns(patterns.iter().map(String::as_str))
+        .map(Some)
+        .map_err(|err| format!("--exclude: {}", err.message()))
 }
 
 /// What a filesystem belongs to.

@@ -4,6 +4,7 @@
 mod build;
 mod flags;
 mod inspect;
+mod instructions;
 mod interop;
 mod manage;
 mod mounts;
