@@ -29,14 +29,18 @@ struct Tmux {
 impl Tmux {
     fn new() -> Option<Tmux> {
         support::tool("tmux")?;
-        Some(Tmux {
+        let tmux = Tmux {
             socket: format!(
                 "buildcache-test-{}-{:?}",
                 std::process::id(),
                 std::thread::current().id()
             )
             .replace(['(', ')'], ""),
-        })
+        };
+        // A server exits with its last session: an idle session keeps it up between builds, so
+        // a new build never races a server that is shutting down.
+        tmux.cmd(&["new-session", "-d", "-s", "keep", "sleep 600"]);
+        Some(tmux)
     }
 
     fn cmd(&self, args: &[&str]) -> String {
