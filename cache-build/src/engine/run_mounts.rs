@@ -205,13 +205,14 @@ impl Engine<'_> {
         Ok(match from {
             CopyFrom::Context => {
                 let ctx = self.request.context.clone();
-                let sel = self.select(&ctx, &[selection_source(source)], true, &what)?;
+                let sel = self.select(&ctx, &[selection_source(source)], true, &[], &what)?;
                 format!("content:{}", sel.checksum)
             }
             CopyFrom::NamedContext(ctx_name) => {
                 match self.request.named_contexts.get(ctx_name).cloned() {
                     Some(NamedContext::Dir(dir)) => {
-                        let sel = self.select(&dir, &[selection_source(source)], false, &what)?;
+                        let sel =
+                            self.select(&dir, &[selection_source(source)], false, &[], &what)?;
                         format!("content:{}", sel.checksum)
                     }
                     Some(NamedContext::OciLayout { .. }) => {
@@ -311,32 +312,34 @@ impl Engine<'_> {
         let (src_root, selection) = match from {
             CopyFrom::Context => {
                 let ctx = self.request.context.clone();
-                let sel = self.select(&ctx, std::slice::from_ref(&src), true, &what)?;
+                let sel = self.select(&ctx, std::slice::from_ref(&src), true, &[], &what)?;
                 (ctx, sel)
             }
             CopyFrom::NamedContext(ctx_name) => {
                 match self.request.named_contexts.get(ctx_name).cloned() {
                     Some(NamedContext::Dir(dir)) => {
-                        let sel = self.select(&dir, std::slice::from_ref(&src), false, &what)?;
+                        let sel =
+                            self.select(&dir, std::slice::from_ref(&src), false, &[], &what)?;
                         (dir, sel)
                     }
                     _ => {
                         let idx = self.image_fs(ctx_name, true).await?;
                         let root = self.ensure_fs(Target::Image(idx)).await?;
-                        let sel = self.select(&root, std::slice::from_ref(&src), false, &what)?;
+                        let sel =
+                            self.select(&root, std::slice::from_ref(&src), false, &[], &what)?;
                         (root, sel)
                     }
                 }
             }
             CopyFrom::Stage(j) => {
                 let root = self.ensure_fs(Target::Stage(*j)).await?;
-                let sel = self.select(&root, std::slice::from_ref(&src), false, &what)?;
+                let sel = self.select(&root, std::slice::from_ref(&src), false, &[], &what)?;
                 (root, sel)
             }
             CopyFrom::Image(reference) => {
                 let idx = self.image_fs(reference, false).await?;
                 let root = self.ensure_fs(Target::Image(idx)).await?;
-                let sel = self.select(&root, std::slice::from_ref(&src), false, &what)?;
+                let sel = self.select(&root, std::slice::from_ref(&src), false, &[], &what)?;
                 (root, sel)
             }
         };
