@@ -265,6 +265,28 @@ impl CacheGraph {
             .find(|&idx| self.records[idx].is_root())
     }
 
+    /// Records with `digest` whose every input slot links to one of that slot's alternatives
+    /// in `inputs` (same record and selector), as BuildKit matches a key whose inputs have
+    /// several keys (e.g. a stage's record with a selector, and a content key without).
+    pub fn find_links(&self, digest: &Digest, inputs: &[Vec<Link>]) -> Vec<RecordIdx> {
+        let Some(candidates) = self.by_digest.get(digest) else {
+            return Vec::new();
+        };
+        candidates
+            .iter()
+            .copied()
+            .filter(|&idx| {
+                let record = &self.records[idx];
+                record.inputs.len() == inputs.len()
+                    && record
+                        .inputs
+                        .iter()
+                        .zip(inputs)
+                        .all(|(links, wanted)| links.iter().any(|link| wanted.contains(link)))
+            })
+            .collect()
+    }
+
     /// Records with `digest` reachable from the given dependencies (spec §1.4 `WalkLinks`).
     ///
     /// `inputs[i]` is the selector and the candidate records of input `i`; a record matches when,

@@ -280,6 +280,11 @@ impl Tree {
         );
     }
 
+    /// Whether an entry is at absolute `path`.
+    pub fn contains(&self, path: &str) -> bool {
+        self.records.contains_key(&key_of(&key_path(path)))
+    }
+
     /// The contenthash of what `selector` selects (`contenthash.Checksum`).
     pub fn checksum(&mut self, selector: &ContentSelector) -> Result<Digest, Error> {
         if !selector.include_patterns.is_empty() || !selector.exclude_patterns.is_empty() {

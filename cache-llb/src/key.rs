@@ -51,6 +51,21 @@ impl ContentSelector {
     }
 }
 
+/// A cache map of a caller's own for an op BuildKit would key differently (a form this crate
+/// does not model): `sha256(version + "\0" + definition)`, inputs without selectors or content
+/// keys. It never equals a BuildKit digest, so such steps only hit caches written by the
+/// same `version`.
+pub fn own_cache_map(version: &str, definition: &[u8], num_inputs: usize) -> CacheMap {
+    let mut json = version.as_bytes().to_vec();
+    json.push(0);
+    json.extend_from_slice(definition);
+    CacheMap {
+        digest: sha256(&json),
+        json,
+        deps: vec![Dep::default(); num_inputs],
+    }
+}
+
 /// A record digest: `sha256("<cache map digest>@<output>")` (BuildKit's `rootKey`). Content
 /// keys use output `-1`.
 pub fn record_digest(cache_map: &Digest, output: i64) -> Digest {

@@ -75,7 +75,7 @@ mod op;
 
 pub use key::{
     CacheMap, ContentSelector, Dep, content_key, content_record, exec_selector, file_selector,
-    record_digest,
+    own_cache_map, record_digest,
 };
 pub use op::{
     Action, CacheOpt, ChownOpt, Copy, ExecOp, FileAction, FileOp, HostIp, MergeOp, Meta, Mkdir,

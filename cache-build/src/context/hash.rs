@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 
 use super::Error;
 
@@ -35,7 +36,21 @@ const FORGET_AFTER_DAYS: u32 = 30;
 struct Remembered {
     key: StatKey,
     hash: [u8; 32],
+    /// BuildKit's contenthash of the file: sha256 of its tarsum header, then its content.
+    tarsum: [u8; 32],
+    /// blake3 of the header `tarsum` was computed with.
+    header: [u8; 32],
     used_day: u32,
+}
+
+/// Both digests of one file's content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileHashes {
+    /// blake3 of the content.
+    pub(crate) blake3: [u8; 32],
+    /// sha256 of the header given for the file, then its content (BuildKit's contenthash of a
+    /// file when the header is `cache_llb::contenthash::header` of its stat).
+    pub(crate) tarsum: [u8; 32],
 }
 
 /// The stat data a cached hash is valid for.
@@ -74,6 +89,12 @@ struct CachedHash {
     ino: u64,
     dev: u64,
     blake3: String,
+    /// [`Remembered::tarsum`] in hex; entries without it are hashed again.
+    #[serde(default)]
+    tarsum: String,
+    /// [`Remembered::header`] in hex.
+    #[serde(default)]
+    header: String,
     /// Day (since the epoch) the entry was last used; entries unused for [`FORGET_AFTER_DAYS`]
     /// are dropped on save.
     #[serde(default)]
@@ -141,9 +162,15 @@ impl HashCache {
             return cache;
         }
         for (name, entry) in file.entries {
-            let mut hash = [0u8; 32];
+            let (mut hash, mut tarsum, mut header) = ([0u8; 32], [0u8; 32], [0u8; 32]);
             if hex::decode_to_slice(&entry.blake3, &mut hash).is_err() {
                 tracing::warn!(path = %path.display(), file = %name, "corrupt entry in the context hash cache; skipping it");
+                continue;
+            }
+            if hex::decode_to_slice(&entry.tarsum, &mut tarsum).is_err()
+                || hex::decode_to_slice(&entry.header, &mut header).is_err()
+            {
+                // Written by a version without BuildKit's contenthash: hash the file again.
                 continue;
             }
             let key = StatKey {
@@ -156,6 +183,8 @@ impl HashCache {
             let remembered = Remembered {
                 key,
                 hash,
+                tarsum,
+                header,
                 used_day: entry.used_day,
             };
             cache.entries.insert(PathBuf::from(name), remembered);
@@ -199,6 +228,8 @@ impl HashCache {
                 let Remembered {
                     key,
                     hash,
+                    tarsum,
+                    header,
                     used_day,
                 } = entry;
                 Some((
@@ -210,6 +241,8 @@ impl HashCache {
                         ino: key.ino,
                         dev: key.dev,
                         blake3: hex::encode(hash),
+                        tarsum: hex::encode(tarsum),
+                        header: hex::encode(header),
                         used_day: *used_day,
                     },
                 ))
@@ -247,30 +280,54 @@ impl HashCache {
     }
 
     /// The remembered hash of `path` if its stat data still match; marks the entry used today.
-    fn lookup(&mut self, path: &Path, key: &StatKey) -> Option<[u8; 32]> {
+    fn lookup(&mut self, path: &Path, key: &StatKey, header: &[u8; 32]) -> Option<FileHashes> {
         match self.entries.get_mut(path) {
-            Some(entry) if entry.key == *key => {
+            Some(entry) if entry.key == *key && entry.header == *header => {
                 if entry.used_day < self.today {
                     // At most one rewrite a day for builds that only hit the cache.
                     entry.used_day = self.today;
                     self.dirty = true;
                 }
-                Some(entry.hash)
+                Some(FileHashes {
+                    blake3: entry.hash,
+                    tarsum: entry.tarsum,
+                })
             }
             _ => None,
         }
     }
 
-    /// Hashes `files` (absolute path and the stat data seen when it was listed), taking what it
-    /// can from the cache and reading the rest in parallel. Results are in input order.
+    /// Hashes `files` (absolute path and the stat data seen when it was listed) with blake3,
+    /// taking what it can from the cache and reading the rest in parallel. Results are in input
+    /// order.
+    #[cfg(test)]
     pub(crate) fn hash_files(
         &mut self,
         files: &[(PathBuf, StatKey)],
     ) -> Result<Vec<[u8; 32]>, Error> {
-        let mut out: Vec<Option<[u8; 32]>> = Vec::with_capacity(files.len());
+        let headers = vec![Vec::new(); files.len()];
+        Ok(self
+            .hash_files_with_headers(files, &headers)?
+            .into_iter()
+            .map(|h| h.blake3)
+            .collect())
+    }
+
+    /// Like [`HashCache::hash_files`], also giving each file's sha256 of `headers[i]` followed
+    /// by its content (BuildKit's contenthash when the header is the file's tarsum header).
+    pub(crate) fn hash_files_with_headers(
+        &mut self,
+        files: &[(PathBuf, StatKey)],
+        headers: &[Vec<u8>],
+    ) -> Result<Vec<FileHashes>, Error> {
+        let header_ids: Vec<[u8; 32]> = headers
+            .iter()
+            .map(|h| *blake3::hash(h).as_bytes())
+            .collect();
+        let mut out: Vec<Option<FileHashes>> = Vec::with_capacity(files.len());
         let mut missing: Vec<usize> = Vec::new();
         for (idx, (path, key)) in files.iter().enumerate() {
-            let hit = self.lookup(path, key);
+            let hit = self.lookup(path, key, &header_ids[idx]);
             if hit.is_none() {
                 missing.push(idx);
             }
@@ -289,9 +346,9 @@ impl HashCache {
             .partition(|&&idx| files[idx].1.size >= BIG_FILE);
         let mut results: Vec<(usize, Hashed)> = Vec::with_capacity(missing.len());
         for idx in big {
-            results.push((idx, hash_file(&files[idx].0, true)?));
+            results.push((idx, hash_file(&files[idx].0, &headers[idx], true)?));
         }
-        results.extend(hash_parallel(files, &small)?);
+        results.extend(hash_parallel(files, headers, &small)?);
 
         for (idx, hashed) in results {
             let (path, listed) = &files[idx];
@@ -305,7 +362,9 @@ impl HashCache {
             if stable && old_enough {
                 let remembered = Remembered {
                     key: *listed,
-                    hash: hashed.hash,
+                    hash: hashed.hashes.blake3,
+                    tarsum: hashed.hashes.tarsum,
+                    header: header_ids[idx],
                     used_day: self.today,
                 };
                 self.entries.insert(path.clone(), remembered);
@@ -313,7 +372,7 @@ impl HashCache {
             } else if self.entries.remove(path).is_some() {
                 self.dirty = true;
             }
-            out[idx] = Some(hashed.hash);
+            out[idx] = Some(hashed.hashes);
         }
         Ok(out
             .into_iter()
@@ -324,7 +383,7 @@ impl HashCache {
 
 /// The result of reading one file.
 struct Hashed {
-    hash: [u8; 32],
+    hashes: FileHashes,
     n_bytes: u64,
     /// Stat data of the open file before and after reading.
     before: StatKey,
@@ -341,7 +400,7 @@ fn now_ns() -> i64 {
 }
 
 /// Reads and hashes one file without following a symlink at its path.
-fn hash_file(path: &Path, rayon: bool) -> Result<Hashed, Error> {
+fn hash_file(path: &Path, header: &[u8], rayon: bool) -> Result<Hashed, Error> {
     let started_ns = now_ns();
     let mut file = std::fs::OpenOptions::new()
         .read(true)
@@ -355,6 +414,8 @@ fn hash_file(path: &Path, rayon: bool) -> Result<Hashed, Error> {
     };
     let before = stat(&file)?;
     let mut hasher = blake3::Hasher::new();
+    let mut tarsum = sha2::Sha256::new();
+    tarsum.update(header);
     let mut buf = vec![0u8; if rayon { 4 << 20 } else { 128 << 10 }];
     let mut n_bytes = 0u64;
     loop {
@@ -369,11 +430,15 @@ fn hash_file(path: &Path, rayon: bool) -> Result<Hashed, Error> {
         } else {
             hasher.update(&buf[..n]);
         }
+        tarsum.update(&buf[..n]);
         n_bytes += n as u64;
     }
     let after = stat(&file)?;
     Ok(Hashed {
-        hash: *hasher.finalize().as_bytes(),
+        hashes: FileHashes {
+            blake3: *hasher.finalize().as_bytes(),
+            tarsum: tarsum.finalize().into(),
+        },
         n_bytes,
         before,
         after,
@@ -384,6 +449,7 @@ fn hash_file(path: &Path, rayon: bool) -> Result<Hashed, Error> {
 /// Hashes `files[idx]` for each `idx` of `todo` on a small pool of threads.
 fn hash_parallel(
     files: &[(PathBuf, StatKey)],
+    headers: &[Vec<u8>],
     todo: &[usize],
 ) -> Result<Vec<(usize, Hashed)>, Error> {
     if todo.is_empty() {
@@ -397,7 +463,7 @@ fn hash_parallel(
     if n_threads <= 1 {
         return todo
             .iter()
-            .map(|&idx| Ok((idx, hash_file(&files[idx].0, false)?)))
+            .map(|&idx| Ok((idx, hash_file(&files[idx].0, &headers[idx], false)?)))
             .collect();
     }
     let next = AtomicUsize::new(0);
@@ -410,7 +476,7 @@ fn hash_parallel(
                 loop {
                     let pos = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&idx) = todo.get(pos) else { break };
-                    match hash_file(&files[idx].0, false) {
+                    match hash_file(&files[idx].0, &headers[idx], false) {
                         Ok(hashed) => local.push((idx, hashed)),
                         Err(err) => {
                             // Stop the other workers early: one error fails the selection.

@@ -74,6 +74,51 @@ pub struct SelectedEntry {
     pub nlink: u64,
     /// blake3 of a file's content.
     pub blake3: Option<[u8; 32]>,
+    /// Owner as BuildKit sees it (0 for a client's context, whose owners BuildKit's client
+    /// resets).
+    pub uid: u32,
+    /// Group, likewise.
+    pub gid: u32,
+    /// BuildKit's contenthash of the entry (its tarsum header, then a file's content).
+    pub tarsum: Option<Digest>,
+}
+
+impl SelectedEntry {
+    /// The stat BuildKit's contenthash header is made of.
+    pub fn contenthash_stat(&self) -> cache_llb::contenthash::Stat {
+        use cache_llb::contenthash::{Kind, Stat};
+        let kind = match self.kind {
+            EntryKind::File => Kind::File,
+            EntryKind::Dir => Kind::Dir,
+            EntryKind::Symlink => Kind::Symlink,
+            EntryKind::Fifo => Kind::Fifo,
+            EntryKind::CharDevice => Kind::CharDevice,
+            EntryKind::BlockDevice => Kind::BlockDevice,
+        };
+        let mut stat = Stat::new(kind, self.mode);
+        stat.uid = self.uid;
+        stat.gid = self.gid;
+        stat.size = self.size;
+        stat.link = self
+            .link_target
+            .as_ref()
+            .map(|t| String::from_utf8_lossy(t.as_os_str().as_bytes()).into_owned())
+            .unwrap_or_default();
+        let rdev = self.rdev;
+        stat.devmajor = u64::from(nix_major(rdev));
+        stat.devminor = u64::from(nix_minor(rdev));
+        stat
+    }
+}
+
+/// Linux's `major()` of a device number.
+fn nix_major(dev: u64) -> u32 {
+    (((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff)) as u32
+}
+
+/// Linux's `minor()` of a device number.
+fn nix_minor(dev: u64) -> u32 {
+    (((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff)) as u32
 }
 
 /// One path a source matched, with everything below it that is selected.
@@ -180,6 +225,19 @@ pub fn select_excluding(
     exclude: Option<&IgnoreMatcher>,
     cache: &mut HashCache,
 ) -> Result<Selection, Error> {
+    select_with(src_root, sources, ignore, exclude, cache, ignore.is_some())
+}
+
+/// [`select_excluding`], with every entry's BuildKit contenthash ([`SelectedEntry::tarsum`])
+/// computed as if owned by 0:0 when `reset_owner` (BuildKit's client sends a context so).
+pub fn select_with(
+    src_root: &Path,
+    sources: &[String],
+    ignore: Option<&IgnoreMatcher>,
+    exclude: Option<&IgnoreMatcher>,
+    cache: &mut HashCache,
+    reset_owner: bool,
+) -> Result<Selection, Error> {
     let root_name = if ignore.is_some() {
         "build context"
     } else {
@@ -189,6 +247,7 @@ pub fn select_excluding(
     // Files to hash: (source idx, match idx, entry idx) and (absolute path, stat data).
     let mut refs: Vec<(usize, usize, usize)> = Vec::new();
     let mut to_hash: Vec<(PathBuf, StatKey)> = Vec::new();
+    let mut headers: Vec<Vec<u8>> = Vec::new();
     for (source_idx, source) in sources.iter().enumerate() {
         let is_wildcard = has_wildcard(source);
         let comps = clean_components(source);
@@ -203,11 +262,15 @@ pub fn select_excluding(
                 root: src_root,
                 ignore,
                 exclude,
+                reset_owner,
             };
             if let Some((found, files)) = walker.match_path(&named)? {
                 let match_idx = matches.len();
                 for (entry_idx, abs, key) in files {
                     refs.push((source_idx, match_idx, entry_idx));
+                    headers.push(cache_llb::contenthash::header(
+                        &found.entries[entry_idx].contenthash_stat(),
+                    ));
                     to_hash.push((abs, key));
                 }
                 matches.push(found);
@@ -233,12 +296,28 @@ pub fn select_excluding(
         });
     }
 
-    let hashes = cache.hash_files(&to_hash)?;
+    let hashes = cache.hash_files_with_headers(&to_hash, &headers)?;
     let mut n_bytes = 0;
     for ((source_idx, match_idx, entry_idx), hash) in refs.iter().zip(hashes) {
         let entry = &mut selected[*source_idx].matches[*match_idx].entries[*entry_idx];
-        entry.blake3 = Some(hash);
+        entry.blake3 = Some(hash.blake3);
+        entry.tarsum = Some(
+            Digest::try_from(format!("sha256:{}", hex::encode(hash.tarsum)))
+                .expect("a sha256 digest"),
+        );
         n_bytes += entry.size;
+    }
+    for source in &mut selected {
+        for found in &mut source.matches {
+            for entry in &mut found.entries {
+                if entry.tarsum.is_none() {
+                    entry.tarsum = Some(cache_llb::contenthash::entry_digest(
+                        &entry.contenthash_stat(),
+                        b"",
+                    ));
+                }
+            }
+        }
     }
 
     let mut hasher = Hasher::new();
@@ -600,6 +679,7 @@ struct Walker<'a> {
     ignore: Option<&'a IgnoreMatcher>,
     /// `COPY --exclude` patterns, relative to the match.
     exclude: Option<&'a IgnoreMatcher>,
+    reset_owner: bool,
 }
 
 /// Entry index in [`Match::entries`], absolute path and stat data of a file to hash.
@@ -647,7 +727,7 @@ impl Walker<'_> {
         let excluded = self.is_excluded(named) || self.is_excluded(&resolved);
         let mut entries = Vec::new();
         let mut files = Vec::new();
-        let Some(first) = entry_from_meta(PathBuf::new(), &meta, &path)? else {
+        let Some(first) = entry_from_meta(PathBuf::new(), &meta, &path, self.reset_owner)? else {
             return Ok(None);
         };
         let is_dir = first.kind == EntryKind::Dir;
@@ -717,7 +797,9 @@ impl Walker<'_> {
             if excluded && !(is_dir && self.may_include_under(&child_ctx)) {
                 continue;
             }
-            let Some(entry) = entry_from_meta(child_rel.clone(), &meta, &child_abs)? else {
+            let Some(entry) =
+                entry_from_meta(child_rel.clone(), &meta, &child_abs, self.reset_owner)?
+            else {
                 continue;
             };
             let idx = entries.len();
@@ -747,6 +829,7 @@ fn entry_from_meta(
     rel: PathBuf,
     meta: &std::fs::Metadata,
     abs: &Path,
+    reset_owner: bool,
 ) -> Result<Option<SelectedEntry>, Error> {
     let file_type = meta.file_type();
     let kind = if file_type.is_file() {
@@ -785,6 +868,9 @@ fn entry_from_meta(
         dev_ino: (meta.dev(), meta.ino()),
         nlink: meta.nlink(),
         blake3: None,
+        uid: if reset_owner { 0 } else { meta.uid() },
+        gid: if reset_owner { 0 } else { meta.gid() },
+        tarsum: None,
     }))
 }
 

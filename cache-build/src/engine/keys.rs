@@ -1,48 +1,365 @@
-//! Cache keys of steps, in BuildKit's record-digest form (spec §1.4).
+//! The BuildKit op of each planned step (what BuildKit's Dockerfile frontend makes of it), so
+//! that `cache_llb` computes BuildKit's own keys for it; and the content trees content keys are
+//! computed over.
 
 use cache_core::Digest;
-use cache_core::digest::sha256;
-use serde::Serialize;
+use cache_llb::contenthash::{self, Tree};
+use cache_llb::{
+    Action, CacheMap, ChownOpt, ContentSelector, Copy, ExecOp, FileAction, FileOp, HostIp, Meta,
+    Mkdir, Mount, Platform, UserOpt,
+};
 
-/// Bumped when the meaning of keys changes, so old caches stop matching instead of lying.
-const KEY_VERSION: &str = "buildcache.v1";
+use crate::context::{EntryKind, Selection};
+use crate::dockerfile::{CopySource, Network, Op, RunCommand, Security, Step};
 
-/// A record digest: `sha256("<cache map digest>@<output>")`.
-pub fn record_digest(cache_map: &Digest, output: i64) -> Digest {
-    sha256(format!("{cache_map}@{output}").as_bytes())
+pub use cache_llb::{content_record, record_digest};
+
+/// Bumped when the meaning of buildcache's own keys changes (steps BuildKit keys differently
+/// or not at all), so old caches stop matching instead of lying.
+const OWN_KEY_VERSION: &str = "buildcache.own.v2";
+
+/// The op of one step, with where its inputs come from.
+#[derive(Clone, Debug)]
+pub(super) struct StepOp {
+    /// The cache map `cache_llb` computed for it.
+    pub(super) map: CacheMap,
+    /// Input index of the stage's own filesystem; `None` when it is scratch (the op then reads
+    /// no filesystem of its own).
+    pub(super) dest: Option<usize>,
+    /// Input index of a COPY's source (context, stage or image).
+    pub(super) src: Option<usize>,
+    /// Whether the key is BuildKit's (false: a key of our own, for forms BuildKit builds with
+    /// ops this crate does not model).
+    pub(super) buildkit: bool,
 }
 
-/// The cache-map digest of an operation definition: sha256 of its canonical JSON.
-pub fn cache_map<T: Serialize>(op: &T) -> Digest {
-    #[derive(Serialize)]
-    struct Versioned<'a, T> {
-        version: &'a str,
-        op: &'a T,
+/// The op of `step`, or `None` when BuildKit makes no op of it (`WORKDIR /`).
+///
+/// `scratch` tells whether the stage's filesystem is still empty (no op before it);
+/// `has_src` whether a COPY reads paths from a context, stage or image.
+/// `add_hosts` are `--add-host` entries (names only enter the key); `mounts_key` describes
+/// RUN `--mount`s (for a key of our own).
+pub(super) fn step_op(
+    step: &Step,
+    scratch: bool,
+    has_src: bool,
+    add_hosts: &[(String, String)],
+    mounts_key: &[u8],
+) -> Option<StepOp> {
+    let platform = Platform::linux_amd64();
+    let base = if scratch { -1 } else { 0 };
+    match &step.op {
+        Op::Run {
+            command,
+            heredocs,
+            mounts,
+            network,
+            security,
+        } => {
+            let shebang_heredoc = matches!(command, RunCommand::Shell(c) if c.starts_with("/dev/pipes/"))
+                && !heredocs.is_empty();
+            let args = super::run_argv(step, command);
+            let exec = ExecOp {
+                meta: Meta {
+                    args,
+                    env: step.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                    cwd: step.workdir.clone(),
+                    user: step.user.clone().unwrap_or_default(),
+                    remove_mount_stubs_recursive: true,
+                    extra_hosts: add_hosts
+                        .iter()
+                        .map(|(host, ip)| HostIp {
+                            host: host.clone(),
+                            ip: ip.clone(),
+                        })
+                        .collect(),
+                    ..Meta::default()
+                },
+                mounts: vec![Mount {
+                    input: base,
+                    ..Mount::root()
+                }],
+                // pb.NetMode: 0 sandbox, 1 host, 2 none; pb.SecurityMode: 0 sandbox, 1 insecure.
+                network: match network {
+                    Network::Default => 0,
+                    Network::Host => 1,
+                    Network::None => 2,
+                },
+                security: match security {
+                    Security::Sandbox => 0,
+                    Security::Insecure => 1,
+                },
+            };
+            let n_inputs = usize::from(!scratch);
+            if shebang_heredoc || !mounts.is_empty() {
+                // A `#!` heredoc and RUN --mount add mounts of other inputs.
+                let bodies: Vec<String> = heredocs
+                    .iter()
+                    .map(|h| format!("{}\0{}", h.name, h.content))
+                    .collect();
+                let definition = [
+                    exec.cache_map(&platform, n_inputs).json.as_slice(),
+                    mounts_key,
+                    bodies.join("\0").as_bytes(),
+                ]
+                .concat();
+                return Some(own_op("run", &definition, scratch));
+            }
+            Some(StepOp {
+                map: exec.cache_map(&platform, n_inputs),
+                dest: (!scratch).then_some(0),
+                src: None,
+                buildkit: true,
+            })
+        }
+        Op::Workdir { path } => {
+            if path == "/" {
+                return None;
+            }
+            let mkdir = Mkdir {
+                path: path.clone(),
+                mode: 0o755,
+                make_parents: true,
+                owner: step.user.as_deref().map(|u| chown_opt(u, base)),
+                timestamp: -1,
+            };
+            let op = FileOp {
+                actions: vec![FileAction {
+                    input: base,
+                    secondary_input: -1,
+                    output: 0,
+                    action: Action::Mkdir(mkdir),
+                }],
+            };
+            let n_inputs = usize::from(!scratch);
+            Some(StepOp {
+                map: op.cache_map(n_inputs),
+                dest: (!scratch).then_some(0),
+                src: None,
+                buildkit: true,
+            })
+        }
+        Op::Copy(copy) => {
+            let paths: Vec<&String> = copy
+                .sources
+                .iter()
+                .filter_map(|s| match s {
+                    CopySource::Path(p) => Some(p),
+                    CopySource::Inline { .. } => None,
+                })
+                .collect();
+            let dest_path = relative_to_workdir(&step.workdir, &copy.dest);
+            let (dest, src) = match (scratch, has_src) {
+                (true, true) => (None, Some(0)),
+                (true, false) => (None, None),
+                (false, true) => (Some(0), Some(1)),
+                (false, false) => (Some(0), None),
+            };
+            let n_inputs = usize::from(dest.is_some()) + usize::from(src.is_some());
+            let mut actions = Vec::new();
+            for (i, source) in paths.iter().enumerate() {
+                let mut action = Copy::dockerfile(&clean_source(source), &dest_path);
+                action.exclude_patterns = copy.exclude.clone();
+                action.owner = copy.chown.as_deref().map(|u| chown_opt(u, base));
+                if let Some(mode) = copy.chmod {
+                    action.mode = mode as i32;
+                }
+                action.attempt_unpack_docker_compatibility = copy.is_add;
+                let input = if i == 0 {
+                    base
+                } else {
+                    (n_inputs + i - 1) as i64
+                };
+                actions.push(FileAction {
+                    input,
+                    secondary_input: src.map_or(-1, |s| s as i64),
+                    output: if i + 1 == paths.len() { 0 } else { -1 },
+                    action: Action::Copy(action),
+                });
+            }
+            let op = FileOp { actions };
+            let map = op.cache_map(n_inputs);
+            let inline = paths.len() != copy.sources.len();
+            // Heredoc sources are copied from a mkfile op; `--link` (without --chmod) merges;
+            // `--exclude` patterns are not part of cache-llb's contenthash.
+            if inline
+                || paths.is_empty()
+                || (copy.link && copy.chmod.is_none())
+                || !copy.exclude.is_empty()
+            {
+                let mut own = own_op("copy", &map.json, scratch);
+                let inline: Vec<String> = copy
+                    .sources
+                    .iter()
+                    .filter_map(|s| match s {
+                        CopySource::Inline { name, content } => Some(format!("{name}\0{content}")),
+                        CopySource::Path(_) => None,
+                    })
+                    .collect();
+                own.map = cache_llb::own_cache_map(
+                    OWN_KEY_VERSION,
+                    &[own.map.json.as_slice(), inline.join("\0").as_bytes()].concat(),
+                    n_inputs,
+                );
+                own.src = src;
+                own.dest = dest;
+                return Some(own);
+            }
+            Some(StepOp {
+                map,
+                dest,
+                src,
+                buildkit: true,
+            })
+        }
     }
-    let json = serde_json::to_vec(&Versioned {
-        version: KEY_VERSION,
-        op,
-    })
-    .expect("key definitions always serialize");
-    sha256(&json)
 }
 
-/// The root record of an empty filesystem (`FROM scratch`).
-pub fn scratch_root() -> Digest {
-    record_digest(&sha256(b"buildcache.scratch"), 0)
+/// A key of our own for a step whose BuildKit ops this crate does not model.
+fn own_op(kind: &str, json: &[u8], scratch: bool) -> StepOp {
+    let n_inputs = usize::from(!scratch);
+    let mut bytes = kind.as_bytes().to_vec();
+    bytes.push(0);
+    bytes.extend_from_slice(json);
+    StepOp {
+        map: cache_llb::own_cache_map(OWN_KEY_VERSION, &bytes, n_inputs),
+        dest: (!scratch).then_some(0),
+        src: None,
+        buildkit: false,
+    }
 }
 
-/// The root record of an image, named by its manifest digest (like BuildKit's source op).
-pub fn image_root(manifest: &Digest) -> Digest {
-    record_digest(
-        &sha256(format!("buildkit.source.v0:docker-image://{manifest}").as_bytes()),
-        0,
-    )
+/// `llb.WithUser`: `user[:group]`, each a number (or `root`) or a name read from the
+/// filesystem the action writes (`base`).
+fn chown_opt(spec: &str, base: i64) -> ChownOpt {
+    let one = |part: &str| match part {
+        "root" => UserOpt::ById(0),
+        _ => match part.parse::<i32>() {
+            Ok(id) => UserOpt::ById(id as u32),
+            Err(_) => UserOpt::ByName {
+                name: part.to_owned(),
+                input: base,
+            },
+        },
+    };
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (one(u), Some(one(g))),
+        None => (one(spec), None),
+    };
+    ChownOpt {
+        user: Some(user),
+        group,
+    }
 }
 
-/// The content ("slow") key of a set of files, a root record with output `-1`.
-pub fn content_root(checksum: &Digest) -> Digest {
-    record_digest(checksum, -1)
+/// A COPY source as BuildKit writes it: absolute, cleaned, no trailing slash.
+fn clean_source(src: &str) -> String {
+    clean_join("/", src)
+}
+
+/// `path.Join(parent, p)` for a relative `p`, `path.Clean(p)` for an absolute one.
+fn clean_join(parent: &str, p: &str) -> String {
+    let joined = if p.starts_with('/') {
+        p.to_owned()
+    } else {
+        format!("{parent}/{p}")
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for comp in joined.split('/') {
+        match comp {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// BuildKit's `pathRelativeToWorkingDir` with its trailing-slash rule (`NormalizePath` with
+/// `keepSlash`): a destination written with a trailing `/` (or `.`, `""`) keeps one.
+fn relative_to_workdir(workdir: &str, dest: &str) -> String {
+    let dest = if dest.is_empty() || dest == "." {
+        "./"
+    } else {
+        dest
+    };
+    let mut out = clean_join(workdir, dest);
+    if dest.ends_with('/') && !out.ends_with('/') {
+        out.push('/');
+    } else if dest.ends_with("/.") {
+        if out != "/" {
+            out.push('/');
+        }
+        out.push('.');
+    }
+    out
+}
+
+/// The content-key checksums of `selectors` over what `selection` found.
+///
+/// `root` is the header digest of the source's root directory: [`contenthash::local_root_header`]
+/// for a client's context (whose own root entry is then not used), the root's entry digest for
+/// a stage's filesystem.
+pub(super) fn content_checksums(
+    selection: &Selection,
+    selectors: &[ContentSelector],
+    context: bool,
+) -> Result<Vec<Digest>, String> {
+    let mut tree = Tree::new(contenthash::local_root_header());
+    for source in &selection.sources {
+        for found in &source.matches {
+            for entry in &found.entries {
+                let path = found.entry_path(entry);
+                let path = format!(
+                    "/{}",
+                    String::from_utf8_lossy(path.as_os_str().as_encoded_bytes())
+                );
+                if context && path == "/" {
+                    continue;
+                }
+                let Some(digest) = entry.tarsum.clone() else {
+                    return Err(format!("{path}: no content hash"));
+                };
+                let kind = entry.contenthash_stat().kind;
+                let link = if entry.kind == EntryKind::Symlink {
+                    entry.contenthash_stat().link
+                } else {
+                    String::new()
+                };
+                tree.insert(&path, kind, &link, digest);
+            }
+            // Parents of a match take part in path resolution only.
+            let mut parent = found.named.parent();
+            while let Some(dir) = parent {
+                if dir.as_os_str().is_empty() {
+                    break;
+                }
+                let path = format!(
+                    "/{}",
+                    String::from_utf8_lossy(dir.as_os_str().as_encoded_bytes())
+                );
+                if !tree_has(&tree, &path) {
+                    tree.insert(
+                        &path,
+                        contenthash::Kind::Dir,
+                        "",
+                        contenthash::local_root_header(),
+                    );
+                }
+                parent = dir.parent();
+            }
+        }
+    }
+    selectors
+        .iter()
+        .map(|sel| tree.checksum(sel).map_err(|err| err.to_string()))
+        .collect()
+}
+
+fn tree_has(tree: &Tree, path: &str) -> bool {
+    tree.contains(path)
 }
 
 #[cfg(test)]
@@ -50,29 +367,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn record_digest_matches_the_spec_form() {
-        // spec §1.4: sha256 of the ASCII string "<cacheMapDigest>@<output>".
-        let map = sha256(b"x");
-        assert_eq!(
-            record_digest(&map, 0),
-            sha256(format!("{map}@0").as_bytes())
-        );
-        assert_ne!(record_digest(&map, 0), record_digest(&map, -1));
+    fn destinations_follow_buildkit() {
+        assert_eq!(relative_to_workdir("/", "/etc/app.conf"), "/etc/app.conf");
+        assert_eq!(relative_to_workdir("/w", "app/"), "/w/app/");
+        assert_eq!(relative_to_workdir("/w", "."), "/w/");
+        assert_eq!(relative_to_workdir("/", "."), "/");
+        assert_eq!(relative_to_workdir("/w", "a/../b"), "/w/b");
+        assert_eq!(clean_source("src/"), "/src");
+        assert_eq!(clean_source("."), "/");
+        assert_eq!(clean_source("./a/*.txt"), "/a/*.txt");
     }
 
     #[test]
-    fn keys_depend_on_every_field() {
-        #[derive(Serialize)]
-        struct Op<'a> {
-            args: &'a [&'a str],
-        }
-        assert_ne!(
-            cache_map(&Op { args: &["a"] }),
-            cache_map(&Op { args: &["b"] })
-        );
+    fn chown_forms() {
+        let o = chown_opt("1000:staff", 0);
+        assert_eq!(o.user, Some(UserOpt::ById(1000)));
         assert_eq!(
-            cache_map(&Op { args: &["a"] }),
-            cache_map(&Op { args: &["a"] })
+            o.group,
+            Some(UserOpt::ByName {
+                name: "staff".into(),
+                input: 0
+            })
         );
+        assert_eq!(chown_opt("root", -1).user, Some(UserOpt::ById(0)));
+        assert_eq!(chown_opt("app", 0).group, None);
     }
 }

@@ -29,7 +29,6 @@ use crate::image;
 use crate::layer::{self, Compression, Snapshot};
 use crate::sandbox;
 
-pub use keys::{content_root, image_root, record_digest, scratch_root};
 pub use progress::{Event, Progress, Silent, counted, track_transfer};
 pub use run_mounts::{RunOptions, SecretSource};
 pub use stores::{BlobStore, Blobs, ImportedSource, blocking_reader, file_blob};
@@ -668,6 +667,18 @@ impl Engine<'_> {
         }
     }
 
+    /// The two root records BuildKit gives an image: by manifest and by its layers' chain ID.
+    fn image_roots(&mut self, img: &ResolvedImage) -> Vec<RecordIdx> {
+        cache_llb::image_records(
+            &img.manifest_digest,
+            &img.config.diff_ids,
+            &cache_llb::Platform::linux_amd64(),
+        )
+        .into_iter()
+        .map(|digest| self.root_record(digest))
+        .collect()
+    }
+
     async fn resolve_image(&mut self, reference: &str) -> Result<ResolvedImage, Error> {
         let Some(resolver) = self.services.images else {
             return Err(Error::other(format!(
@@ -727,7 +738,8 @@ impl Engine<'_> {
         };
         match &stage.base {
             Base::Scratch => {
-                state.fs.records = vec![self.root_record(keys::scratch_root())];
+                // Scratch has no record: the first op reads no filesystem of its own.
+                state.fs.records = Vec::new();
             }
             Base::Stage(j) => {
                 let parent = &self.stages[*j];
@@ -749,8 +761,7 @@ impl Engine<'_> {
                             from_display_with_digest(stage, img)
                         ),
                     });
-                    state.fs.records =
-                        vec![self.root_record(keys::image_root(&img.manifest_digest))];
+                    state.fs.records = self.image_roots(img);
                     state.fs.chain = img.layers.clone();
                     state.base_history = img.config.history.clone();
                     state.base_created = img.config.created;
@@ -780,12 +791,11 @@ impl Engine<'_> {
     /// `FROM <directory context>`: the directory's files as one layer on an empty base.
     async fn dir_base(&mut self, name: &str, dir: &Path) -> Result<Fs, Error> {
         let selection = self.select(dir, &[".".to_owned()], false, &[], name)?;
-        let content = self.root_record(keys::content_root(&selection.checksum));
-        let scratch = self.root_record(keys::scratch_root());
-        let digest = keys::record_digest(&keys::cache_map(&("from-dir", "/")), 0);
-        let found = self
-            .graph
-            .find(&digest, &[("", &[scratch]), ("", &[content])]);
+        // BuildKit's key of a local source is session-scoped: a key of our own.
+        let content = self.root_record(keys::record_digest(&selection.checksum, -1));
+        let map = cache_llb::own_cache_map("buildcache.own.v2", b"from-dir", 1);
+        let digest = keys::record_digest(&map.digest, 0);
+        let found = self.graph.find(&digest, &[("", &[content])]);
         if !self.request.no_cache
             && let Some((record, chain, _)) = self.best_hit(&found).await
         {
@@ -810,9 +820,7 @@ impl Engine<'_> {
             .map_err(|err| Error::other(format!("build context {name}: {err}")))?;
         let record = match found.first() {
             Some(&r) => r,
-            None => self
-                .graph
-                .add_record(digest, vec![vec![link(scratch)], vec![link(content)]]),
+            None => self.graph.add_record(digest, vec![vec![link(content)]]),
         };
         let mut chain = Vec::new();
         if let Some(desc) = self.make_layer(&rootfs, before).await? {
@@ -941,17 +949,62 @@ impl Engine<'_> {
     ) -> Result<(), Error> {
         let name = format!("{} {}", stage.progress_prefix(step.number), step.display);
         let started = Instant::now();
-        let (cache_map, extra) = self.step_key(step, &name).await?;
-        let digest = keys::record_digest(&cache_map, 0);
-        let mut inputs: Vec<Vec<RecordIdx>> = vec![self.stages[si].fs.records.clone()];
-        match &extra {
-            Extra::None => {}
-            Extra::Content { record, .. } => inputs.push(vec![*record]),
-            Extra::Stage(j) => inputs.push(self.stages[*j].fs.records.clone()),
-            Extra::Image(i) => inputs.push(self.images[*i].records.clone()),
+        let scratch = self.stages[si].fs.records.is_empty();
+        let has_src = matches!(&step.op, Op::Copy(copy)
+            if copy.sources.iter().any(|s| matches!(s, CopySource::Path(_))));
+        let mounts_key = match &step.op {
+            Op::Run { mounts, .. } if !mounts.is_empty() => {
+                let keys = self.mount_keys(mounts, &name).await?;
+                serde_json::to_vec(&keys).map_err(|err| Error::other(err.to_string()))?
+            }
+            _ => Vec::new(),
+        };
+        let Some(sop) = keys::step_op(step, scratch, has_src, &self.request.add_hosts, &mounts_key)
+        else {
+            // `WORKDIR /`: BuildKit makes no op of it; the filesystem is unchanged.
+            self.report_no_op(si, k, name, started);
+            return Ok(());
+        };
+        let extra = self.step_extra(step, &name, &sop).await?;
+        let digest = keys::record_digest(&sop.map.digest, 0);
+        tracing::debug!(step = %name, record = %digest, buildkit = sop.buildkit, "step key");
+        let selector = |i: usize| {
+            sop.map.deps[i]
+                .selector
+                .as_ref()
+                .map(|d| d.to_string())
+                .unwrap_or_default()
+        };
+        let mut inputs: Vec<Vec<Link>> = vec![Vec::new(); sop.map.deps.len()];
+        if let Some(d) = sop.dest {
+            inputs[d] = self.stages[si]
+                .fs
+                .records
+                .iter()
+                .map(|&record| Link {
+                    selector: selector(d),
+                    record,
+                })
+                .collect();
         }
-        let query: Vec<(&str, &[RecordIdx])> = inputs.iter().map(|r| ("", r.as_slice())).collect();
-        let found = self.graph.find(&digest, &query);
+        if let Some(src) = sop.src {
+            inputs[src] = match &extra {
+                Extra::None => Vec::new(),
+                Extra::Content { record, .. } => vec![*record],
+                Extra::Stage(j) => self.stages[*j].fs.records.clone(),
+                Extra::Image(i) => self.images[*i].records.clone(),
+            }
+            .into_iter()
+            .map(|record| match &extra {
+                Extra::Content { .. } => link(record),
+                _ => Link {
+                    selector: selector(src),
+                    record,
+                },
+            })
+            .collect();
+        }
+        let found = self.graph.find_links(&digest, &inputs);
         let no_cache = self.request.no_cache
             || self
                 .request
@@ -964,12 +1017,15 @@ impl Engine<'_> {
             self.best_hit(&found).await
         };
         let mut also_records = Vec::new();
-        // COPY --from a stage or image that changed: BuildKit's content ("slow") key. If the
-        // files it copies are the same as in a cached result, that result is a hit.
+        // COPY --from a stage or image: BuildKit's content ("slow") key of exactly the files it
+        // copies. Looked up when the stage's record misses (the stage changed: identical files
+        // keep the step cached), and linked into a new record as BuildKit does.
         if hit.is_none()
             && found.is_empty()
             && !no_cache
-            && let (Op::Copy(copy), Extra::Stage(_) | Extra::Image(_)) = (&step.op, &extra)
+            && let (Op::Copy(copy), Extra::Stage(_) | Extra::Image(_), Some(src)) =
+                (&step.op, &extra, sop.src)
+            && let Some(selectors) = sop.map.deps[src].content.clone()
         {
             let source = match extra {
                 Extra::Stage(j) => Target::Stage(j),
@@ -978,20 +1034,16 @@ impl Engine<'_> {
             };
             let src_root = self.ensure_fs(source).await?;
             let selection = self.copy_selection(&src_root, copy, &name, step.line)?;
-            let content = self.root_record(keys::content_root(&selection.checksum));
-            inputs[1].push(content);
-            let by_content = self
-                .graph
-                .find(&digest, &[("", &inputs[0]), ("", &[content])]);
+            let checksums = keys::content_checksums(&selection, &selectors, false)
+                .map_err(|err| step_error(&name, step.line, err))?;
+            let content = self.root_record(keys::content_record(&checksums));
+            inputs[src].push(link(content));
+            let mut by_content_query = inputs.clone();
+            by_content_query[src] = vec![link(content)];
+            let by_content = self.graph.find_links(&digest, &by_content_query);
             if let Some((record, chain, source)) = self.best_hit(&by_content).await {
                 // Reachable by definition next time, too.
-                let linked = self.graph.add_record(
-                    digest.clone(),
-                    inputs
-                        .iter()
-                        .map(|recs| recs.iter().copied().map(link).collect())
-                        .collect(),
-                );
+                let linked = self.graph.add_record(digest.clone(), inputs.clone());
                 if linked != record {
                     self.add_result(linked, &chain);
                     also_records.push(linked);
@@ -1045,13 +1097,7 @@ impl Engine<'_> {
             return Ok(());
         }
         // A miss: create the record and run the step now.
-        let record = self.graph.add_record(
-            slot.digest.clone(),
-            inputs
-                .iter()
-                .map(|recs| recs.iter().copied().map(link).collect())
-                .collect(),
-        );
+        let record = self.graph.add_record(slot.digest.clone(), inputs);
         slot.records = vec![record];
         self.stages[si].fs.records = vec![record];
         self.stages[si].fs.pending.push((si, k));
@@ -1060,166 +1106,97 @@ impl Engine<'_> {
         Ok(())
     }
 
-    /// The cache-map digest and extra input of a step.
-    async fn step_key(&mut self, step: &Step, name: &str) -> Result<(Digest, Extra), Error> {
-        #[derive(Serialize)]
-        struct RunKey<'a> {
-            run: Vec<String>,
-            env: &'a [(String, String)],
-            cwd: &'a str,
-            user: &'a Option<String>,
-            heredocs: Vec<(String, String)>,
-            platform: &'a str,
-            // BuildKit keys extra hosts with the exec op; absent when none, so keys stay stable.
-            #[serde(skip_serializing_if = "<[_]>::is_empty")]
-            hosts: &'a [(String, String)],
-            // Absent when unused, so that plain RUN keys stay what they were.
-            #[serde(skip_serializing_if = "Vec::is_empty")]
-            mounts: Vec<run_mounts::MountKey<'a>>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            network: Option<&'static str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            security: Option<&'static str>,
+    /// What a COPY reads besides the stage's filesystem: for the context or a directory, the
+    /// selection and its content key (BuildKit's, over the selectors of the op's source input).
+    async fn step_extra(
+        &mut self,
+        step: &Step,
+        name: &str,
+        sop: &keys::StepOp,
+    ) -> Result<Extra, Error> {
+        let Op::Copy(copy) = &step.op else {
+            return Ok(Extra::None);
+        };
+        let paths: Vec<String> = copy
+            .sources
+            .iter()
+            .filter_map(|s| match s {
+                CopySource::Path(p) => Some(p.clone()),
+                CopySource::Inline { .. } => None,
+            })
+            .collect();
+        if paths.is_empty() {
+            return Ok(Extra::None);
         }
-        #[derive(Serialize)]
-        struct CopyKey<'a> {
-            copy: Vec<String>,
-            inline: Vec<(String, String)>,
-            dest: &'a str,
-            from: String,
-            chown: &'a Option<String>,
-            chmod: Option<u32>,
-            add: bool,
-            platform: &'a str,
-            // Absent when empty, so keys of copies without it stay stable.
-            #[serde(skip_serializing_if = "<[_]>::is_empty")]
-            exclude: &'a [String],
-        }
-        #[derive(Serialize)]
-        struct WorkdirKey<'a> {
-            mkdir: &'a str,
-            user: &'a Option<String>,
-        }
-        match &step.op {
-            Op::Run {
-                command,
-                heredocs,
-                mounts,
-                network,
-                security,
-            } => {
-                let mounts = self.mount_keys(mounts, name).await?;
-                let key = RunKey {
-                    run: run_argv(step, command),
-                    env: &step.env,
-                    cwd: &step.workdir,
-                    user: &step.user,
-                    heredocs: heredocs
-                        .iter()
-                        .map(|h| (h.name.clone(), h.content.clone()))
-                        .collect(),
-                    platform: &step.platform,
-                    hosts: &self.request.add_hosts,
-                    mounts,
-                    network: (*network != dockerfile::Network::Default).then(|| network.as_str()),
-                    security: (*security != dockerfile::Security::Sandbox)
-                        .then(|| security.as_str()),
-                };
-                Ok((keys::cache_map(&key), Extra::None))
+        let dir_source = |root: PathBuf, use_ignore: bool| (root, use_ignore);
+        let (src_root, use_ignore) = match &copy.from {
+            CopyFrom::Context => dir_source(self.request.context.clone(), true),
+            CopyFrom::Stage(j) => return Ok(Extra::Stage(*j)),
+            CopyFrom::Image(reference) => {
+                let idx = self.image_fs(reference, false).await?;
+                return Ok(Extra::Image(idx));
             }
-            Op::Workdir { path } => Ok((
-                keys::cache_map(&WorkdirKey {
-                    mkdir: path,
-                    user: &step.user,
-                }),
-                Extra::None,
-            )),
-            Op::Copy(copy) => {
-                let paths: Vec<String> = copy
-                    .sources
-                    .iter()
-                    .filter_map(|s| match s {
-                        CopySource::Path(p) => Some(p.clone()),
-                        CopySource::Inline { .. } => None,
-                    })
-                    .collect();
-                let inline: Vec<(String, String)> = copy
-                    .sources
-                    .iter()
-                    .filter_map(|s| match s {
-                        CopySource::Inline { name, content } => {
-                            Some((name.clone(), content.clone()))
-                        }
-                        CopySource::Path(_) => None,
-                    })
-                    .collect();
-                let (from, extra) = if paths.is_empty() {
-                    ("inline".to_owned(), Extra::None)
-                } else {
-                    match &copy.from {
-                        CopyFrom::Context => {
-                            let ctx = self.request.context.clone();
-                            let selection = self.select(&ctx, &paths, true, &copy.exclude, name)?;
-                            let record = self.root_record(keys::content_root(&selection.checksum));
-                            (
-                                "context".to_owned(),
-                                Extra::Content {
-                                    record,
-                                    src_root: ctx,
-                                    selection,
-                                },
-                            )
-                        }
-                        CopyFrom::Stage(j) => (format!("stage:{j}"), Extra::Stage(*j)),
-                        CopyFrom::NamedContext(ctx_name) => {
-                            match self.request.named_contexts.get(ctx_name).cloned() {
-                                Some(NamedContext::Dir(dir)) => {
-                                    let selection =
-                                        self.select(&dir, &paths, false, &copy.exclude, name)?;
-                                    let record =
-                                        self.root_record(keys::content_root(&selection.checksum));
-                                    (
-                                        "context".to_owned(),
-                                        Extra::Content {
-                                            record,
-                                            src_root: dir,
-                                            selection,
-                                        },
-                                    )
-                                }
-                                Some(NamedContext::OciLayout { .. }) => {
-                                    let idx = self.image_fs(ctx_name, true).await?;
-                                    (format!("image:{ctx_name}"), Extra::Image(idx))
-                                }
-                                None => {
-                                    return Err(step_error(
-                                        name,
-                                        step.line,
-                                        format!("unknown build context {ctx_name}"),
-                                    ));
-                                }
-                            }
-                        }
-                        CopyFrom::Image(reference) => {
-                            let idx = self.image_fs(reference, false).await?;
-                            (format!("image:{reference}"), Extra::Image(idx))
-                        }
+            CopyFrom::NamedContext(ctx_name) => {
+                match self.request.named_contexts.get(ctx_name).cloned() {
+                    Some(NamedContext::Dir(dir)) => dir_source(dir, false),
+                    Some(NamedContext::OciLayout { .. }) => {
+                        let idx = self.image_fs(ctx_name, true).await?;
+                        return Ok(Extra::Image(idx));
                     }
-                };
-                let key = CopyKey {
-                    copy: paths,
-                    inline,
-                    dest: &copy.dest,
-                    from,
-                    chown: &copy.chown,
-                    chmod: copy.chmod,
-                    add: copy.is_add,
-                    platform: &step.platform,
-                    exclude: &copy.exclude,
-                };
-                Ok((keys::cache_map(&key), extra))
+                    None => {
+                        return Err(step_error(
+                            name,
+                            step.line,
+                            format!("unknown build context {ctx_name}"),
+                        ));
+                    }
+                }
             }
-        }
+        };
+        let ignore = use_ignore.then_some(&self.ignore);
+        let exclude =
+            exclude_matcher(&copy.exclude).map_err(|err| Error::other(format!("{name}: {err}")))?;
+        // A client sends its files as owned by 0:0 (BuildKit's client resets owners).
+        let selection = context::select_with(
+            &src_root,
+            &paths,
+            ignore,
+            exclude.as_ref(),
+            &mut self.hashes,
+            true,
+        )
+        .map_err(|err| Error::other(format!("{name}: {err}")))?;
+        let content = match sop.src.and_then(|i| sop.map.deps[i].content.as_ref()) {
+            Some(selectors) => {
+                let checksums = keys::content_checksums(&selection, selectors, true)
+                    .map_err(|err| step_error(name, step.line, err))?;
+                keys::content_record(&checksums)
+            }
+            // A key of our own: the selection's own checksum stands for the content.
+            None => keys::record_digest(&selection.checksum, -1),
+        };
+        let record = self.root_record(content);
+        Ok(Extra::Content {
+            record,
+            src_root,
+            selection,
+        })
+    }
+
+    /// Reports a step that changes nothing and has no op (`WORKDIR /`) as done from cache.
+    fn report_no_op(&mut self, si: usize, k: usize, name: String, started: Instant) {
+        let vertex = format!("step:{si}:{k}");
+        self.progress().event(Event::Start {
+            vertex: vertex.clone(),
+            name: name.clone(),
+        });
+        self.progress().event(Event::Cached { vertex });
+        self.reports.push(StepReport {
+            name,
+            cached: true,
+            cache_source: None,
+            duration_ms: started.elapsed().as_millis() as u64,
+        });
     }
 
     /// An image used by `COPY --from`, resolved once.
@@ -1233,9 +1210,9 @@ impl Engine<'_> {
         } else {
             self.resolve_image(reference).await?
         };
-        let record = self.root_record(keys::image_root(&img.manifest_digest));
+        let records = self.image_roots(&img);
         self.images.push(Fs {
-            records: vec![record],
+            records,
             chain: img.layers.clone(),
             pending: Vec::new(),
             rootfs: None,
@@ -1807,7 +1784,15 @@ pub async fn local_cache_graph(graph: &CacheGraph, root: &dyn BlobStore) -> Cach
         let inputs = record
             .inputs
             .iter()
-            .map(|links| links.iter().map(|l| link(map[l.record])).collect())
+            .map(|links| {
+                links
+                    .iter()
+                    .map(|l| Link {
+                        selector: l.selector.clone(),
+                        record: map[l.record],
+                    })
+                    .collect()
+            })
             .collect();
         let new_idx = keep.add_record(record.digest.clone(), inputs);
         map.push(new_idx);
