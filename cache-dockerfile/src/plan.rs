@@ -760,11 +760,12 @@ impl<'a> Planner<'a> {
         };
 
         let (base, from_display, mut state) = match &resolved.base {
-            RawBase::Scratch => (
-                Base::Scratch,
-                "FROM scratch".to_string(),
-                self.initial_state(None),
-            ),
+            RawBase::Scratch => {
+                // BuildKit's empty image has `WorkingDir` "/" (`emptyImage`).
+                let mut state = self.initial_state(None);
+                state.config.workdir = Some("/".into());
+                (Base::Scratch, "FROM scratch".to_string(), state)
+            }
             RawBase::Stage(j) => {
                 let p = plan_index[j];
                 (
@@ -1963,6 +1964,17 @@ mod tests {
         );
         assert_eq!(final_stage.history[2].step, Some(2));
         assert!(plan.unused_build_args.is_empty());
+    }
+
+    #[test]
+    fn issue_9_a_scratch_stage_has_working_dir_root_as_buildkits_empty_image() {
+        let plan = ok("FROM scratch\nCOPY a /a\n");
+        assert_eq!(plan.stages[0].config.workdir.as_deref(), Some("/"));
+        let plan = ok("FROM alpine\nCOPY a /a\n");
+        assert_eq!(
+            plan.stages[0].config.workdir, None,
+            "an image keeps its own"
+        );
     }
 
     #[test]

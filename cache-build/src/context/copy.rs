@@ -20,9 +20,14 @@ use super::select::{
 pub struct CopyOptions {
     /// `--chown`: `uid`, `uid:gid`, `name` or `name:group` (names looked up in the destination
     /// root's `/etc/passwd` and `/etc/group`). Without a group the gid equals the uid, as Docker
-    /// documents. `None`: copies are owned by 0:0.
+    /// documents. `None`: copies are owned by 0:0, or keep their source's owner with
+    /// `keep_owner`.
     pub chown: Option<String>,
-    /// `--chmod`: mode bits for every copied file and directory (not symlinks).
+    /// Without `chown`, copies keep the owner they have in the source (COPY --from a stage or
+    /// image, as BuildKit does) instead of belonging to 0:0 (COPY from the build context).
+    pub keep_owner: bool,
+    /// `--chmod`: mode bits for every copied file and directory (not symlinks), and the
+    /// permission bits of the destination's missing parents, as BuildKit does.
     pub chmod: Option<u32>,
     /// ADD: a local tar archive source (plain or compressed, recognised by content) is
     /// extracted at the destination directory instead of being copied.
@@ -57,10 +62,12 @@ pub struct CopyStats {
 ///   (several sources or a wildcard matching several paths), when a source is a directory, or
 ///   when it already is a directory in `root`; otherwise the single source file is written at
 ///   `dest` itself.
-/// - A directory source copies its contents, not itself. Missing parents are created with mode
-///   0755, owned by the `--chown` owner if given (else by root).
-/// - Files keep their mode (unless `chmod`) and mtime; the owner is 0:0 unless `chown`;
-///   symlinks are copied as symlinks; an existing file at a target path is replaced.
+/// - A directory source copies its contents, not itself, and its mode (or `chmod`), owner and
+///   mtime go to the destination directory. Missing parents are created with mode 0755 (or the
+///   permission bits of `chmod`), owned by the `--chown` owner if given (else by root).
+/// - Files keep their mode (unless `chmod`) and mtime; the owner is 0:0 unless `chown` (or the
+///   source's with `keep_owner`); symlinks are copied as symlinks; an existing file at a target
+///   path is replaced.
 /// - Nothing is written outside `root`: symlinks in destination paths resolve as if `root` were
 ///   `/`, and sources are read through `src_root` the same way.
 ///
@@ -75,21 +82,8 @@ pub fn copy_into(
 ) -> Result<CopyStats, Error> {
     let root_fd = open_root(root)?;
     let src_fd = open_root(src_root)?;
-    let owner = match &options.chown {
-        Some(spec) => Some(resolve_chown(&root_fd, spec)?),
-        None => None,
-    };
-    let is_root_user = rustix::process::geteuid().is_root();
-    // Without --chown, copies belong to root. Unprivileged, files simply belong to the caller
-    // (mapped to root inside a user namespace), so nothing needs changing.
-    let want_owner = owner.or(if is_root_user { Some((0, 0)) } else { None });
-
-    let joined = if dest.starts_with('/') {
-        dest.to_string()
-    } else {
-        format!("{}/{}", options.workdir.trim_end_matches('/'), dest)
-    };
-    let dest_rel: PathBuf = clean_components(&joined).iter().collect();
+    let want_owner = wanted_owner(&root_fd, options)?;
+    let dest_rel = dest_in_root(dest, &options.workdir);
     let last_raw = dest.rsplit('/').next().unwrap_or("");
     let says_dir = dest.is_empty() || dest.ends_with('/') || last_raw == "." || last_raw == "..";
     let n_matches: usize = selection.sources.iter().map(|s| s.matches.len()).sum();
@@ -154,6 +148,49 @@ pub fn copy_into(
         }
     }
     Ok(copier.stats)
+}
+
+/// Creates the directory `dest` (relative to `options.workdir` unless absolute) and its missing
+/// parents inside `root`, as WORKDIR does: mode 0755, owned by the `--chown` owner of `options`
+/// (else by root); an existing directory is left as it is.
+pub fn make_dir_all(root: &Path, dest: &str, options: &CopyOptions) -> Result<(), Error> {
+    let root_fd = open_root(root)?;
+    let copier = Copier {
+        root,
+        root_fd: &root_fd,
+        src_root: root,
+        src_fd: &root_fd,
+        options: &CopyOptions {
+            chmod: None,
+            ..options.clone()
+        },
+        want_owner: wanted_owner(&root_fd, options)?,
+        stats: CopyStats::default(),
+        hard_links: HashMap::new(),
+    };
+    copier.mkdir_p(&dest_in_root(dest, &options.workdir))?;
+    Ok(())
+}
+
+/// The owner of created directories and (without `keep_owner`) copies: the `--chown` owner or
+/// root. Unprivileged, files simply belong to the caller (mapped to root inside a user
+/// namespace), so nothing needs changing (`None`).
+fn wanted_owner(root_fd: &OwnedFd, options: &CopyOptions) -> Result<Option<(u32, u32)>, Error> {
+    Ok(match &options.chown {
+        Some(spec) => Some(resolve_chown(root_fd, spec)?),
+        None if rustix::process::geteuid().is_root() => Some((0, 0)),
+        None => None,
+    })
+}
+
+/// `dest` as a path inside the root, resolved against `workdir` when relative.
+fn dest_in_root(dest: &str, workdir: &str) -> PathBuf {
+    let joined = if dest.starts_with('/') {
+        dest.to_string()
+    } else {
+        format!("{}/{}", workdir.trim_end_matches('/'), dest)
+    };
+    clean_components(&joined).iter().collect()
 }
 
 /// State of one [`copy_into`].
@@ -238,9 +275,10 @@ impl Copier<'_> {
                 };
                 self.io_dest("create directory", &prefix, err)
             })?;
-            rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755))
+            let mode = self.options.chmod.map_or(0o755, |mode| mode & 0o777);
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
                 .map_err(|err| self.io_dest("chmod", &prefix, err))?;
-            self.set_owner_fd(&fd, &prefix)?;
+            self.set_owner_fd(&fd, &prefix, self.want_owner)?;
             cur = fd;
         }
         Ok(cur)
@@ -254,9 +292,37 @@ impl Copier<'_> {
         }
     }
 
-    /// Changes the owner of an open entry to the wanted one if it differs.
-    fn set_owner_fd(&self, fd: &OwnedFd, dest: &Path) -> Result<(), Error> {
-        let Some((uid, gid)) = self.want_owner else {
+    /// The owner a copy of the source entry `src_rel` gets: the `--chown` owner, root, or with
+    /// `keep_owner` the source's own (`None`: leave it, as an unprivileged caller must).
+    fn entry_owner(&self, src_rel: &Path) -> Result<Option<(u32, u32)>, Error> {
+        if self.options.chown.is_some() || !self.options.keep_owner || self.want_owner.is_none() {
+            return Ok(self.want_owner);
+        }
+        let fd = rustix::fs::openat2(
+            self.src_fd,
+            if src_rel.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                src_rel
+            },
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )
+        .map_err(|err| Error::io("stat source", self.src_root.join(src_rel), err))?;
+        let st = rustix::fs::fstat(&fd)
+            .map_err(|err| Error::io("stat source", self.src_root.join(src_rel), err))?;
+        Ok(Some((st.st_uid, st.st_gid)))
+    }
+
+    /// Changes the owner of an open entry to `owner` if it differs.
+    fn set_owner_fd(
+        &self,
+        fd: &OwnedFd,
+        dest: &Path,
+        owner: Option<(u32, u32)>,
+    ) -> Result<(), Error> {
+        let Some((uid, gid)) = owner else {
             return Ok(());
         };
         let st = rustix::fs::fstat(fd).map_err(|err| self.io_dest("stat", dest, err))?;
@@ -267,9 +333,15 @@ impl Copier<'_> {
         Ok(())
     }
 
-    /// Changes the owner of `name` in `dir` without following a symlink.
-    fn set_owner_at(&self, dir: &OwnedFd, name: &OsStr, dest: &Path) -> Result<(), Error> {
-        let Some((uid, gid)) = self.want_owner else {
+    /// Changes the owner of `name` in `dir` to `owner` without following a symlink.
+    fn set_owner_at(
+        &self,
+        dir: &OwnedFd,
+        name: &OsStr,
+        dest: &Path,
+        owner: Option<(u32, u32)>,
+    ) -> Result<(), Error> {
+        let Some((uid, gid)) = owner else {
             return Ok(());
         };
         let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
@@ -296,11 +368,19 @@ impl Copier<'_> {
         let top = dir
             .try_clone()
             .map_err(|err| self.io_dest("open directory", dest, err))?;
+        // The destination directory takes the source directory's owner, mode and mtime
+        // (BuildKit's copier applies the source's metadata to it, existing or not).
+        let top_entry = &found.entries[0];
+        self.set_owner_fd(
+            &top,
+            dest,
+            self.entry_owner(&found.entry_source(top_entry))?,
+        )?;
         let mut stack: Vec<Frame<'_>> = vec![Frame {
             rel: PathBuf::new(),
             fd: top,
             dest: dest.to_path_buf(),
-            entry: None,
+            entry: Some(top_entry),
         }];
         for entry in &found.entries[1..] {
             let parent_rel = entry.rel.parent().unwrap_or(Path::new(""));
@@ -386,7 +466,7 @@ impl Copier<'_> {
             Mode::empty(),
         )
         .map_err(|err| self.io_dest("open directory", dest, err))?;
-        self.set_owner_fd(&fd, dest)?;
+        self.set_owner_fd(&fd, dest, self.entry_owner(src_rel)?)?;
         self.stats.n_dirs += 1;
         Ok((fd, true))
     }
@@ -465,7 +545,7 @@ impl Copier<'_> {
                 let n_bytes = std::io::copy(&mut src_file, &mut out_file)
                     .map_err(|err| Error::io("copy", self.src_root.join(&src_rel), err))?;
                 let out: OwnedFd = out_file.into();
-                self.set_owner_fd(&out, dest)?;
+                self.set_owner_fd(&out, dest, self.entry_owner(&src_rel)?)?;
                 rustix::fs::fchmod(&out, self.mode_for(entry))
                     .map_err(|err| self.io_dest("chmod", dest, err))?;
                 rustix::fs::futimens(&out, &timestamps(entry))
@@ -489,7 +569,7 @@ impl Copier<'_> {
                 let target = entry.link_target.as_deref().unwrap_or(Path::new(""));
                 rustix::fs::symlinkat(target, parent, name)
                     .map_err(|err| self.io_dest("create symlink", dest, err))?;
-                self.set_owner_at(parent, name, dest)?;
+                self.set_owner_at(parent, name, dest, self.entry_owner(&src_rel)?)?;
                 rustix::fs::utimensat(parent, name, &timestamps(entry), AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|err| self.io_dest("set times of", dest, err))?;
                 self.stats.n_symlinks += 1;
@@ -508,7 +588,7 @@ impl Copier<'_> {
                     entry.rdev,
                 )
                 .map_err(|err| self.io_dest("create", dest, err))?;
-                self.set_owner_at(parent, name, dest)?;
+                self.set_owner_at(parent, name, dest, self.entry_owner(&src_rel)?)?;
                 rustix::fs::chmodat(parent, name, self.mode_for(entry), AtFlags::empty())
                     .map_err(|err| self.io_dest("chmod", dest, err))?;
                 rustix::fs::utimensat(parent, name, &timestamps(entry), AtFlags::SYMLINK_NOFOLLOW)
@@ -798,6 +878,78 @@ mod tests {
         assert_eq!(mode("c/one.txt"), 0o640);
         assert_eq!(mode("c/sub"), 0o640);
         assert_eq!(mode("c/sub/two.txt"), 0o640);
+    }
+
+    #[test]
+    fn issue_9_copies_keep_source_owners_with_keep_owner_only() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipping owner test: needs root");
+            return;
+        }
+        let f = fixture();
+        let owned = f.ctx.join("dir/sub/two.txt");
+        rustix::fs::chown(&owned, Some(uid_of(1000)), Some(gid_of(1001))).expect("chown");
+        rustix::fs::chown(f.ctx.join("dir"), Some(uid_of(7)), Some(gid_of(8))).expect("chown");
+        let owner = |rel: &str| {
+            let meta = std::fs::symlink_metadata(f.root.join(rel)).expect("stat");
+            (meta.uid(), meta.gid())
+        };
+        copy(&f, &["dir"], "/context/", &opts()).expect("copy");
+        assert_eq!(
+            owner("context/sub/two.txt"),
+            (0, 0),
+            "the context's files: 0:0"
+        );
+        let from_stage = CopyOptions {
+            keep_owner: true,
+            ..opts()
+        };
+        copy(&f, &["dir"], "/stage/", &from_stage).expect("copy");
+        assert_eq!(owner("stage/sub/two.txt"), (1000, 1001));
+        assert_eq!(
+            owner("stage"),
+            (7, 8),
+            "the destination takes the source dir's owner"
+        );
+        let chowned = CopyOptions {
+            chown: Some("5:6".into()),
+            ..from_stage
+        };
+        copy(&f, &["dir"], "/chowned/", &chowned).expect("copy");
+        assert_eq!(owner("chowned/sub/two.txt"), (5, 6), "--chown wins");
+    }
+
+    #[test]
+    fn issue_9_chmod_applies_to_created_parents_and_the_destination_directory() {
+        let f = fixture();
+        let mode = |rel: &str| {
+            std::fs::symlink_metadata(f.root.join(rel))
+                .expect("stat")
+                .mode()
+                & 0o7777
+        };
+        let chmod = CopyOptions {
+            chmod: Some(0o640),
+            ..opts()
+        };
+        copy(&f, &["a.txt"], "/made/a.txt", &chmod).expect("copy");
+        assert_eq!(
+            mode("made"),
+            0o640,
+            "a created parent gets the --chmod bits"
+        );
+        assert_eq!(mode("made/a.txt"), 0o640);
+        std::fs::create_dir_all(f.root.join("made/dir")).expect("mkdir");
+        copy(&f, &["dir"], "/made/dir", &chmod).expect("copy");
+        assert_eq!(mode("made/dir"), 0o640, "the destination directory too");
+        std::fs::set_permissions(f.ctx.join("dir"), std::fs::Permissions::from_mode(0o750))
+            .expect("chmod");
+        copy(&f, &["dir"], "/plain", &opts()).expect("copy");
+        assert_eq!(
+            mode("plain"),
+            0o750,
+            "without --chmod it takes the source's mode"
+        );
     }
 
     #[test]

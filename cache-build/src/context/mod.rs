@@ -50,7 +50,7 @@ mod select;
 use std::io;
 use std::path::PathBuf;
 
-pub use copy::{CopyOptions, CopyStats, copy_into};
+pub use copy::{CopyOptions, CopyStats, copy_into, make_dir_all};
 pub use hash::{HashCache, HashStats};
 pub use select::{
     EntryKind, Match, SelectedEntry, SelectedSource, Selection, select, select_excluding,

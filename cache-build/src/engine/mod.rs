@@ -286,6 +286,8 @@ struct Fs {
 struct StageState {
     fs: Fs,
     base_history: Vec<image::HistoryEntry>,
+    /// The Dockerfile history of the stages this one is built `FROM` (parents first).
+    inherited_history: Vec<dockerfile::HistoryEntry>,
     base_created: Option<OffsetDateTime>,
 }
 
@@ -484,6 +486,18 @@ pub async fn build(
     })
 }
 
+/// Lays the tree `top` over `root` as a layer would be (directories of `top` replace the
+/// metadata of those in `root`, files replace files), through a layer file in `tmp_dir`.
+fn lay_over(top: &Path, root: &Path, tmp_dir: &Path) -> Result<(), layer::Error> {
+    let changes = layer::diff(&Snapshot::default(), top)?;
+    let (file, info) =
+        layer::write_layer_file(top, &changes, layer::Compression::Uncompressed, tmp_dir)?;
+    let reader = std::fs::File::open(file.path())
+        .map_err(|err| layer::Error::io("open", file.path(), err))?;
+    layer::apply_layer(reader, &info.media_type, root)?;
+    Ok(())
+}
+
 /// The image config and history of the target stage over `chain`.
 fn assemble_image(
     stage: &PlannedStage,
@@ -498,7 +512,7 @@ fn assemble_image(
         .max()
         .or(state.base_created);
     let mut history = state.base_history.clone();
-    for entry in &stage.history {
+    for entry in state.inherited_history.iter().chain(&stage.history) {
         history.push(image::HistoryEntry {
             created,
             created_by: entry.created_by.clone(),
@@ -734,6 +748,7 @@ impl Engine<'_> {
         let mut state = StageState {
             fs: Fs::default(),
             base_history: Vec::new(),
+            inherited_history: Vec::new(),
             base_created: None,
         };
         match &stage.base {
@@ -747,6 +762,10 @@ impl Engine<'_> {
                 state.fs.chain = parent.fs.chain.clone();
                 state.fs.pending = parent.fs.pending.clone();
                 state.base_history = parent.base_history.clone();
+                state.inherited_history = parent.inherited_history.clone();
+                state
+                    .inherited_history
+                    .extend(self.plan.stages[*j].history.iter().cloned());
                 state.base_created = parent.base_created;
             }
             Base::Image(r) | Base::Context(r) => {
@@ -810,6 +829,7 @@ impl Engine<'_> {
         let before = snapshot(&rootfs).await?;
         let opts = CopyOptions {
             chown: None,
+            keep_owner: false,
             chmod: None,
             extract_archives: false,
             workdir: "/".into(),
@@ -822,11 +842,8 @@ impl Engine<'_> {
             Some(&r) => r,
             None => self.graph.add_record(digest, vec![vec![link(content)]]),
         };
-        let mut chain = Vec::new();
-        if let Some(desc) = self.make_layer(&rootfs, before).await? {
-            chain.push(desc);
-            self.add_result(record, &chain);
-        }
+        let chain = vec![self.make_layer(&rootfs, before).await?];
+        self.add_result(record, &chain);
         Ok(Fs {
             records: vec![record],
             chain,
@@ -1398,11 +1415,11 @@ impl Engine<'_> {
             });
             return Err(err);
         }
+        // Every step that runs adds a layer, an empty one when nothing changed, as in BuildKit,
+        // whose history marks every RUN, COPY, ADD and WORKDIR as a layer.
         let desc = self.make_layer(dir, before).await?;
         let fs = self.fs_mut(target);
-        if let Some(desc) = desc {
-            fs.chain.push(desc);
-        }
+        fs.chain.push(desc);
         let chain = fs.chain.clone();
         let record = self.slots[&key].records[0];
         self.add_result(record, &chain);
@@ -1503,31 +1520,37 @@ impl Engine<'_> {
                 Ok(())
             }
             Op::Workdir { path } => {
-                let empty = self.new_dir("empty")?;
-                let selection =
-                    context::select(&empty, &[".".to_owned()], None, &mut HashCache::in_memory())
-                        .map_err(|err| step_error(name, step.line, err.to_string()))?;
                 let opts = CopyOptions {
                     chown: step.user.clone(),
+                    keep_owner: false,
                     chmod: None,
                     extract_archives: false,
                     workdir: "/".into(),
                 };
-                let dest = format!("{}/", path.trim_end_matches('/'));
-                let root = dir.to_path_buf();
-                let res =
-                    blocking(move || context::copy_into(&selection, &empty, &root, &dest, &opts))
-                        .await?;
+                let (root, path) = (dir.to_path_buf(), path.clone());
+                let res = blocking(move || context::make_dir_all(&root, &path, &opts)).await?;
                 res.map_err(|err| step_error(name, step.line, err.to_string()))?;
                 Ok(())
             }
             Op::Copy(copy) => {
                 let opts = CopyOptions {
                     chown: copy.chown.clone(),
+                    // BuildKit keeps the owners of what COPY --from copies; the build context's
+                    // files belong to 0:0.
+                    keep_owner: matches!(extra, Extra::Stage(_) | Extra::Image(_)),
                     chmod: copy.chmod,
                     extract_archives: copy.is_add,
                     workdir: step.workdir.clone(),
                 };
+                // COPY --link copies onto an empty filesystem, then lays that over the stage, as
+                // BuildKit's merge does: missing parents are created afresh (with the copy's owner)
+                // and nothing of the stage (an existing directory, a symlink) steers the copy.
+                let link_dir = if copy.link {
+                    Some(self.new_dir("link")?)
+                } else {
+                    None
+                };
+                let copy_root = link_dir.clone().unwrap_or_else(|| dir.to_path_buf());
                 let n_sources = copy.sources.len();
                 let dest = if n_sources > 1 && !copy.dest.ends_with('/') {
                     format!("{}/", copy.dest)
@@ -1553,7 +1576,7 @@ impl Engine<'_> {
                     }
                 };
                 if let Some((src_root, selection)) = src {
-                    let (root, dest, opts) = (dir.to_path_buf(), dest.clone(), opts.clone());
+                    let (root, dest, opts) = (copy_root.clone(), dest.clone(), opts.clone());
                     blocking(move || {
                         context::copy_into(&selection, &src_root, &root, &dest, &opts)
                     })
@@ -1580,11 +1603,21 @@ impl Engine<'_> {
                     let selection =
                         context::select(&tmp, &names, None, &mut HashCache::in_memory())
                             .map_err(|err| step_error(name, step.line, err.to_string()))?;
-                    let root = dir.to_path_buf();
+                    let root = copy_root.clone();
+                    let opts = CopyOptions {
+                        keep_owner: false,
+                        ..opts
+                    };
                     let res =
                         blocking(move || context::copy_into(&selection, &tmp, &root, &dest, &opts))
                             .await?;
                     res.map_err(|err| step_error(name, step.line, err.to_string()))?;
+                }
+                if let Some(link_dir) = link_dir {
+                    let (root, tmp_dir) = (dir.to_path_buf(), self.request.work_dir.clone());
+                    blocking(move || lay_over(&link_dir, &root, &tmp_dir))
+                        .await?
+                        .map_err(|err| step_error(name, step.line, err.to_string()))?;
                 }
                 Ok(())
             }
@@ -1611,29 +1644,20 @@ impl Engine<'_> {
             .map_err(|err| step_error(name, line, err.to_string()))
     }
 
-    /// Writes the layer of what changed in `dir` since `before` into the root store.
-    async fn make_layer(
-        &mut self,
-        dir: &Path,
-        before: Snapshot,
-    ) -> Result<Option<Descriptor>, Error> {
+    /// Writes the layer of what changed in `dir` since `before` into the root store (an empty
+    /// layer when nothing did).
+    async fn make_layer(&mut self, dir: &Path, before: Snapshot) -> Result<Descriptor, Error> {
         let root = dir.to_path_buf();
         let tmp_dir = self.request.work_dir.clone();
         let compression = self.request.compression;
-        let written = blocking(
-            move || -> Result<Option<(tempfile::NamedTempFile, layer::LayerInfo)>, layer::Error> {
+        let (file, info) = blocking(
+            move || -> Result<(tempfile::NamedTempFile, layer::LayerInfo), layer::Error> {
                 let changes = layer::diff(&before, &root)?;
-                if changes.is_empty() {
-                    return Ok(None);
-                }
-                layer::write_layer_file(&root, &changes, compression, &tmp_dir).map(Some)
+                layer::write_layer_file(&root, &changes, compression, &tmp_dir)
             },
         )
         .await?
         .map_err(|err| Error::other(format!("writing a layer: {err}")))?;
-        let Some((file, info)) = written else {
-            return Ok(None);
-        };
         let digest: Digest = info.digest.parse().map_err(|_| {
             Error::other(format!(
                 "layer writer gave an invalid digest {}",
@@ -1655,7 +1679,7 @@ impl Engine<'_> {
             .write(&desc, blob)
             .await
             .map_err(|err| Error::other(format!("storing layer {}: {err}", desc.digest)))?;
-        Ok(Some(desc))
+        Ok(desc)
     }
 
     /// Pending steps that never had to run were satisfied by the cache: report them.

@@ -309,6 +309,16 @@ impl Engine<'_> {
     ) -> Result<PathBuf, Error> {
         let what = format!("{name}: --mount source {source}");
         let src = selection_source(source);
+        // Owners are kept from a stage or image; a directory's files belong to 0:0, as BuildKit's
+        // client sends a local context.
+        let keep_owner = match from {
+            CopyFrom::Context => false,
+            CopyFrom::NamedContext(ctx_name) => !matches!(
+                self.request.named_contexts.get(ctx_name),
+                Some(NamedContext::Dir(_))
+            ),
+            _ => true,
+        };
         let (src_root, selection) = match from {
             CopyFrom::Context => {
                 let ctx = self.request.context.clone();
@@ -352,6 +362,7 @@ impl Engine<'_> {
         let dest = if is_dir { "/m/" } else { "/m" };
         let opts = CopyOptions {
             chown: None,
+            keep_owner,
             chmod: None,
             extract_archives: false,
             workdir: "/".into(),

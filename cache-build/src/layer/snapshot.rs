@@ -60,6 +60,16 @@ impl Meta {
     fn same_inode(&self, other: &Meta) -> bool {
         self.dev == other.dev && self.ino == other.ino
     }
+
+    /// Whether a directory kept what BuildKit's differ compares for directories (mode, owner,
+    /// device number): its times, size and link count change whenever an entry inside is added
+    /// or removed (mount points RUN creates and removes included), which alone is no change.
+    fn same_dir_metadata(&self, other: &Meta) -> bool {
+        self.mode == other.mode
+            && self.uid == other.uid
+            && self.gid == other.gid
+            && self.rdev == other.rdev
+    }
 }
 
 /// Metadata of every entry under a root, taken before a step runs.
@@ -185,7 +195,8 @@ impl Changes {
 /// What changed under `root` since `before` was captured.
 ///
 /// An entry is modified if its inode, device, ctime, mode, owner, size, mtime, type, device
-/// number or symlink target differ. A deleted path is reported once at its top-most deleted
+/// number or symlink target differ; a directory only if its mode, owner or device number do
+/// (BuildKit's `sameDirent`), its children being compared on their own. A deleted path is reported once at its top-most deleted
 /// ancestor. A directory that was deleted and created again (a different inode) is
 /// [`ChangeKind::Recreated`]: everything below it is included and nothing below it needs a
 /// whiteout. (If the filesystem reuses the inode number, the directory is reported as
@@ -216,7 +227,7 @@ fn diff_snapshots(before: &Snapshot, after: &Snapshot) -> Changes {
                 if !old.same_inode(meta) {
                     opaque.insert(path.clone());
                     Some(ChangeKind::Recreated)
-                } else if old != meta {
+                } else if !old.same_dir_metadata(meta) {
                     Some(ChangeKind::Modified)
                 } else {
                     None
@@ -304,6 +315,27 @@ mod tests {
         let changes = diff(&snap, dir.path()).expect("diff");
         assert!(changes.is_empty(), "{changes:?}");
         assert_eq!(changes.len(), 0);
+    }
+
+    #[test]
+    fn a_directory_whose_entries_came_and_went_is_unchanged_unless_its_mode_or_owner_changed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        fs::create_dir_all(root.join("etc")).expect("mkdir");
+        fs::create_dir_all(root.join("chmodded")).expect("mkdir");
+        let snap = Snapshot::capture(root).expect("capture");
+        // What a RUN's mount point does to /etc: created, then removed (times and size change).
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        fs::write(root.join("etc/hosts"), b"").expect("write");
+        fs::remove_file(root.join("etc/hosts")).expect("rm");
+        fs::set_permissions(root.join("chmodded"), fs::Permissions::from_mode(0o700))
+            .expect("chmod");
+        let changes = diff(&snap, root).expect("diff");
+        assert_eq!(
+            kinds(&changes),
+            vec![("chmodded".to_string(), ChangeKind::Modified)],
+            "as BuildKit's sameDirent, a directory's times are no change"
+        );
     }
 
     #[test]

@@ -618,15 +618,16 @@ fn credential_steps(
     }
     // An unprivileged user namespace refuses `setgroups` (it was denied to make the gid map legal).
     if is_root_mode {
+        // BuildKit's `ensureAdditionalGids`: the primary group is a supplementary group too.
+        let mut sgids = exec_user.sgids.clone();
+        if !sgids.contains(&exec_user.gid) {
+            sgids.insert(0, exec_user.gid);
+        }
         steps.push(
             Op::SetGroups {
-                groups: exec_user
-                    .sgids
-                    .iter()
-                    .map(|gid| Gid::from_raw(*gid))
-                    .collect(),
+                groups: sgids.iter().map(|gid| Gid::from_raw(*gid)).collect(),
             },
-            format!("setting the supplementary groups {:?}", exec_user.sgids),
+            format!("setting the supplementary groups {sgids:?}"),
             "",
         );
     }

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::support::buildkit::{self, BuildkitBuild};
-use crate::support::{s, write_file};
+use crate::support::{self, corpus, s, write_file};
 
 /// The test helpers drive the real BuildKit: a cold build with a cache export, then, after
 /// `prune --all`, a build importing it shows every step `CACHED`.
@@ -57,4 +57,108 @@ fn import_local(
         },
     )
     .assert_success()
+}
+
+/// Issue 9, item 3: for every corpus Dockerfile, BuildKit's image and ours hold the same files
+/// (content, mode, owner, link targets) and the same config and history.
+#[test]
+fn issue_9_corpus_images_equal_buildkits() {
+    let Some(bk) = buildkit::buildkit_under_test() else {
+        return;
+    };
+    let Some(base) = buildkit::busybox_base() else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let mut failures = Vec::new();
+    let entries = corpus::entries();
+    for entry in &entries {
+        let work = tempfile::tempdir().expect("tempdir");
+        let context = entry.prepare(&work.path().join("entry"));
+        let images = buildkit_image(&bk, &base, entry, &context, work.path()).and_then(|theirs| {
+            Ok((
+                theirs,
+                buildcache_image(&base, entry, &context, work.path())?,
+            ))
+        });
+        let diffs = match images {
+            Ok((theirs, ours)) => corpus::differences(&theirs, &ours),
+            Err(err) => vec![err],
+        };
+        if !diffs.is_empty() {
+            failures.push(format!("{}:\n  {}", entry.name, diffs.join("\n  ")));
+        }
+    }
+    eprintln!(
+        "corpus of {} entries built by both tools in {:.1?}",
+        entries.len(),
+        started.elapsed()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} corpus images differ from BuildKit's:\n{}",
+        failures.len(),
+        entries.len(),
+        failures.join("\n")
+    );
+}
+
+/// Builds `entry` with BuildKit into an OCI layout and reads it.
+fn buildkit_image(
+    bk: &buildkit::Buildkit,
+    base: &buildkit::BaseImage,
+    entry: &corpus::Entry,
+    context: &Path,
+    work: &Path,
+) -> Result<corpus::Image, String> {
+    let tar = work.join("buildkit.tar");
+    let outcome = bk.build_entry(
+        entry,
+        context,
+        base,
+        &BuildkitBuild {
+            output: Some(format!("type=oci,dest={}", s(&tar))),
+            ..BuildkitBuild::default()
+        },
+    );
+    if !outcome.output.status.success() {
+        return Err(format!(
+            "buildctl build failed:\n{}",
+            tail(&outcome.stderr())
+        ));
+    }
+    let layout = work.join("buildkit-image");
+    support::untar(&tar, &layout);
+    Ok(corpus::read_image(&layout))
+}
+
+/// The last lines of a tool's output, for a failure message.
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(12)..].join("\n")
+}
+
+/// Builds `entry` with buildcache on an empty root into an OCI layout and reads it.
+fn buildcache_image(
+    base: &buildkit::BaseImage,
+    entry: &corpus::Entry,
+    context: &Path,
+    work: &Path,
+) -> Result<corpus::Image, String> {
+    let tar = work.join("buildcache.tar");
+    let mut args = entry.buildcache_args(context.parent().expect("the entry dir"));
+    args.extend(base.buildcache_args());
+    args.push("--output".to_owned());
+    args.push(format!("type=oci,dest={}", s(&tar)));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let outcome = support::build(context, &work.join("root"), &args);
+    if !outcome.success() {
+        return Err(format!(
+            "buildcache build failed:\n{}",
+            tail(&outcome.stderr())
+        ));
+    }
+    let layout = work.join("buildcache-image");
+    support::untar(&tar, &layout);
+    Ok(corpus::read_image(&layout))
 }

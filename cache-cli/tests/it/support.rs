@@ -521,6 +521,10 @@ pub fn write_layout_image(dir: &Path, tag: &str, layers: &[Vec<u8>]) -> String {
     };
     let mut diff_ids = Vec::new();
     let mut layer_descs = Vec::new();
+    // One history entry per layer, as every real image has.
+    let history: Vec<Value> = (0..layers.len())
+        .map(|idx| serde_json::json!({"created_by": format!("test layer {idx}")}))
+        .collect();
     for layer in layers {
         let digest = put(layer);
         diff_ids.push(Value::from(digest.clone()));
@@ -535,6 +539,7 @@ pub fn write_layout_image(dir: &Path, tag: &str, layers: &[Vec<u8>]) -> String {
         "os": "linux",
         "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": history,
     });
     let config_bytes = serde_json::to_vec(&config).expect("serializing a config");
     let config_digest = put(&config_bytes);

@@ -270,7 +270,8 @@ impl BaseImage {
 /// without busybox.
 ///
 /// One uncompressed layer, deterministic: `bin/busybox` with a symlink per applet, `etc/passwd` and
-/// `etc/group` (root, `app` 1000:1000, nobody), `tmp` (1777); the config sets only [`BASE_PATH_ENV`].
+/// `etc/group` (root, `app` 1000:1000, nobody), `tmp` (1777), empty `dev`, `proc`, `sys` and
+/// `root`; the config sets only [`BASE_PATH_ENV`].
 pub fn busybox_base() -> Option<BaseImage> {
     let busybox = super::busybox_path()?;
     static BASE: OnceLock<BaseImage> = OnceLock::new();
@@ -281,7 +282,7 @@ fn make_busybox_base(busybox: &Path) -> BaseImage {
     use std::os::unix::fs::MetadataExt;
     let meta = fs::metadata(busybox).expect("busybox is readable");
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "busybox-base-v1-{}-{}",
+        "busybox-base-v2-{}-{}",
         meta.len(),
         meta.mtime()
     ));
@@ -342,7 +343,8 @@ fn base_layer_tar(busybox: &Path) -> Vec<u8> {
             .append_data(&mut header, path, data)
             .expect("appending to a tar in memory");
     };
-    for dir in ["bin/", "etc/", "root/"] {
+    // `dev`, `proc` and `sys` are in every real base: BuildKit's RUN adds them where missing.
+    for dir in ["bin/", "dev/", "etc/", "proc/", "root/", "sys/"] {
         add(dir, tar::EntryType::Directory, 0o755, b"", None);
     }
     add("tmp/", tar::EntryType::Directory, 0o1777, b"", None);

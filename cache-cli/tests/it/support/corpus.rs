@@ -367,8 +367,24 @@ pub fn differences(expected: &Image, actual: &Image) -> Vec<String> {
     let expected_fields = config_fields(&expected.config);
     let actual_fields = config_fields(&actual.config);
     for ((name, want), (_, got)) in expected_fields.iter().zip(&actual_fields) {
-        if want != got {
-            out.push(format!("config {name}: buildkit {want} / buildcache {got}"));
+        if want == got {
+            continue;
+        }
+        match (want.as_array(), got.as_array()) {
+            // History: one line per entry that differs.
+            (Some(want), Some(got)) => {
+                for idx in 0..want.len().max(got.len()) {
+                    let (want, got) = (want.get(idx), got.get(idx));
+                    if want != got {
+                        out.push(format!(
+                            "config {name}[{idx}]: buildkit {} / buildcache {}",
+                            want.unwrap_or(&Value::Null),
+                            got.unwrap_or(&Value::Null)
+                        ));
+                    }
+                }
+            }
+            _ => out.push(format!("config {name}: buildkit {want} / buildcache {got}")),
         }
     }
     if expected.n_layers != actual.n_layers {
