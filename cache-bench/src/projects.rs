@@ -47,6 +47,8 @@ pub struct Project {
     pub ours_args: Vec<String>,
     /// Extra `buildah build` arguments (the same base image).
     pub peer_args: Vec<String>,
+    /// Extra `buildctl build` arguments (the same base image as an OCI-layout named context).
+    pub buildkit_args: Vec<String>,
     /// The file the one-change scenario edits, relative to the context.
     pub edit_file: PathBuf,
 }
@@ -123,6 +125,7 @@ pub fn multistage(examples: &Path, work: &Path) -> anyhow::Result<Project> {
         context,
         ours_args: Vec::new(),
         peer_args: Vec::new(),
+        buildkit_args: Vec::new(),
         edit_file: "src/greeting.txt".into(),
     })
 }
@@ -292,6 +295,23 @@ pub fn compiled_base(cache: &Path) -> anyhow::Result<PathBuf> {
     Ok(layout)
 }
 
+/// The manifest digest tagged `tag` in the OCI layout `layout` (BuildKit names layout contexts
+/// by digest).
+pub fn layout_manifest(layout: &Path, tag: &str) -> anyhow::Result<String> {
+    let path = layout.join("index.json");
+    let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let index = cache_core::layout::OciIndex::from_json(&bytes)
+        .with_context(|| format!("parsing {}", path.display()))?;
+    let entry = index
+        .find_image(tag, None)
+        .with_context(|| format!("{} has no image tagged {tag}", path.display()))?;
+    let digest = entry
+        .descriptor()
+        .map_err(|what| anyhow::format_err!("{} has an entry with {what}", path.display()))?
+        .digest;
+    Ok(digest.to_string())
+}
+
 /// (b) The compiled project: `sizes.c_modules` C files built with gcc on the Debian base.
 pub fn compiled(work: &Path, cache: &Path, sizes: Sizes) -> anyhow::Result<Project> {
     let layout = compiled_base(cache)?;
@@ -320,6 +340,15 @@ pub fn compiled(work: &Path, cache: &Path, sizes: Sizes) -> anyhow::Result<Proje
             format!("base=oci-layout://{}:base", layout.display()),
         ],
         peer_args: vec!["--from".into(), format!("oci:{}:base", layout.display())],
+        buildkit_args: vec![
+            "--oci-layout".into(),
+            format!("base={}", layout.display()),
+            "--opt".into(),
+            format!(
+                "context:base=oci-layout://base@{}",
+                layout_manifest(&layout, "base")?
+            ),
+        ],
         edit_file: "src/mod000.c".into(),
     })
 }
@@ -353,6 +382,7 @@ pub fn small_files(work: &Path, sizes: Sizes) -> anyhow::Result<Project> {
         context,
         ours_args: Vec::new(),
         peer_args: Vec::new(),
+        buildkit_args: Vec::new(),
         edit_file: "files/d000/f00000.txt".into(),
     })
 }
@@ -381,6 +411,7 @@ pub fn large_layer(work: &Path, sizes: Sizes) -> anyhow::Result<Project> {
         context,
         ours_args: Vec::new(),
         peer_args: Vec::new(),
+        buildkit_args: Vec::new(),
         edit_file: "app.txt".into(),
     })
 }

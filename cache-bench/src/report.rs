@@ -153,6 +153,7 @@ struct Row {
     unit: fn(f64) -> String,
     show_rss: bool,
     peer_missing: Option<&'static str>,
+    buildkit_missing: Option<&'static str>,
 }
 
 const ROWS: &[Row] = &[
@@ -163,6 +164,7 @@ const ROWS: &[Row] = &[
         unit: secs,
         show_rss: true,
         peer_missing: None,
+        buildkit_missing: None,
     },
     Row {
         label: "cold + registry export",
@@ -171,6 +173,7 @@ const ROWS: &[Row] = &[
         unit: secs,
         show_rss: true,
         peer_missing: None,
+        buildkit_missing: None,
     },
     Row {
         label: "bytes uploaded by the cold registry export",
@@ -179,6 +182,7 @@ const ROWS: &[Row] = &[
         unit: bytes,
         show_rss: false,
         peer_missing: None,
+        buildkit_missing: None,
     },
     Row {
         label: "warm-local (empty root, `--cache-from type=local`)",
@@ -189,6 +193,7 @@ const ROWS: &[Row] = &[
         peer_missing: Some(
             "buildah 1.28 has no local cache import: its `--cache-from` takes only a registry repository",
         ),
+        buildkit_missing: None,
     },
     Row {
         label: "import latency, local (start → first cached step)",
@@ -197,6 +202,7 @@ const ROWS: &[Row] = &[
         unit: secs,
         show_rss: false,
         peer_missing: Some("no local cache import in buildah"),
+        buildkit_missing: None,
     },
     Row {
         label: "warm-registry (empty root, `--cache-from` the registry)",
@@ -205,6 +211,7 @@ const ROWS: &[Row] = &[
         unit: secs,
         show_rss: true,
         peer_missing: None,
+        buildkit_missing: None,
     },
     Row {
         label: "import latency, registry (start → first cached step)",
@@ -213,6 +220,7 @@ const ROWS: &[Row] = &[
         unit: secs,
         show_rss: false,
         peer_missing: None,
+        buildkit_missing: None,
     },
     Row {
         label: "layer blobs downloaded by warm-registry",
@@ -221,6 +229,7 @@ const ROWS: &[Row] = &[
         unit: count,
         show_rss: false,
         peer_missing: None,
+        buildkit_missing: None,
     },
     Row {
         label: "one-change (one source file edited, warm from the registry)",
@@ -229,6 +238,7 @@ const ROWS: &[Row] = &[
         unit: secs,
         show_rss: true,
         peer_missing: None,
+        buildkit_missing: None,
     },
     Row {
         label: "no-op export: whole warm build with an unchanged re-export",
@@ -237,6 +247,7 @@ const ROWS: &[Row] = &[
         unit: secs,
         show_rss: true,
         peer_missing: None,
+        buildkit_missing: None,
     },
     Row {
         label: "no-op export: the export phase alone",
@@ -245,6 +256,7 @@ const ROWS: &[Row] = &[
         unit: secs,
         show_rss: false,
         peer_missing: Some("buildah reports no export time of its own"),
+        buildkit_missing: Some("the export runs inside the daemon"),
     },
     Row {
         label: "no-op export: blob bytes uploaded (registry log)",
@@ -253,6 +265,7 @@ const ROWS: &[Row] = &[
         unit: bytes,
         show_rss: false,
         peer_missing: None,
+        buildkit_missing: None,
     },
 ];
 
@@ -264,53 +277,69 @@ fn ratio(ours: Option<f64>, peer: Option<f64>) -> String {
     }
 }
 
+/// A peer's cells of one row: value, steps cached (and peak RSS when `rss`), ratio.
+fn peer_cells(
+    row: &Row,
+    ours: &Figure,
+    peer: Option<&Figure>,
+    missing_row: Option<&'static str>,
+    missing_peer: Option<&str>,
+    rss_cell: bool,
+) -> Vec<String> {
+    let mut cells = Vec::new();
+    match peer {
+        Some(p) if missing_row.is_none() => {
+            cells.push(spread(&p.samples, row.value, row.unit));
+            if rss_cell {
+                cells.push(if row.show_rss {
+                    rss(&p.samples)
+                } else {
+                    String::new()
+                });
+            }
+            cells.push(if row.show_rss {
+                cached(&p.samples)
+            } else {
+                String::new()
+            });
+            cells.push(ratio(
+                median(&ours.samples, row.value),
+                median(&p.samples, row.value),
+            ));
+        }
+        _ => {
+            let why = missing_row
+                .map(str::to_owned)
+                .or_else(|| missing_peer.map(|_| "not run (see below)".to_owned()))
+                .unwrap_or_else(|| "—".to_owned());
+            cells.push(format!("n/a: {why}"));
+            if rss_cell {
+                cells.push(String::new());
+            }
+            cells.push(String::new());
+            cells.push("—".into());
+        }
+    }
+    cells
+}
+
 fn mode_table(out: &mut String, project: &ProjectResult, mode: &str, ours: &[Figure]) {
     let _ = writeln!(out, "#### `mode={mode}`\n");
-    out.push_str("| figure | buildcache: median (min–max) | peak RSS | steps cached | buildah: median (min–max) | peak RSS | steps cached | ours / peer |\n");
-    out.push_str("|---|---|---|---|---|---|---|---|\n");
+    out.push_str("| figure | buildcache: median (min–max) | peak RSS | steps cached | BuildKit: median (min–max) | steps cached | ours / BuildKit | buildah: median (min–max) | peak RSS | steps cached | ours / buildah |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    let buildkit = project
+        .buildkit
+        .iter()
+        .find(|(m, _)| m == mode)
+        .map(|(_, f)| f.as_slice())
+        .unwrap_or_default();
     for row in ROWS {
         let Some(o) = find(ours, row.figure) else {
             continue;
         };
-        let ours_cell = spread(&o.samples, row.value, row.unit);
-        let (peer_cell, peer_rss, peer_cached, r) = match find(&project.peer, row.figure) {
-            Some(p) if row.peer_missing.is_none() => (
-                spread(&p.samples, row.value, row.unit),
-                if row.show_rss {
-                    rss(&p.samples)
-                } else {
-                    String::new()
-                },
-                if row.show_rss {
-                    cached(&p.samples)
-                } else {
-                    String::new()
-                },
-                ratio(median(&o.samples, row.value), median(&p.samples, row.value)),
-            ),
-            _ => {
-                let why = row
-                    .peer_missing
-                    .map(str::to_owned)
-                    .or_else(|| {
-                        project
-                            .peer_missing
-                            .as_ref()
-                            .map(|_| "peer not run (see below)".to_owned())
-                    })
-                    .unwrap_or_else(|| "—".to_owned());
-                (
-                    format!("n/a: {why}"),
-                    String::new(),
-                    String::new(),
-                    "—".into(),
-                )
-            }
-        };
-        let _ = writeln!(
-            out,
-            "| {} | {ours_cell} | {} | {} | {peer_cell} | {peer_rss} | {peer_cached} | {r} |",
-            row.label,
+        let mut cells = vec![
+            row.label.to_owned(),
+            spread(&o.samples, row.value, row.unit),
             if row.show_rss {
                 rss(&o.samples)
             } else {
@@ -321,20 +350,80 @@ fn mode_table(out: &mut String, project: &ProjectResult, mode: &str, ours: &[Fig
             } else {
                 String::new()
             },
-        );
+        ];
+        cells.extend(peer_cells(
+            row,
+            o,
+            find(buildkit, row.figure),
+            row.buildkit_missing,
+            project.buildkit_missing.as_deref(),
+            false,
+        ));
+        cells.extend(peer_cells(
+            row,
+            o,
+            find(&project.peer, row.figure),
+            row.peer_missing,
+            project.peer_missing.as_deref(),
+            true,
+        ));
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
     }
     out.push('\n');
 }
 
 fn headline(results: &Results) -> String {
     let mut out = String::new();
+    let wall = |f: Option<&Figure>| f.and_then(|f| median(&f.samples, |s| Some(s.wall_s)));
+    for project in &results.projects {
+        if !matches!(project.id.as_str(), "multistage" | "compiled") {
+            continue;
+        }
+        let Some((_, max)) = project.modes.iter().find(|(m, _)| m == "max") else {
+            continue;
+        };
+        let bk = project
+            .buildkit
+            .iter()
+            .find(|(m, _)| m == "max")
+            .map(|(_, f)| f.as_slice())
+            .unwrap_or_default();
+        let pair = |name: &str| {
+            let ours = wall(find(max, name));
+            let theirs = wall(find(bk, name));
+            match (ours, theirs) {
+                (Some(o), Some(t)) => {
+                    format!("{} vs BuildKit {} ({:.2}×)", secs(o), secs(t), o / t)
+                }
+                (Some(o), None) => format!("{} (BuildKit: —)", secs(o)),
+                _ => "—".into(),
+            }
+        };
+        let gap = match (
+            wall(find(max, "warm-registry")),
+            wall(find(max, "warm-local")),
+        ) {
+            (Some(r), Some(l)) => secs((r - l).max(0.0)),
+            _ => "—".into(),
+        };
+        let _ = writeln!(
+            out,
+            "- `{}` (`mode=max`), every run on an empty root / a pruned daemon: warm from the registry {}; warm from a local directory {}; cold with registry export {}; registry warm − local warm: {gap}.",
+            project.id,
+            pair("warm-registry"),
+            pair("warm-local"),
+            pair("cold-registry"),
+        );
+        if let Some(why) = &project.buildkit_missing {
+            let _ = writeln!(out, "  No BuildKit figures for `{}`: {why}", project.id);
+        }
+    }
     let Some(compiled) = results.projects.iter().find(|p| p.id == "compiled") else {
         return out;
     };
     let Some((_, max)) = compiled.modes.iter().find(|(m, _)| m == "max") else {
         return out;
     };
-    let wall = |f: Option<&Figure>| f.and_then(|f| median(&f.samples, |s| Some(s.wall_s)));
     let cold = wall(find(max, "cold"));
     let warm = wall(find(max, "warm-registry"));
     let change = wall(find(max, "one-change"));
@@ -412,6 +501,16 @@ pub fn render(
     );
     let _ = writeln!(
         out,
+        "- peer: BuildKit {}",
+        match &results.buildkit_version {
+            Ok(v) => format!(
+                "({v}), `buildkitd` from ../shared/tools/buildkit (OCI worker, `runc`, overlayfs) started by `cargo xtask bench`, emptied with `buildctl prune --all` before every run"
+            ),
+            Err(why) => format!("not run: {why}"),
+        }
+    );
+    let _ = writeln!(
+        out,
         "- peer: {}",
         match &results.peer_version {
             Ok(v) => format!(
@@ -429,12 +528,13 @@ pub fn render(
         results.runs
     );
     out.push_str("- Wall time of the whole process; peak RSS is `ru_maxrss` of the builder process (getrusage of waited-for children, so it is the largest single process of the build: the builder itself or a RUN step).\n");
-    out.push_str("- Steps cached: buildcache's metadata file (`buildcache.steps`); buildah: `--> Using cache` lines over its non-`FROM` steps.\n");
+    out.push_str("- BuildKit runs in a daemon: its wall time is `buildctl build`'s (the client waits for the whole build, cache export included); the daemon's own memory is not measured, so its peak RSS column is left out.\n");
+    out.push_str("- Steps cached: buildcache's metadata file (`buildcache.steps`); BuildKit: `#N CACHED` over its numbered non-`FROM` steps; buildah: `--> Using cache` lines over its non-`FROM` steps.\n");
     out.push_str("- Import latency: time from the start of the process to the first line saying a step is cached (`#N CACHED` / `--> Using cache`).\n");
     out.push_str("- Bytes uploaded and layer blobs downloaded come from the registry's access log (completed blob `PUT`s, sized from the registry's storage; `GET`s of non-JSON blobs), so both builders are counted the same way.\n");
     out.push_str("- buildah has no cache modes (it pushes every layer, like `mode=max`): its figures are the same runs in both tables of a project.\n");
     out.push_str(
-        "- Ratios are ours / buildah's medians: below 1 means buildcache is faster or smaller.\n\n",
+        "- Ratios are ours / the peer's medians: below 1 means buildcache is faster or smaller.\n\n",
     );
 
     out.push_str("## Scenarios\n\n");
@@ -444,6 +544,9 @@ pub fn render(
             .copied()
             .unwrap_or("?");
         let _ = writeln!(out, "### ({letter}) `{}`: {}\n", project.id, project.title);
+        if let Some(why) = &project.buildkit_missing {
+            let _ = writeln!(out, "No BuildKit figures for this project: {why}.\n");
+        }
         if let Some(why) = &project.peer_missing {
             let _ = writeln!(out, "No buildah figures for this project: {why}.\n");
         }
@@ -454,6 +557,11 @@ pub fn render(
         for (mode, figures) in &project.modes {
             for f in figures {
                 let _ = writeln!(out, "# buildcache, mode={mode}, {}\n{}", f.name, f.command);
+            }
+        }
+        for (mode, figures) in &project.buildkit {
+            for f in figures {
+                let _ = writeln!(out, "# BuildKit, mode={mode}, {}\n{}", f.name, f.command);
             }
         }
         for f in &project.peer {
@@ -580,9 +688,18 @@ mod tests {
                     figure("warm-registry", Tool::Peer, &[4.0, 4.0, 4.0]),
                 ],
                 peer_missing: None,
+                buildkit: vec![(
+                    "max".into(),
+                    vec![
+                        figure("cold", Tool::BuildKit, &[20.0, 20.0, 20.0]),
+                        figure("warm-registry", Tool::BuildKit, &[2.0, 2.0, 2.0]),
+                    ],
+                )],
+                buildkit_missing: None,
             }],
             failures: vec![],
             peer_version: Ok("buildah version 1.28.2".into()),
+            buildkit_version: Ok("buildctl github.com/moby/buildkit v0.32.0".into()),
         };
         let md = render(
             &results,
@@ -590,7 +707,12 @@ mod tests {
             &Err("skipped".into()),
             "cargo xtask bench",
         );
-        assert!(md.contains("| cold (empty root, no cache; ours exports to a local dir) | 11.0 s (10.0 s–12.0 s) | 2.0 MiB | 3/3 | 22.0 s (22.0 s–22.0 s) | 2.0 MiB | 3/3 | 0.50 |"), "{md}");
+        assert!(md.contains("| cold (empty root, no cache; ours exports to a local dir) | 11.0 s (10.0 s–12.0 s) | 2.0 MiB | 3/3 | 20.0 s (20.0 s–20.0 s) | 3/3 | 0.55 | 22.0 s (22.0 s–22.0 s) | 2.0 MiB | 3/3 | 0.50 |"), "{md}");
+        assert!(
+            md.contains("warm from the registry 1.00 s vs BuildKit 2.00 s (0.50×)"),
+            "{md}"
+        );
+        assert!(md.contains("# BuildKit, mode=max, cold"), "{md}");
         assert!(
             md.contains("n/a: buildah 1.28 has no local cache import"),
             "{md}"

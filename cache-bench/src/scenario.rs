@@ -21,6 +21,9 @@ pub enum Tool {
     Ours,
     /// `buildah build --layers`.
     Peer,
+    /// `buildctl build` against a running `buildkitd`.
+    #[serde(rename = "buildkit")]
+    BuildKit,
 }
 
 /// What one export of ours reported in its metadata file.
@@ -109,8 +112,10 @@ pub fn shell_quote(word: &str) -> String {
 /// Whether a line of a builder's progress output says a step was cached.
 pub fn is_cached_line(tool: Tool, line: &str) -> bool {
     match tool {
-        // BuildKit's plain progress: `#5 CACHED`.
-        Tool::Ours => line.trim_end().ends_with(" CACHED") && line.starts_with('#'),
+        // BuildKit's plain progress, which ours follows: `#5 CACHED`.
+        Tool::Ours | Tool::BuildKit => {
+            line.trim_end().ends_with(" CACHED") && line.starts_with('#')
+        }
         Tool::Peer => line.starts_with("--> Using cache"),
     }
 }
@@ -132,6 +137,34 @@ pub fn peer_steps(output: &str) -> (usize, usize) {
         }
     }
     (cached, total)
+}
+
+/// BuildKit's Dockerfile steps in its plain progress, and how many were cached: vertices named
+/// `[stage n/m] INSTR` (or `[n/m] INSTR`) that are not `FROM`, each counted once by number.
+pub fn buildkit_steps(output: &str) -> (usize, usize) {
+    let mut steps = std::collections::BTreeSet::new();
+    let mut cached = std::collections::BTreeSet::new();
+    for line in output.lines() {
+        let Some((number, rest)) = line.strip_prefix('#').and_then(|l| l.split_once(' ')) else {
+            continue;
+        };
+        if rest.trim_end() == "CACHED" {
+            cached.insert(number.to_owned());
+            continue;
+        }
+        let Some((label, instr)) = rest.strip_prefix('[').and_then(|r| r.split_once("] ")) else {
+            continue;
+        };
+        let counter = label.rsplit(' ').next().unwrap_or(label);
+        let is_step = counter
+            .split_once('/')
+            .is_some_and(|(a, b)| a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok());
+        if is_step && !instr.starts_with("FROM ") {
+            steps.insert(number.to_owned());
+        }
+    }
+    let hits = steps.intersection(&cached).count();
+    (hits, steps.len())
 }
 
 /// Reads `buildcache.steps`, `buildcache.cache_export` and `buildcache.blobs_fetched`.
@@ -283,6 +316,11 @@ pub fn run(
             .with_context(|| format!("parsing {}", meta.display()))?;
             read_metadata(&mut sample, &json);
         }
+        (Tool::BuildKit, _) => {
+            let (cached, total) = buildkit_steps(&text);
+            sample.cached_steps = cached;
+            sample.total_steps = total;
+        }
         _ => {
             let (cached, total) = peer_steps(&text);
             sample.cached_steps = cached;
@@ -326,6 +364,24 @@ mod tests {
         assert!(!is_cached_line(Tool::Ours, "#5 DONE 0.1s"));
         assert!(is_cached_line(Tool::Peer, "--> Using cache 19dc1fbc0af4"));
         assert!(!is_cached_line(Tool::Peer, "--> 19dc1fbc0af"));
+    }
+
+    #[test]
+    fn buildkit_steps_count_numbered_non_from_vertices_once() {
+        let output = "#1 [internal] load build definition from Dockerfile\n\
+#1 DONE 0.0s\n\
+#4 [base 1/3] FROM docker.io/library/busybox@sha256:abc\n\
+#4 CACHED\n\
+#5 [base 2/3] COPY busybox /bin/busybox\n\
+#5 CACHED\n\
+#6 [base 3/3] RUN echo hi\n\
+#6 0.101 hi\n\
+#6 DONE 0.2s\n\
+#7 [2/2] COPY --from=base /bin /bin\n\
+#7 CACHED\n\
+#8 exporting cache to client directory\n";
+        assert_eq!(buildkit_steps(output), (2, 3));
+        assert!(is_cached_line(Tool::BuildKit, "#7 CACHED"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The scenario suite: every project, with `mode=min` and `mode=max`, cold, warm from a local
-//! directory, warm from the registry, one change, a no-op export; and the peer (buildah).
+//! directory, warm from the registry, one change, a no-op export; and the peers: BuildKit (a
+//! running `buildkitd`, pruned before every run) and buildah.
 
 use std::ffi::OsString;
 use std::fs;
@@ -33,8 +34,80 @@ pub struct Options {
     pub only: Vec<String>,
     /// Whether to run the peer.
     pub peer: bool,
+    /// The running BuildKit to compare with, or why there is none.
+    pub buildkit: Result<BuildKit, String>,
     /// The registry.
     pub registry: RegistryInfo,
+}
+
+/// A running `buildkitd` and its client.
+#[derive(Debug, Clone)]
+pub struct BuildKit {
+    /// `buildctl`.
+    pub buildctl: PathBuf,
+    /// `--addr` of the daemon (`unix:///…`).
+    pub addr: String,
+}
+
+impl BuildKit {
+    /// The BuildKit `cargo xtask bench` started: `CACHE_TEST_BUILDKIT` (the address) and
+    /// `CACHE_TEST_BUILDKIT_BIN` (the directory of `buildctl`), or why it is absent.
+    pub fn from_env() -> Result<BuildKit, String> {
+        match (
+            std::env::var("CACHE_TEST_BUILDKIT"),
+            std::env::var_os("CACHE_TEST_BUILDKIT_BIN"),
+        ) {
+            (Ok(addr), Some(bin)) => Ok(BuildKit {
+                buildctl: PathBuf::from(bin).join("buildctl"),
+                addr,
+            }),
+            _ => Err(
+                "no BuildKit: ../shared/tools/buildkit is absent (cargo xtask bench starts \
+                      one from there)"
+                    .into(),
+            ),
+        }
+    }
+
+    /// `buildctl --version`.
+    pub fn version(&self) -> Result<String, String> {
+        let out = Command::new(&self.buildctl)
+            .arg("--version")
+            .output()
+            .map_err(|err| format!("running {}: {err}", self.buildctl.display()))?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// `buildctl prune --all`: the daemon forgets every build, as a machine that never built.
+    pub fn prune(&self) -> anyhow::Result<()> {
+        let out = Command::new(&self.buildctl)
+            .args(["--addr", &self.addr, "prune", "--all"])
+            .output()
+            .with_context(|| format!("running {} prune", self.buildctl.display()))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "`buildctl prune --all` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    }
+
+    fn invocation(&self, project: &Project, extra: &[String]) -> Invocation {
+        let mut args = os(&["--addr", &self.addr, "build", "--progress=plain"]);
+        args.extend(os(&["--frontend", "dockerfile.v0", "--local"]));
+        args.push(format!("context={}", project.context.display()).into());
+        args.push("--local".into());
+        args.push(format!("dockerfile={}", project.context.display()).into());
+        args.extend(project.buildkit_args.iter().map(OsString::from));
+        args.extend(extra.iter().map(OsString::from));
+        Invocation {
+            program: self.buildctl.clone(),
+            args,
+            env: Vec::new(),
+            tool: Tool::BuildKit,
+            metadata: None,
+        }
+    }
 }
 
 /// Every figure of one scenario, for one tool.
@@ -61,6 +134,12 @@ pub struct ProjectResult {
     pub modes: Vec<(String, Vec<Figure>)>,
     /// The peer's figures (mode-independent).
     pub peer: Vec<Figure>,
+    /// `(mode, BuildKit's figures)` for `min` and `max`.
+    #[serde(default)]
+    pub buildkit: Vec<(String, Vec<Figure>)>,
+    /// Why some or all of BuildKit's figures are missing.
+    #[serde(default)]
+    pub buildkit_missing: Option<String>,
     /// Why some or all of the peer's figures are missing.
     pub peer_missing: Option<String>,
 }
@@ -80,6 +159,13 @@ pub struct Results {
     pub failures: Vec<String>,
     /// The peer's version, or why it is absent.
     pub peer_version: Result<String, String>,
+    /// BuildKit's version, or why it is absent.
+    #[serde(default = "no_buildkit")]
+    pub buildkit_version: Result<String, String>,
+}
+
+fn no_buildkit() -> Result<String, String> {
+    Err("not recorded".into())
 }
 
 /// `buildah --version`, or why buildah cannot run here.
@@ -355,6 +441,109 @@ impl Ctx<'_> {
         Ok(figures)
     }
 
+    /// BuildKit's figures for `mode`: the same scenarios as ours, the daemon pruned before each
+    /// run (so every run is a machine that never built, like our empty root).
+    fn buildkit_mode(
+        &mut self,
+        buildkit: &BuildKit,
+        project: &Project,
+        mode: &str,
+    ) -> anyhow::Result<Vec<Figure>> {
+        let opts = self.opts;
+        let dir = opts
+            .work
+            .join("runs")
+            .join(project.id)
+            .join(format!("buildkit-{mode}"));
+        clean(&dir);
+        fs::create_dir_all(&dir)?;
+        let reg = &opts.registry.addr;
+        let local = |i: usize| dir.join(format!("cache-local-{i}"));
+        let remote = |i: usize| format!("{reg}/buildkit/{}-{mode}-{i}:cache", project.id);
+        let last = opts.runs - 1;
+        let prune = |_| buildkit.prune();
+        let run = |extra: &[String]| buildkit.invocation(project, extra);
+        let mut figures = Vec::new();
+        figures.push(figure(
+            opts,
+            "cold",
+            Tool::BuildKit,
+            &dir,
+            prune,
+            |i, _| {
+                clean(&local(i));
+                run(&[
+                    "--export-cache".into(),
+                    format!("type=local,dest={},mode={mode}", local(i).display()),
+                ])
+            },
+        )?);
+        figures.push(figure(
+            opts,
+            "cold-registry",
+            Tool::BuildKit,
+            &dir,
+            prune,
+            |i, _| {
+                run(&[
+                    "--export-cache".into(),
+                    format!("type=registry,ref={},mode={mode}", remote(i)),
+                ])
+            },
+        )?);
+        let from_local = format!("type=local,src={}", local(last).display());
+        let from_remote = format!("type=registry,ref={}", remote(last));
+        figures.push(figure(
+            opts,
+            "warm-local",
+            Tool::BuildKit,
+            &dir,
+            prune,
+            |_, _| run(&["--import-cache".into(), from_local.clone()]),
+        )?);
+        figures.push(figure(
+            opts,
+            "warm-registry",
+            Tool::BuildKit,
+            &dir,
+            prune,
+            |_, _| run(&["--import-cache".into(), from_remote.clone()]),
+        )?);
+        figures.push(figure(
+            opts,
+            "noop-export",
+            Tool::BuildKit,
+            &dir,
+            prune,
+            |_, _| {
+                run(&[
+                    "--import-cache".into(),
+                    from_remote.clone(),
+                    "--export-cache".into(),
+                    format!("type=registry,ref={},mode={mode}", remote(last)),
+                ])
+            },
+        )?);
+        let original = fs::read(project.context.join(&project.edit_file))?;
+        let one_change = figure(
+            opts,
+            "one-change",
+            Tool::BuildKit,
+            &dir,
+            |i| {
+                buildkit.prune()?;
+                project.edit(i)
+            },
+            |_, _| run(&["--import-cache".into(), from_remote.clone()]),
+        );
+        fs::write(project.context.join(&project.edit_file), &original)?;
+        figures.push(one_change?);
+        for i in 0..opts.runs {
+            clean(&local(i));
+        }
+        Ok(figures)
+    }
+
     fn peer_figures(&mut self, project: &Project) -> anyhow::Result<Vec<Figure>> {
         let opts = self.opts;
         let dir = self.opts.work.join("runs").join(project.id).join("peer");
@@ -452,6 +641,14 @@ pub fn run(opts: &Options, quick: bool) -> anyhow::Result<Results> {
     } else {
         Err("the peer was not run (--no-peer, or --quick, which skips it to stay short)".into())
     };
+    let buildkit = match (&opts.buildkit, opts.peer) {
+        (Ok(buildkit), true) => buildkit.version().map(|v| (buildkit, v)),
+        (Err(why), _) => Err(why.clone()),
+        (Ok(_), false) => Err(
+            "BuildKit was not run (--no-peer, or --quick, which skips the peers to stay short)"
+                .into(),
+        ),
+    };
     let mut ctx = Ctx {
         opts,
         failures: Vec::new(),
@@ -476,12 +673,34 @@ pub fn run(opts: &Options, quick: bool) -> anyhow::Result<Results> {
         if let Some(why) = &peer_missing {
             eprintln!("cache-bench: no peer figures for {}: {why}", project.id);
         }
+        let (buildkit_figures, buildkit_missing) = match &buildkit {
+            Err(why) => (Vec::new(), Some(why.clone())),
+            Ok((bk, _)) => {
+                let mut figures = Vec::new();
+                let mut missing = None;
+                for mode in ["max", "min"] {
+                    match ctx.buildkit_mode(bk, project, mode) {
+                        Ok(f) => figures.push((mode.to_owned(), f)),
+                        Err(err) => {
+                            missing = Some(format!("BuildKit failed on this project: {err:#}"));
+                            break;
+                        }
+                    }
+                }
+                (figures, missing)
+            }
+        };
+        if let Some(why) = &buildkit_missing {
+            eprintln!("cache-bench: no BuildKit figures for {}: {why}", project.id);
+        }
         results.push(ProjectResult {
             id: project.id.to_owned(),
             title: project.title.clone(),
             modes,
             peer,
             peer_missing,
+            buildkit: buildkit_figures,
+            buildkit_missing,
         });
     }
     Ok(Results {
@@ -491,5 +710,6 @@ pub fn run(opts: &Options, quick: bool) -> anyhow::Result<Results> {
         projects: results,
         failures: ctx.failures,
         peer_version,
+        buildkit_version: buildkit.map(|(_, v)| v),
     })
 }

@@ -111,6 +111,7 @@ fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
                 sizes: if quick { Sizes::QUICK } else { Sizes::FULL },
                 only,
                 peer: peer && !quick,
+                buildkit: suite::BuildKit::from_env(),
                 registry: RegistryInfo::from_env()?,
             };
             let results = suite::run(&opts, quick)?;
