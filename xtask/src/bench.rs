@@ -148,7 +148,22 @@ pub(crate) fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
 
     let run_dir = services::run_dir(&crate::services_dir(), "bench")?;
     let services = services::start_registries(&run_dir, false, Lifetime::Owned)?;
-    let env = services.env();
+    let mut env = services.env();
+    // BuildKit, the peer of the headline: the scenario runner prunes it before every run.
+    let buildkit = if flags.quick || flags.no_peer {
+        None
+    } else if let Some(bin_dir) = services::buildkit::install(root)? {
+        let buildkit =
+            services::buildkit::start(&bin_dir, &run_dir, &services.addrs(), Lifetime::Owned)
+                .context("starting buildkitd for the benchmarks")?;
+        env.extend(buildkit.env());
+        Some(buildkit)
+    } else {
+        eprintln!(
+            "xtask: ../shared/tools/buildkit is absent: BENCHMARKS.md will have no BuildKit figures"
+        );
+        None
+    };
     let mut scenario = Command::new(bin_dir.join("cache-bench"));
     scenario
         .arg("scenarios")
@@ -171,6 +186,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
         scenario.args(["--only", only]);
     }
     let scenarios = scenario.status().context("running cache-bench scenarios");
+    let stopped_buildkit = buildkit.map_or(Ok(()), services::buildkit::Buildkit::stop);
 
     // The micro benchmarks' registry cases use the same registry.
     let mut micro_note = None;
@@ -228,6 +244,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
     };
     let reported = report.status().context("running cache-bench report")?;
     stopped.context("stopping the bench registry")?;
+    stopped_buildkit.context("stopping the bench buildkitd")?;
     anyhow::ensure!(
         scenarios.success(),
         "cache-bench scenarios failed ({scenarios}); logs of each run are in {}",
