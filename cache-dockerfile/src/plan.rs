@@ -438,6 +438,14 @@ fn add_env(env: &mut Vec<(String, String)>, key: &str, value: &str) {
     }
 }
 
+/// Sets `key` in the environment steps run with, as BuildKit's `llb.EnvList` does: a variable
+/// set again moves to the end (the image config's `Env` keeps its place instead, see
+/// [`add_env`]). The order is part of RUN's cache key.
+fn set_step_env(env: &mut Vec<(String, String)>, key: &str, value: &str) {
+    env.retain(|(k, _)| k != key);
+    env.push((key.to_string(), value.to_string()));
+}
+
 struct Planner<'a> {
     df: &'a Dockerfile,
     opts: &'a PlanOptions,
@@ -1279,7 +1287,7 @@ impl StageDispatch<'_> {
                 let expanded = self.expand_pairs(pairs)?;
                 let mut msg = String::from("ENV");
                 for (k, v) in &expanded {
-                    add_env(&mut self.state.env, k, v);
+                    set_step_env(&mut self.state.env, k, v);
                     add_env(&mut self.state.config.env, k, v);
                     msg.push_str(&format!(" {k}={v}"));
                 }
@@ -1449,7 +1457,7 @@ impl StageDispatch<'_> {
                 (None, None) => lookup_in(self.globals, &decl.name),
             };
             if let Some(v) = &value {
-                add_env(&mut self.state.env, &decl.name, v);
+                set_step_env(&mut self.state.env, &decl.name, v);
             }
             commits.push(match &value {
                 Some(v) => format!("{}={v}", decl.name),

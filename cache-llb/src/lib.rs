@@ -70,6 +70,7 @@
 //! frontend made of it and finds each record, link and content key in BuildKit's export.
 
 pub mod contenthash;
+pub mod dump;
 mod key;
 mod op;
 

@@ -14,10 +14,8 @@ use std::collections::{BTreeSet, HashMap};
 use cache_core::Digest;
 use cache_core::digest::sha256;
 use cache_llb::contenthash::{self, Kind, Stat, Tree};
-use cache_llb::{
-    Action, CacheMap, ChownOpt, Copy, ExecOp, FileAction, FileOp, MergeOp, Meta, Mkdir, Mount,
-    Platform, UserOpt, content_record, image_records, record_digest,
-};
+use cache_llb::dump::parse_line;
+use cache_llb::{Platform, content_record, image_records, record_digest};
 use serde_json::Value;
 
 const DUMP: &str = include_str!("fixtures/t2/dump.jsonl");
@@ -69,135 +67,6 @@ fn export() -> Export {
         records.insert(r["digest"].as_str().unwrap().to_owned(), inputs);
     }
     Export { records }
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| a.iter().map(|s| s.as_str().unwrap().to_owned()).collect())
-        .unwrap_or_default()
-}
-
-fn user_opt(v: &Value) -> Option<UserOpt> {
-    let user = v.get("User")?;
-    if let Some(id) = user.get("byId") {
-        return Some(UserOpt::ById(id.as_u64().unwrap() as u32));
-    }
-    let named = user.get("byName")?;
-    Some(UserOpt::ByName {
-        name: named["name"].as_str().unwrap_or_default().to_owned(),
-        input: named["input"].as_i64().unwrap_or(0),
-    })
-}
-
-fn owner(v: &Value) -> Option<ChownOpt> {
-    let o = v.get("owner")?;
-    Some(ChownOpt {
-        user: o.get("user").and_then(user_opt),
-        group: o.get("group").and_then(user_opt),
-    })
-}
-
-fn b(v: &Value, k: &str) -> bool {
-    v[k].as_bool().unwrap_or(false)
-}
-
-fn i(v: &Value, k: &str) -> i64 {
-    v[k].as_i64().unwrap_or(0)
-}
-
-/// Rebuilds a dumped op (protobuf JSON names) as this crate's op and computes its cache map.
-fn cache_map_of(op: &Value, n_inputs: usize) -> Option<(String, CacheMap)> {
-    let name = op["Op"]["Op"]
-        .as_object()
-        .and_then(|o| o.keys().next().cloned())?;
-    let body = &op["Op"]["Op"][&name];
-    let map = match name.as_str() {
-        "exec" => {
-            let meta = &body["meta"];
-            let exec = ExecOp {
-                meta: Meta {
-                    args: strings(&meta["args"]),
-                    env: strings(&meta["env"]),
-                    cwd: meta["cwd"].as_str().unwrap_or_default().to_owned(),
-                    user: meta["user"].as_str().unwrap_or_default().to_owned(),
-                    remove_mount_stubs_recursive: b(meta, "removeMountStubsRecursive"),
-                    ..Meta::default()
-                },
-                mounts: body["mounts"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|m| Mount {
-                        input: i(m, "input"),
-                        dest: m["dest"].as_str().unwrap().to_owned(),
-                        output: i(m, "output"),
-                        ..Mount::default()
-                    })
-                    .collect(),
-                ..ExecOp::default()
-            };
-            exec.cache_map(&Platform::linux_amd64(), n_inputs)
-        }
-        "file" => {
-            let actions = body["actions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| {
-                    let (kind, act) = a["Action"].as_object().unwrap().iter().next().unwrap();
-                    let action = match kind.as_str() {
-                        "copy" => Action::Copy(Copy {
-                            src: act["src"].as_str().unwrap().to_owned(),
-                            dest: act["dest"].as_str().unwrap().to_owned(),
-                            owner: owner(act),
-                            mode: i(act, "mode") as i32,
-                            follow_symlink: b(act, "followSymlink"),
-                            dir_copy_contents: b(act, "dirCopyContents"),
-                            attempt_unpack_docker_compatibility: b(
-                                act,
-                                "attemptUnpackDockerCompatibility",
-                            ),
-                            create_dest_path: b(act, "createDestPath"),
-                            allow_wildcard: b(act, "allowWildcard"),
-                            allow_empty_wildcard: b(act, "allowEmptyWildcard"),
-                            timestamp: i(act, "timestamp"),
-                            ..Copy::dockerfile("", "")
-                        }),
-                        "mkdir" => Action::Mkdir(Mkdir {
-                            path: act["path"].as_str().unwrap().to_owned(),
-                            mode: i(act, "mode") as i32,
-                            make_parents: b(act, "makeParents"),
-                            owner: owner(act),
-                            timestamp: i(act, "timestamp"),
-                        }),
-                        other => panic!("action {other} not in this fixture"),
-                    };
-                    FileAction {
-                        input: i(a, "input"),
-                        secondary_input: i(a, "secondaryInput"),
-                        output: i(a, "output"),
-                        action,
-                    }
-                })
-                .collect();
-            FileOp { actions }.cache_map(n_inputs)
-        }
-        "merge" => MergeOp {
-            inputs: body["inputs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| i(m, "input"))
-                .collect(),
-        }
-        .cache_map(),
-        _ => return None,
-    };
-    let title = op["OpMetadata"]["description"]["llb.customname"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned();
-    Some((title, map))
 }
 
 fn file(content: &str, mode: u32, uid: u32) -> (Stat, Vec<u8>) {
@@ -290,18 +159,12 @@ fn every_op_of_the_dockerfile_is_a_record_of_the_export() {
     let mut context = context();
     let mut base = base_stage();
     for line in DUMP.lines() {
-        let op: Value = serde_json::from_str(line).unwrap();
-        let inputs: Vec<String> = op["Op"]["inputs"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|i| i["digest"].as_str().unwrap().to_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let Some((title, map)) = cache_map_of(&op, inputs.len()) else {
+        let op = parse_line(line).unwrap();
+        let inputs = op.inputs.clone();
+        let Some(map) = op.op.cache_map(inputs.len()) else {
             continue;
         };
+        let title = op.name.clone().unwrap_or_default();
         let record = record_digest(&map.digest, 0).to_string();
         let Some(links) = export.records.get(&record) else {
             panic!(
@@ -311,7 +174,7 @@ fn every_op_of_the_dockerfile_is_a_record_of_the_export() {
             );
         };
         explained.insert(record.clone());
-        by_op.insert(op["Digest"].as_str().unwrap().to_owned(), record.clone());
+        by_op.insert(op.digest.clone(), record.clone());
         assert_eq!(links.len(), inputs.len(), "{title}: input slots");
         for (slot, (input, dep)) in inputs.iter().zip(&map.deps).enumerate() {
             let fast: Vec<&Link> = links[slot]

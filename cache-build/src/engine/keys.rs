@@ -215,6 +215,48 @@ pub(super) fn step_op(
     }
 }
 
+/// The key of one planned step, as [`plan_cache_maps`] gives it.
+#[derive(Clone, Debug)]
+pub struct StepKey {
+    /// The cache map (the JSON hashed, its digest, the input selectors).
+    pub map: CacheMap,
+    /// Whether it is BuildKit's key (false: one of buildcache's own, README lists the forms).
+    pub buildkit: bool,
+}
+
+/// The cache map of every step of `plan`, by stage and step (`None` for a step BuildKit makes
+/// no op of, `WORKDIR /`), as the engine computes them: what a build would look up, without
+/// building. Content keys and image roots need the files and images, so they are not here.
+pub fn plan_cache_maps(
+    plan: &crate::dockerfile::Plan,
+    add_hosts: &[(String, String)],
+) -> Vec<Vec<Option<StepKey>>> {
+    use crate::dockerfile::Base;
+    let mut scratch_after: Vec<bool> = Vec::with_capacity(plan.stages.len());
+    let mut out = Vec::with_capacity(plan.stages.len());
+    for stage in &plan.stages {
+        let mut scratch = match &stage.base {
+            Base::Scratch => true,
+            Base::Stage(j) => scratch_after[*j],
+            Base::Image(_) | Base::Context(_) => false,
+        };
+        let mut keys = Vec::with_capacity(stage.steps.len());
+        for step in &stage.steps {
+            let has_src = matches!(&step.op, Op::Copy(copy)
+                if copy.sources.iter().any(|s| matches!(s, CopySource::Path(_))));
+            let key = step_op(step, scratch, has_src, add_hosts, &[]).map(|op| StepKey {
+                map: op.map,
+                buildkit: op.buildkit,
+            });
+            scratch &= key.is_none();
+            keys.push(key);
+        }
+        scratch_after.push(scratch);
+        out.push(keys);
+    }
+    out
+}
+
 /// A key of our own for a step whose BuildKit ops this crate does not model.
 fn own_op(kind: &str, json: &[u8], scratch: bool) -> StepOp {
     let n_inputs = usize::from(!scratch);

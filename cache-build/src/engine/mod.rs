@@ -29,6 +29,7 @@ use crate::image;
 use crate::layer::{self, Compression, Snapshot};
 use crate::sandbox;
 
+pub use keys::{StepKey, plan_cache_maps};
 pub use progress::{Event, Progress, Silent, counted, track_transfer};
 pub use run_mounts::{RunOptions, SecretSource};
 pub use stores::{BlobStore, Blobs, ImportedSource, blocking_reader, file_blob};
