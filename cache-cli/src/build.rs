@@ -583,6 +583,23 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing the image ID file {}", path.display()))?;
     }
     if let Some(path) = &args.metadata_file {
+        // Requests each registry cache source cost, by method, so regressions show.
+        let mut registry_requests = serde_json::Map::new();
+        for import in &loaded {
+            if let AnyBackend::Registry(registry) = import.backend.as_ref() {
+                registry_requests.insert(
+                    import.spec.raw.clone(),
+                    requests_by_method(&registry.stats().requests),
+                );
+            }
+        }
+        let first_cached_ms = outcome
+            .steps
+            .iter()
+            .filter(|step| step.cached)
+            .map(|step| step.finished_at.saturating_duration_since(started))
+            .min()
+            .map(|at| at.as_millis() as u64);
         let metadata = json!({
             "containerimage.digest": outcome.image.manifest.digest.to_string(),
             "containerimage.config.digest": outcome.image.config.0.digest.to_string(),
@@ -596,6 +613,8 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
             "buildcache.cache_export": export_reports,
             "buildcache.cache_import_empty": empty_sources,
             "buildcache.blobs_fetched": outcome.blobs_fetched,
+            "buildcache.registry_requests": registry_requests,
+            "buildcache.first_cached_step_ms": first_cached_ms,
         });
         std::fs::write(path, serde_json::to_vec_pretty(&metadata)?)
             .with_context(|| format!("writing the metadata file {}", path.display()))?;
@@ -641,6 +660,24 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Request counts as JSON, by method, leaving out methods not used.
+fn requests_by_method(counts: &cache_registry::RequestCounts) -> serde_json::Value {
+    let all = [
+        ("GET", counts.get),
+        ("HEAD", counts.head),
+        ("POST", counts.post),
+        ("PUT", counts.put),
+        ("PATCH", counts.patch),
+        ("DELETE", counts.delete),
+        ("other", counts.other),
+    ];
+    all.iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(method, n)| ((*method).to_owned(), json!(n)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 async fn import_one(
     spec: &ImportSpec,
     source_id: SourceId,
@@ -667,14 +704,28 @@ async fn import_one(
         vertex: vertex.clone(),
         name: format!("importing cache manifest from {cm_key}"),
     });
-    let imported = match cache_core::import::import(&backend, &reference, source_id).await {
-        Ok(imported) => imported,
-        Err(err) => {
+    let budget = crate::stores::import_budget()?;
+    let import = cache_core::import::import(&backend, &reference, source_id);
+    let imported = match tokio::time::timeout(budget, import).await {
+        Ok(Ok(imported)) => imported,
+        Ok(Err(err)) => {
             display.event(Event::Error {
                 vertex,
                 message: err.to_string(),
             });
             return Err(err.into());
+        }
+        Err(_) => {
+            let message = format!(
+                "no cache read from {cm_key} within {:.1} s (set BUILDCACHE_IMPORT_TIMEOUT to \
+                 wait longer)",
+                budget.as_secs_f64()
+            );
+            display.event(Event::Error {
+                vertex,
+                message: message.clone(),
+            });
+            return Err(anyhow::format_err!(message));
         }
     };
     let Some(imported) = imported else {
@@ -801,22 +852,39 @@ async fn export_one(
         inner: &outcome.blobs,
         counters: std::sync::Mutex::new(Vec::new()),
     };
+    let budget = crate::stores::export_budget()?;
     let result = report_transfers(
         display,
         &vertex,
         &source,
-        export::export(&backend, &source, &selected, &options, &on_event),
+        tokio::time::timeout(
+            budget,
+            export::export(&backend, &source, &selected, &options, &on_event),
+        ),
     )
     .await;
     drop(guard);
     let report = match result {
-        Ok(report) => report,
-        Err(err) => {
+        Ok(Ok(report)) => report,
+        Ok(Err(err)) => {
             display.event(Event::Error {
                 vertex,
                 message: err.to_string(),
             });
             return Err(err.into());
+        }
+        Err(_) => {
+            // The tag is written last: the previous cache stays in place.
+            let message = format!(
+                "not finished within {:.1} s, the previous cache is left in place (set \
+                 BUILDCACHE_EXPORT_TIMEOUT to wait longer)",
+                budget.as_secs_f64()
+            );
+            display.event(Event::Error {
+                vertex,
+                message: message.clone(),
+            });
+            return Err(anyhow::format_err!(message));
         }
     };
     display.event(Event::Done {

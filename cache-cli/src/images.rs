@@ -30,7 +30,9 @@ impl RegistryImages {
 }
 
 fn open(reference: &str) -> Result<Registry, String> {
-    Registry::new(reference, cache_registry::Options::new()).map_err(|e| e.to_string())
+    crate::stores::registry_options(false)
+        .and_then(|options| Registry::new(reference, options))
+        .map_err(|e| e.to_string())
 }
 
 async fn resolve(reference: &str) -> Result<ResolvedImage, String> {
@@ -198,7 +200,7 @@ async fn push_blob<F, Fut>(
     open: F,
 ) -> anyhow::Result<Pushed>
 where
-    F: FnOnce() -> Fut,
+    F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Blob>>,
 {
     if registry.stat_blob(&desc.digest).await?.is_some() {
@@ -213,7 +215,8 @@ where
     // The annotations were used above; the upload itself needs none.
     let mut upload = desc.clone();
     upload.annotations.clear();
-    registry.write_blob(&upload, open().await?).await?;
+    cache_core::backend::write_blob_restarting(registry, &upload, open, anyhow::Error::from)
+        .await?;
     Ok(Pushed::Uploaded)
 }
 
@@ -257,9 +260,7 @@ async fn push_image(
     display: &Display,
     vertex: &str,
 ) -> anyhow::Result<()> {
-    let mut options = cache_registry::Options::new();
-    options.insecure = insecure;
-    let registry = Registry::new(name, options)?;
+    let registry = Registry::new(name, crate::stores::registry_options(insecure)?)?;
     let tag = registry.reference().tag().unwrap_or("latest").to_owned();
     let here = format!(
         "{}/{}",

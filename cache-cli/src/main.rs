@@ -15,6 +15,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Parser, Debug)]
 #[command(name = "buildcache", version, about)]
 struct Cli {
+    /// Log what buildcache does (every registry request with its method, path, status, size,
+    /// time and retry decisions) to stderr; `RUST_LOG` selects logs in finer detail.
+    #[arg(long, global = true)]
+    debug: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,6 +56,7 @@ enum Format {
 
 fn main() {
     let cli = Cli::parse();
+    init_logs(cli.debug);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -67,6 +72,27 @@ fn main() {
         eprintln!("error: {}", error_chain(&err));
         std::process::exit(1);
     }
+}
+
+/// Sends `tracing` events to stderr: debug level for buildcache's crates with `--debug`,
+/// else what `RUST_LOG` selects (nothing by default). Credentials are never logged.
+fn init_logs(debug: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = if debug {
+        EnvFilter::new(
+            "cache_cli=debug,cache_core=debug,cache_registry=debug,cache_local=debug,cache_build=debug",
+        )
+    } else {
+        match std::env::var("RUST_LOG") {
+            Ok(value) if !value.trim().is_empty() => EnvFilter::new(value),
+            _ => return,
+        }
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true)
+        .try_init();
 }
 
 /// An error and its causes on one line, each cause once: many errors already quote their

@@ -1,6 +1,7 @@
 //! Opening cache destinations and sources: the one place that maps an option to a backend.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use cache_core::backend::{BackendInfo, Capabilities};
 use cache_core::spec::{ExportTarget, ImportSource};
@@ -72,9 +73,75 @@ impl AnyBackend {
 }
 
 fn open_registry(reference: &str, insecure: bool) -> Result<Registry> {
+    Registry::new(reference, registry_options(insecure)?)
+}
+
+/// Registry client options: `insecure`, plus the time limits and retries set in the
+/// environment (`BUILDCACHE_REGISTRY_CONNECT_TIMEOUT`, `BUILDCACHE_REGISTRY_STALL_TIMEOUT`,
+/// `BUILDCACHE_REGISTRY_RETRIES`).
+pub fn registry_options(insecure: bool) -> Result<cache_registry::Options> {
     let mut options = cache_registry::Options::new();
     options.insecure = insecure;
-    Registry::new(reference, options)
+    options.connect_timeout = env_seconds(
+        "BUILDCACHE_REGISTRY_CONNECT_TIMEOUT",
+        options.connect_timeout,
+    )?;
+    options.timeout = env_seconds("BUILDCACHE_REGISTRY_STALL_TIMEOUT", options.timeout)?;
+    if let Some(value) = env_value("BUILDCACHE_REGISTRY_RETRIES") {
+        options.max_retries = value.trim().parse().map_err(|_| {
+            invalid_env(
+                "BUILDCACHE_REGISTRY_RETRIES",
+                &value,
+                "a whole number such as 5",
+            )
+        })?;
+    }
+    Ok(options)
+}
+
+/// How long importing one cache (its manifest and config) may take before the build goes on
+/// without it: `BUILDCACHE_IMPORT_TIMEOUT` seconds, default 20.
+pub fn import_budget() -> Result<Duration> {
+    env_seconds("BUILDCACHE_IMPORT_TIMEOUT", Duration::from_secs(20))
+}
+
+/// How long one cache export may take before it fails: `BUILDCACHE_EXPORT_TIMEOUT` seconds,
+/// default 600.
+pub fn export_budget() -> Result<Duration> {
+    env_seconds("BUILDCACHE_EXPORT_TIMEOUT", Duration::from_secs(600))
+}
+
+fn env_value(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .filter(|value| !value.trim().is_empty())
+}
+
+/// A duration in (possibly fractional) seconds from the environment variable `name`.
+fn env_seconds(name: &str, default: Duration) -> Result<Duration> {
+    let Some(value) = env_value(name) else {
+        return Ok(default);
+    };
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|secs| secs.is_finite() && *secs > 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| {
+            invalid_env(
+                name,
+                &value,
+                "a positive number of seconds such as 30 or 2.5",
+            )
+        })
+}
+
+fn invalid_env(name: &str, value: &str, expected: &str) -> cache_core::Error {
+    cache_core::Error::new(
+        cache_core::ErrorKind::InvalidConfig,
+        format!("invalid {name}={value:?}: expected {expected}"),
+    )
 }
 
 impl Backend for AnyBackend {

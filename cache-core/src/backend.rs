@@ -270,6 +270,38 @@ pub async fn require_blob<B: Backend>(backend: &B, digest: &Digest) -> Result<Bl
     }
 }
 
+/// How many times [`write_blob_restarting`] tries one blob.
+pub const WRITE_ATTEMPTS: u32 = 5;
+
+/// Writes the blob `open` yields to `backend`, opening it again and restarting the write
+/// while it fails with a temporary error, at most [`WRITE_ATTEMPTS`] times in all.
+///
+/// A backend can retry a write on its own only until it has read the body; this restarts
+/// the whole write with a fresh body (a registry checks first whether an earlier attempt
+/// landed, and waits its backoff before returning a temporary error). Errors of `open` end
+/// it at once; errors of the write are mapped by `write_error`.
+pub async fn write_blob_restarting<B, E, F, Fut>(
+    backend: &B,
+    desc: &Descriptor,
+    mut open: F,
+    write_error: impl FnOnce(Error) -> E,
+) -> std::result::Result<(), E>
+where
+    B: Backend,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<Blob, E>>,
+{
+    let mut attempt = 1;
+    loop {
+        let blob = open().await?;
+        match backend.write_blob(desc, blob).await {
+            Ok(()) => return Ok(()),
+            Err(err) if err.is_temporary() && attempt < WRITE_ATTEMPTS => attempt += 1,
+            Err(err) => return Err(write_error(err)),
+        }
+    }
+}
+
 /// The kind of a backend failure.
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

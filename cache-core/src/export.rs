@@ -201,24 +201,30 @@ pub async fn export<B: Backend, S: BlobSource>(
             let skipped = if options.known_present.contains(&desc.digest) {
                 true
             } else {
+                // Present counts only with the right size.
                 backend
                     .stat_blob(&desc.digest)
                     .await
                     .map_err(backend_err(format!("checking layer {}", desc.digest)))?
-                    .is_some()
+                    .is_some_and(|found| found.size == desc.size)
             };
             if !skipped {
-                let blob = source
-                    .open_blob(desc)
-                    .await
-                    .map_err(backend_err(format!("reading layer {}", desc.digest)))?
-                    .ok_or_else(|| Error::MissingBlob {
-                        digest: desc.digest.clone(),
-                    })?;
-                backend
-                    .write_blob(desc, blob)
-                    .await
-                    .map_err(backend_err(format!("writing layer {}", desc.digest)))?;
+                let open = || async {
+                    source
+                        .open_blob(desc)
+                        .await
+                        .map_err(backend_err(format!("reading layer {}", desc.digest)))?
+                        .ok_or_else(|| Error::MissingBlob {
+                            digest: desc.digest.clone(),
+                        })
+                };
+                backend::write_blob_restarting(
+                    backend,
+                    desc,
+                    open,
+                    backend_err(format!("writing layer {}", desc.digest)),
+                )
+                .await?;
             }
             on_event(Event::Layer {
                 digest: desc.digest.clone(),
@@ -248,18 +254,19 @@ pub async fn export<B: Backend, S: BlobSource>(
             "checking config {}",
             config_desc.digest
         )))?
-        .is_some();
+        .is_some_and(|found| found.size == config_desc.size);
     if config_present {
         report.blobs_skipped += 1;
         report.bytes_skipped += config_desc.size;
     } else {
-        backend
-            .write_blob(&config_desc, Blob::from_bytes(config_bytes))
-            .await
-            .map_err(backend_err(format!(
-                "writing config {}",
-                config_desc.digest
-            )))?;
+        let config_bytes = bytes::Bytes::from(config_bytes);
+        backend::write_blob_restarting(
+            backend,
+            &config_desc,
+            || async { Ok(Blob::from_bytes(config_bytes.clone())) },
+            backend_err(format!("writing config {}", config_desc.digest)),
+        )
+        .await?;
         report.blobs_written += 1;
         report.bytes_written += config_desc.size;
     }

@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use cache_core::descriptor::annotation::DISTRIBUTION_SOURCE_PREFIX;
 use cache_core::{Blob, Descriptor, Digest, Error, ErrorKind};
 use futures_util::StreamExt;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, LOCATION};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, LOCATION, RANGE};
 use reqwest::{Method, Response, Url};
 
 use crate::auth::{pull_scope, push_scope};
@@ -55,21 +55,14 @@ impl Registry {
     }
 
     /// `GET` on blob `digest` as a stream checked against the digest and size.
+    ///
+    /// A body that breaks off or stalls part-way is resumed where it stopped (`Range`, or from
+    /// the start skipping what was read when the registry ignores ranges), up to the retry
+    /// limit; the digest check covers the joined body.
     pub(crate) async fn get_blob(&self, digest: &Digest) -> Result<Option<Blob>, Error> {
-        let target = self.blob_target(digest);
-        let req = Request {
-            action: self.action("GET blob", &target),
-            method: Method::GET,
-            url: self.url(&format!("blobs/{digest}")).await?,
-            headers: Vec::new(),
-            body: Body::Empty,
-            scopes: vec![pull_scope(self.reference.repository())],
-            accept: &[200, 404],
-        };
-        let resp = self.shared.call(&req).await?;
-        if resp.status().as_u16() == 404 {
+        let Some(resp) = self.open_blob_at(digest, 0).await? else {
             return Ok(None);
-        }
+        };
         let size = match resp.content_length() {
             Some(size) => size,
             // Chunked transfer: ask for the size separately.
@@ -79,21 +72,27 @@ impl Registry {
             },
         };
         Counters::add(&self.shared.stats.blobs_downloaded, 1);
-        let shared = std::sync::Arc::clone(&self.shared);
-        let host = self.shared.host.clone();
-        let body = resp.bytes_stream().map(move |chunk| match chunk {
-            Ok(bytes) => {
-                Counters::add(&shared.stats.bytes_downloaded, bytes.len() as u64);
-                Ok(bytes)
+        let download = Download {
+            registry: self.clone(),
+            digest: digest.clone(),
+            body: Box::pin(resp.bytes_stream()),
+            received: 0,
+            skip: 0,
+            resumes: 0,
+            done: false,
+        };
+        let body = futures_util::stream::unfold(download, |mut download| async move {
+            if download.done {
+                return None;
             }
-            Err(err) => {
-                let error = Error::new(
-                    ErrorKind::Unexpected,
-                    format!("download of blob {target} from registry {host} broke off"),
-                )
-                .with_source(err)
-                .set_temporary(true);
-                Err(io::Error::other(error))
+            let item = download.next().await;
+            match item {
+                Some(Ok(bytes)) => Some((Ok(bytes), download)),
+                Some(Err(err)) => {
+                    download.done = true;
+                    Some((Err(io::Error::other(err)), download))
+                }
+                None => None,
             }
         });
         Ok(Some(
@@ -103,6 +102,34 @@ impl Registry {
             }
             .verified(digest.clone()),
         ))
+    }
+
+    /// `GET` on blob `digest` from byte `offset` on (a `Range` request unless 0): the
+    /// response, whose body starts at `offset` (206) or at 0 (200); `None` if absent.
+    async fn open_blob_at(&self, digest: &Digest, offset: u64) -> Result<Option<Response>, Error> {
+        let target = self.blob_target(digest);
+        let mut headers = Vec::new();
+        if offset > 0 {
+            headers.push((
+                RANGE,
+                HeaderValue::from_str(&format!("bytes={offset}-"))
+                    .expect("a numeric range is a valid header value"),
+            ));
+        }
+        let req = Request {
+            action: self.action("GET blob", &target),
+            method: Method::GET,
+            url: self.url(&format!("blobs/{digest}")).await?,
+            headers,
+            body: Body::Empty,
+            scopes: vec![pull_scope(self.reference.repository())],
+            accept: &[200, 206, 404],
+        };
+        let resp = self.shared.call(&req).await?;
+        if resp.status().as_u16() == 404 {
+            return Ok(None);
+        }
+        Ok(Some(resp))
     }
 
     /// Mounts blob `digest` from `from_repository` of the same registry.
@@ -184,8 +211,15 @@ impl Registry {
                 ),
             ));
         }
-        if self.head_blob(digest).await?.is_some() {
-            return Ok(());
+        match self.head_blob(digest).await? {
+            Some(found) if found.size == desc.size => return Ok(()),
+            Some(found) => tracing::warn!(
+                blob = %digest,
+                registry_size = found.size,
+                size = desc.size,
+                "the registry lists the blob with the wrong size; uploading it"
+            ),
+            None => {}
         }
         let _permit = self
             .shared
@@ -217,12 +251,25 @@ impl Registry {
             Some(url) => url,
             None => self.start_upload(&target).await?,
         };
-        match self.shared.chunk_size {
+        let uploaded = match self.shared.chunk_size {
             Some(chunk) if desc.size > chunk => {
                 self.upload_chunked(session, desc, body, chunk, &target)
-                    .await?
+                    .await
             }
-            _ => self.upload_monolithic(session, desc, body, &target).await?,
+            _ => self.upload_monolithic(session, desc, body, &target).await,
+        };
+        if let Err(err) = uploaded {
+            // The upload may have landed with its answer lost.
+            if let Ok(Some(found)) = self.head_blob(digest).await
+                && found.size == desc.size
+            {
+                tracing::debug!(blob = %digest, error = %err, "upload answer lost, but the blob is there");
+            } else if err.kind() == ErrorKind::NotFound {
+                // The upload session is gone: a new one may work.
+                return Err(err.set_temporary(true));
+            } else {
+                return Err(err);
+            }
         }
         Counters::add(&self.shared.stats.blobs_uploaded, 1);
         Counters::add(&self.shared.stats.bytes_uploaded, desc.size);
@@ -322,35 +369,104 @@ impl Registry {
         self.check_blob_digest(&resp, &desc.digest, target)
     }
 
-    /// One `PATCH` of `part` at `offset`; the session URL for the next request.
+    /// `PATCH` of `part` at `offset`; the session URL for the next request.
+    ///
+    /// A failed `PATCH` resumes from what the registry says it has (`GET` on the session,
+    /// `Range`), so bytes it received are not sent twice.
     async fn patch(
         &self,
-        session: Url,
+        mut session: Url,
         part: Bytes,
         offset: u64,
         target: &str,
     ) -> Result<Url, Error> {
-        let end = offset + part.len() as u64 - 1;
-        let range = HeaderValue::from_str(&format!("{offset}-{end}"))
-            .expect("a numeric range is a valid header value");
+        let end = offset + part.len() as u64;
+        let mut from = offset;
+        let mut retries = 0;
+        loop {
+            let range = HeaderValue::from_str(&format!("{from}-{}", end - 1))
+                .expect("a numeric range is a valid header value");
+            let rest = part.slice((from - offset) as usize..);
+            let req = Request {
+                action: self.action("PATCH upload of blob", target),
+                method: Method::PATCH,
+                url: session.clone(),
+                headers: vec![
+                    (
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    ),
+                    (CONTENT_LENGTH, HeaderValue::from(rest.len())),
+                    (reqwest::header::CONTENT_RANGE, range),
+                ],
+                body: Body::Bytes(rest),
+                scopes: vec![push_scope(self.reference.repository())],
+                accept: &[202],
+            };
+            let fail = match self.shared.call_once(&req).await {
+                Ok(resp) => return self.location(&resp, target),
+                Err(fail) => fail,
+            };
+            let policy = self.shared.policy;
+            if !fail.error.is_temporary() || retries >= policy.max_retries {
+                return Err(fail.error);
+            }
+            let delay = policy.delay(retries, fail.retry_after);
+            retries += 1;
+            Counters::add(&self.shared.stats.retries, 1);
+            tokio::time::sleep(delay).await;
+            let Some((url, received)) = self.upload_status(&session, target).await? else {
+                return Err(fail.error);
+            };
+            if received < offset || received > end {
+                // The session lost acknowledged bytes: the caller restarts the blob.
+                return Err(fail.error);
+            }
+            tracing::debug!(
+                blob = target,
+                from = received,
+                ?delay,
+                "resuming a chunked upload"
+            );
+            session = url;
+            if received == end {
+                return Ok(session);
+            }
+            from = received;
+        }
+    }
+
+    /// `GET` on an upload session: its URL for the next request and how many bytes the
+    /// registry has (from `Range: 0-N`); `None` if the session is gone.
+    async fn upload_status(
+        &self,
+        session: &Url,
+        target: &str,
+    ) -> Result<Option<(Url, u64)>, Error> {
         let req = Request {
-            action: self.action("PATCH upload of blob", target),
-            method: Method::PATCH,
-            url: session,
-            headers: vec![
-                (
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("application/octet-stream"),
-                ),
-                (CONTENT_LENGTH, HeaderValue::from(part.len())),
-                (reqwest::header::CONTENT_RANGE, range),
-            ],
-            body: Body::Bytes(part),
+            action: self.action("GET upload status of blob", target),
+            method: Method::GET,
+            url: session.clone(),
+            headers: Vec::new(),
+            body: Body::Empty,
             scopes: vec![push_scope(self.reference.repository())],
-            accept: &[202],
+            accept: &[204, 404],
         };
         let resp = self.shared.call(&req).await?;
-        self.location(&resp, target)
+        if resp.status().as_u16() == 404 {
+            return Ok(None);
+        }
+        let received = resp
+            .headers()
+            .get(RANGE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().split_once('-'))
+            .and_then(|(_, last)| last.trim().parse::<u64>().ok())
+            .map_or(0, |last| last + 1);
+        let url = self
+            .location(&resp, target)
+            .unwrap_or_else(|_| session.clone());
+        Ok(Some((url, received)))
     }
 
     /// The absolute upload URL from a `Location` header (relative ones resolve against the
@@ -396,6 +512,91 @@ impl Registry {
                 ))
             }
             _ => Ok(()),
+        }
+    }
+}
+
+/// A blob download that resumes where its body broke off.
+struct Download {
+    registry: Registry,
+    digest: Digest,
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    /// Bytes handed out so far.
+    received: u64,
+    /// Bytes of the current body to drop (a resumed body the registry sent from the start).
+    skip: u64,
+    /// Resumptions so far.
+    resumes: u32,
+    done: bool,
+}
+
+impl Download {
+    /// The next piece of the blob: from the current body, or from a resumed one when it broke
+    /// off or stalled.
+    async fn next(&mut self) -> Option<Result<Bytes, Error>> {
+        let shared = std::sync::Arc::clone(&self.registry.shared);
+        loop {
+            let failure = match tokio::time::timeout(shared.timeout, self.body.next()).await {
+                Ok(None) => return None,
+                Ok(Some(Ok(mut bytes))) => {
+                    if self.skip > 0 {
+                        let drop = self.skip.min(bytes.len() as u64);
+                        self.skip -= drop;
+                        bytes = bytes.slice(drop as usize..);
+                        if bytes.is_empty() {
+                            continue;
+                        }
+                    }
+                    self.received += bytes.len() as u64;
+                    Counters::add(&shared.stats.bytes_downloaded, bytes.len() as u64);
+                    return Some(Ok(bytes));
+                }
+                Ok(Some(Err(err))) => format!("broke off: {}", crate::error::chain(&err)),
+                Err(_) => format!("stalled for {:.1} s", shared.timeout.as_secs_f64()),
+            };
+            let target = self.registry.blob_target(&self.digest);
+            let error = || {
+                Error::new(
+                    ErrorKind::Unexpected,
+                    format!(
+                        "download of blob {target} from registry {} {failure} after {} bytes",
+                        shared.host, self.received
+                    ),
+                )
+                .set_temporary(true)
+            };
+            if self.resumes >= shared.policy.max_retries {
+                return Some(Err(error()));
+            }
+            let delay = shared.policy.delay(self.resumes, None);
+            tracing::debug!(blob = %self.digest, received = self.received, ?delay, "resuming a broken blob download");
+            self.resumes += 1;
+            Counters::add(&shared.stats.retries, 1);
+            tokio::time::sleep(delay).await;
+            match self
+                .registry
+                .open_blob_at(&self.digest, self.received)
+                .await
+            {
+                Ok(Some(resp)) => {
+                    self.skip = if resp.status().as_u16() == 206 {
+                        0
+                    } else {
+                        self.received
+                    };
+                    self.body = Box::pin(resp.bytes_stream());
+                }
+                Ok(None) => {
+                    return Some(Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!(
+                            "blob {target} vanished from registry {} during its download",
+                            shared.host
+                        ),
+                    )));
+                }
+                Err(err) => return Some(Err(err)),
+            }
         }
     }
 }

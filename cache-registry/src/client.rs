@@ -1,5 +1,5 @@
-//! The HTTP layer shared by all repositories of one registry: scheme probe, authentication,
-//! token cache, retries and request statistics.
+//! The HTTP layer shared by all repositories of one registry: scheme choice, authentication,
+//! token cache, stall timeouts, retries, request logs and statistics.
 
 use std::collections::HashMap;
 use std::io;
@@ -29,30 +29,40 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// State shared by every [`crate::Registry`] of one registry host (see `with_repository`).
 pub(crate) struct Shared {
-    pub(crate) http: reqwest::Client,
-    /// Like `http` but without a read timeout, which in reqwest runs from the start of a
-    /// request to its response headers and so would cut long uploads: uploads are watched for
-    /// progress instead (see `send_upload`).
-    pub(crate) http_upload: reqwest::Client,
-    /// How long an upload may make no progress, or wait for its response.
+    /// The HTTP clients (connection pools) of this registry, built on first use: `plain` for
+    /// `http://` URLs (no TLS roots loaded), `tls` for `https://` ones. A registry uses one of
+    /// them; a token realm on HTTPS may use the other.
+    plain: std::sync::OnceLock<reqwest::Client>,
+    tls: std::sync::OnceLock<reqwest::Client>,
+    /// How to build `http`.
+    client_options: ClientOptions,
+    /// How long a request may make no progress: no response to a sent request, no byte of a
+    /// body being read or written. There is no whole-request timeout: big blobs take long.
     pub(crate) timeout: Duration,
     /// The registry as written in references, for messages and annotations.
     pub(crate) host: String,
-    /// The host serving the API.
-    pub(crate) api_host: String,
-    /// Plain HTTP may be used (insecure mode or a loopback registry).
-    pub(crate) allow_http: bool,
     pub(crate) credentials: Credentials,
     pub(crate) policy: RetryPolicy,
     pub(crate) chunk_size: Option<u64>,
     /// Bounds the number of concurrent blob uploads.
     pub(crate) uploads: tokio::sync::Semaphore,
     pub(crate) stats: Counters,
-    base: OnceCell<Url>,
+    /// The base URL in use: plain HTTP first where allowed, else HTTPS.
+    base: Mutex<Url>,
+    /// Whether the registry answered on `base` (until then a plain-HTTP base may still turn
+    /// out to be a TLS server, whose `400` answer moves it to HTTPS).
+    confirmed: AtomicBool,
     secret: OnceCell<Option<Secret>>,
     auth: Mutex<AuthState>,
     /// Serialises token fetches so concurrent requests share one token.
     token_fetch: tokio::sync::Mutex<()>,
+}
+
+/// What the HTTP client is built from.
+pub(crate) struct ClientOptions {
+    pub(crate) user_agent: String,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) insecure: bool,
 }
 
 #[derive(Default)]
@@ -74,11 +84,26 @@ pub(crate) struct Counters {
     pub(crate) manifests_put: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) tokens_fetched: AtomicU64,
+    /// Requests sent, by method: GET, HEAD, POST, PUT, PATCH, DELETE, other.
+    pub(crate) requests: [AtomicU64; 7],
 }
 
 impl Counters {
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn count_request(&self, method: &Method) {
+        let slot = match *method {
+            Method::GET => 0,
+            Method::HEAD => 1,
+            Method::POST => 2,
+            Method::PUT => 3,
+            Method::PATCH => 4,
+            Method::DELETE => 5,
+            _ => 6,
+        };
+        Counters::add(&self.requests[slot], 1);
     }
 }
 
@@ -104,11 +129,11 @@ pub(crate) struct Request<'a> {
 }
 
 impl Shared {
-    /// Creates the shared state; nothing is sent until the first request.
+    /// Creates the shared state; nothing is sent (and no TLS root is loaded) until the first
+    /// request.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        http: reqwest::Client,
-        http_upload: reqwest::Client,
+        client_options: ClientOptions,
         timeout: Duration,
         host: String,
         api_host: String,
@@ -117,104 +142,101 @@ impl Shared {
         policy: RetryPolicy,
         chunk_size: Option<u64>,
         max_parallel_uploads: usize,
-    ) -> Self {
-        Shared {
-            http,
-            http_upload,
+    ) -> Result<Self, Error> {
+        let scheme = if allow_http { "http" } else { "https" };
+        let base = Url::parse(&format!("{scheme}://{api_host}/")).map_err(|err| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                format!("invalid registry host {api_host:?}: {err}"),
+            )
+        })?;
+        Ok(Shared {
+            plain: std::sync::OnceLock::new(),
+            tls: std::sync::OnceLock::new(),
+            client_options,
             timeout,
             host,
-            api_host,
-            allow_http,
             credentials,
             policy,
             chunk_size,
             uploads: tokio::sync::Semaphore::new(max_parallel_uploads.max(1)),
             stats: Counters::default(),
-            base: OnceCell::new(),
+            base: Mutex::new(base),
+            confirmed: AtomicBool::new(false),
             secret: OnceCell::new(),
             auth: Mutex::new(AuthState::default()),
             token_fetch: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The HTTP client for `url`, built on first use: without TLS roots for plain HTTP
+    /// (nothing to verify), with the platform's verifier (or none with `insecure`) for HTTPS.
+    pub(crate) fn client(&self, url: &Url) -> Result<&reqwest::Client, Error> {
+        let plain = url.scheme() == "http";
+        let cell = if plain { &self.plain } else { &self.tls };
+        if let Some(client) = cell.get() {
+            return Ok(client);
         }
-    }
-
-    /// The registry's base URL (`https://host/` or `http://host/`), probed on first use.
-    pub(crate) async fn base(&self) -> Result<&Url, Error> {
-        self.base.get_or_try_init(|| self.probe()).await
-    }
-
-    /// Finds the scheme like Docker does: HTTPS first; if plain HTTP is allowed and the TLS
-    /// connection fails, HTTP. Records the registry's authentication challenge.
-    async fn probe(&self) -> Result<Url, Error> {
-        let url_for = |scheme: &str| {
-            Url::parse(&format!("{scheme}://{}/", self.api_host)).map_err(|err| {
-                Error::new(
-                    ErrorKind::InvalidConfig,
-                    format!("invalid registry host {:?}: {err}", self.api_host),
-                )
-            })
-        };
-        let https = url_for("https")?;
-        let action = Action {
-            host: &self.host,
-            what: "GET",
-            target: "/v2/",
-        };
-        // Only a failure to talk HTTPS at all (refused, TLS error) moves to plain HTTP; an
-        // HTTPS registry answering with an error status stays on HTTPS.
-        let base = if self.allow_http {
-            let probe = https.join("v2/").map(|url| self.http.get(url).send());
-            match probe {
-                Ok(request) => match request.await {
-                    Ok(_) => https,
-                    Err(err) => {
-                        tracing::debug!(host = %self.host, error = %err, "HTTPS failed, using plain HTTP");
-                        url_for("http")?
-                    }
-                },
-                Err(_) => url_for("http")?,
-            }
+        let options = &self.client_options;
+        let builder = reqwest::Client::builder()
+            .user_agent(options.user_agent.clone())
+            .connect_timeout(options.connect_timeout);
+        let builder = if plain {
+            builder.tls_certs_only(Vec::new())
         } else {
-            https
+            builder.tls_danger_accept_invalid_certs(options.insecure)
         };
-        let challenge = retry(
-            self.policy,
-            |_| Counters::add(&self.stats.retries, 1),
-            |_| self.ping(&base, &action),
-        )
-        .await?;
-        self.set_challenge(challenge);
-        Ok(base)
-    }
-
-    /// `GET /v2/`: `Ok(None)` if open, the challenge if 401.
-    async fn ping(&self, base: &Url, action: &Action<'_>) -> Result<Option<Challenge>, Fail> {
-        let url = base.join("v2/").map_err(|err| {
-            Fail::from(Error::new(
+        let client = builder.build().map_err(|err| {
+            Error::new(
                 ErrorKind::InvalidConfig,
-                format!("invalid URL: {err}"),
-            ))
+                format!("cannot create the HTTP client for registry {}", self.host),
+            )
+            .with_source(err)
         })?;
-        let resp = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|err| Fail::from(transport_error(action, err)))?;
-        match resp.status() {
-            status if status.is_success() => Ok(None),
-            StatusCode::UNAUTHORIZED => Ok(challenge_of(&resp)),
-            status => {
-                let headers = resp.headers().clone();
-                let body = read_limited(resp).await;
-                Err(parse_error(action, status, &headers, &body))
-            }
-        }
+        Ok(cell.get_or_init(|| client))
     }
 
-    fn set_challenge(&self, challenge: Option<Challenge>) {
-        if let Ok(mut state) = self.auth.lock() {
-            state.challenge = challenge;
+    /// The registry's base URL (`http://host/` where plain HTTP is allowed, else
+    /// `https://host/`). No request is sent to find it: a plain-HTTP base that meets a TLS
+    /// server moves to HTTPS on the first request (see `attempt`).
+    pub(crate) async fn base(&self) -> Result<Url, Error> {
+        self.base
+            .lock()
+            .map(|base| base.clone())
+            .map_err(|_| Error::new(ErrorKind::Unexpected, "registry state poisoned by a panic"))
+    }
+
+    /// Moves an unconfirmed plain-HTTP base to HTTPS after an answer that says it is a TLS
+    /// server; returns whether it did.
+    fn move_to_https(&self) -> bool {
+        if self.confirmed.load(Ordering::SeqCst) {
+            return false;
         }
+        let Ok(mut base) = self.base.lock() else {
+            return false;
+        };
+        if base.scheme() != "http" || base.set_scheme("https").is_err() {
+            return false;
+        }
+        tracing::debug!(host = %self.host, "plain HTTP failed, using HTTPS");
+        true
+    }
+
+    /// `url` on the current base, if it points at the registry with another scheme (a
+    /// request built before the base moved to HTTPS).
+    fn rebase(&self, url: &Url) -> Url {
+        let Ok(base) = self.base.lock() else {
+            return url.clone();
+        };
+        let mut url = url.clone();
+        if url.scheme() != base.scheme()
+            && url.host_str() == base.host_str()
+            && url.port_or_known_default().is_some()
+            && url.port() == base.port()
+        {
+            let _ = url.set_scheme(base.scheme());
+        }
+        url
     }
 
     /// The resolved credentials, read once (Docker's config runs helpers: blocking thread).
@@ -237,7 +259,7 @@ impl Shared {
 
     /// Whether `url` is on the registry itself (credentials are never sent elsewhere).
     fn is_registry_url(&self, url: &Url) -> bool {
-        self.base.get().is_some_and(|base| {
+        self.base.lock().is_ok_and(|base| {
             base.scheme() == url.scheme()
                 && base.host_str() == url.host_str()
                 && base.port_or_known_default() == url.port_or_known_default()
@@ -346,7 +368,7 @@ impl Shared {
                     }
                 }
                 let body = form.query().unwrap_or_default().to_string();
-                self.http
+                self.client(&url)?
                     .post(url)
                     .header("content-type", "application/x-www-form-urlencoded")
                     .body(body)
@@ -361,17 +383,14 @@ impl Shared {
                         pairs.append_pair("scope", scope);
                     }
                 }
-                let mut request = self.http.get(url);
+                let mut request = self.client(&url)?.get(url);
                 if let Some(header) = secret.and_then(Secret::basic_header) {
                     request = request.header(AUTHORIZATION, header);
                 }
                 request
             }
         };
-        let resp = request
-            .send()
-            .await
-            .map_err(|err| Fail::from(transport_error(&token_action, err)))?;
+        let resp = self.send_timed(request, &token_action).await?;
         let status = resp.status();
         if !status.is_success() {
             let headers = resp.headers().clone();
@@ -437,24 +456,23 @@ impl Shared {
         .await
     }
 
+    /// Sends `req` once (re-authenticating on 401), for callers with their own retry loop.
+    pub(crate) async fn call_once(&self, req: &Request<'_>) -> Result<Response, Fail> {
+        self.attempt(req).await
+    }
+
     async fn attempt(&self, req: &Request<'_>) -> Result<Response, Fail> {
         let mut reauthenticated = false;
         loop {
-            let authorization = self
-                .authorization(&req.url, &req.scopes, &req.action)
-                .await?;
+            let url = self.rebase(&req.url);
+            let authorization = self.authorization(&url, &req.scopes, &req.action).await?;
             let progress = Arc::new(Mutex::new(Instant::now()));
             let upload = match &req.body {
                 Body::Empty => false,
                 Body::Bytes(bytes) => bytes.len() > UPLOAD_SLICE,
                 Body::Stream(_) => true,
             };
-            let client = if upload {
-                &self.http_upload
-            } else {
-                &self.http
-            };
-            let mut builder = client.request(req.method.clone(), req.url.clone());
+            let mut builder = self.client(&url)?.request(req.method.clone(), url.clone());
             for (name, value) in &req.headers {
                 builder = builder.header(name.clone(), value.clone());
             }
@@ -482,19 +500,28 @@ impl Shared {
                     }
                 },
             };
-            tracing::debug!(method = %req.method, url = %req.url.path(), "registry request");
             let consumed = || matches!(&req.body, Body::Stream(stream) if stream.is_started());
+            let started = Instant::now();
+            self.stats.count_request(&req.method);
+            // Only the path is logged: query strings of upload sessions and redirects to
+            // storage may carry signatures.
             let sent = if upload {
                 self.send_upload(builder, &progress, &req.action).await
             } else {
-                builder
-                    .send()
+                self.send_timed(builder, &req.action)
                     .await
-                    .map_err(|err| transport_error(&req.action, err))
+                    .map_err(|fail| fail.error)
             };
             let resp = match sent {
                 Ok(resp) => resp,
                 Err(error) => {
+                    tracing::debug!(
+                        method = %req.method,
+                        path = url.path(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        error = %error,
+                        "registry request failed"
+                    );
                     return Err(Fail {
                         // The error stays temporary for callers that can re-create the body.
                         retry_now: !consumed(),
@@ -503,10 +530,30 @@ impl Shared {
                 }
             };
             let status = resp.status();
+            tracing::debug!(
+                method = %req.method,
+                path = url.path(),
+                status = status.as_u16(),
+                bytes = content_length(&resp),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "registry request"
+            );
+            // A Go TLS server answers plain HTTP with a bare 400.
+            if status == StatusCode::BAD_REQUEST
+                && url.scheme() == "http"
+                && !consumed()
+                && !self.confirmed_by_other_answer(&resp)
+                && self.move_to_https()
+            {
+                continue;
+            }
+            if self.is_registry_url(resp.url()) {
+                self.confirmed.store(true, Ordering::SeqCst);
+            }
             if status == StatusCode::UNAUTHORIZED
                 && !reauthenticated
                 && !consumed()
-                && self.is_registry_url(&req.url)
+                && self.is_registry_url(&url)
                 && self
                     .reauthenticate(challenge_of(&resp), &req.scopes, authorization.is_some())
                     .await
@@ -522,6 +569,27 @@ impl Shared {
             let mut fail = parse_error(&req.action, status, &headers, &body);
             fail.retry_now = !consumed();
             return Err(fail);
+        }
+    }
+
+    /// Whether a 400 from a plain-HTTP base came from a registry (it then answered before,
+    /// or says `Docker-Distribution-Api-Version`), not from a TLS server refusing plain HTTP.
+    fn confirmed_by_other_answer(&self, resp: &Response) -> bool {
+        resp.headers()
+            .contains_key("docker-distribution-api-version")
+            || self.confirmed.load(Ordering::SeqCst)
+    }
+
+    /// Sends a request that has no body to watch, failing (temporarily) if the response does
+    /// not start within [`Shared::timeout`].
+    async fn send_timed(
+        &self,
+        builder: reqwest::RequestBuilder,
+        action: &Action<'_>,
+    ) -> Result<Response, Fail> {
+        match tokio::time::timeout(self.timeout, builder.send()).await {
+            Ok(res) => res.map_err(|err| Fail::from(transport_error(action, err))),
+            Err(_) => Err(Fail::from(stalled(action, self.timeout))),
         }
     }
 }
@@ -544,19 +612,36 @@ impl Shared {
                 () = tokio::time::sleep(tick) => {
                     let idle = progress.lock().map(|last| last.elapsed()).unwrap_or_default();
                     if idle > self.timeout {
-                        return Err(Error::new(
-                            ErrorKind::Unexpected,
-                            format!(
-                                "registry {} stalled for {idle:?} during {} {}",
-                                action.host, action.what, action.target
-                            ),
-                        )
-                        .set_temporary(true));
+                        return Err(stalled(action, idle));
                     }
                 }
             }
         }
     }
+}
+
+/// The temporary error of a request that made no progress for `idle`.
+pub(crate) fn stalled(action: &Action<'_>, idle: Duration) -> Error {
+    Error::new(
+        ErrorKind::Unexpected,
+        format!(
+            "registry {} stalled for {:.1} s during {} {}",
+            action.host,
+            idle.as_secs_f64(),
+            action.what,
+            action.target
+        ),
+    )
+    .set_temporary(true)
+}
+
+/// The `Content-Length` of a response (a `HEAD` answer's names the resource), for logs.
+fn content_length(resp: &Response) -> u64 {
+    resp.headers()
+        .get(reqwest::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_default()
 }
 
 /// `bytes` cut into [`UPLOAD_SLICE`]-byte pieces (no copies).

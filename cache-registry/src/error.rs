@@ -171,7 +171,7 @@ pub(crate) fn transport_error(action: &Action<'_>, err: reqwest::Error) -> Error
 }
 
 /// The error with all its causes as one string (reqwest's `Display` shows only the outer one).
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

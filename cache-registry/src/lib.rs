@@ -33,21 +33,26 @@
 //! - Errors carry the registry's own `errors[].code` and `message`.
 //!
 //! # Retries and tokens
-//! Temporary failures (429 honouring `Retry-After`, 5xx, broken connections, timeouts) are
+//! Temporary failures (429 honouring `Retry-After`, 5xx, broken connections, stalls) are
 //! retried with exponential backoff and jitter in one place. A streamed upload is retried only
-//! if no byte of its body was read; otherwise its error stays temporary so the caller, who can
-//! re-create the body, may retry `write_blob`. Bearer tokens are cached per scope set and
-//! renewed before they expire or when the registry answers 401.
+//! if no byte of its body was read; otherwise its error stays temporary and comes back after
+//! the backoff, so the caller, who can re-create the body, restarts `write_blob` (see
+//! `cache_core::backend::write_blob_restarting`), which first checks whether the lost attempt
+//! landed. A chunked upload resumes a broken `PATCH` from the registry's `Range`; a broken
+//! download resumes with `Range`. Authentication is learnt from the first 401 (no ping);
+//! Bearer tokens are cached per scope set and renewed before they expire or on a 401.
 //!
 //! # Transport
-//! HTTPS with verified certificates. Plain HTTP is allowed for loopback registries
-//! (`localhost`, `127.0.0.0/8`, `::1`) and with [`Options::insecure`] (which also skips
-//! certificate verification); as in Docker, HTTPS is tried first.
+//! HTTPS with verified certificates (TLS roots load on the first HTTPS connection). Loopback
+//! registries (`localhost`, `127.0.0.0/8`, `::1`) and [`Options::insecure`] ones (which also
+//! skip certificate verification) get plain HTTP from the first request; a TLS server's `400`
+//! answer moves them to HTTPS. No request has a total timeout: [`Options::timeout`] bounds how
+//! long a request may make no progress. Every request is logged at debug level (`tracing`):
+//! method, path (never the query or credentials), status, bytes, time, retry decisions.
 //!
 //! # Limitations
 //! - Only sha256 digests.
 //! - No blob deletion or tag listing.
-//! - A chunked upload whose `PATCH` broke half-way is restarted by the caller, not resumed.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -62,4 +67,4 @@ mod retry;
 
 pub use auth::Credentials;
 pub use reference::ImageRef;
-pub use registry::{Options, Registry, Stats};
+pub use registry::{Options, Registry, RequestCounts, Stats};

@@ -43,13 +43,27 @@ impl Registry {
             scopes: vec![pull_scope(self.reference.repository())],
             accept: &[200, 404],
         };
-        let resp = self.shared.call(&req).await?;
-        if resp.status().as_u16() == 404 {
-            return Ok(None);
-        }
+        // A body that breaks off or stalls is fetched again.
+        let mut attempt = 0;
+        let (headers, bytes) = loop {
+            let resp = self.shared.call(&req).await?;
+            if resp.status().as_u16() == 404 {
+                return Ok(None);
+            }
+            let headers = resp.headers().clone();
+            match read_manifest_body(resp, &self.shared.host, &target, self.shared.timeout).await {
+                Ok(bytes) => break (headers, bytes),
+                Err(err) if err.is_temporary() && attempt < self.shared.policy.max_retries => {
+                    let delay = self.shared.policy.delay(attempt, None);
+                    tracing::debug!(manifest = %target, ?delay, error = %err, "fetching a broken manifest again");
+                    Counters::add(&self.shared.stats.retries, 1);
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        };
         Counters::add(&self.shared.stats.manifests_fetched, 1);
-        let headers = resp.headers().clone();
-        let bytes = read_manifest_body(resp, &self.shared.host, &target).await?;
         let computed = digest::sha256(&bytes);
         let expected = match reference {
             IndexRef::Digest(want) => Some(want.clone()),
@@ -174,7 +188,51 @@ impl Registry {
             &target,
         )?;
         Counters::add(&self.shared.stats.manifests_put, 1);
+        if !resp.headers().contains_key(DOCKER_CONTENT_DIGEST) {
+            self.confirm_manifest(tag_or_digest, &raw.digest, &target)
+                .await?;
+        }
         Ok(())
+    }
+
+    /// Checks that `tag_or_digest` names the manifest `digest` just stored, for a registry
+    /// whose answer to the `PUT` did not say (`HEAD`, or `GET` without a digest header).
+    async fn confirm_manifest(
+        &self,
+        tag_or_digest: &str,
+        digest: &Digest,
+        target: &str,
+    ) -> Result<(), Error> {
+        let reference = match tag_or_digest.parse::<Digest>() {
+            Ok(digest) => IndexRef::Digest(digest),
+            Err(_) => IndexRef::Tag(tag_or_digest.to_string()),
+        };
+        let stored = match self.head_manifest(&reference).await {
+            Ok(found) => found.map(|desc| desc.digest),
+            Err(err) if err.kind() == ErrorKind::Unsupported => {
+                self.get_manifest(&reference).await?.map(|raw| raw.digest)
+            }
+            Err(err) => return Err(err),
+        };
+        match stored {
+            Some(stored) if stored == *digest => Ok(()),
+            Some(stored) => Err(Error::new(
+                ErrorKind::DigestMismatch,
+                format!(
+                    "registry {} accepted manifest {target} but serves {stored} under it, \
+                     expected {digest}: the cache was not stored",
+                    self.shared.host
+                ),
+            )),
+            None => Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "registry {} accepted manifest {target} but does not serve it: the cache was \
+                     not stored",
+                    self.shared.host
+                ),
+            )),
+        }
     }
 }
 
@@ -258,7 +316,12 @@ fn check_digest(
 }
 
 /// Reads a manifest body, refusing more than [`MANIFEST_LIMIT`] bytes.
-async fn read_manifest_body(mut resp: Response, host: &str, target: &str) -> Result<Bytes, Error> {
+async fn read_manifest_body(
+    mut resp: Response,
+    host: &str,
+    target: &str,
+    stall: std::time::Duration,
+) -> Result<Bytes, Error> {
     let too_big = || {
         Error::new(
             ErrorKind::Corrupt,
@@ -273,7 +336,17 @@ async fn read_manifest_body(mut resp: Response, host: &str, target: &str) -> Res
     }
     let mut out = Vec::new();
     loop {
-        match resp.chunk().await {
+        let Ok(chunk) = tokio::time::timeout(stall, resp.chunk()).await else {
+            return Err(Error::new(
+                ErrorKind::Unexpected,
+                format!(
+                    "reading manifest {target} from registry {host} stalled for {:.1} s",
+                    stall.as_secs_f64()
+                ),
+            )
+            .set_temporary(true));
+        };
+        match chunk {
             Ok(Some(chunk)) => {
                 out.extend_from_slice(&chunk);
                 if out.len() as u64 > MANIFEST_LIMIT {

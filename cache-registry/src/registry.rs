@@ -10,7 +10,7 @@ use cache_core::{Backend, Blob, Descriptor, Digest, Error, ErrorKind, IndexRef, 
 use reqwest::Url;
 
 use crate::auth::Credentials;
-use crate::client::Shared;
+use crate::client::{ClientOptions, Shared};
 use crate::error::Action;
 use crate::reference::ImageRef;
 use crate::retry::RetryPolicy;
@@ -26,9 +26,12 @@ pub struct Options {
     /// `Some(n)`: blobs larger than `n` bytes are uploaded in `PATCH` chunks of `n` bytes (each
     /// chunk is buffered in memory and retried on its own). `None` (default): one streamed `PUT`.
     pub chunk_size: Option<u64>,
-    /// Limit for connecting and for each wait on the network (not for whole transfers, which
-    /// may take long for big blobs). Default 60 s.
+    /// How long a request may make no progress (no response to a request, no byte of a body
+    /// read or written) before it fails as a temporary error; whole transfers have no limit,
+    /// as big blobs take long. Default 30 s.
     pub timeout: Duration,
+    /// Limit for establishing a connection. Default 10 s.
+    pub connect_timeout: Duration,
     /// Where credentials come from (default: Docker's `config.json`).
     pub credentials: Credentials,
     /// The `User-Agent` header.
@@ -42,14 +45,15 @@ pub struct Options {
 }
 
 impl Options {
-    /// The defaults: verified TLS, 4 parallel uploads, monolithic uploads, 60 s timeout,
-    /// credentials from Docker's config, 5 retries from 250 ms.
+    /// The defaults: verified TLS, 4 parallel uploads, monolithic uploads, 30 s stall
+    /// timeout, 10 s connect timeout, credentials from Docker's config, 5 retries from 250 ms.
     pub fn new() -> Self {
         Options {
             insecure: false,
             max_parallel_uploads: 4,
             chunk_size: None,
-            timeout: Duration::from_secs(60),
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
             credentials: Credentials::FromDockerConfig,
             user_agent: format!("buildcache/{}", env!("CARGO_PKG_VERSION")),
             max_retries: 5,
@@ -88,6 +92,34 @@ pub struct Stats {
     pub retries: u64,
     /// Bearer tokens fetched.
     pub tokens_fetched: u64,
+    /// HTTP requests sent to the registry (retries included; token requests not), by method.
+    pub requests: RequestCounts,
+}
+
+/// Requests sent, by method.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    /// `GET` requests.
+    pub get: u64,
+    /// `HEAD` requests.
+    pub head: u64,
+    /// `POST` requests.
+    pub post: u64,
+    /// `PUT` requests.
+    pub put: u64,
+    /// `PATCH` requests.
+    pub patch: u64,
+    /// `DELETE` requests.
+    pub delete: u64,
+    /// Requests with any other method.
+    pub other: u64,
+}
+
+impl RequestCounts {
+    /// All requests.
+    pub fn total(&self) -> u64 {
+        self.get + self.head + self.post + self.put + self.patch + self.delete + self.other
+    }
 }
 
 /// One repository on one registry, implementing [`cache_core::Backend`] over the OCI
@@ -119,32 +151,18 @@ impl Registry {
     pub fn new(reference: &str, options: Options) -> Result<Registry, Error> {
         let reference = ImageRef::parse(reference)?;
         let timeout = options.timeout.max(Duration::from_millis(1));
-        let client = |read_timeout: Option<Duration>| {
-            let mut builder = reqwest::Client::builder()
-                .user_agent(options.user_agent.clone())
-                .connect_timeout(timeout)
-                .tls_danger_accept_invalid_certs(options.insecure);
-            if let Some(read_timeout) = read_timeout {
-                builder = builder.read_timeout(read_timeout);
-            }
-            builder.build().map_err(|err| {
-                Error::new(
-                    ErrorKind::InvalidConfig,
-                    format!("cannot create the HTTP client for registry {reference}"),
-                )
-                .with_source(err)
-            })
+        let client_options = ClientOptions {
+            user_agent: options.user_agent.clone(),
+            connect_timeout: options.connect_timeout.max(Duration::from_millis(1)),
+            insecure: options.insecure,
         };
-        let http = client(Some(timeout))?;
-        let http_upload = client(None)?;
         let policy = RetryPolicy {
             max_retries: options.max_retries,
             base_delay: options.retry_base_delay,
             max_delay: Duration::from_secs(10),
         };
         let shared = Shared::new(
-            http,
-            http_upload,
+            client_options,
             timeout,
             reference.registry().to_string(),
             reference.api_host().to_string(),
@@ -153,7 +171,7 @@ impl Registry {
             policy,
             options.chunk_size.filter(|size| *size > 0),
             options.max_parallel_uploads,
-        );
+        )?;
         Ok(Registry {
             shared: Arc::new(shared),
             reference,
@@ -189,6 +207,15 @@ impl Registry {
             manifests_put: get(&c.manifests_put),
             retries: get(&c.retries),
             tokens_fetched: get(&c.tokens_fetched),
+            requests: RequestCounts {
+                get: get(&c.requests[0]),
+                head: get(&c.requests[1]),
+                post: get(&c.requests[2]),
+                put: get(&c.requests[3]),
+                patch: get(&c.requests[4]),
+                delete: get(&c.requests[5]),
+                other: get(&c.requests[6]),
+            },
         }
     }
 

@@ -80,14 +80,19 @@ where
                 let too_long = fail
                     .retry_after
                     .is_some_and(|after| after > MAX_RETRY_AFTER);
-                if !fail.error.is_temporary()
-                    || !fail.retry_now
-                    || n >= policy.max_retries
-                    || too_long
-                {
+                let temporary = fail.error.is_temporary() && !too_long;
+                if !temporary || n >= policy.max_retries {
+                    tracing::debug!(attempts = n + 1, error = %fail.error, "registry request gave up");
                     return Err(fail.error);
                 }
                 let delay = policy.delay(n, fail.retry_after);
+                if !fail.retry_now {
+                    // The caller restarts the operation (a consumed upload body): it may do so
+                    // at once, the backoff is waited here.
+                    tracing::debug!(?delay, error = %fail.error, "registry upload restarts after backoff");
+                    tokio::time::sleep(delay).await;
+                    return Err(fail.error);
+                }
                 tracing::debug!(retry = n + 1, ?delay, error = %fail.error, "retrying registry request");
                 on_retry(&fail.error);
                 tokio::time::sleep(delay).await;

@@ -163,6 +163,9 @@ pub struct StepReport {
     pub cache_source: Option<String>,
     /// Time spent on it.
     pub duration_ms: u64,
+    /// When it was resolved (for the time to the first cached step).
+    #[serde(skip)]
+    pub finished_at: Instant,
 }
 
 /// The result of a build.
@@ -1095,6 +1098,7 @@ impl Engine<'_> {
                 cached: true,
                 cache_source: Some(self.source_name(source)),
                 duration_ms: started.elapsed().as_millis() as u64,
+                finished_at: Instant::now(),
             });
             let fs = &mut self.stages[si].fs;
             fs.records = vec![record];
@@ -1214,6 +1218,7 @@ impl Engine<'_> {
             cached: true,
             cache_source: None,
             duration_ms: started.elapsed().as_millis() as u64,
+            finished_at: Instant::now(),
         });
     }
 
@@ -1435,6 +1440,7 @@ impl Engine<'_> {
             cached: false,
             cache_source: None,
             duration_ms: duration.as_millis() as u64,
+            finished_at: Instant::now(),
         });
         Ok(())
     }
@@ -1708,6 +1714,7 @@ impl Engine<'_> {
                 cached: true,
                 cache_source: source.clone(),
                 duration_ms: 0,
+                finished_at: Instant::now(),
             });
         }
     }

@@ -15,6 +15,9 @@ use futures_util::future::BoxFuture;
 pub trait BlobStore: Send + Sync + fmt::Debug {
     /// Names the store for messages.
     fn describe(&self) -> String;
+    /// Whether asking the store costs a network round trip (a registry), so that a blob its
+    /// manifest lists is trusted until it is actually read.
+    fn is_remote(&self) -> bool;
     /// The descriptor of `digest`, or `None`.
     fn stat<'a>(
         &'a self,
@@ -33,6 +36,9 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
 impl<B: Backend> BlobStore for B {
     fn describe(&self) -> String {
         self.info().to_string()
+    }
+    fn is_remote(&self) -> bool {
+        self.info().scheme == "registry"
     }
     fn stat<'a>(
         &'a self,
@@ -95,6 +101,10 @@ impl Blobs {
     }
 
     /// Whether `desc` is available with its size: in the root, or in a source that lists it.
+    ///
+    /// A remote source is not asked: its manifest lists the blob with this size, and a blob
+    /// missing after all fails when it is read, which restarts the build without it (a miss
+    /// with a warning). So a fully cached build from a registry sends no request per layer.
     pub async fn is_available(&self, desc: &Descriptor) -> bool {
         let fits = |found: &Option<Descriptor>| found.as_ref().is_some_and(|d| d.size == desc.size);
         if matches!(self.root.stat(&desc.digest).await, Ok(found) if fits(&found)) {
@@ -105,6 +115,9 @@ impl Blobs {
             .iter()
             .filter(|s| s.layers.contains(&desc.digest))
         {
+            if source.store.is_remote() {
+                return true;
+            }
             if matches!(source.store.stat(&desc.digest).await, Ok(found) if fits(&found)) {
                 return true;
             }

@@ -2,6 +2,8 @@
 //! cache management.
 
 mod build;
+mod faultproxy;
+mod faults;
 mod flags;
 mod inspect;
 mod instructions;

@@ -189,9 +189,10 @@ async fn revoked_token_is_renewed_on_401() {
     assert_eq!(registry.stats().tokens_fetched, 2);
     assert_eq!(
         fake.count("GET", "/v2/app/manifests/cache"),
-        3,
-        "ok, 401, ok"
+        4,
+        "401 (the challenge, learnt without a ping), ok, 401, ok"
     );
+    assert_eq!(fake.count("GET", "/v2/"), 0, "no ping");
 }
 
 #[tokio::test]
@@ -224,8 +225,8 @@ async fn token_is_renewed_before_it_expires() {
         .collect();
     assert_eq!(
         auths,
-        ["Bearer tok1", "Bearer tok2"],
-        "renewed without a 401"
+        ["", "Bearer tok1", "Bearer tok2"],
+        "the challenge comes from the first request; renewed without a 401"
     );
 }
 
@@ -701,5 +702,47 @@ async fn stalled_upload_fails_as_temporary() {
         fake.count("PUT", "/v2/app/blobs/uploads/u"),
         1,
         "a consumed body is not resent"
+    );
+}
+
+#[tokio::test]
+async fn issue_14_a_registry_that_accepts_everything_is_not_believed() {
+    // Answers 200 to every read (empty body) and 201 to every write.
+    let fake = Fake::start(|_| {
+        |req: &Req| match req.method.as_str() {
+            "GET" | "HEAD" => Reply::status(200),
+            "POST" => Reply::status(202).header("location", "/v2/app/blobs/uploads/1"),
+            _ => Reply::status(201),
+        }
+    })
+    .await;
+    let registry = open(&fake, "app", options());
+    let bytes = b"layer bytes".to_vec();
+    let desc = Descriptor::new(
+        "application/vnd.oci.image.layer.v1.tar",
+        digest::sha256(&bytes),
+        bytes.len() as u64,
+    );
+    registry
+        .write_blob(&desc, Blob::from_bytes(bytes))
+        .await
+        .expect("the upload is accepted");
+    assert_eq!(
+        fake.count("PUT", "/v2/app/blobs/uploads/1"),
+        1,
+        "a HEAD with the wrong size is not presence: the blob is uploaded"
+    );
+    let raw = cache_core::RawIndex::new(
+        Some("application/vnd.oci.image.manifest.v1+json".into()),
+        MANIFEST.as_bytes().to_vec(),
+    );
+    let err = registry
+        .write_index("cache", &raw)
+        .await
+        .expect_err("a manifest the registry does not serve back is not stored");
+    assert_eq!(err.kind(), ErrorKind::DigestMismatch, "{err}");
+    assert!(
+        err.to_string().contains("the cache was not stored"),
+        "{err}"
     );
 }
