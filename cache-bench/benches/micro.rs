@@ -282,6 +282,7 @@ fn export_options(tag: &str) -> export::Options {
         form: ManifestForm::ImageManifest,
         max_parallel: 4,
         known_present: HashSet::new(),
+        extra_blobs: Vec::new(),
     }
 }
 

@@ -23,6 +23,7 @@ use std::time::SystemTime;
 use rustix::fs::FlockOperation;
 
 use crate::dockerfile::Sharing;
+use crate::layer::{self, Compression, LayerInfo};
 
 /// The cache mounts of one root.
 #[derive(Clone, Debug)]
@@ -79,6 +80,30 @@ fn open_lock(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Writes the contents of the cache mount directory `dir` as a layer tar (deterministic: the
+/// same tree gives the same bytes, so an unchanged mount has the same digest) into a temporary
+/// file in `tmp_dir`.
+pub fn write_tar(
+    dir: &Path,
+    compression: Compression,
+    tmp_dir: &Path,
+) -> Result<(tempfile::NamedTempFile, LayerInfo), layer::Error> {
+    let empty = tempfile::tempdir_in(tmp_dir).map_err(|err| layer::Error::Io {
+        op: "create a temporary directory in",
+        path: tmp_dir.to_owned(),
+        source: err,
+    })?;
+    let before = layer::Snapshot::capture(empty.path())?;
+    let changes = layer::diff(&before, dir)?;
+    layer::write_layer_file(dir, &changes, compression, tmp_dir)
+}
+
+/// Fills the empty cache mount directory `dir` from a tar written by [`write_tar`]; nothing is
+/// written outside `dir`.
+pub fn fill(dir: &Path, reader: impl io::Read, media_type: &str) -> Result<(), layer::Error> {
+    layer::apply_layer(reader, media_type, dir).map(drop)
+}
+
 /// Bytes of the regular files under `dir` (symlinks not followed).
 pub fn dir_bytes(dir: &Path) -> u64 {
     walkdir::WalkDir::new(dir)
@@ -104,6 +129,12 @@ impl CacheMounts {
     /// Whether instance 0 of `id` exists (a step's `from=` seed is needed only when it does not).
     pub fn exists(&self, id: &str) -> bool {
         self.dir.join(key_of(id)).join("0").is_dir()
+    }
+
+    /// Whether instance 0 of `id` is missing or empty (an imported cache may fill it).
+    pub fn is_empty(&self, id: &str) -> bool {
+        let dir = self.dir.join(key_of(id)).join("0");
+        std::fs::read_dir(dir).map_or(true, |mut entries| entries.next().is_none())
     }
 
     /// Takes an instance of cache mount `id` for a step, as `sharing` says; blocks while another

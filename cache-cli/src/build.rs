@@ -290,6 +290,8 @@ struct Import {
     backend: Arc<AnyBackend>,
     graph: CacheGraph,
     layers: HashSet<Digest>,
+    /// Cache mount contents the manifest carries (`cache-mounts=true` exports).
+    mount_blobs: Vec<cache_core::Descriptor>,
 }
 
 /// Runs `buildcache build`.
@@ -452,7 +454,10 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
             .join(format!("build-{}", std::process::id())),
         hash_cache: Some(root_dir.join("context-hashes.json")),
         now: time::OffsetDateTime::now_utc(),
-        run: run_options,
+        run: engine::RunOptions {
+            cache_mount_seeds: crate::root_mounts::seeds(loaded.iter().map(|l| &l.mount_blobs)),
+            ..run_options
+        },
     };
     let blobs = Blobs {
         root: root.clone() as Arc<dyn BlobStore>,
@@ -515,9 +520,10 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
 
     // Cache exports.
     let mut export_reports = Vec::new();
+    let mut mount_tars = crate::root_mounts::MountTars::new(root.clone(), root_dir.join("mounts"));
     let mut failed = None;
     for spec in &exports {
-        match export_one(spec, &outcome, &loaded, &display).await {
+        match export_one(spec, &outcome, &loaded, &display, &mut mount_tars).await {
             Ok(report) => export_reports.push(report),
             Err(err) if spec.ignore_error => {
                 display.line(&format!(
@@ -757,11 +763,13 @@ async fn import_one(
         .iter()
         .map(|d| d.digest.clone())
         .collect();
+    let mount_blobs = crate::root_mounts::mount_blobs_of(&imported.cache_manifest.layers);
     Ok(Some(Import {
         spec: spec.clone(),
         backend: Arc::new(backend),
         graph: imported.graph,
         layers,
+        mount_blobs,
     }))
 }
 
@@ -770,6 +778,7 @@ async fn export_one(
     outcome: &engine::BuildOutcome,
     loaded: &[Import],
     display: &Display,
+    mount_tars: &mut crate::root_mounts::MountTars,
 ) -> anyhow::Result<serde_json::Value> {
     let started = Instant::now();
     let (backend, tag) = AnyBackend::for_export(&spec.target)?;
@@ -807,6 +816,12 @@ async fn export_one(
         form: spec.form,
         max_parallel: 4,
         known_present,
+        extra_blobs: if spec.cache_mounts {
+            let seeds = crate::root_mounts::seeds(loaded.iter().map(|l| &l.mount_blobs));
+            mount_tars.blobs_for(spec, outcome, &seeds, display).await
+        } else {
+            Vec::new()
+        },
     };
     let progress: &dyn Progress = display;
     let vertex_for_events = vertex.clone();
@@ -1071,6 +1086,7 @@ async fn persist_local(root: &Arc<LayoutDir>, graph: &CacheGraph) -> anyhow::Res
         form: cache_core::manifest::ManifestForm::ImageManifest,
         max_parallel: 4,
         known_present: HashSet::new(),
+        extra_blobs: Vec::new(),
     };
     export::export(
         root.as_ref(),

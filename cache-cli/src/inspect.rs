@@ -17,6 +17,9 @@ struct LayerOut {
     uncompressed_size: Option<u64>,
     diff_id: Option<String>,
     created_at: Option<String>,
+    /// The cache mount id of a blob holding cache mount contents (`cache-mounts=true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_mount: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -85,6 +88,9 @@ pub async fn run(source: &str, json: bool) -> anyhow::Result<()> {
             uncompressed_size: uncompressed,
             diff_id: desc.annotation(annotation::UNCOMPRESSED).map(str::to_owned),
             created_at: created,
+            cache_mount: desc
+                .annotation(annotation::CACHE_MOUNT_ID)
+                .map(str::to_owned),
         });
     }
     let total_size = layer_details.iter().map(|l| l.size).sum();
@@ -141,11 +147,15 @@ pub async fn run(source: &str, json: bool) -> anyhow::Result<()> {
     );
     for layer in &report.layer_details {
         println!(
-            "  {}  {:>10}  {:>10}  {}",
+            "  {}  {:>10}  {:>10}  {}{}",
             layer.digest,
             human_bytes(layer.size),
             layer.uncompressed_size.map_or("-".to_owned(), human_bytes),
-            layer.media_type
+            layer.media_type,
+            layer
+                .cache_mount
+                .as_ref()
+                .map_or(String::new(), |id| format!("  (cache mount {id})"))
         );
     }
     match (&report.created_at_min, &report.created_at_max) {

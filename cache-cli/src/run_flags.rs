@@ -132,6 +132,7 @@ pub fn run_options(
         network,
         allow_network_host: false,
         allow_insecure: false,
+        cache_mount_seeds: BTreeMap::new(),
     };
     for value in allow {
         for entitlement in value.split(',') {

@@ -63,6 +63,9 @@ pub mod annotation {
     pub const DESCRIPTION: &str = "buildkit/description";
     /// The diffID: digest of the uncompressed layer tar (containerd).
     pub const UNCOMPRESSED: &str = "containerd.io/uncompressed";
+    /// buildcache's own: on an extra blob of a cache manifest, the id of the cache mount
+    /// (`RUN --mount=type=cache`) whose contents the blob holds (`cache-mounts=true`).
+    pub const CACHE_MOUNT_ID: &str = "dev.buildcache.cache-mount.id";
     /// Prefix of `containerd.io/distribution.source.<host>`: repositories a blob can be mounted from.
     pub const DISTRIBUTION_SOURCE_PREFIX: &str = "containerd.io/distribution.source.";
     /// Tag name of an `index.json` entry (OCI).

@@ -48,6 +48,9 @@ pub struct Options {
     /// Blobs known to be present in the destination already (for example listed by a manifest
     /// imported from it in this build); they are neither checked nor sent.
     pub known_present: HashSet<Digest>,
+    /// Blobs listed after the layers of the manifest that no record names (cache mount contents,
+    /// annotated with their id); written like layers. BuildKit's importer ignores them.
+    pub extra_blobs: Vec<Descriptor>,
 }
 
 /// Progress of an export, in BuildKit's vocabulary (spec §8).
@@ -177,6 +180,8 @@ pub async fn export<B: Backend, S: BlobSource>(
             config_desc.digest, config_desc.size, BUILDKIT_IMPORT_LIMIT
         )));
     }
+    let mut layers = layers;
+    layers.extend(options.extra_blobs.iter().cloned());
     let raw = manifest::write(options.form, &config_desc, &layers);
     if let Ok(Some(existing)) = backend
         .read_index(&IndexRef::Tag(options.tag.clone()))

@@ -79,6 +79,37 @@ pub struct ExportSpec {
     pub ignore_error: bool,
     /// `gc` (or BuildKit's `reset`) for local exports: remove blobs no tag reaches; default true.
     pub gc: bool,
+    /// `cache-mounts` (buildcache's own): add the contents of the build's cache mounts to the
+    /// cache as extra blobs; default false, so the export is exactly BuildKit's.
+    pub cache_mounts: bool,
+    /// `cache-mounts-max-size`: a cache mount larger than this is left out (default 1 GiB).
+    pub cache_mounts_max_size: u64,
+}
+
+/// The default of `cache-mounts-max-size`: 1 GiB.
+pub const DEFAULT_CACHE_MOUNTS_MAX_SIZE: u64 = 1 << 30;
+
+/// Parses a size: bytes, or a number with `k`, `m`, `g` or `t` (binary multiples; an optional
+/// `i` and `b` after it are accepted: `512MiB`, `1g`, `2GB`).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let lower = text.trim().to_ascii_lowercase();
+    let split = lower
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(lower.len());
+    let number: f64 = lower[..split].parse().ok()?;
+    let unit = lower[split..].trim_start();
+    let unit = unit.strip_suffix('b').unwrap_or(unit);
+    let unit = unit.strip_suffix('i').unwrap_or(unit);
+    let multiplier: u64 = match unit {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return None,
+    };
+    let bytes = number * multiplier as f64;
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 /// Where a cache is imported from.
@@ -141,6 +172,8 @@ const EXPORT_LOCAL: &[&str] = &[
     "ignore-error",
     "gc",
     "reset",
+    "cache-mounts",
+    "cache-mounts-max-size",
 ];
 const EXPORT_REGISTRY: &[&str] = &[
     "type",
@@ -153,6 +186,8 @@ const EXPORT_REGISTRY: &[&str] = &[
     "force-compression",
     "ignore-error",
     "registry.insecure",
+    "cache-mounts",
+    "cache-mounts-max-size",
 ];
 const IMPORT_LOCAL: &[&str] = &["type", "src", "tag", "digest"];
 const IMPORT_REGISTRY: &[&str] = &["type", "ref", "registry.insecure"];
@@ -244,6 +279,15 @@ pub fn parse_export(value: &str) -> Result<ExportSpec, SpecError> {
         compression,
         ignore_error: attrs.bool("ignore-error", false)?,
         gc,
+        cache_mounts: attrs.bool("cache-mounts", false)?,
+        cache_mounts_max_size: match attrs.get("cache-mounts-max-size") {
+            None => DEFAULT_CACHE_MOUNTS_MAX_SIZE,
+            Some(text) => parse_size(text).ok_or_else(|| {
+                attrs.error(format!(
+                    "cache-mounts-max-size={text:?} is not a size: use bytes or e.g. 512MiB, 2GB"
+                ))
+            })?,
+        },
     })
 }
 
@@ -469,6 +513,25 @@ fn split_csv(line: &str) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_mounts_attributes() {
+        let plain = parse_export("type=local,dest=d").expect("valid");
+        assert!(!plain.cache_mounts);
+        assert_eq!(plain.cache_mounts_max_size, DEFAULT_CACHE_MOUNTS_MAX_SIZE);
+        let spec =
+            parse_export("type=registry,ref=r/a:c,cache-mounts=true,cache-mounts-max-size=512MiB")
+                .expect("valid");
+        assert!(spec.cache_mounts);
+        assert_eq!(spec.cache_mounts_max_size, 512 << 20);
+        let err = parse_export("type=local,dest=d,cache-mounts-max-size=huge")
+            .expect_err("not a size")
+            .to_string();
+        assert!(err.contains("cache-mounts-max-size"), "{err}");
+        assert_eq!(parse_size("2GB"), Some(2 << 30));
+        assert_eq!(parse_size("1.5k"), Some(1536));
+        assert_eq!(parse_size("-1"), None);
+    }
 
     #[test]
     fn bare_reference_is_a_registry_import() {

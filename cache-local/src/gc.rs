@@ -1210,10 +1210,19 @@ fn rewrite(tag: &str, cache: &CacheTag) -> Result<Option<Rewrite>> {
                 ),
             )
         })?;
-    let (new_config, layers) = graph.to_config();
+    let (new_config, mut layers) = graph.to_config();
     if layers.is_empty() {
         return Ok(None);
     }
+    // Blobs no record names (cache mount contents of `cache-mounts=true` exports) stay listed.
+    layers.extend(
+        cache
+            .manifest
+            .layers
+            .iter()
+            .filter(|d| d.annotations.contains_key(annotation::CACHE_MOUNT_ID))
+            .cloned(),
+    );
     let config_bytes = new_config.to_json();
     let config_desc = Descriptor::new(
         media_type::CACHE_CONFIG,

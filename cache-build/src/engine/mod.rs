@@ -184,6 +184,8 @@ pub struct BuildOutcome {
     pub blobs: Blobs,
     /// Build args nobody used.
     pub unused_build_args: Vec<String>,
+    /// The ids (`<namespace>/<id>`) of the cache mounts the build's RUN steps use (run or cached).
+    pub cache_mounts: Vec<String>,
     /// Layer blobs fetched into the root during the build.
     pub blobs_fetched: u64,
 }
@@ -486,6 +488,7 @@ pub async fn build(
         steps: engine.reports,
         blobs: engine.blobs,
         unused_build_args: engine.plan.unused_build_args.clone(),
+        cache_mounts: run_mounts::cache_mount_ids(&engine.plan),
         blobs_fetched: engine.blobs_fetched,
     })
 }

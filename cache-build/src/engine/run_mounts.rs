@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use cache_core::Descriptor;
 use serde::Serialize;
 
 use super::{Engine, Error, NamedContext, Target, step_error};
@@ -54,6 +55,9 @@ pub struct RunOptions {
     pub allow_network_host: bool,
     /// `--allow security.insecure`: `RUN --security=insecure` is allowed.
     pub allow_insecure: bool,
+    /// Cache mount contents found in imported caches (`cache-mounts=true` exports), by mount id
+    /// (`<namespace>/<id>`); one fills the mount when it is empty on this root.
+    pub cache_mount_seeds: BTreeMap<String, Descriptor>,
 }
 
 /// A mount as it enters the step's key: its options, and for a bind mount the identity of the
@@ -416,9 +420,25 @@ impl Engine<'_> {
                         }
                         _ => None,
                     };
+                    let imported = match self.request.run.cache_mount_seeds.get(&id) {
+                        Some(desc) if store.is_empty(&id) => {
+                            Some(self.fetch_mount_seed(desc, &id, name).await?)
+                        }
+                        _ => None,
+                    };
+                    let fill = |dir: &Path| -> std::io::Result<()> {
+                        let Some((file, media_type)) = &imported else {
+                            return Ok(());
+                        };
+                        let reader = std::fs::File::open(file.path())?;
+                        crate::mounts::fill(dir, reader, media_type).map_err(std::io::Error::other)
+                    };
                     let (mode, uid, gid) = (c.mode, c.uid, c.gid);
                     let lease = tokio::task::block_in_place(|| {
                         store.acquire(&id, c.sharing, &mut |dir| {
+                            if imported.is_some() {
+                                return fill(dir);
+                            }
                             if let Some(seed) = &seed {
                                 if seed.is_dir() {
                                     copy_tree(seed, dir)?;
@@ -439,6 +459,14 @@ impl Engine<'_> {
                             store.dir().display()
                         ))
                     })?;
+                    // An instance that exists but is empty is filled in place.
+                    if !lease.created && imported.is_some() && store.is_empty(&id) {
+                        tokio::task::block_in_place(|| fill(&lease.path)).map_err(|err| {
+                            fail(format!(
+                                "filling cache mount {id} from the imported cache: {err}"
+                            ))
+                        })?;
+                    }
                     prepared.mounts.push(sandbox::Mount {
                         target: c.target.clone(),
                         kind: sandbox::MountKind::Bind {
@@ -516,6 +544,35 @@ impl Engine<'_> {
         Ok(prepared)
     }
 
+    /// Fetches an imported cache mount's blob into a temporary file of the work directory.
+    async fn fetch_mount_seed(
+        &mut self,
+        desc: &Descriptor,
+        id: &str,
+        name: &str,
+    ) -> Result<(tempfile::NamedTempFile, String), Error> {
+        let what = |err: String| {
+            Error::other(format!(
+                "{name}: fetching the contents of cache mount {id} ({}): {err}",
+                desc.digest
+            ))
+        };
+        let blob = self
+            .blobs
+            .open(&desc.digest)
+            .await
+            .map_err(|err| what(err.to_string()))?
+            .ok_or_else(|| what("no cache has the blob".into()))?;
+        let mut reader = super::blocking_reader(blob.verified(desc.digest.clone()));
+        let file = tempfile::NamedTempFile::new_in(&self.request.work_dir)
+            .map_err(|err| what(err.to_string()))?;
+        let mut out = file.reopen().map_err(|err| what(err.to_string()))?;
+        super::blocking(move || std::io::copy(&mut reader, &mut out))
+            .await?
+            .map_err(|err| what(err.to_string()))?;
+        Ok((file, desc.media_type.clone()))
+    }
+
     /// Reads secret `s`; `None` when it was not given and is optional.
     fn secret_value(
         &self,
@@ -560,6 +617,21 @@ impl Engine<'_> {
             },
         }
     }
+}
+
+/// The ids (`<namespace>/<id>`) of every cache mount the plan's RUN steps use, sorted.
+pub(super) fn cache_mount_ids(plan: &dockerfile::Plan) -> Vec<String> {
+    let mut ids = std::collections::BTreeSet::new();
+    for step in plan.stages.iter().flat_map(|s| &s.steps) {
+        if let dockerfile::Op::Run { mounts, .. } = &step.op {
+            for mount in mounts {
+                if let Mount::Cache(c) = mount {
+                    ids.insert(c.llb_id());
+                }
+            }
+        }
+    }
+    ids.into_iter().collect()
 }
 
 /// Copies the tree `src` into the existing directory `dest` (contents, modes, symlinks as links).

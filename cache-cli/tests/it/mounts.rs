@@ -298,3 +298,185 @@ fn issue_10_private_cache_mounts_give_each_concurrent_build_its_own() {
         .count();
     assert_eq!(instances, 2);
 }
+
+/// The blobs of the cache manifest tagged `latest` in the local cache `dir` that hold cache
+/// mount contents: (id, digest).
+fn mount_blobs_in(dir: &Path) -> Vec<(String, String)> {
+    let index = support::read_json(&dir.join("index.json"));
+    let digest = index["manifests"][0]["digest"]
+        .as_str()
+        .expect("a manifest");
+    let manifest = support::read_json(
+        &dir.join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:")),
+    );
+    manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .filter_map(|l| {
+            let id = l["annotations"]["dev.buildcache.cache-mount.id"].as_str()?;
+            Some((id.to_owned(), l["digest"].as_str()?.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn issue_10_cache_mounts_travel_with_the_exported_cache() {
+    let Some(ctx) = context_with(concat!(
+        "COPY src.txt /src.txt\n",
+        "RUN --mount=type=cache,target=/cache (ls /cache; cat /src.txt) > /seen && cp /src.txt /cache/f-$(cat /src.txt)\n",
+        "RUN --mount=type=cache,id=big,target=/big head -c 4096 /dev/zero > /big/zeros\n",
+    )) else {
+        return;
+    };
+    ctx.write("src.txt", "1\n");
+    let work = tempdir();
+    let cache = work.path().join("cache");
+    let cache_to = format!(
+        "type=local,dest={},mode=max,cache-mounts=true,cache-mounts-max-size=1k",
+        cache.display()
+    );
+    let cache_from = format!("type=local,src={}", cache.display());
+    let out = work.path().join("out");
+    let output = format!("type=local,dest={}", out.display());
+    // A plain export carries no mount; cache-mounts=true adds the one within the size budget.
+    let first = build(
+        ctx.path(),
+        &work.path().join("root1"),
+        &[
+            "--cache-to",
+            &format!("type=local,dest={}", work.path().join("plain").display()),
+        ],
+    )
+    .assert_success();
+    drop(first);
+    assert!(mount_blobs_in(&work.path().join("plain")).is_empty());
+    let first = build(
+        ctx.path(),
+        &work.path().join("root1"),
+        &["--cache-to", &cache_to],
+    )
+    .assert_success();
+    assert!(
+        first.stderr().contains("cache mount /big holds"),
+        "{}",
+        first.stderr()
+    );
+    let exported = mount_blobs_in(&cache);
+    assert_eq!(exported.len(), 1, "{exported:?}");
+    assert_eq!(exported[0].0, "//cache");
+    // A fresh root importing the cache starts the mount with the first build's contents.
+    ctx.write("src.txt", "2\n");
+    let second = build(
+        ctx.path(),
+        &work.path().join("root2"),
+        &[
+            "--cache-from",
+            &cache_from,
+            "--cache-to",
+            &cache_to,
+            "-o",
+            &output,
+        ],
+    )
+    .assert_success();
+    drop(second);
+    assert_eq!(read(&out, "seen"), "f-1\n2\n");
+    let after_second = mount_blobs_in(&cache);
+    assert_ne!(
+        after_second, exported,
+        "the changed mount is exported again"
+    );
+    // Nothing changed in the mount: the same blob, nothing written for it.
+    let third = build(
+        ctx.path(),
+        &work.path().join("root2"),
+        &["--cache-from", &cache_from, "--cache-to", &cache_to],
+    )
+    .assert_success();
+    assert_eq!(mount_blobs_in(&cache), after_second);
+    assert_eq!(
+        third.meta()["buildcache.cache_export"][0]["blobs_written"],
+        0,
+        "{}",
+        third.meta()
+    );
+    // The management commands see and keep the mount blob.
+    let run = |args: &[&str]| {
+        let output = support::buildcache()
+            .args(args)
+            .output()
+            .expect("buildcache runs");
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let cache_dir = cache.display().to_string();
+    assert!(run(&["cache", "inspect", &cache_from]).contains("(cache mount //cache)"));
+    run(&["cache", "verify", &cache_dir]);
+    let copy = work.path().join("copy");
+    run(&["cache", "copy", &cache_dir, &copy.display().to_string()]);
+    assert_eq!(mount_blobs_in(&copy), after_second);
+    let du: serde_json::Value =
+        serde_json::from_str(&run(&["cache", "du", "--format", "json", &cache_dir]))
+            .expect("du prints JSON");
+    let budget = (du["live_bytes"].as_u64().expect("live bytes") - 1).to_string();
+    let pruned = run(&["cache", "prune", &cache_dir, "--max-size", &budget]);
+    assert!(
+        pruned.contains("results of tag"),
+        "a result was trimmed: {pruned}"
+    );
+    assert_eq!(
+        mount_blobs_in(&cache),
+        after_second,
+        "trimming results keeps mounts"
+    );
+}
+
+#[test]
+fn issue_10_buildkit_imports_a_cache_with_cache_mounts() {
+    let Some(bk) = support::buildkit::buildkit_under_test() else {
+        return;
+    };
+    let Some(base) = support::buildkit::busybox_base() else {
+        return;
+    };
+    let work = tempdir();
+    let context = work.path().join("context");
+    support::write_file(
+        &context.join("Dockerfile"),
+        "FROM busybox\nRUN --mount=type=cache,target=/c echo hi > /c/x && echo one > /one\n",
+    );
+    let cache = work.path().join("cache");
+    build(
+        &context,
+        &work.path().join("root"),
+        &[
+            "--build-context",
+            &format!(
+                "busybox=oci-layout://{}@{}",
+                base.layout.display(),
+                base.manifest_digest
+            ),
+            "--cache-to",
+            &format!(
+                "type=local,dest={},mode=max,cache-mounts=true",
+                cache.display()
+            ),
+        ],
+    )
+    .assert_success();
+    assert_eq!(mount_blobs_in(&cache).len(), 1);
+    bk.prune_all();
+    let outcome = bk
+        .build(
+            &context,
+            &base,
+            &support::buildkit::BuildkitBuild {
+                cache_from: vec![format!("type=local,src={}", cache.display())],
+                ..Default::default()
+            },
+        )
+        .assert_success();
+    assert!(outcome.import_errors().is_empty(), "{}", outcome.stderr());
+}

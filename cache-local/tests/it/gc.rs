@@ -90,6 +90,7 @@ impl Cache {
             form: ManifestForm::ImageManifest,
             max_parallel: 4,
             known_present: HashSet::new(),
+            extra_blobs: Vec::new(),
         };
         let report = export::export(layout, &self.blobs, &self.graph, &options, &|_| {})
             .await
