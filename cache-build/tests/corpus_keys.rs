@@ -4,7 +4,8 @@
 //! Dockerfile (`dockerfile2llb | buildctl debug dump-llb`, base `busybox` with
 //! `Env = [PATH=…]`). Every step the engine keys as BuildKit must have the cache map of one of
 //! those ops, and every exec, file and merge op must be the key of a step, apart from the
-//! forms README lists as keyed by buildcache itself.
+//! forms README lists as keyed by buildcache itself. `tests/fixtures/*` adds entries of the same
+//! form for RUN `--mount`, `--network` and `--security` (FROM scratch, so no base is needed).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -15,6 +16,11 @@ use cache_llb::dump::{DumpedOp, parse_line};
 
 fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../cache-cli/tests/corpus")
+}
+
+/// Entries of this crate's own (RUN --mount forms), made like the corpus's.
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 /// The base every corpus entry builds on (the tests' busybox image config).
@@ -108,17 +114,19 @@ fn compare(entry: &Path) -> Outcome {
 
 #[test]
 fn every_step_keyed_as_buildkit_is_an_op_buildkit_derives() {
-    let dir = corpus();
-    let Ok(read) = std::fs::read_dir(&dir) else {
-        panic!("the corpus is missing at {}", dir.display());
-    };
-    let mut entries: Vec<PathBuf> = read
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.join("llb.jsonl").is_file())
-        .collect();
+    let mut entries: Vec<PathBuf> = Vec::new();
+    for dir in [corpus(), fixtures()] {
+        let Ok(read) = std::fs::read_dir(&dir) else {
+            panic!("the corpus is missing at {}", dir.display());
+        };
+        entries.extend(
+            read.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.join("llb.jsonl").is_file()),
+        );
+    }
     entries.sort();
-    assert!(entries.len() >= 25, "{} corpus entries", entries.len());
+    assert!(entries.len() >= 26, "{} corpus entries", entries.len());
     let mut failures = Vec::new();
     let (mut matched, mut own) = (0, 0);
     for entry in &entries {

@@ -9,14 +9,14 @@ use serde_json::Value;
 use crate::key::CacheMap;
 use crate::op::{
     Action, CacheOpt, ChownOpt, Copy, ExecOp, FileAction, FileOp, HostIp, MergeOp, Meta, Mkdir,
-    Mkfile, Mount, MountType, Platform, Rm, SecretOpt, TmpfsOpt, UserOpt,
+    Mkfile, Mount, MountType, Platform, Rm, SecretEnv, SecretOpt, TmpfsOpt, UserOpt,
 };
 
 /// An op of the dump.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DumpedOp {
     /// RUN.
-    Exec(ExecOp),
+    Exec(Box<ExecOp>),
     /// COPY, ADD, WORKDIR.
     File(FileOp),
     /// `COPY --link`.
@@ -64,7 +64,7 @@ pub fn parse_line(line: &str) -> Result<DumpLine, String> {
     let op = match body.as_object().and_then(|o| o.iter().next()) {
         None => DumpedOp::Terminal,
         Some((kind, op)) => match kind.as_str() {
-            "exec" => DumpedOp::Exec(exec(op)),
+            "exec" => DumpedOp::Exec(Box::new(exec(op))),
             "file" => DumpedOp::File(FileOp {
                 actions: array(&op["actions"])
                     .iter()
@@ -136,6 +136,14 @@ fn exec(op: &Value) -> ExecOp {
         mounts: array(&op["mounts"]).iter().map(mount).collect(),
         network: enum_value(&op["network"], &["UNSET", "HOST", "NONE"]),
         security: enum_value(&op["security"], &["SANDBOX", "INSECURE"]),
+        secretenv: array(&op["secretenv"])
+            .iter()
+            .map(|e| SecretEnv {
+                id: str_of(&e["ID"]),
+                name: str_of(&e["name"]),
+                optional: flag(e, "optional"),
+            })
+            .collect(),
     }
 }
 

@@ -80,6 +80,6 @@ pub use key::{
 };
 pub use op::{
     Action, CacheOpt, ChownOpt, Copy, ExecOp, FileAction, FileOp, HostIp, MergeOp, Meta, Mkdir,
-    Mkfile, Mount, MountType, Platform, Rm, SecretOpt, TmpfsOpt, UserOpt, chain_id, image_records,
-    source_record,
+    Mkfile, Mount, MountType, Platform, Rm, SecretEnv, SecretOpt, TmpfsOpt, UserOpt, chain_id,
+    image_records, source_record,
 };

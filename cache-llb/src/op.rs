@@ -231,6 +231,23 @@ pub struct ExecOp {
     /// 0 sandbox, 1 insecure.
     #[serde(skip_serializing_if = "is_zero_i32")]
     pub security: i32,
+    /// Secrets given as environment variables (`--mount=type=secret,env=…`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secretenv: Vec<SecretEnv>,
+}
+
+/// `pb.SecretEnv`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SecretEnv {
+    /// The secret's id.
+    #[serde(rename = "ID", skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    /// The variable.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Not `required`.
+    #[serde(skip_serializing_if = "is_false")]
+    pub optional: bool,
 }
 
 /// BuildKit's `checkShouldClearCacheOpts`: a cache mount's id and sharing are left out of the

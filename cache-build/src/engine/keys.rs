@@ -5,12 +5,14 @@
 use cache_core::Digest;
 use cache_llb::contenthash::{self, Tree};
 use cache_llb::{
-    Action, CacheMap, ChownOpt, ContentSelector, Copy, ExecOp, FileAction, FileOp, HostIp, Meta,
-    Mkdir, Mount, Platform, UserOpt,
+    Action, CacheMap, CacheOpt, ChownOpt, ContentSelector, Copy, ExecOp, FileAction, FileOp,
+    HostIp, Meta, Mkdir, Mount, MountType, Platform, SecretEnv, SecretOpt, TmpfsOpt, UserOpt,
 };
 
 use crate::context::{EntryKind, Selection};
-use crate::dockerfile::{CopySource, Network, Op, RunCommand, Security, Step};
+use crate::dockerfile::{
+    CopySource, Mount as RunMount, Network, Op, RunCommand, Security, Sharing, Step,
+};
 
 pub use cache_llb::{content_record, record_digest};
 
@@ -89,10 +91,13 @@ pub(super) fn step_op(
                     Security::Sandbox => 0,
                     Security::Insecure => 1,
                 },
+                secretenv: Vec::new(),
             };
             let n_inputs = usize::from(!scratch);
-            if shebang_heredoc || !mounts.is_empty() {
-                // A `#!` heredoc and RUN --mount add mounts of other inputs.
+            let mut exec = exec;
+            let inputless = add_inputless_mounts(&mut exec, mounts);
+            if shebang_heredoc || !inputless {
+                // A `#!` heredoc, bind mounts and seeded cache mounts read other inputs.
                 let bodies: Vec<String> = heredocs
                     .iter()
                     .map(|h| format!("{}\0{}", h.name, h.content))
@@ -255,6 +260,97 @@ pub fn plan_cache_maps(
         out.push(keys);
     }
     out
+}
+
+/// Adds RUN `--mount`s that read no input (cache mounts without `from` or owner, tmpfs,
+/// secrets, ssh) to `exec` as BuildKit's `llb` marshals them: mounts sorted by target
+/// (the root first), then secret files, then ssh sockets; secrets as env go to `secretenv`.
+/// Returns false, leaving `exec` as it was, when a mount reads an input.
+fn add_inputless_mounts(exec: &mut ExecOp, mounts: &[RunMount]) -> bool {
+    let mut sorted: Vec<Mount> = Vec::new();
+    let mut secrets: Vec<Mount> = Vec::new();
+    let mut ssh: Vec<Mount> = Vec::new();
+    let mut secretenv: Vec<SecretEnv> = Vec::new();
+    for mount in mounts {
+        match mount {
+            RunMount::Bind(_) => return false,
+            RunMount::Cache(c) => {
+                if c.from.is_some() || c.mode.is_some() || c.uid.is_some() || c.gid.is_some() {
+                    return false;
+                }
+                sorted.push(Mount {
+                    input: -1,
+                    dest: c.target.clone(),
+                    output: -1,
+                    readonly: c.read_only,
+                    mount_type: MountType::Cache,
+                    cache_opt: Some(CacheOpt {
+                        id: c.llb_id(),
+                        sharing: match c.sharing {
+                            Sharing::Shared => 0,
+                            Sharing::Private => 1,
+                            Sharing::Locked => 2,
+                        },
+                    }),
+                    ..Mount::default()
+                });
+            }
+            RunMount::Tmpfs(t) => sorted.push(Mount {
+                input: -1,
+                dest: t.target.clone(),
+                output: -1,
+                mount_type: MountType::Tmpfs,
+                tmpfs_opt: Some(TmpfsOpt {
+                    size: t.size.map_or(0, |s| s as i64),
+                }),
+                ..Mount::default()
+            }),
+            RunMount::Secret(sec) => {
+                if let Some(env) = &sec.env {
+                    secretenv.push(SecretEnv {
+                        id: sec.id.clone(),
+                        name: env.clone(),
+                        optional: !sec.required,
+                    });
+                }
+                if let Some(target) = &sec.target {
+                    secrets.push(Mount {
+                        input: -1,
+                        dest: target.clone(),
+                        mount_type: MountType::Secret,
+                        secret_opt: Some(SecretOpt {
+                            id: sec.id.clone(),
+                            uid: sec.uid,
+                            gid: sec.gid,
+                            mode: sec.mode,
+                            optional: !sec.required,
+                        }),
+                        ..Mount::default()
+                    });
+                }
+            }
+            RunMount::Ssh(s) => ssh.push(Mount {
+                input: -1,
+                dest: s.target.clone(),
+                mount_type: MountType::Ssh,
+                ssh_opt: Some(SecretOpt {
+                    id: s.id.clone().unwrap_or_default(),
+                    uid: s.uid,
+                    gid: s.gid,
+                    mode: s.mode,
+                    optional: !s.required,
+                }),
+                ..Mount::default()
+            }),
+        }
+    }
+    sorted.append(&mut exec.mounts);
+    sorted.sort_by(|a, b| a.dest.cmp(&b.dest));
+    sorted.extend(secrets);
+    sorted.extend(ssh);
+    exec.mounts = sorted;
+    exec.secretenv = secretenv;
+    true
 }
 
 /// A key of our own for a step whose BuildKit ops this crate does not model.
