@@ -91,14 +91,16 @@ fn compare(entry: &Path) -> Outcome {
                 outcome.own_keys += 1;
                 continue;
             }
-            our_digests.insert(key.map.digest.to_string());
-            if their_digests.contains(&key.map.digest.to_string()) {
-                outcome.matched += 1;
-            } else {
-                outcome.unmatched_steps.push((
-                    format!("{} {}", stage.progress_prefix(step.number), step.display),
-                    String::from_utf8_lossy(&key.map.json).into_owned(),
-                ));
+            for map in std::iter::once(&key.map).chain(&key.linked_copy) {
+                our_digests.insert(map.digest.to_string());
+                if their_digests.contains(&map.digest.to_string()) {
+                    outcome.matched += 1;
+                } else {
+                    outcome.unmatched_steps.push((
+                        format!("{} {}", stage.progress_prefix(step.number), step.display),
+                        String::from_utf8_lossy(&map.json).into_owned(),
+                    ));
+                }
             }
         }
     }

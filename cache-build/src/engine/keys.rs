@@ -33,6 +33,10 @@ pub(super) struct StepOp {
     /// Whether the key is BuildKit's (false: a key of our own, for forms BuildKit builds with
     /// ops this crate does not model).
     pub(super) buildkit: bool,
+    /// `COPY --link` on a filesystem: BuildKit's copy onto scratch (its only input is the
+    /// source), whose result `map`, a merge op of the stage (input 0) and this copy (input 1),
+    /// puts on top. On scratch the copy is the step's op itself and this is `None`.
+    pub(super) linked_copy: Option<CacheMap>,
 }
 
 /// The op of `step`, or `None` when BuildKit makes no op of it (`WORKDIR /`).
@@ -115,6 +119,7 @@ pub(super) fn step_op(
                 dest: (!scratch).then_some(0),
                 src: None,
                 buildkit: true,
+                linked_copy: None,
             })
         }
         Op::Workdir { path } => {
@@ -142,6 +147,7 @@ pub(super) fn step_op(
                 dest: (!scratch).then_some(0),
                 src: None,
                 buildkit: true,
+                linked_copy: None,
             })
         }
         Op::Copy(copy) => {
@@ -185,13 +191,9 @@ pub(super) fn step_op(
             let op = FileOp { actions };
             let map = op.cache_map(n_inputs);
             let inline = paths.len() != copy.sources.len();
-            // Heredoc sources are copied from a mkfile op; `--link` (without --chmod) merges;
-            // `--exclude` patterns are not part of cache-llb's contenthash.
-            if inline
-                || paths.is_empty()
-                || (copy.link && copy.chmod.is_none())
-                || !copy.exclude.is_empty()
-            {
+            // Heredoc sources are copied from a mkfile op; `--exclude` patterns are not part of
+            // cache-llb's contenthash.
+            if inline || paths.is_empty() || !copy.exclude.is_empty() {
                 let mut own = own_op("copy", &map.json, scratch);
                 let inline: Vec<String> = copy
                     .sources
@@ -210,11 +212,25 @@ pub(super) fn step_op(
                 own.dest = dest;
                 return Some(own);
             }
+            if copy.link && copy.chmod.is_none() && !scratch {
+                // `COPY --link`: the copy runs on scratch and is merged onto the stage (on
+                // scratch, BuildKit's merge of scratch and the copy is the copy itself).
+                let on_scratch = step_op(step, true, has_src, add_hosts, mounts_key)?;
+                let merge = cache_llb::MergeOp { inputs: vec![0, 1] };
+                return Some(StepOp {
+                    map: merge.cache_map(),
+                    dest: Some(0),
+                    src: None,
+                    buildkit: true,
+                    linked_copy: Some(on_scratch.map),
+                });
+            }
             Some(StepOp {
                 map,
                 dest,
                 src,
                 buildkit: true,
+                linked_copy: None,
             })
         }
     }
@@ -227,6 +243,8 @@ pub struct StepKey {
     pub map: CacheMap,
     /// Whether it is BuildKit's key (false: one of buildcache's own, README lists the forms).
     pub buildkit: bool,
+    /// `COPY --link`: the copy onto scratch that `map` (a merge) puts on the stage.
+    pub linked_copy: Option<CacheMap>,
 }
 
 /// The cache map of every step of `plan`, by stage and step (`None` for a step BuildKit makes
@@ -252,6 +270,7 @@ pub fn plan_cache_maps(
             let key = step_op(step, scratch, has_src, add_hosts, &[]).map(|op| StepKey {
                 map: op.map,
                 buildkit: op.buildkit,
+                linked_copy: op.linked_copy,
             });
             scratch &= key.is_none();
             keys.push(key);
@@ -364,6 +383,7 @@ fn own_op(kind: &str, json: &[u8], scratch: bool) -> StepOp {
         dest: (!scratch).then_some(0),
         src: None,
         buildkit: false,
+        linked_copy: None,
     }
 }
 

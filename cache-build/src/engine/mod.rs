@@ -269,6 +269,9 @@ struct Slot {
     digest: Digest,
     extra: Extra,
     records: Vec<RecordIdx>,
+    /// COPY --link: the records of the copy onto scratch the step's merge puts on top; when
+    /// the step runs, its layer alone is their result (as BuildKit's copy result).
+    linked_copies: Vec<RecordIdx>,
     state: SlotState,
     duration: Duration,
     reported: bool,
@@ -1012,21 +1015,25 @@ impl Engine<'_> {
                 .collect();
         }
         if let Some(src) = sop.src {
-            inputs[src] = match &extra {
-                Extra::None => Vec::new(),
-                Extra::Content { record, .. } => vec![*record],
-                Extra::Stage(j) => self.stages[*j].fs.records.clone(),
-                Extra::Image(i) => self.images[*i].records.clone(),
+            inputs[src] = self.source_links(&extra, selector(src));
+        }
+        let mut linked_copies = Vec::new();
+        if let Some(copy_map) = &sop.linked_copy {
+            // COPY --link: the copy's own record (found, or made without a result), then the
+            // merge links to it.
+            let copy_selector = copy_map.deps[0]
+                .selector
+                .as_ref()
+                .map(|d| d.to_string())
+                .unwrap_or_default();
+            let copy_inputs = vec![self.source_links(&extra, copy_selector)];
+            let copy_digest = keys::record_digest(&copy_map.digest, 0);
+            let mut copies = self.graph.find_links(&copy_digest, &copy_inputs);
+            if copies.is_empty() {
+                copies.push(self.graph.add_record(copy_digest, copy_inputs));
             }
-            .into_iter()
-            .map(|record| match &extra {
-                Extra::Content { .. } => link(record),
-                _ => Link {
-                    selector: selector(src),
-                    record,
-                },
-            })
-            .collect();
+            inputs[1] = copies.iter().copied().map(link).collect();
+            linked_copies = copies;
         }
         let found = self.graph.find_links(&digest, &inputs);
         let no_cache = self.request.no_cache
@@ -1081,6 +1088,7 @@ impl Engine<'_> {
             digest,
             extra,
             records: found.clone(),
+            linked_copies,
             state: SlotState::Pending,
             duration: Duration::ZERO,
             reported: false,
@@ -1191,7 +1199,12 @@ impl Engine<'_> {
             true,
         )
         .map_err(|err| Error::other(format!("{name}: {err}")))?;
-        let content = match sop.src.and_then(|i| sop.map.deps[i].content.as_ref()) {
+        let selectors = match (&sop.linked_copy, sop.src) {
+            (Some(copy), _) => copy.deps[0].content.as_ref(),
+            (None, Some(i)) => sop.map.deps[i].content.as_ref(),
+            (None, None) => None,
+        };
+        let content = match selectors {
             Some(selectors) => {
                 let checksums = keys::content_checksums(&selection, selectors, true)
                     .map_err(|err| step_error(name, step.line, err))?;
@@ -1206,6 +1219,32 @@ impl Engine<'_> {
             src_root,
             selection,
         })
+    }
+
+    /// Links to what a COPY reads: a content record without selector, or a stage's or image's
+    /// records with `selector`.
+    fn source_links(&self, extra: &Extra, selector: String) -> Vec<Link> {
+        match extra {
+            Extra::None => Vec::new(),
+            Extra::Content { record, .. } => vec![link(*record)],
+            Extra::Stage(j) => self.stages[*j]
+                .fs
+                .records
+                .iter()
+                .map(|&record| Link {
+                    selector: selector.clone(),
+                    record,
+                })
+                .collect(),
+            Extra::Image(i) => self.images[*i]
+                .records
+                .iter()
+                .map(|&record| Link {
+                    selector: selector.clone(),
+                    record,
+                })
+                .collect(),
+        }
     }
 
     /// Reports a step that changes nothing and has no op (`WORKDIR /`) as done from cache.
@@ -1432,6 +1471,9 @@ impl Engine<'_> {
         let chain = fs.chain.clone();
         let record = self.slots[&key].records[0];
         self.add_result(record, &chain);
+        for copy in self.slots[&key].linked_copies.clone() {
+            self.add_result(copy, &chain[chain.len() - 1..]);
+        }
         let duration = started.elapsed();
         self.progress().event(Event::Done { vertex, duration });
         let slot = self.slots.get_mut(&key).expect("slot exists");
