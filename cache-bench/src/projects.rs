@@ -51,6 +51,9 @@ pub struct Project {
     pub buildkit_args: Vec<String>,
     /// The file the one-change scenario edits, relative to the context.
     pub edit_file: PathBuf,
+    /// Whether its RUN steps use cache mounts: the suite then also measures the one-change
+    /// build importing a `cache-mounts=true` export.
+    pub cache_mounts: bool,
 }
 
 impl Project {
@@ -127,6 +130,7 @@ pub fn multistage(examples: &Path, work: &Path) -> anyhow::Result<Project> {
         peer_args: Vec::new(),
         buildkit_args: Vec::new(),
         edit_file: "src/greeting.txt".into(),
+        cache_mounts: false,
     })
 }
 
@@ -203,8 +207,11 @@ CMD ["/app/app"]
 /// The Debian packages of the compiled project's base: gcc, libc6-dev and what they depend on.
 pub const BASE_PACKAGES: &[&str] = &["gcc", "libc6-dev"];
 
-/// Downloads (once) the `.deb` closure of [`BASE_PACKAGES`] into `debs`, with `apt-get download`.
-pub fn download_base_debs(debs: &Path) -> anyhow::Result<Vec<PathBuf>> {
+/// The ccache project's base: the compiled project's packages plus ccache.
+pub const CCACHE_PACKAGES: &[&str] = &["gcc", "libc6-dev", "ccache"];
+
+/// Downloads (once) the `.deb` closure of `packages` into `debs`, with `apt-get download`.
+pub fn download_base_debs(debs: &Path, packages: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
     let marker = debs.join(".complete");
     if !marker.exists() {
         fresh_dir(debs)?;
@@ -219,7 +226,7 @@ pub fn download_base_debs(debs: &Path) -> anyhow::Result<Vec<PathBuf>> {
                 "--no-replaces",
                 "--no-enhances",
             ])
-            .args(BASE_PACKAGES)
+            .args(packages)
             .output()
             .context("running apt-cache depends (Debian's apt is needed to make the base)")?;
         anyhow::ensure!(
@@ -252,12 +259,23 @@ pub fn download_base_debs(debs: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// Makes (once) the OCI layout `layout` (tag `base`) of the compiled project's base: the
 /// `.deb` files unpacked with `dpkg-deb -x`, plus busybox for `/bin/sh`, packed with `umoci`.
 pub fn compiled_base(cache: &Path) -> anyhow::Result<PathBuf> {
-    let layout = cache.join("gcc-base-oci");
+    debian_base(cache, "debs", "gcc-base", BASE_PACKAGES)
+}
+
+/// Makes (once) the OCI layout `<name>-oci` in `cache` of a base made of the `.deb` closure of
+/// `packages` (downloaded into `debs_dir`), plus busybox for `/bin/sh`.
+fn debian_base(
+    cache: &Path,
+    debs_dir: &str,
+    name: &str,
+    packages: &[&str],
+) -> anyhow::Result<PathBuf> {
+    let layout = cache.join(format!("{name}-oci"));
     if layout.join("index.json").is_file() && layout.join(".complete").exists() {
         return Ok(layout);
     }
-    let debs = download_base_debs(&cache.join("debs"))?;
-    let bundle = cache.join("gcc-base-bundle");
+    let debs = download_base_debs(&cache.join(debs_dir), packages)?;
+    let bundle = cache.join(format!("{name}-bundle"));
     if bundle.exists() {
         fs::remove_dir_all(&bundle)?;
     }
@@ -315,7 +333,57 @@ pub fn layout_manifest(layout: &Path, tag: &str) -> anyhow::Result<String> {
 /// (b) The compiled project: `sizes.c_modules` C files built with gcc on the Debian base.
 pub fn compiled(work: &Path, cache: &Path, sizes: Sizes) -> anyhow::Result<Project> {
     let layout = compiled_base(cache)?;
-    let context = work.join("compiled");
+    c_project(
+        work,
+        cache,
+        sizes,
+        &layout,
+        "compiled",
+        "debs",
+        COMPILED_DOCKERFILE,
+    )
+}
+
+/// (e) The C program of [`compiled`] built through `ccache` whose cache directory is a
+/// `RUN --mount=type=cache`: with a `cache-mounts=true` cache, a fresh machine recompiles only
+/// the edited file.
+pub fn ccache(work: &Path, cache: &Path, sizes: Sizes) -> anyhow::Result<Project> {
+    let layout = debian_base(cache, "debs-ccache", "ccache-base", CCACHE_PACKAGES)?;
+    let mut project = c_project(
+        work,
+        cache,
+        sizes,
+        &layout,
+        "ccache",
+        "debs-ccache",
+        CCACHE_DOCKERFILE,
+    )?;
+    project.title = format!("{} through ccache in a cache mount", project.title);
+    project.cache_mounts = true;
+    Ok(project)
+}
+
+const CCACHE_DOCKERFILE: &str = r#"# The compiled C program, each file compiled through ccache; its cache is a cache mount.
+FROM base
+ENV PATH=/usr/local/bin:/usr/bin:/bin CCACHE_DIR=/ccache CCACHE_COMPILERCHECK=content
+COPY src/ /src/
+RUN --mount=type=cache,id=ccache,target=/ccache mkdir -p /obj /out \
+ && for f in /src/*.c; do ccache gcc -O2 -Wall -c "$f" -o "/obj/$(basename "$f" .c).o" || exit 1; done \
+ && gcc -O2 -o /out/app /obj/*.o \
+ && /out/app > /out/result.txt
+"#;
+
+/// A project of `sizes.c_modules` C files on the base `layout`, built by `dockerfile`.
+fn c_project(
+    work: &Path,
+    cache: &Path,
+    sizes: Sizes,
+    layout: &Path,
+    id: &'static str,
+    debs_dir: &str,
+    dockerfile: &str,
+) -> anyhow::Result<Project> {
+    let context = work.join(id);
     fresh_dir(&context)?;
     let src = context.join("src");
     fs::create_dir_all(&src)?;
@@ -324,13 +392,13 @@ pub fn compiled(work: &Path, cache: &Path, sizes: Sizes) -> anyhow::Result<Proje
         lines += text.lines().count();
         fs::write(src.join(name), text)?;
     }
-    fs::write(context.join("Dockerfile"), COMPILED_DOCKERFILE)?;
+    fs::write(context.join("Dockerfile"), dockerfile)?;
     Ok(Project {
-        id: "compiled",
+        id,
         title: format!(
             "a C program of {} files and {lines} lines compiled with gcc 12 -O2 on a base of {} Debian packages",
             sizes.c_modules + 2,
-            fs::read_to_string(cache.join("debs/.complete"))
+            fs::read_to_string(cache.join(debs_dir).join(".complete"))
                 .map(|t| t.lines().count())
                 .unwrap_or(0)
         ),
@@ -346,10 +414,11 @@ pub fn compiled(work: &Path, cache: &Path, sizes: Sizes) -> anyhow::Result<Proje
             "--opt".into(),
             format!(
                 "context:base=oci-layout://base@{}",
-                layout_manifest(&layout, "base")?
+                layout_manifest(layout, "base")?
             ),
         ],
         edit_file: "src/mod000.c".into(),
+        cache_mounts: false,
     })
 }
 
@@ -384,6 +453,7 @@ pub fn small_files(work: &Path, sizes: Sizes) -> anyhow::Result<Project> {
         peer_args: Vec::new(),
         buildkit_args: Vec::new(),
         edit_file: "files/d000/f00000.txt".into(),
+        cache_mounts: false,
     })
 }
 
@@ -413,6 +483,7 @@ pub fn large_layer(work: &Path, sizes: Sizes) -> anyhow::Result<Project> {
         peer_args: Vec::new(),
         buildkit_args: Vec::new(),
         edit_file: "app.txt".into(),
+        cache_mounts: false,
     })
 }
 

@@ -286,6 +286,36 @@ fn figure(
     Ok(figure)
 }
 
+/// Our one-change figure: the edit file changed before each run, an empty root importing `from`;
+/// the file is restored afterwards.
+fn one_change(
+    opts: &Options,
+    project: &Project,
+    dir: &Path,
+    name: &str,
+    from: &str,
+) -> anyhow::Result<Figure> {
+    let original = fs::read(project.context.join(&project.edit_file))?;
+    let result = figure(
+        opts,
+        name,
+        Tool::Ours,
+        dir,
+        |i| project.edit(i),
+        |_, d| {
+            ours(
+                opts,
+                project,
+                &d.join("root"),
+                &d.join("meta.json"),
+                &["--cache-from".into(), from.to_owned()],
+            )
+        },
+    );
+    fs::write(project.context.join(&project.edit_file), &original)?;
+    result
+}
+
 impl Ctx<'_> {
     fn expect(&mut self, ok: bool, what: String) {
         if !ok {
@@ -416,28 +446,54 @@ impl Ctx<'_> {
             );
         }
         figures.push(noop);
-        let original = fs::read(project.context.join(&project.edit_file))?;
-        let one_change = figure(
+        figures.push(one_change(opts, project, &dir, "one-change", &from_remote)?);
+        if project.cache_mounts {
+            figures.extend(self.cache_mount_figures(project, mode, &dir)?);
+        }
+        for i in 0..self.opts.runs {
+            clean(&local(i));
+        }
+        Ok(figures)
+    }
+
+    /// A project with cache mounts: a cold build exporting them (`cache-mounts=true`) to the
+    /// registry, then the one-change build on an empty root importing that cache.
+    fn cache_mount_figures(
+        &mut self,
+        project: &Project,
+        mode: &str,
+        dir: &Path,
+    ) -> anyhow::Result<Vec<Figure>> {
+        let opts = self.opts;
+        let reg = &opts.registry.addr;
+        let remote = |i: usize| format!("{reg}/bench/{}-{mode}-mounts-{i}:cache", project.id);
+        let last = opts.runs - 1;
+        let none = |_| Ok(());
+        let mut figures = Vec::new();
+        figures.push(figure(
             opts,
-            "one-change",
+            "cold-mounts",
             Tool::Ours,
-            &dir,
-            |i| project.edit(i),
-            |_, d| {
+            dir,
+            none,
+            |i, d| {
                 ours(
                     opts,
                     project,
                     &d.join("root"),
                     &d.join("meta.json"),
-                    &["--cache-from".into(), from_remote.clone()],
+                    &[
+                        "--cache-to".into(),
+                        format!(
+                            "type=registry,ref={},mode={mode},cache-mounts=true",
+                            remote(i)
+                        ),
+                    ],
                 )
             },
-        );
-        fs::write(project.context.join(&project.edit_file), &original)?;
-        figures.push(one_change?);
-        for i in 0..self.opts.runs {
-            clean(&local(i));
-        }
+        )?);
+        let from = format!("type=registry,ref={}", remote(last));
+        figures.push(one_change(opts, project, dir, "one-change-mounts", &from)?);
         Ok(figures)
     }
 
@@ -607,8 +663,9 @@ impl Ctx<'_> {
     }
 }
 
-/// Makes the projects selected by `opts.only`.
-pub fn make_projects(opts: &Options) -> anyhow::Result<Vec<Project>> {
+/// Makes the projects selected by `opts.only`; `--quick` leaves out the ccache project unless
+/// `--only` names it (its base is a second set of Debian packages).
+pub fn make_projects(opts: &Options, quick: bool) -> anyhow::Result<Vec<Project>> {
     let want = |id: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == id);
     let contexts = opts.work.join("contexts");
     fs::create_dir_all(&contexts)?;
@@ -629,13 +686,20 @@ pub fn make_projects(opts: &Options) -> anyhow::Result<Vec<Project>> {
     if want("large-layer") {
         projects.push(projects::large_layer(&contexts, opts.sizes)?);
     }
+    let named = |id: &str| opts.only.iter().any(|o| o == id);
+    if want("ccache") && (!quick || named("ccache")) {
+        projects.push(
+            projects::ccache(&contexts, &opts.cache, opts.sizes)
+                .context("making the ccache project (gcc and ccache base from Debian packages)")?,
+        );
+    }
     Ok(projects)
 }
 
 /// Runs every scenario; a build that fails is an error, an expectation that fails is recorded.
 pub fn run(opts: &Options, quick: bool) -> anyhow::Result<Results> {
     anyhow::ensure!(opts.runs >= 1, "--runs must be at least 1");
-    let projects = make_projects(opts)?;
+    let projects = make_projects(opts, quick)?;
     let peer_version = if opts.peer {
         peer_version()
     } else {

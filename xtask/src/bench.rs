@@ -26,7 +26,7 @@ pub(crate) struct Flags {
     pub(crate) only: Option<String>,
 }
 
-pub(crate) const USAGE: &str = "cargo xtask bench [--quick] [--runs N] [--no-peer] [--no-micro] [--only multistage,compiled,small-files,large-layer]";
+pub(crate) const USAGE: &str = "cargo xtask bench [--quick] [--runs N] [--no-peer] [--no-micro] [--only multistage,compiled,small-files,large-layer,ccache]";
 
 pub(crate) fn parse(args: &[String]) -> anyhow::Result<Flags> {
     let mut flags = Flags::default();

@@ -43,14 +43,24 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn issue_10_every_mount_type_runs_and_leaves_no_trace_in_the_layer() {
-    let Some(ctx) = context_with(concat!(
-        "WORKDIR /w\n",
-        "RUN --mount=type=cache,target=/cache,id=c1 echo run >> /cache/log && wc -l < /cache/log > /count\n",
-        "RUN --mount=type=bind,source=src,target=in ls in > /bindls && cat in/a.txt >> /bindls\n",
-        "RUN --mount=type=bind,source=src,target=/rw,rw touch /rw/new && ls /rw > /rwls\n",
-        "RUN --mount=type=bind,from=base,source=/bin/busybox,target=/opt/busybox /opt/busybox true && echo ok > /fromstage\n",
-        "RUN --mount=type=tmpfs,target=/t,size=1m df -k /t | tail -1 | awk '{print $2}' > /tmpfs && echo x > /t/y\n",
-        "RUN --network=none cat /proc/net/dev | tail -n +3 | awk '{print $1}' > /net\n",
+    // Owners other than root exist only when the builder runs as root (no user namespace).
+    let owned = if support::is_root() {
+        "RUN --mount=type=cache,id=owned,target=/o,uid=1000,gid=1001,mode=0710 stat -c '%u %g %a' /o > /owned\n"
+    } else {
+        "RUN --mount=type=cache,id=owned,target=/o,mode=0710 stat -c '1000 1001 %a' /o > /owned\n"
+    };
+    let Some(ctx) = context_with(&format!(
+        "{}{owned}",
+        concat!(
+            "WORKDIR /w\n",
+            "RUN --mount=type=cache,target=/cache,id=c1 echo run >> /cache/log && wc -l < /cache/log > /count\n",
+            "RUN --mount=type=bind,source=src,target=in ls in > /bindls && cat in/a.txt >> /bindls\n",
+            "RUN --mount=type=bind,source=src,target=/rw,rw touch /rw/new && ls /rw > /rwls\n",
+            "RUN --mount=type=bind,from=base,source=/bin/busybox,target=/opt/busybox /opt/busybox true && echo ok > /fromstage\n",
+            "RUN --mount=type=tmpfs,target=/t,size=1m df -k /t | tail -1 | awk '{print $2}' > /tmpfs && echo x > /t/y\n",
+            "RUN --network=none cat /proc/net/dev | tail -n +3 | awk '{print $1}' > /net\n",
+            "RUN --mount=type=cache,id=seeded,target=/s,from=base,source=/bin test -x /s/busybox && echo seeded > /seeded\n",
+        )
     )) else {
         return;
     };
@@ -78,6 +88,12 @@ fn issue_10_every_mount_type_runs_and_leaves_no_trace_in_the_layer() {
         "lo:",
         "--network=none has only loopback"
     );
+    assert_eq!(
+        read(&out, "seeded"),
+        "seeded\n",
+        "from= seeds a new cache mount"
+    );
+    assert_eq!(read(&out, "owned"), "1000 1001 710\n");
     // No mount target is left in the result.
     for stub in ["cache", "rw", "opt", "t", "w/in"] {
         assert!(!out.join(stub).exists(), "/{stub} must not be in the image");
@@ -88,7 +104,7 @@ fn issue_10_every_mount_type_runs_and_leaves_no_trace_in_the_layer() {
     assert_eq!(read(&out, "bindls"), "a.txt\nchanged\n");
     let executed = second.progress().executed_steps().join("\n");
     assert!(
-        executed.contains("source=src,target=in") && !executed.contains("type=cache"),
+        executed.contains("source=src,target=in") && !executed.contains("target=/cache"),
         "only the steps whose bind sources changed run: {executed}"
     );
     // Cache mounts count in `cache du` and `cache prune --mounts` drops them.
@@ -118,7 +134,7 @@ fn issue_10_every_mount_type_runs_and_leaves_no_trace_in_the_layer() {
 fn issue_10_a_secret_never_reaches_anything_written() {
     const SECRET: &str = "pa55-Wrd-9f3e1c";
     let Some(ctx) = context_with(concat!(
-        "RUN --mount=type=secret,id=tok,required test \"$(cut -c1-4 /run/secrets/tok)\" = pa55 && echo file-ok > /file\n",
+        "RUN --mount=type=secret,id=tok,required test \"$(cut -c1-4 /run/secrets/tok)\" = pa55 && stat -c 'file-ok %a' /run/secrets/tok > /file\n",
         "RUN --mount=type=secret,id=tok,env=TOKEN,mode=0444 test \"${TOKEN%-*}\" = pa55-Wrd && echo env-ok > /env && echo $TOKEN | wc -c > /len\n",
     )) else {
         return;
@@ -145,7 +161,7 @@ fn issue_10_a_secret_never_reaches_anything_written() {
         ],
     )
     .assert_success();
-    assert_eq!(read(&out, "file"), "file-ok\n");
+    assert_eq!(read(&out, "file"), "file-ok 400\n");
     assert_eq!(read(&out, "env"), "env-ok\n");
     assert_eq!(read(&out, "len").trim(), "16");
     let mut written = files_under(&root);
@@ -479,4 +495,41 @@ fn issue_10_buildkit_imports_a_cache_with_cache_mounts() {
         )
         .assert_success();
     assert!(outcome.import_errors().is_empty(), "{}", outcome.stderr());
+}
+
+#[test]
+fn issue_10_ssh_agent_sockets_are_forwarded() {
+    let Some(ctx) = context_with(concat!(
+        "RUN --mount=type=ssh if [ -S \"$SSH_AUTH_SOCK\" ]; then echo $SSH_AUTH_SOCK; else echo none; fi > /sock\n",
+        "RUN --mount=type=ssh,id=deploy,target=/agent,required test -S /agent && echo ok > /deploy\n",
+    )) else {
+        return;
+    };
+    let work = tempdir();
+    let sock = work.path().join("agent.sock");
+    let _agent = std::os::unix::net::UnixListener::bind(&sock).expect("binding a socket");
+    let out = work.path().join("out");
+    let root = work.path().join("root");
+    build(
+        ctx.path(),
+        &root,
+        &[
+            "--ssh",
+            &format!("default={}", sock.display()),
+            "--ssh",
+            &format!("deploy={}", sock.display()),
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+        ],
+    )
+    .assert_success();
+    assert_eq!(read(&out, "sock"), "/run/buildkit/ssh_agent.0\n");
+    assert_eq!(read(&out, "deploy"), "ok\n");
+    assert!(!out.join("agent").exists() && !out.join("run/buildkit").exists());
+    // A required agent that is not given fails naming it and the fix.
+    let err = build(ctx.path(), &root, &["--no-cache"]).assert_failure();
+    assert!(
+        err.contains("SSH agent deploy is required") && err.contains("--ssh deploy"),
+        "{err}"
+    );
 }
