@@ -283,6 +283,7 @@ fn export_options(tag: &str) -> export::Options {
         max_parallel: 4,
         known_present: HashSet::new(),
         extra_blobs: Vec::new(),
+        config_annotations: Default::default(),
     }
 }
 

@@ -91,6 +91,9 @@ pub struct BuildArgs {
     /// The most the root's own cache may hold (e.g. `10GB`, `512MiB`); older results go first.
     #[arg(long = "root-max-size", env = "BUILDCACHE_ROOT_MAX_SIZE", default_value = "10GB", value_parser = crate::manage::parse_size)]
     pub root_max_size: u64,
+    /// Print why each step missed the cache, as a table at the end.
+    #[arg(long)]
+    pub explain: bool,
     /// Progress output.
     #[arg(long, value_enum, default_value_t = crate::progress::Mode::Auto, env = "BUILDKIT_PROGRESS")]
     pub progress: crate::progress::Mode,
@@ -292,6 +295,18 @@ struct Import {
     layers: HashSet<Digest>,
     /// Cache mount contents the manifest carries (`cache-mounts=true` exports).
     mount_blobs: Vec<cache_core::Descriptor>,
+    /// What its records are made of, if it was written by buildcache.
+    facts: Option<String>,
+}
+
+/// The facts annotation of an imported cache manifest.
+fn facts_of(imported: &cache_core::import::Imported) -> Option<String> {
+    imported
+        .cache_manifest
+        .config
+        .annotations
+        .get(engine::FACTS_ANNOTATION)
+        .cloned()
 }
 
 /// Runs `buildcache build`.
@@ -381,6 +396,7 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
     };
 
     // This machine's own cache, then the imports.
+    let mut facts = Vec::new();
     let local_graph = match cache_core::import::import(
         root.as_ref(),
         &IndexRef::Tag(LOCAL_TAG.into()),
@@ -388,7 +404,10 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
     )
     .await
     {
-        Ok(Some(imported)) => imported.graph,
+        Ok(Some(imported)) => {
+            facts.extend(facts_of(&imported));
+            imported.graph
+        }
         Ok(None) => CacheGraph::new(),
         Err(err) => {
             display.line(&format!(
@@ -478,6 +497,10 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
         images: Some(&resolver),
         open_layout: &open_layout,
         source_names,
+        facts: facts
+            .into_iter()
+            .chain(loaded.iter().filter_map(|l| l.facts.clone()))
+            .collect(),
     };
     let outcome = engine::build(&request, graph, &services).await?;
     for arg in &outcome.unused_build_args {
@@ -510,7 +533,7 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
     }
 
     // Keep this machine's cache.
-    if let Err(err) = persist_local(&root, &outcome.graph).await {
+    if let Err(err) = persist_local(&root, &outcome.graph, &outcome.facts).await {
         display.line(&format!(
             "WARNING: saving the local cache in {}: {}",
             root_dir.display(),
@@ -658,6 +681,9 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
         ));
     }
     display.finish();
+    if args.explain {
+        eprintln!("{}", explain_table(&outcome.steps));
+    }
     if display.is_quiet() {
         println!("{}", outcome.image.manifest.digest);
     } else {
@@ -767,6 +793,7 @@ async fn import_one(
     Ok(Some(Import {
         spec: spec.clone(),
         backend: Arc::new(backend),
+        facts: facts_of(&imported),
         graph: imported.graph,
         layers,
         mount_blobs,
@@ -822,6 +849,7 @@ async fn export_one(
         } else {
             Vec::new()
         },
+        config_annotations: facts_annotations(&outcome.facts, &selected),
     };
     let progress: &dyn Progress = display;
     let vertex_for_events = vertex.clone();
@@ -1017,6 +1045,37 @@ async fn report_transfers<T>(
     }
 }
 
+/// The config annotations of an export of `graph`: the facts of its records.
+fn facts_annotations(facts: &engine::FactsMap, graph: &CacheGraph) -> BTreeMap<String, String> {
+    engine::annotation_value(facts, graph.records().iter().map(|r| &r.digest))
+        .map(|value| BTreeMap::from([(engine::FACTS_ANNOTATION.to_owned(), value)]))
+        .unwrap_or_default()
+}
+
+/// The `--explain` table: each step that missed and why.
+fn explain_table(steps: &[engine::StepReport]) -> String {
+    let misses: Vec<&engine::StepReport> = steps.iter().filter(|s| s.miss.is_some()).collect();
+    if misses.is_empty() {
+        return format!("every step was cached ({} steps)", steps.len());
+    }
+    let width = misses
+        .iter()
+        .map(|s| s.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(60);
+    let mut out = format!("{:<width$}  WHY IT MISSED\n", "STEP");
+    for step in misses {
+        let name: String = step.name.chars().take(width).collect();
+        out.push_str(&format!(
+            "{name:<width$}  {}\n",
+            step.miss.as_deref().unwrap_or_default()
+        ));
+    }
+    out.pop();
+    out
+}
+
 /// Removes blobs no tag of `dir` reaches (skipped while another writer is active).
 async fn collect_garbage(dir: &Arc<LayoutDir>) -> anyhow::Result<cache_local::GcReport> {
     let dir = dir.clone();
@@ -1051,7 +1110,11 @@ async fn shrink_root(root: &Arc<LayoutDir>, max_size: u64) -> anyhow::Result<()>
 }
 
 /// Saves this build's records into the root, merged with what other builds saved meanwhile.
-async fn persist_local(root: &Arc<LayoutDir>, graph: &CacheGraph) -> anyhow::Result<()> {
+async fn persist_local(
+    root: &Arc<LayoutDir>,
+    graph: &CacheGraph,
+    facts: &engine::FactsMap,
+) -> anyhow::Result<()> {
     // One build at a time reads, merges and rewrites the local tag, so none loses another's records.
     let lock_path = root.root().join("local.lock");
     let _lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
@@ -1087,6 +1150,7 @@ async fn persist_local(root: &Arc<LayoutDir>, graph: &CacheGraph) -> anyhow::Res
         max_parallel: 4,
         known_present: HashSet::new(),
         extra_blobs: Vec::new(),
+        config_annotations: facts_annotations(facts, &keep),
     };
     export::export(
         root.as_ref(),

@@ -316,14 +316,17 @@ fn frame(state: &State, now: Instant, width: usize, height: Option<usize>, all: 
             label.push_str("CACHED ");
         }
         label.push_str(v.name.as_deref().unwrap_or_default());
-        let miss = v.miss.as_deref().map(|m| format!("MISS: {m}"));
+        // The reason follows the name and is cut first when the line is too long.
+        if let Some(miss) = &v.miss {
+            label.push_str(&format!(" (MISS: {miss})"));
+        }
         let style = match (v.error, v.is_done()) {
             (true, _) => Style::Error,
             (false, true) => Style::Done,
             (false, false) => Style::Plain,
         };
         block.push(Line {
-            text: job_line(&label, miss.as_deref(), secs, usable),
+            text: job_line(&label, None, secs, usable),
             style,
         });
         let mut statuses: Vec<&StatusLine> = v.statuses.iter().collect();
@@ -771,6 +774,29 @@ mod tests {
                 .text
                 .starts_with(" => => sha256:0123 1.50MB / 3.00MB "),
             "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn a_miss_reason_is_on_the_steps_line() {
+        let state = state_with(vec![
+            start("step:0:0", "[a 1/1] RUN make"),
+            Event::Miss {
+                vertex: "step:0:0".into(),
+                reason: "the parent step missed".into(),
+            },
+        ]);
+        let lines = frame(&state, Instant::now(), 100, Some(20), false);
+        assert!(
+            lines[1]
+                .text
+                .starts_with(" => [a 1/1] RUN make (MISS: the parent step missed) "),
+            "{lines:?}"
+        );
+        let narrow = frame(&state, Instant::now(), 40, Some(20), false);
+        assert!(
+            narrow[1].text.starts_with(" => [a 1/1] RUN make (MISS: "),
+            "{narrow:?}"
         );
     }
 

@@ -51,6 +51,9 @@ pub struct Options {
     /// Blobs listed after the layers of the manifest that no record names (cache mount contents,
     /// annotated with their id); written like layers. BuildKit's importer ignores them.
     pub extra_blobs: Vec<Descriptor>,
+    /// Annotations of the cache config's descriptor in the manifest (BuildKit ignores them;
+    /// buildcache keeps what its records are made of there, to explain misses).
+    pub config_annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// Progress of an export, in BuildKit's vocabulary (spec §8).
@@ -167,11 +170,14 @@ pub async fn export<B: Backend, S: BlobSource>(
         return Ok(report);
     }
     let config_bytes = config.to_json();
-    let config_desc = Descriptor::new(
+    let mut config_desc = Descriptor::new(
         media_type::CACHE_CONFIG,
         digest::sha256(&config_bytes),
         config_bytes.len() as u64,
     );
+    config_desc
+        .annotations
+        .extend(options.config_annotations.clone());
     report.config_digest = Some(config_desc.digest.clone());
     report.config_size = config_desc.size;
     if config_desc.size > BUILDKIT_IMPORT_LIMIT {

@@ -6,6 +6,7 @@
 //! (for example a builder stage in a `mode=min` cache) stays pending: it runs only if a later
 //! step misses and needs that filesystem. A step with no record runs at once.
 
+mod explain;
 mod keys;
 mod progress;
 mod run_mounts;
@@ -29,6 +30,7 @@ use crate::image;
 use crate::layer::{self, Compression, Snapshot};
 use crate::sandbox;
 
+pub use explain::{ANNOTATION as FACTS_ANNOTATION, Facts, FactsMap, annotation_value};
 pub use keys::{StepKey, plan_cache_maps};
 pub use progress::{Event, Progress, Silent, counted, track_transfer};
 pub use run_mounts::{RunOptions, SecretSource};
@@ -150,6 +152,9 @@ pub struct Services<'a> {
     pub open_layout: &'a (dyn Fn(&Path) -> Arc<dyn BlobStore> + Send + Sync),
     /// Names of the cache sources by id: 0 is `local`, then the `--cache-from` values.
     pub source_names: Vec<String>,
+    /// The [`FACTS_ANNOTATION`] values of the sources (local and imported), read on the first
+    /// miss to explain it.
+    pub facts: Vec<String>,
 }
 
 /// One step of the build as reported in the metadata file.
@@ -166,6 +171,9 @@ pub struct StepReport {
     /// When it was resolved (for the time to the first cached step).
     #[serde(skip)]
     pub finished_at: Instant,
+    /// Why it was not found in any cache (absent on hits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub miss: Option<String>,
 }
 
 /// The result of a build.
@@ -188,6 +196,8 @@ pub struct BuildOutcome {
     pub cache_mounts: Vec<String>,
     /// Layer blobs fetched into the root during the build.
     pub blobs_fetched: u64,
+    /// What the records' keys are made of: the sources' facts and this build's, for exports.
+    pub facts: FactsMap,
 }
 
 /// Why a build failed. Messages name the Dockerfile line or the input at fault.
@@ -275,6 +285,8 @@ struct Slot {
     state: SlotState,
     duration: Duration,
     reported: bool,
+    /// Why it missed, when it did.
+    miss: Option<String>,
 }
 
 /// A filesystem: known layers, then steps still to run on top of them.
@@ -322,6 +334,14 @@ struct Engine<'a> {
     available: std::collections::HashMap<Digest, bool>,
     /// The step being resolved or run (vertex, name): layers unpacked for it report on it.
     active: Option<(String, String)>,
+    /// Records before this build: those of the sources.
+    n_source_records: usize,
+    /// The sources' facts, parsed on the first miss.
+    source_facts: Option<FactsMap>,
+    /// Facts of the records this build computed keys for.
+    facts: FactsMap,
+    /// The last blob that made a found result unusable.
+    last_unusable: Option<Digest>,
 }
 
 /// How many times a build restarts after finding an unusable cache blob.
@@ -426,7 +446,12 @@ pub async fn build(
         bad_blobs: HashSet::new(),
         available: std::collections::HashMap::new(),
         active: None,
+        n_source_records: 0,
+        source_facts: None,
+        facts: FactsMap::new(),
+        last_unusable: None,
     };
+    engine.n_source_records = engine.graph.records().len();
     // Resolve image and context bases first, to plan with their configs.
     let mut base_configs = BTreeMap::new();
     let mut base_images: BTreeMap<String, ResolvedImage> = BTreeMap::new();
@@ -478,6 +503,8 @@ pub async fn build(
             .progress
             .event(Event::Warning(format!("saving context hashes: {err}")));
     }
+    let mut facts = engine.source_facts().clone();
+    facts.extend(std::mem::take(&mut engine.facts));
     let target = engine.plan.target;
     let stage = &engine.plan.stages[target];
     let state = &engine.stages[target];
@@ -493,6 +520,7 @@ pub async fn build(
         unused_build_args: engine.plan.unused_build_args.clone(),
         cache_mounts: run_mounts::cache_mount_ids(&engine.plan),
         blobs_fetched: engine.blobs_fetched,
+        facts,
     })
 }
 
@@ -791,6 +819,15 @@ impl Engine<'_> {
                         ),
                     });
                     state.fs.records = self.image_roots(img);
+                    for &root in &state.fs.records {
+                        self.facts.insert(
+                            self.graph.record(root).digest.to_string(),
+                            Facts {
+                                base: Some(img.manifest_digest.to_string()),
+                                ..Facts::default()
+                            },
+                        );
+                    }
                     state.fs.chain = img.layers.clone();
                     state.base_history = img.config.history.clone();
                     state.base_created = img.config.created;
@@ -889,6 +926,7 @@ impl Engine<'_> {
         &mut self,
         records: &[RecordIdx],
     ) -> Option<(RecordIdx, Vec<Descriptor>, SourceId)> {
+        self.last_unusable = None;
         let mut candidates: Vec<(RecordIdx, CacheResult)> = records
             .iter()
             .flat_map(|&r| {
@@ -914,6 +952,7 @@ impl Engine<'_> {
             let mut usable = true;
             for desc in &chain {
                 if self.bad_blobs.contains(&desc.digest) {
+                    self.last_unusable = Some(desc.digest.clone());
                     usable = false;
                     break;
                 }
@@ -933,6 +972,7 @@ impl Engine<'_> {
                     }
                 };
                 if !available {
+                    self.last_unusable = Some(desc.digest.clone());
                     usable = false;
                     break;
                 }
@@ -954,6 +994,217 @@ impl Engine<'_> {
                     source: LOCAL_SOURCE,
                 },
             );
+        }
+    }
+
+    /// Keeps what the key of `step` (record digest `digest`) is made of, and for a copy from
+    /// a directory the files it reads.
+    fn record_facts(&mut self, step: &Step, digest: &Digest, extra: &Extra) {
+        // A RUN's text as the key has it: unexpanded (the display shows variables' values).
+        let op_text = match &step.op {
+            Op::Run { command, .. } => run_argv(step, command).join("\0"),
+            _ => step.display.clone(),
+        };
+        self.facts.insert(
+            digest.to_string(),
+            explain::step_facts(&op_text, &step.env, &step.workdir, step.user.as_deref()),
+        );
+        if let Extra::Content {
+            record, selection, ..
+        } = extra
+        {
+            let content = self.graph.record(*record).digest.to_string();
+            if !self.facts.contains_key(&content) {
+                let files = selection.sources.iter().flat_map(|source| {
+                    source.matches.iter().flat_map(move |found| {
+                        found.entries.iter().filter_map(move |entry| {
+                            let hash = entry.blake3.as_ref()?;
+                            let path = found.entry_path(entry).to_string_lossy().into_owned();
+                            Some((path, hex::encode(&hash[..8])))
+                        })
+                    })
+                });
+                self.facts.insert(content, explain::content_facts(files));
+            }
+        }
+    }
+
+    /// The facts the sources carry, parsed once.
+    fn source_facts(&mut self) -> &FactsMap {
+        self.source_facts.get_or_insert_with(|| {
+            let mut all = FactsMap::new();
+            for text in &self.services.facts {
+                all.extend(explain::parse_annotation(text).unwrap_or_default());
+            }
+            all
+        })
+    }
+
+    /// Why step `k` of stage `si` (record digest `digest`) has no usable result: `parents`
+    /// are the records of the filesystem it works on (none on scratch), `sources` those of
+    /// what it copies from, `found` the records with its key.
+    #[allow(clippy::too_many_arguments)]
+    fn explain_miss(
+        &mut self,
+        si: usize,
+        stage: &PlannedStage,
+        k: usize,
+        digest: &Digest,
+        parents: &[RecordIdx],
+        sources: &[RecordIdx],
+        found: &[RecordIdx],
+        no_cache: bool,
+    ) -> String {
+        if self.request.no_cache {
+            return "--no-cache was given".to_owned();
+        }
+        if no_cache {
+            return format!("--no-cache-filter {} was given", stage.name);
+        }
+        if self.n_source_records == 0 {
+            return if self.services.source_names.len() <= 1 {
+                "no cache source given (and this machine has built nothing yet)".to_owned()
+            } else {
+                "the cache sources hold no records".to_owned()
+            };
+        }
+        if !found.is_empty() {
+            return match self.last_unusable.take() {
+                Some(blob) => format!(
+                    "the cache has this step, but its result's blob {blob} is missing or unusable"
+                ),
+                None => "the cache has this step's record but not its result (a mode=min export keeps only the final stage's results)".to_owned(),
+            };
+        }
+        let n_sources = self.n_source_records;
+        let from_sources = |r: &RecordIdx| *r < n_sources;
+        let known_parents: Vec<RecordIdx> = parents.iter().copied().filter(from_sources).collect();
+        if !parents.is_empty() && known_parents.is_empty() {
+            return match (&stage.base, k == 0) {
+                (Base::Image(_) | Base::Context(_), true) => self.explain_base(si, stage),
+                _ => "the parent step missed".to_owned(),
+            };
+        }
+        // The records of the sources this step could have matched: those following the same
+        // parent, or on scratch those with the same key.
+        let siblings: Vec<RecordIdx> = (0..n_sources)
+            .filter(|&idx| {
+                let record = self.graph.record(idx);
+                if known_parents.is_empty() {
+                    &record.digest == digest
+                } else {
+                    record
+                        .inputs
+                        .iter()
+                        .flatten()
+                        .any(|l| known_parents.contains(&l.record))
+                }
+            })
+            .collect();
+        if !sources.is_empty() && !sources.iter().any(from_sources) {
+            let same_op: Vec<RecordIdx> = siblings
+                .iter()
+                .copied()
+                .filter(|&r| &self.graph.record(r).digest == digest)
+                .collect();
+            let ours = self.graph.record(sources[0]).digest.to_string();
+            match self.facts.get(&ours).cloned() {
+                // Same instruction, other files: name them.
+                Some(ours) if !ours.files.is_empty() || ours.many_files => {
+                    let theirs: Vec<Facts> = same_op
+                        .iter()
+                        .flat_map(|&r| self.graph.record(r).inputs.clone())
+                        .flatten()
+                        .map(|l| self.graph.record(l.record).digest.to_string())
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .filter_map(|d| self.source_facts().get(&d).cloned())
+                        .filter(|f| !f.files.is_empty() || f.many_files)
+                        .collect();
+                    if !same_op.is_empty() {
+                        return match theirs
+                            .iter()
+                            .find_map(|t| explain::file_differences(&ours, t))
+                        {
+                            Some(paths) => {
+                                format!("the content of the files it copies differs: {paths}")
+                            }
+                            None => "the content of the files it copies differs".to_owned(),
+                        };
+                    }
+                }
+                _ => return "what it copies from (another stage or image) changed".to_owned(),
+            }
+        }
+        let ours = self
+            .facts
+            .get(&digest.to_string())
+            .cloned()
+            .unwrap_or_default();
+        let candidates: Vec<RecordIdx> = if known_parents.is_empty() {
+            (0..n_sources).collect()
+        } else {
+            siblings.clone()
+        };
+        let mut nearest: Option<Vec<String>> = None;
+        let mut with_facts = 0;
+        for &candidate in &candidates {
+            let candidate_digest = self.graph.record(candidate).digest.to_string();
+            let Some(theirs) = self.source_facts().get(&candidate_digest).cloned() else {
+                continue;
+            };
+            if theirs.op.is_none() {
+                continue;
+            }
+            with_facts += 1;
+            let diffs = explain::step_differences(&ours, &theirs);
+            if nearest.as_ref().is_none_or(|n| diffs.len() < n.len()) {
+                nearest = Some(diffs);
+            }
+        }
+        match nearest {
+            Some(diffs) if !diffs.is_empty() => format!(
+                "this step's own key is new; the nearest record differs in {}",
+                diffs.join(", ")
+            ),
+            Some(_) => "this step's own key is new; the nearest record has the same command, env, workdir and user (another input differs)".to_owned(),
+            None if candidates.is_empty() => {
+                "this step's own key is new: no record in the sources follows its parent step"
+                    .to_owned()
+            }
+            None => format!(
+                "this step's own key is new; the {} records it could have matched carry no facts to compare (made by another builder)",
+                candidates.len() - with_facts
+            ),
+        }
+    }
+
+    /// Why the first step on an image base missed: the sources know another digest of it, or
+    /// nothing of it.
+    fn explain_base(&mut self, si: usize, stage: &PlannedStage) -> String {
+        let ours: Vec<String> = self.stages[si]
+            .fs
+            .records
+            .iter()
+            .map(|&r| self.graph.record(r).digest.to_string())
+            .collect();
+        let now = ours
+            .iter()
+            .find_map(|d| self.facts.get(d))
+            .and_then(|f| f.base.clone());
+        let cached = self
+            .source_facts()
+            .values()
+            .filter_map(|f| f.base.clone())
+            .find(|b| Some(b) != now.as_ref());
+        match (cached, now) {
+            (Some(old), Some(now)) => format!(
+                "the base image digest differs: this build uses {now}, the cache was made on {old}"
+            ),
+            _ => format!(
+                "no source holds any record of this stage's base ({})",
+                stage.from_display
+            ),
         }
     }
 
@@ -1036,6 +1287,7 @@ impl Engine<'_> {
             linked_copies = copies;
         }
         let found = self.graph.find_links(&digest, &inputs);
+        self.record_facts(step, &digest, &extra);
         let no_cache = self.request.no_cache
             || self
                 .request
@@ -1092,6 +1344,7 @@ impl Engine<'_> {
             state: SlotState::Pending,
             duration: Duration::ZERO,
             reported: false,
+            miss: None,
         };
         if let Some((record, chain, source)) = hit {
             slot.state = SlotState::Hit(source);
@@ -1110,6 +1363,7 @@ impl Engine<'_> {
                 cache_source: Some(self.source_name(source)),
                 duration_ms: started.elapsed().as_millis() as u64,
                 finished_at: Instant::now(),
+                miss: None,
             });
             let fs = &mut self.stages[si].fs;
             fs.records = vec![record];
@@ -1121,6 +1375,24 @@ impl Engine<'_> {
             }
             self.slots.insert((si, k), slot);
             return Ok(());
+        }
+        if hit.is_none() {
+            let records_of = |input: Option<usize>| -> Vec<RecordIdx> {
+                input
+                    .map(|i| inputs[i].iter().map(|l| l.record).collect())
+                    .unwrap_or_default()
+            };
+            let (parents, sources) = (records_of(sop.dest), records_of(sop.src));
+            slot.miss = Some(self.explain_miss(
+                si,
+                stage,
+                k,
+                &slot.digest,
+                &parents,
+                &sources,
+                &found,
+                no_cache,
+            ));
         }
         if !found.is_empty() && !no_cache {
             // Known key without a result: run only if something needs this filesystem.
@@ -1261,6 +1533,7 @@ impl Engine<'_> {
             cache_source: None,
             duration_ms: started.elapsed().as_millis() as u64,
             finished_at: Instant::now(),
+            miss: None,
         });
     }
 
@@ -1452,6 +1725,12 @@ impl Engine<'_> {
             vertex: vertex.clone(),
             name: name.clone(),
         });
+        if let Some(reason) = self.slots[&key].miss.clone() {
+            self.progress().event(Event::Miss {
+                vertex: vertex.clone(),
+                reason,
+            });
+        }
         let before = snapshot(dir).await?;
         let previous = self.active.replace((vertex.clone(), name.clone()));
         let outcome = self.run_op(&step, &extra, dir, &vertex, &name).await;
@@ -1480,12 +1759,14 @@ impl Engine<'_> {
         slot.state = SlotState::Ran;
         slot.duration = duration;
         slot.reported = true;
+        let miss = self.slots[&key].miss.clone();
         self.reports.push(StepReport {
             name,
             cached: false,
             cache_source: None,
             duration_ms: duration.as_millis() as u64,
             finished_at: Instant::now(),
+            miss,
         });
         Ok(())
     }
@@ -1760,6 +2041,7 @@ impl Engine<'_> {
                 cache_source: source.clone(),
                 duration_ms: 0,
                 finished_at: Instant::now(),
+                miss: None,
             });
         }
     }

@@ -2,6 +2,7 @@
 //! cache management.
 
 mod build;
+mod explain;
 mod faultproxy;
 mod faults;
 mod flags;

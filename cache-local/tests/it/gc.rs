@@ -91,6 +91,7 @@ impl Cache {
             max_parallel: 4,
             known_present: HashSet::new(),
             extra_blobs: Vec::new(),
+            config_annotations: Default::default(),
         };
         let report = export::export(layout, &self.blobs, &self.graph, &options, &|_| {})
             .await
