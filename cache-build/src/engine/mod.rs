@@ -1014,7 +1014,7 @@ impl Engine<'_> {
         } = extra
         {
             let content = self.graph.record(*record).digest.to_string();
-            if !self.facts.contains_key(&content) {
+            self.facts.entry(content).or_insert_with(|| {
                 let files = selection.sources.iter().flat_map(|source| {
                     source.matches.iter().flat_map(move |found| {
                         found.entries.iter().filter_map(move |entry| {
@@ -1024,8 +1024,8 @@ impl Engine<'_> {
                         })
                     })
                 });
-                self.facts.insert(content, explain::content_facts(files));
-            }
+                explain::content_facts(files)
+            });
         }
     }
 
