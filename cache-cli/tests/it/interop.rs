@@ -162,3 +162,45 @@ fn buildcache_image(
     support::untar(&tar, &layout);
     Ok(corpus::read_image(&layout))
 }
+
+/// A cache buildcache exported, facts annotation included, gives BuildKit every step `CACHED`.
+#[test]
+fn buildkit_imports_a_buildcache_cache_with_its_facts() {
+    let Some(bk) = buildkit::buildkit_under_test() else {
+        return;
+    };
+    let Some(base) = buildkit::busybox_base() else {
+        return;
+    };
+    let work = tempfile::tempdir().expect("tempdir");
+    let context = work.path().join("context");
+    write_file(
+        &context.join("Dockerfile"),
+        "FROM busybox\nRUN echo one > /one\nCOPY a.txt /a.txt\nRUN cat /a.txt /one > /both\n",
+    );
+    write_file(&context.join("a.txt"), "a\n");
+    let cache = work.path().join("cache");
+    let mut args = base.buildcache_args().to_vec();
+    args.extend([
+        "--cache-to".to_owned(),
+        format!("type=local,dest={},mode=max", s(&cache)),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    support::build_ok(&context, &work.path().join("root"), &args);
+    let index = support::read_json(&cache.join("index.json"));
+    let manifest = support::read_json(&support::layout_blob(
+        &cache,
+        index["manifests"][0]["digest"]
+            .as_str()
+            .expect("a manifest"),
+    ));
+    assert!(
+        manifest["config"]["annotations"]["dev.buildcache.facts.v0"].is_string(),
+        "{manifest:#}"
+    );
+    bk.prune_all();
+    let warm = import_local(&bk, &context, &base, &cache);
+    assert!(warm.import_errors().is_empty(), "{}", warm.stderr());
+    assert_eq!(warm.cached_steps().len(), 3, "{}", warm.stderr());
+    assert!(warm.executed_steps().is_empty(), "{}", warm.stderr());
+}
