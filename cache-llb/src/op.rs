@@ -363,7 +363,11 @@ impl ExecOp {
                 content: content_based.then(|| {
                     let deduped = key::dedupe_paths(&paths);
                     if deduped.iter().any(|p| p.is_empty() || p == "/") {
-                        Vec::new()
+                        // No selectors: BuildKit checksums the whole input, links not followed.
+                        vec![ContentSelector {
+                            path: "/".to_owned(),
+                            ..ContentSelector::default()
+                        }]
                     } else {
                         deduped
                             .into_iter()

@@ -11,7 +11,7 @@ use cache_llb::{
 
 use crate::context::{EntryKind, Selection};
 use crate::dockerfile::{
-    CopySource, Mount as RunMount, Network, Op, RunCommand, Security, Sharing, Step,
+    CopyFrom, CopySource, Mount as RunMount, Network, Op, RunCommand, Security, Sharing, Step,
 };
 
 pub use cache_llb::{content_record, record_digest};
@@ -33,6 +33,8 @@ pub(super) struct StepOp {
     /// Whether the key is BuildKit's (false: a key of our own, for forms BuildKit builds with
     /// ops this crate does not model).
     pub(super) buildkit: bool,
+    /// RUN `--mount=type=bind`: the other inputs the mounts read, by input index.
+    pub(super) mount_inputs: Vec<MountInput>,
     /// `COPY --link` on a filesystem: BuildKit's copy onto scratch (its only input is the
     /// source), whose result `map`, a merge op of the stage (input 0) and this copy (input 1),
     /// puts on top. On scratch the copy is the step's op itself and this is `None`.
@@ -97,10 +99,11 @@ pub(super) fn step_op(
                 },
                 secretenv: Vec::new(),
             };
-            let n_inputs = usize::from(!scratch);
             let mut exec = exec;
-            let inputless = add_inputless_mounts(&mut exec, mounts);
-            if shebang_heredoc || !inputless {
+            let mount_inputs = add_mounts(&mut exec, mounts, scratch);
+            let n_inputs =
+                usize::from(!scratch) + mount_inputs.as_ref().map_or(0, |inputs| inputs.len());
+            if shebang_heredoc || mount_inputs.is_none() {
                 // A `#!` heredoc, bind mounts and seeded cache mounts read other inputs.
                 let bodies: Vec<String> = heredocs
                     .iter()
@@ -120,6 +123,7 @@ pub(super) fn step_op(
                 src: None,
                 buildkit: true,
                 linked_copy: None,
+                mount_inputs: mount_inputs.unwrap_or_default(),
             })
         }
         Op::Workdir { path } => {
@@ -148,6 +152,7 @@ pub(super) fn step_op(
                 src: None,
                 buildkit: true,
                 linked_copy: None,
+                mount_inputs: Vec::new(),
             })
         }
         Op::Copy(copy) => {
@@ -223,6 +228,7 @@ pub(super) fn step_op(
                     src: None,
                     buildkit: true,
                     linked_copy: Some(on_scratch.map),
+                    mount_inputs: Vec::new(),
                 });
             }
             Some(StepOp {
@@ -231,6 +237,7 @@ pub(super) fn step_op(
                 src,
                 buildkit: true,
                 linked_copy: None,
+                mount_inputs: Vec::new(),
             })
         }
     }
@@ -281,49 +288,81 @@ pub fn plan_cache_maps(
     out
 }
 
-/// Adds RUN `--mount`s that read no input (cache mounts without `from` or owner, tmpfs,
-/// secrets, ssh) to `exec` as BuildKit's `llb` marshals them: mounts sorted by target
-/// (the root first), then secret files, then ssh sockets; secrets as env go to `secretenv`.
-/// Returns false, leaving `exec` as it was, when a mount reads an input.
-fn add_inputless_mounts(exec: &mut ExecOp, mounts: &[RunMount]) -> bool {
-    let mut sorted: Vec<Mount> = Vec::new();
+/// An input a RUN bind mount reads: where from, and the paths mounted from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct MountInput {
+    /// Input index in the exec op.
+    pub(super) index: usize,
+    /// The context, a named context, a stage or an image.
+    pub(super) from: CopyFrom,
+    /// The mounted paths (absolute, cleaned), for the content key.
+    pub(super) sources: Vec<String>,
+}
+
+/// Adds RUN `--mount`s to `exec` as BuildKit's `llb` marshals them: the root and bind, cache
+/// and tmpfs mounts sorted by target, inputs numbered in that order (one per distinct source,
+/// after the root), then secret files, then ssh sockets; secrets as env go to `secretenv`.
+/// Returns the inputs bind mounts read, or `None`, leaving `exec` as it was, for cache mounts
+/// seeded `from` another input or created with an owner or mode (BuildKit reads them from ops
+/// this crate does not model).
+fn add_mounts(exec: &mut ExecOp, mounts: &[RunMount], scratch: bool) -> Option<Vec<MountInput>> {
+    let mut sorted: Vec<(Mount, Option<CopyFrom>)> = Vec::new();
     let mut secrets: Vec<Mount> = Vec::new();
     let mut ssh: Vec<Mount> = Vec::new();
     let mut secretenv: Vec<SecretEnv> = Vec::new();
     for mount in mounts {
         match mount {
-            RunMount::Bind(_) => return false,
+            RunMount::Bind(b) => sorted.push((
+                Mount {
+                    selector: if b.source == "/" {
+                        String::new()
+                    } else {
+                        b.source.clone()
+                    },
+                    dest: b.target.clone(),
+                    output: -1,
+                    readonly: b.read_only,
+                    ..Mount::default()
+                },
+                Some(b.from.clone()),
+            )),
             RunMount::Cache(c) => {
                 if c.from.is_some() || c.mode.is_some() || c.uid.is_some() || c.gid.is_some() {
-                    return false;
+                    return None;
                 }
-                sorted.push(Mount {
+                sorted.push((
+                    Mount {
+                        input: -1,
+                        dest: c.target.clone(),
+                        output: -1,
+                        readonly: c.read_only,
+                        mount_type: MountType::Cache,
+                        cache_opt: Some(CacheOpt {
+                            id: c.llb_id(),
+                            sharing: match c.sharing {
+                                Sharing::Shared => 0,
+                                Sharing::Private => 1,
+                                Sharing::Locked => 2,
+                            },
+                        }),
+                        ..Mount::default()
+                    },
+                    None,
+                ));
+            }
+            RunMount::Tmpfs(t) => sorted.push((
+                Mount {
                     input: -1,
-                    dest: c.target.clone(),
+                    dest: t.target.clone(),
                     output: -1,
-                    readonly: c.read_only,
-                    mount_type: MountType::Cache,
-                    cache_opt: Some(CacheOpt {
-                        id: c.llb_id(),
-                        sharing: match c.sharing {
-                            Sharing::Shared => 0,
-                            Sharing::Private => 1,
-                            Sharing::Locked => 2,
-                        },
+                    mount_type: MountType::Tmpfs,
+                    tmpfs_opt: Some(TmpfsOpt {
+                        size: t.size.map_or(0, |s| s as i64),
                     }),
                     ..Mount::default()
-                });
-            }
-            RunMount::Tmpfs(t) => sorted.push(Mount {
-                input: -1,
-                dest: t.target.clone(),
-                output: -1,
-                mount_type: MountType::Tmpfs,
-                tmpfs_opt: Some(TmpfsOpt {
-                    size: t.size.map_or(0, |s| s as i64),
-                }),
-                ..Mount::default()
-            }),
+                },
+                None,
+            )),
             RunMount::Secret(sec) => {
                 if let Some(env) = &sec.env {
                     secretenv.push(SecretEnv {
@@ -363,13 +402,42 @@ fn add_inputless_mounts(exec: &mut ExecOp, mounts: &[RunMount]) -> bool {
             }),
         }
     }
-    sorted.append(&mut exec.mounts);
-    sorted.sort_by(|a, b| a.dest.cmp(&b.dest));
-    sorted.extend(secrets);
-    sorted.extend(ssh);
-    exec.mounts = sorted;
+    sorted.extend(exec.mounts.drain(..).map(|m| (m, None)));
+    sorted.sort_by(|a, b| a.0.dest.cmp(&b.0.dest));
+    let mut inputs: Vec<MountInput> = Vec::new();
+    let first = usize::from(!scratch);
+    let mut out: Vec<Mount> = Vec::with_capacity(sorted.len() + secrets.len() + ssh.len());
+    for (mut mount, from) in sorted {
+        if let Some(from) = from {
+            let source = if mount.selector.is_empty() {
+                "/".to_owned()
+            } else {
+                mount.selector.clone()
+            };
+            let input = match inputs.iter_mut().find(|i| i.from == from) {
+                Some(input) => {
+                    input.sources.push(source);
+                    input.index
+                }
+                None => {
+                    let index = first + inputs.len();
+                    inputs.push(MountInput {
+                        index,
+                        from,
+                        sources: vec![source],
+                    });
+                    index
+                }
+            };
+            mount.input = input as i64;
+        }
+        out.push(mount);
+    }
+    out.extend(secrets);
+    out.extend(ssh);
+    exec.mounts = out;
     exec.secretenv = secretenv;
-    true
+    Some(inputs)
 }
 
 /// A key of our own for a step whose BuildKit ops this crate does not model.
@@ -384,6 +452,7 @@ fn own_op(kind: &str, json: &[u8], scratch: bool) -> StepOp {
         src: None,
         buildkit: false,
         linked_copy: None,
+        mount_inputs: Vec::new(),
     }
 }
 

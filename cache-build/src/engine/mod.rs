@@ -1268,6 +1268,11 @@ impl Engine<'_> {
         if let Some(src) = sop.src {
             inputs[src] = self.source_links(&extra, selector(src));
         }
+        for input in &sop.mount_inputs {
+            inputs[input.index] = self
+                .mount_input_links(input, &sop.map.deps[input.index], &name)
+                .await?;
+        }
         let mut linked_copies = Vec::new();
         if let Some(copy_map) = &sop.linked_copy {
             // COPY --link: the copy's own record (found, or made without a result), then the
@@ -1491,6 +1496,64 @@ impl Engine<'_> {
             src_root,
             selection,
         })
+    }
+
+    /// Links to what a RUN bind mount reads: the content record of the mounted paths of a
+    /// context (whose own key BuildKit never exports), or a stage's or image's records with the
+    /// mount's selector.
+    async fn mount_input_links(
+        &mut self,
+        input: &keys::MountInput,
+        dep: &cache_llb::Dep,
+        name: &str,
+    ) -> Result<Vec<Link>, Error> {
+        let selector = dep
+            .selector
+            .as_ref()
+            .map(|d| d.to_string())
+            .unwrap_or_default();
+        let (dir, use_ignore) = match &input.from {
+            CopyFrom::Context => (self.request.context.clone(), true),
+            CopyFrom::Stage(j) => {
+                return Ok(self.source_links(&Extra::Stage(*j), selector));
+            }
+            CopyFrom::Image(reference) => {
+                let idx = self.image_fs(reference, false).await?;
+                return Ok(self.source_links(&Extra::Image(idx), selector));
+            }
+            CopyFrom::NamedContext(ctx_name) => {
+                match self.request.named_contexts.get(ctx_name).cloned() {
+                    Some(NamedContext::Dir(dir)) => (dir, false),
+                    Some(NamedContext::OciLayout { .. }) => {
+                        let idx = self.image_fs(ctx_name, true).await?;
+                        return Ok(self.source_links(&Extra::Image(idx), selector));
+                    }
+                    None => {
+                        return Err(Error::other(format!(
+                            "{name}: unknown build context {ctx_name}"
+                        )));
+                    }
+                }
+            }
+        };
+        let Some(selectors) = &dep.content else {
+            return Ok(Vec::new());
+        };
+        let sources: Vec<String> = input
+            .sources
+            .iter()
+            .map(|s| match s.trim_start_matches('/') {
+                "" => ".".to_owned(),
+                rel => rel.to_owned(),
+            })
+            .collect();
+        let ignore = use_ignore.then_some(&self.ignore);
+        let selection = context::select_with(&dir, &sources, ignore, None, &mut self.hashes, true)
+            .map_err(|err| Error::other(format!("{name}: --mount source: {err}")))?;
+        let checksums = keys::content_checksums(&selection, selectors, true)
+            .map_err(|err| Error::other(format!("{name}: {err}")))?;
+        let record = self.root_record(keys::content_record(&checksums));
+        Ok(vec![link(record)])
     }
 
     /// Links to what a COPY reads: a content record without selector, or a stage's or image's
