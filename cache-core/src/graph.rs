@@ -677,9 +677,41 @@ impl CacheGraph {
     /// `other`'s record indexes to `self`'s.
     pub fn absorb(&mut self, other: &CacheGraph) -> Vec<RecordIdx> {
         let all: BTreeSet<RecordIdx> = (0..other.records.len()).collect();
+        self.absorb_set(other, &all)
+    }
+
+    /// The graph without the records that can never give a hit: those with no result and no
+    /// descendant with one (a step whose results were all pruned, and the steps above it).
+    /// Without this, a cache rewritten after every build (the root's own) keeps the records of
+    /// every version ever built and grows without bound.
+    pub fn without_dead_records(&self) -> CacheGraph {
+        let all: BTreeSet<RecordIdx> = (0..self.records.len()).collect();
+        let mut useful = vec![false; self.records.len()];
+        // Dependents come before their inputs in reverse topological order.
+        for idx in self.topological(&all).into_iter().rev() {
+            if !self.records[idx].results.is_empty() {
+                useful[idx] = true;
+            }
+            if useful[idx] {
+                for links in &self.records[idx].inputs {
+                    for link in links {
+                        useful[link.record] = true;
+                    }
+                }
+            }
+        }
+        let set: BTreeSet<RecordIdx> = (0..self.records.len()).filter(|&i| useful[i]).collect();
+        let mut out = CacheGraph::new();
+        out.absorb_set(self, &set);
+        out
+    }
+
+    /// Adds the records of `set` (which holds the inputs of its members) with their layers and
+    /// results; returns the mapping of `other`'s record indexes (`usize::MAX` outside `set`).
+    fn absorb_set(&mut self, other: &CacheGraph, set: &BTreeSet<RecordIdx>) -> Vec<RecordIdx> {
         let mut map = vec![usize::MAX; other.records.len()];
         let mut layer_map: HashMap<LayerIdx, LayerIdx> = HashMap::new();
-        for idx in other.topological(&all) {
+        for idx in other.topological(set) {
             let record = &other.records[idx];
             let inputs = record
                 .inputs

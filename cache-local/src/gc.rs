@@ -321,7 +321,10 @@ impl LayoutDir {
     /// Order: tags (not in `keep_tags`) whose newest result is older than `older_than`; results
     /// older than that inside the other caches (not the kept ones); then, while the live blobs
     /// exceed `max_size`, whole tags oldest first (never a kept tag nor the newest one), then
-    /// the oldest results of the remaining caches, kept ones included. A cache that loses results
+    /// the least recently used results of the remaining caches, kept ones included (a result
+    /// counts as used when a newer result's chain stands on its layers, so the steps the newest
+    /// build took from the cache are kept with it). Records left leading to no result are
+    /// dropped from rewritten configs. A cache that loses results
     /// is rewritten through [`CacheGraph`] (new config, new manifest in the same form, tag
     /// updated); a cache left without results loses its tag. No tag is ever left naming a
     /// missing blob.
@@ -822,6 +825,11 @@ struct ResultInfo {
     chain: bool,
     idx: usize,
     created: i128,
+    /// The newest `created` of the results whose chain holds this result's top layer (itself
+    /// included): a result the newest build stands on (a base step it took from the cache,
+    /// which keeps its old `createdAt`) is as recent as that build.
+    used: i128,
+    /// The chain's blobs, the top layer first.
     blobs: Vec<Digest>,
 }
 
@@ -940,7 +948,7 @@ impl<'a> Plan<'a> {
             }
             if let Some(cache) = &mut state.cache {
                 for (result, removed) in cache.results.iter().zip(cache.removed.iter_mut()) {
-                    if result.created < i128::from(cutoff) * 1_000_000_000 {
+                    if result.used < i128::from(cutoff) * 1_000_000_000 {
                         *removed = true;
                     }
                 }
@@ -971,8 +979,9 @@ impl<'a> Plan<'a> {
             self.tags[oldest].dropped = Some(DropReason::Budget);
         }
         while self.live_bytes() > max_size {
-            // The oldest result left in any remaining cache.
-            let mut oldest: Option<(i128, usize, usize)> = None;
+            // The least recently used result left in any remaining cache (by `used`, then
+            // `created`): results the newest build stands on go last.
+            let mut oldest: Option<((i128, i128), usize, usize)> = None;
             for (tag_idx, state) in self.tags.iter().enumerate() {
                 if state.dropped.is_some() {
                     continue;
@@ -981,10 +990,11 @@ impl<'a> Plan<'a> {
                     continue;
                 };
                 for (result_idx, result) in cache.results.iter().enumerate() {
+                    let age = (result.used, result.created);
                     if !cache.removed[result_idx]
-                        && oldest.is_none_or(|(created, _, _)| result.created < created)
+                        && oldest.is_none_or(|(oldest_age, _, _)| age < oldest_age)
                     {
-                        oldest = Some((result.created, tag_idx, result_idx));
+                        oldest = Some((age, tag_idx, result_idx));
                     }
                 }
             }
@@ -1141,13 +1151,16 @@ fn read_cache(layout: &LayoutDir, desc: &Descriptor) -> Result<Option<CacheTag>>
                 chain: false,
                 idx,
                 created: result.created_at.unix_timestamp_nanos(),
+                used: 0,
                 blobs,
             });
         }
         for (idx, chain) in record.chains.iter().enumerate() {
+            // Chains list their layers bottom first.
             let blobs = chain
                 .layers
                 .iter()
+                .rev()
                 .filter_map(|&l| layer_digest(usize::try_from(l).ok()?))
                 .collect();
             results.push(ResultInfo {
@@ -1155,9 +1168,30 @@ fn read_cache(layout: &LayoutDir, desc: &Descriptor) -> Result<Option<CacheTag>>
                 chain: true,
                 idx,
                 created: chain.created_at.unix_timestamp_nanos(),
+                used: 0,
                 blobs,
             });
         }
+    }
+    let mut newest_holding: HashMap<&Digest, i128> = HashMap::new();
+    for result in &results {
+        for blob in &result.blobs {
+            let newest = newest_holding.entry(blob).or_insert(result.created);
+            *newest = (*newest).max(result.created);
+        }
+    }
+    let used: Vec<i128> = results
+        .iter()
+        .map(|result| {
+            result
+                .blobs
+                .first()
+                .and_then(|top| newest_holding.get(top))
+                .map_or(result.created, |&newest| newest.max(result.created))
+        })
+        .collect();
+    for (result, used) in results.iter_mut().zip(used) {
+        result.used = used;
     }
     let removed = vec![false; results.len()];
     Ok(Some(CacheTag {
@@ -1210,7 +1244,8 @@ fn rewrite(tag: &str, cache: &CacheTag) -> Result<Option<Rewrite>> {
                 ),
             )
         })?;
-    let (new_config, mut layers) = graph.to_config();
+    // Records left without results (and nothing below them) would keep growing the config.
+    let (new_config, mut layers) = graph.without_dead_records().to_config();
     if layers.is_empty() {
         return Ok(None);
     }

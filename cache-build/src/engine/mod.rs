@@ -2192,8 +2192,10 @@ pub async fn unpack_chain(chain: &[Descriptor], blobs: &Blobs, dest: &Path) -> R
     Ok(())
 }
 
-/// The part of `graph` worth keeping in the root store: every record, and only results whose
-/// blobs are all in the root (imported hits whose layers were never fetched stay remote).
+/// The part of `graph` worth keeping in the root store: results whose blobs are all in the root
+/// (imported hits whose layers were never fetched stay remote), and the records that have one or
+/// lead to one (records of versions whose results were pruned are dropped, so the root's config
+/// does not grow with every build).
 pub async fn local_cache_graph(graph: &CacheGraph, root: &dyn BlobStore) -> CacheGraph {
     let mut present: HashSet<Digest> = HashSet::new();
     let mut absent: HashSet<Digest> = HashSet::new();
@@ -2253,5 +2255,5 @@ pub async fn local_cache_graph(graph: &CacheGraph, root: &dyn BlobStore) -> Cach
             }
         }
     }
-    keep
+    keep.without_dead_records()
 }

@@ -232,20 +232,35 @@ fn the_root_stays_within_its_budget_and_keeps_the_newest_results() {
     let one_build = blob_bytes(&root);
     // A budget just above one build's blobs: every later build must trim older results.
     let budget = (one_build + 4096).to_string();
-    for i in 0..4 {
+    for i in 0..6 {
         std::fs::write(ctx.join("app.conf"), format!("version={i}\n")).unwrap();
-        build(&root, &ctx, &["--root-max-size", &budget], &meta);
+        let out = build(&root, &ctx, &["--root-max-size", &budget], &meta);
         assert!(
             blob_bytes(&root) <= one_build + 4096 + 2048,
-            "round {i}: the root holds {} bytes, budget {budget}",
-            blob_bytes(&root)
+            "round {i}: the root holds {} bytes, budget {budget}:\n{}",
+            blob_bytes(&root),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Trimming keeps the base steps the newest build stood on (they keep their old
+        // createdAt) and drops the records of old versions, so the config does not grow and
+        // eat the budget: only the steps after the changed file run (issue 14).
+        let ran: Vec<String> = steps(&meta)
+            .into_iter()
+            .filter(|(_, cached)| !cached)
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(
+            ran.len(),
+            3,
+            "round {i}: only the COPY of app.conf and the two RUN after it run: {ran:?}"
         );
     }
-    build(&root, &ctx, &["--root-max-size", &budget], &meta);
+    let out = build(&root, &ctx, &["--root-max-size", &budget], &meta);
     assert!(
         steps(&meta).iter().all(|(_, cached)| *cached),
-        "the newest build stays cached: {:?}",
-        steps(&meta)
+        "the newest build stays cached: {:?}\n{}",
+        steps(&meta),
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

@@ -207,3 +207,58 @@ fn merge_prefers_the_newest_result_then_the_first_source() {
     );
     assert_eq!(merged.layer(best.layer).blob.digest, d("new"));
 }
+
+#[test]
+fn dead_records_are_dropped_and_live_ones_keep_their_inputs() {
+    use cache_core::graph::{CacheResult, Link};
+    let d = |s: &str| digest::sha256(s.as_bytes());
+    let link = |record| {
+        vec![vec![Link {
+            selector: String::new(),
+            record,
+        }]]
+    };
+    let mut g = CacheGraph::new();
+    // root -> base (result) -> v1 (results pruned) -> v1b (none)
+    //                       -> v2 (no result) -> v2b (result)
+    let root = g.add_record(d("root"), vec![]);
+    let base = g.add_record(d("base"), link(root));
+    let v1 = g.add_record(d("v1"), link(base));
+    g.add_record(d("v1b"), link(v1));
+    let v2 = g.add_record(d("v2"), link(base));
+    let v2b = g.add_record(d("v2b"), link(v2));
+    for (record, blob) in [(base, "base-layer"), (v2b, "v2b-layer")] {
+        let top = g
+            .add_chain([Descriptor::new(
+                "application/vnd.oci.image.layer.v1.tar",
+                d(blob),
+                1,
+            )])
+            .unwrap();
+        g.add_result(
+            record,
+            CacheResult {
+                layer: top,
+                created_at: time::OffsetDateTime::UNIX_EPOCH,
+                source: 0,
+            },
+        );
+    }
+    let live = g.without_dead_records();
+    let digests: std::collections::BTreeSet<String> = live
+        .records()
+        .iter()
+        .map(|r| r.digest.to_string())
+        .collect();
+    let expected: std::collections::BTreeSet<String> = ["root", "base", "v2", "v2b"]
+        .iter()
+        .map(|s| d(s).to_string())
+        .collect();
+    assert_eq!(digests, expected, "v1 and v1b lead to no result");
+    let root = live.find_root(&d("root")).unwrap();
+    let base = live.find(&d("base"), &[("", &[root])]);
+    let v2 = live.find(&d("v2"), &[("", &base)]);
+    let v2b = live.find(&d("v2b"), &[("", &v2)]);
+    assert_eq!(live.record(v2b[0]).results.len(), 1, "results are kept");
+    assert_eq!(live.record(base[0]).results.len(), 1);
+}
