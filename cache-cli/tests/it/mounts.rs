@@ -533,3 +533,31 @@ fn issue_10_ssh_agent_sockets_are_forwarded() {
         "{err}"
     );
 }
+
+#[test]
+fn issue_10_cache_mounts_count_toward_the_root_budget() {
+    let Some(ctx) =
+        context_with("RUN --mount=type=cache,target=/c head -c 65536 /dev/zero > /c/zeros\n")
+    else {
+        return;
+    };
+    let work = tempdir();
+    let root = work.path().join("root");
+    let store = cache_build::mounts::CacheMounts::new(root.join("mounts"));
+    build(ctx.path(), &root, &[]).assert_success();
+    assert_eq!(
+        store.list().expect("listing").len(),
+        1,
+        "kept within the default budget"
+    );
+    build(
+        ctx.path(),
+        &root,
+        &["--no-cache", "--root-max-size", "32KiB"],
+    )
+    .assert_success();
+    assert!(
+        store.list().expect("listing").is_empty(),
+        "a mount over the budget is removed once no build uses it"
+    );
+}
