@@ -91,7 +91,7 @@ fn compare(entry: &Path) -> Outcome {
                 outcome.own_keys += 1;
                 continue;
             }
-            for map in std::iter::once(&key.map).chain(&key.linked_copy) {
+            for map in std::iter::once(&key.map).chain(&key.other_ops) {
                 our_digests.insert(map.digest.to_string());
                 if their_digests.contains(&map.digest.to_string()) {
                     outcome.matched += 1;

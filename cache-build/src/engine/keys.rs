@@ -6,7 +6,8 @@ use cache_core::Digest;
 use cache_llb::contenthash::{self, Tree};
 use cache_llb::{
     Action, CacheMap, CacheOpt, ChownOpt, ContentSelector, Copy, ExecOp, FileAction, FileOp,
-    HostIp, Meta, Mkdir, Mount, MountType, Platform, SecretEnv, SecretOpt, TmpfsOpt, UserOpt,
+    HostIp, Meta, Mkdir, Mkfile, Mount, MountType, Platform, SecretEnv, SecretOpt, TmpfsOpt,
+    UserOpt,
 };
 
 use crate::context::{EntryKind, Selection};
@@ -35,6 +36,8 @@ pub(super) struct StepOp {
     pub(super) buildkit: bool,
     /// RUN `--mount=type=bind`: the other inputs the mounts read, by input index.
     pub(super) mount_inputs: Vec<MountInput>,
+    /// `COPY <<EOF`: the mkfile ops the copy reads, by input index.
+    pub(super) mkfiles: Vec<MkfileInput>,
     /// `COPY --link` on a filesystem: BuildKit's copy onto scratch (its only input is the
     /// source), whose result `map`, a merge op of the stage (input 0) and this copy (input 1),
     /// puts on top. On scratch the copy is the step's op itself and this is `None`.
@@ -124,6 +127,7 @@ pub(super) fn step_op(
                 buildkit: true,
                 linked_copy: None,
                 mount_inputs: mount_inputs.unwrap_or_default(),
+                mkfiles: Vec::new(),
             })
         }
         Op::Workdir { path } => {
@@ -153,6 +157,7 @@ pub(super) fn step_op(
                 buildkit: true,
                 linked_copy: None,
                 mount_inputs: Vec::new(),
+                mkfiles: Vec::new(),
             })
         }
         Op::Copy(copy) => {
@@ -196,7 +201,10 @@ pub(super) fn step_op(
             let op = FileOp { actions };
             let map = op.cache_map(n_inputs);
             let inline = paths.len() != copy.sources.len();
-            // Heredoc sources are copied from a mkfile op; `--exclude` patterns are not part of
+            if paths.is_empty() && !copy.link && copy.exclude.is_empty() {
+                return Some(heredoc_copy(copy, &dest_path, scratch));
+            }
+            // Heredocs mixed with paths, or with `--link`; `--exclude` patterns are not part of
             // cache-llb's contenthash.
             if inline || paths.is_empty() || !copy.exclude.is_empty() {
                 let mut own = own_op("copy", &map.json, scratch);
@@ -229,6 +237,7 @@ pub(super) fn step_op(
                     buildkit: true,
                     linked_copy: Some(on_scratch.map),
                     mount_inputs: Vec::new(),
+                    mkfiles: Vec::new(),
                 });
             }
             Some(StepOp {
@@ -238,6 +247,7 @@ pub(super) fn step_op(
                 buildkit: true,
                 linked_copy: None,
                 mount_inputs: Vec::new(),
+                mkfiles: Vec::new(),
             })
         }
     }
@@ -250,8 +260,9 @@ pub struct StepKey {
     pub map: CacheMap,
     /// Whether it is BuildKit's key (false: one of buildcache's own, README lists the forms).
     pub buildkit: bool,
-    /// `COPY --link`: the copy onto scratch that `map` (a merge) puts on the stage.
-    pub linked_copy: Option<CacheMap>,
+    /// The other ops BuildKit makes of the step: for `COPY --link`, the copy onto scratch that
+    /// `map` (a merge) puts on the stage; for `COPY <<EOF`, the mkfile ops the copy reads.
+    pub other_ops: Vec<CacheMap>,
 }
 
 /// The cache map of every step of `plan`, by stage and step (`None` for a step BuildKit makes
@@ -277,7 +288,11 @@ pub fn plan_cache_maps(
             let key = step_op(step, scratch, has_src, add_hosts, &[]).map(|op| StepKey {
                 map: op.map,
                 buildkit: op.buildkit,
-                linked_copy: op.linked_copy,
+                other_ops: op
+                    .linked_copy
+                    .into_iter()
+                    .chain(op.mkfiles.into_iter().map(|m| m.map))
+                    .collect(),
             });
             scratch &= key.is_none();
             keys.push(key);
@@ -286,6 +301,93 @@ pub fn plan_cache_maps(
         out.push(keys);
     }
     out
+}
+
+/// `COPY <<EOF dest` (heredoc sources only): each heredoc is a file BuildKit makes with a
+/// mkfile op on scratch (a root record: `/<name>`, mode 0644, the content), copied from there.
+fn heredoc_copy(copy: &crate::dockerfile::CopyOp, dest_path: &str, scratch: bool) -> StepOp {
+    let base: i64 = if scratch { -1 } else { 0 };
+    let first = usize::from(!scratch);
+    let n_inputs = first + copy.sources.len();
+    let mut actions = Vec::new();
+    let mut mkfiles = Vec::new();
+    for (i, source) in copy.sources.iter().enumerate() {
+        let CopySource::Inline { name, content } = source else {
+            continue;
+        };
+        let path = clean_source(name);
+        let mkfile = FileOp {
+            actions: vec![FileAction {
+                input: -1,
+                secondary_input: -1,
+                output: 0,
+                action: Action::Mkfile(Mkfile {
+                    path: path.clone(),
+                    mode: 0o644,
+                    data: content.as_bytes().to_vec(),
+                    owner: None,
+                    timestamp: -1,
+                }),
+            }],
+        };
+        let mut stat = contenthash::Stat::new(contenthash::Kind::File, 0o644);
+        stat.size = content.len() as u64;
+        let mut tree = Tree::new(contenthash::local_root_header());
+        tree.insert(
+            &path,
+            contenthash::Kind::File,
+            "",
+            contenthash::entry_digest(&stat, content.as_bytes()),
+        );
+        let map = mkfile.cache_map(0);
+        mkfiles.push(MkfileInput {
+            index: first + i,
+            record: record_digest(&map.digest, 0),
+            map,
+            tree,
+        });
+        let mut action = Copy::dockerfile(&path, dest_path);
+        action.follow_symlink = false;
+        action.dir_copy_contents = false;
+        action.allow_wildcard = false;
+        action.allow_empty_wildcard = false;
+        action.owner = copy.chown.as_deref().map(|u| chown_opt(u, base));
+        if let Some(mode) = copy.chmod {
+            action.mode = mode as i32;
+        }
+        actions.push(FileAction {
+            input: if i == 0 {
+                base
+            } else {
+                (n_inputs + i - 1) as i64
+            },
+            secondary_input: (first + i) as i64,
+            output: if i + 1 == copy.sources.len() { 0 } else { -1 },
+            action: Action::Copy(action),
+        });
+    }
+    StepOp {
+        map: FileOp { actions }.cache_map(n_inputs),
+        dest: (!scratch).then_some(0),
+        src: None,
+        buildkit: true,
+        linked_copy: None,
+        mount_inputs: Vec::new(),
+        mkfiles,
+    }
+}
+
+/// A heredoc's mkfile op as an input of a COPY.
+#[derive(Clone, Debug)]
+pub(super) struct MkfileInput {
+    /// Input index in the copy.
+    pub(super) index: usize,
+    /// The mkfile op's record (a root record).
+    pub(super) record: Digest,
+    /// The mkfile op's cache map.
+    pub(super) map: CacheMap,
+    /// What the mkfile op makes, for the copy's content key.
+    pub(super) tree: Tree,
 }
 
 /// An input a RUN bind mount reads: where from, and the paths mounted from it.
@@ -453,6 +555,7 @@ fn own_op(kind: &str, json: &[u8], scratch: bool) -> StepOp {
         buildkit: false,
         linked_copy: None,
         mount_inputs: Vec::new(),
+        mkfiles: Vec::new(),
     }
 }
 

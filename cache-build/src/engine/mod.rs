@@ -1273,6 +1273,23 @@ impl Engine<'_> {
                 .mount_input_links(input, &sop.map.deps[input.index], &name)
                 .await?;
         }
+        for mkfile in &sop.mkfiles {
+            let record = self.root_record(mkfile.record.clone());
+            let mut links = vec![Link {
+                selector: selector(mkfile.index),
+                record,
+            }];
+            if let Some(selectors) = &sop.map.deps[mkfile.index].content {
+                let mut tree = mkfile.tree.clone();
+                let checksums = selectors
+                    .iter()
+                    .map(|sel| tree.checksum(sel))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|err| step_error(&name, step.line, err.to_string()))?;
+                links.push(link(self.root_record(keys::content_record(&checksums))));
+            }
+            inputs[mkfile.index] = links;
+        }
         let mut linked_copies = Vec::new();
         if let Some(copy_map) = &sop.linked_copy {
             // COPY --link: the copy's own record (found, or made without a result), then the
