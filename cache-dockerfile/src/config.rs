@@ -33,6 +33,8 @@ pub struct ImageConfig {
     /// `MAINTAINER` value: BuildKit writes it to the image's top-level `author` field (not to
     /// the `config` object).
     pub author: Option<String>,
+    /// `ONBUILD` triggers (instructions as written), run by stages built on this image.
+    pub on_build: Vec<String>,
 }
 
 /// A container health check.
@@ -156,6 +158,7 @@ impl ImageConfig {
             healthcheck,
             shell: strings(config, "Shell")?,
             author: None,
+            on_build: strings(config, "OnBuild")?.unwrap_or_default(),
         })
     }
 
@@ -204,6 +207,9 @@ impl ImageConfig {
         if self.cmd.is_some() || self.entrypoint.is_some() {
             // BuildKit sets the (Docker-specific) ArgsEscaped whenever CMD or ENTRYPOINT is set.
             map.insert("ArgsEscaped".into(), json!(true));
+        }
+        if !self.on_build.is_empty() {
+            map.insert("OnBuild".into(), json!(self.on_build));
         }
         if let Some(shell) = &self.shell {
             map.insert("Shell".into(), json!(shell));
@@ -258,8 +264,10 @@ mod tests {
             }),
             shell: Some(vec!["/bin/bash".into(), "-c".into()]),
             author: None,
+            on_build: vec!["RUN make".into()],
         };
         let value = config.to_oci_json();
+        assert_eq!(value["OnBuild"], json!(["RUN make"]));
         assert_eq!(value["Env"], json!(["PATH=/bin", "EMPTY=", "EQ=a=b"]));
         assert_eq!(value["ExposedPorts"], json!({"80/tcp": {}}));
         assert_eq!(

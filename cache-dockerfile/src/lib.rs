@@ -22,7 +22,7 @@
 //! `RUN --mount`, `--network` and `--security` become typed data ([`Mount`], [`Network`],
 //! [`Security`]) in [`Op::Run`], with BuildKit's defaults and checks.
 //!
-//! Anything buildcache cannot build faithfully (`ONBUILD`, `ADD <url>`, `RUN --device`, other
+//! Anything buildcache cannot build faithfully (`ADD <url>`, `COPY --parents`, `RUN --device`, other
 //! platforms than `linux/amd64`, ...) is an error naming the Dockerfile line, never ignored.
 
 mod config;

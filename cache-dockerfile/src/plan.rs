@@ -805,9 +805,19 @@ impl<'a> Planner<'a> {
         } else {
             &stage.instructions[..]
         };
-        let step_total = usize::from(from_counts && !resolved.replaced)
-            + instructions
+        // The base's ONBUILD triggers run first, as BuildKit does; they do not carry over.
+        let triggers = if resolved.replaced {
+            Vec::new()
+        } else {
+            std::mem::take(&mut state.config.on_build)
                 .iter()
+                .map(|t| parse_trigger(t, stage.line))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let step_total = usize::from(from_counts && !resolved.replaced)
+            + triggers
+                .iter()
+                .chain(instructions)
                 .filter(|ins| {
                     matches!(
                         ins.kind,
@@ -831,6 +841,14 @@ impl<'a> Planner<'a> {
             cmd_set: false,
             mount_from: Vec::new(),
         };
+        for ins in &triggers {
+            let n_steps = d.steps.len();
+            d.dispatch(ins, CopyFrom::Context)
+                .map_err(|e| e.or_line(ins.line))?;
+            for step in &mut d.steps[n_steps..] {
+                step.display = format!("ONBUILD {}", step.display);
+            }
+        }
         let to_copy_from = |raw: &RawFrom, ins: &Instruction, flag: &str| match raw {
             RawFrom::Stage(j) => Ok(CopyFrom::Stage(plan_index[j])),
             RawFrom::Context(c) => Ok(CopyFrom::NamedContext(c.clone())),
@@ -1167,6 +1185,55 @@ fn is_valid_signal(raw: &str) -> bool {
     rt("RTMIN+", 15) || rt("RTMAX-", 14) || name == "RTMIN" || name == "RTMAX"
 }
 
+/// An `ONBUILD` trigger as the instruction it runs (at `line`, the FROM that runs it). Like
+/// BuildKit: one instruction, not ONBUILD, FROM or MAINTAINER; here also without `--from` and
+/// mounts from other stages, whose dependencies the plan would not know.
+fn parse_trigger(trigger: &str, line: usize) -> Result<Instruction, Error> {
+    let df = super::parse::parse(&format!("FROM scratch\n{trigger}\n"))
+        .map_err(|e| Error::at(line, format!("ONBUILD {trigger}: {}", e.message())))?;
+    let mut instructions = match df.stages.as_slice() {
+        [stage] => stage.instructions.clone(),
+        _ => {
+            return Err(Error::at(
+                line,
+                format!("ONBUILD {trigger}: FROM isn't allowed as an ONBUILD trigger"),
+            ));
+        }
+    };
+    if instructions.len() != 1 {
+        return Err(Error::at(
+            line,
+            format!("ONBUILD {trigger}: an onbuild trigger should be a single expression"),
+        ));
+    }
+    let mut ins = instructions.remove(0);
+    match &ins.kind {
+        InstructionKind::Onbuild(_) => {
+            return Err(Error::at(
+                line,
+                "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed",
+            ));
+        }
+        InstructionKind::Maintainer(_) => {
+            return Err(Error::at(
+                line,
+                "MAINTAINER isn't allowed as an ONBUILD trigger",
+            ));
+        }
+        _ => {}
+    }
+    if ins.flag("from").is_some() || ins.flag_values("mount").any(|m| m.contains("from=")) {
+        return Err(Error::at(
+            line,
+            format!(
+                "ONBUILD {trigger}: triggers reading another stage or image (--from, --mount from=) are not supported; put the instruction in the Dockerfile instead"
+            ),
+        ));
+    }
+    ins.line = line;
+    Ok(ins)
+}
+
 fn is_url(src: &str) -> bool {
     src.starts_with("http://") || src.starts_with("https://")
 }
@@ -1431,11 +1498,11 @@ impl StageDispatch<'_> {
                 self.state.config.healthcheck = Some(hc);
                 Ok(())
             }
-            InstructionKind::Onbuild(_) => Err(Self::unsupported(
-                ins,
-                "ONBUILD",
-                "it only registers triggers for images built FROM this one; remove it or run those instructions directly",
-            )),
+            InstructionKind::Onbuild(trigger) => {
+                parse_trigger(trigger, ins.line)?;
+                self.state.config.on_build.push(trigger.clone());
+                Ok(())
+            }
         }
     }
 
@@ -2387,6 +2454,44 @@ mod tests {
     }
 
     #[test]
+    fn onbuild_triggers_run_first_in_stages_built_on_them_and_do_not_carry_over() {
+        let plan = ok(
+            "FROM scratch AS base\nONBUILD RUN echo triggered\nONBUILD ENV T=1\nRUN echo base\n\nFROM base AS app\nRUN echo app\n",
+        );
+        let (base, app) = (&plan.stages[0], &plan.stages[1]);
+        assert_eq!(base.config.on_build, ["RUN echo triggered", "ENV T=1"]);
+        assert_eq!(
+            progress_lines(&plan)[1..],
+            [
+                "[app 1/2] ONBUILD RUN echo triggered".to_owned(),
+                "[app 2/2] RUN echo app".to_owned(),
+            ]
+        );
+        assert!(app.config.on_build.is_empty(), "triggers do not carry over");
+        assert!(app.config.env.contains(&("T".to_owned(), "1".to_owned())));
+        assert_eq!(app.steps[0].line, 6, "a trigger runs at the FROM");
+        // An image base's triggers, from its config.
+        let df = parse("FROM img\nRUN echo mine\n").expect("parses");
+        let base = ImageConfig {
+            on_build: vec!["RUN echo from-image".into()],
+            ..ImageConfig::default()
+        };
+        let plan = plan_with_base_configs(
+            &df,
+            &PlanOptions::default(),
+            &BTreeMap::from([("img".to_owned(), base)]),
+        )
+        .expect("plans");
+        assert_eq!(
+            progress_lines(&plan)[1..],
+            [
+                "[2/3] ONBUILD RUN echo from-image".to_owned(),
+                "[3/3] RUN echo mine".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
     fn copy_exclude_patterns_are_expanded_and_kept() {
         let plan = plan_text(
             "FROM scratch\nARG EXT=md\nADD --exclude=*.$EXT --exclude=tmp/ . /\n",
@@ -2408,9 +2513,19 @@ mod tests {
             "RUN --device is not supported",
         );
         check_error(
-            "FROM scratch\n\nONBUILD RUN x\n",
+            "FROM scratch\n\nONBUILD ONBUILD RUN x\n",
             Some(3),
-            "ONBUILD is not supported",
+            "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed",
+        );
+        check_error(
+            "FROM scratch\nONBUILD MAINTAINER me\n",
+            Some(2),
+            "MAINTAINER isn't allowed as an ONBUILD trigger",
+        );
+        check_error(
+            "FROM scratch AS a\nFROM scratch\nONBUILD COPY --from=a / /\n",
+            Some(3),
+            "triggers reading another stage or image (--from, --mount from=) are not supported",
         );
         check_error(
             "FROM scratch\nADD https://example.com/a.tgz /\n",

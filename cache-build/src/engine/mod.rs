@@ -610,6 +610,7 @@ fn plan_to_runtime_config(config: &dockerfile::ImageConfig) -> image::RuntimeCon
             serde_json::Value::Object(map)
         }),
         shell: config.shell.clone(),
+        on_build: config.on_build.clone(),
         ..image::RuntimeConfig::default()
     }
 }
@@ -637,6 +638,7 @@ fn image_to_plan_config(config: &image::ParsedConfig) -> dockerfile::ImageConfig
         healthcheck: None,
         shell: rc.shell.clone(),
         author: None,
+        on_build: rc.on_build.clone(),
     }
 }
 

@@ -58,3 +58,60 @@ fn walkdir(dir: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+#[test]
+fn onbuild_triggers_are_recorded_and_run_by_images_built_on_them() {
+    let base_dockerfile = format!(
+        "{}ONBUILD RUN echo triggered > /triggered.txt\n",
+        crate::support::busybox_stage("base")
+    );
+    let Some(ctx) = busybox_context(&base_dockerfile) else {
+        return;
+    };
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let (root, layout) = (work.path().join("root"), work.path().join("layout"));
+    let base = build_ok(
+        ctx.path(),
+        &root,
+        &[
+            "-t",
+            "base:latest",
+            "--output",
+            &format!("type=oci,dest={},tar=false", s(&layout)),
+        ],
+    );
+    let config_digest = base.meta()["containerimage.config.digest"]
+        .as_str()
+        .expect("a config digest")
+        .to_owned();
+    let config = crate::support::read_json(&crate::support::layout_blob(&layout, &config_digest));
+    assert_eq!(
+        config["config"]["OnBuild"],
+        serde_json::json!(["RUN echo triggered > /triggered.txt"])
+    );
+
+    ctx.write(
+        "Dockerfile",
+        "FROM base\nRUN cat /triggered.txt > /seen.txt\n",
+    );
+    let out = work.path().join("out");
+    let app = build_ok(
+        ctx.path(),
+        &root,
+        &[
+            "--build-context",
+            &format!("base=oci-layout://{}:latest", s(&layout)),
+            "--output",
+            &format!("type=local,dest={}", s(&out)),
+        ],
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("seen.txt")).expect("seen.txt"),
+        "triggered\n"
+    );
+    let names: Vec<String> = steps(app.meta()).into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"[2/3] ONBUILD RUN echo triggered > /triggered.txt".to_owned()),
+        "{names:?}"
+    );
+}
