@@ -839,17 +839,30 @@ impl CacheGraph {
                 Ordering::Equal
             })
             .then_with(|| {
+                // Links in an order that does not depend on record indexes (which differ between
+                // a graph and the same graph read back): selector, parent digest, parent identity.
+                fn canonical<'a>(
+                    graph: &'a CacheGraph,
+                    identities: &'a [Digest],
+                    links: &'a [Link],
+                ) -> Vec<(&'a str, &'a str, &'a str)> {
+                    let mut keys: Vec<(&str, &str, &str)> = links
+                        .iter()
+                        .map(|link| {
+                            (
+                                link.selector.as_str(),
+                                graph.records[link.record].digest.as_ref(),
+                                identities[link.record].as_ref(),
+                            )
+                        })
+                        .collect();
+                    keys.sort_unstable();
+                    keys
+                }
                 for (la, lb) in ra.inputs.iter().zip(&rb.inputs) {
-                    for (x, y) in la.iter().zip(lb) {
-                        let ord = x.selector.cmp(&y.selector).then_with(|| {
-                            self.records[x.record]
-                                .digest
-                                .as_ref()
-                                .cmp(self.records[y.record].digest.as_ref())
-                        });
-                        if ord != Ordering::Equal {
-                            return ord;
-                        }
+                    let ord = canonical(self, identities, la).cmp(&canonical(self, identities, lb));
+                    if ord != Ordering::Equal {
+                        return ord;
                     }
                 }
                 Ordering::Equal
