@@ -612,12 +612,14 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing the image ID file {}", path.display()))?;
     }
     if let Some(path) = &args.metadata_file {
-        // Requests each registry cache source cost, by method, so regressions show.
+        // Requests made to each registry (imports, blob reads, exports), by method, so
+        // regressions show; a registry's repositories share one client and its counts.
         let mut registry_requests = serde_json::Map::new();
-        for import in &loaded {
-            if let AnyBackend::Registry(registry) = import.backend.as_ref() {
+        let backends = loaded.iter().map(|import| import.backend.as_ref());
+        for backend in backends {
+            if let AnyBackend::Registry(registry) = backend {
                 registry_requests.insert(
-                    import.spec.raw.clone(),
+                    registry.reference().registry().to_owned(),
                     requests_by_method(&registry.stats().requests),
                 );
             }

@@ -30,9 +30,7 @@ impl RegistryImages {
 }
 
 fn open(reference: &str) -> Result<Registry, String> {
-    crate::stores::registry_options(false)
-        .and_then(|options| Registry::new(reference, options))
-        .map_err(|e| e.to_string())
+    crate::stores::open_registry(reference, false).map_err(|e| e.to_string())
 }
 
 async fn resolve(reference: &str) -> Result<ResolvedImage, String> {
@@ -260,7 +258,7 @@ async fn push_image(
     display: &Display,
     vertex: &str,
 ) -> anyhow::Result<()> {
-    let registry = Registry::new(name, crate::stores::registry_options(insecure)?)?;
+    let registry = crate::stores::open_registry(name, insecure)?;
     let tag = registry.reference().tag().unwrap_or("latest").to_owned();
     let here = format!(
         "{}/{}",

@@ -72,8 +72,21 @@ impl AnyBackend {
     }
 }
 
-fn open_registry(reference: &str, insecure: bool) -> Result<Registry> {
-    Registry::new(reference, registry_options(insecure)?)
+/// Opens `reference`, sharing the client of a registry opened before on the same host (with
+/// the same `insecure`): one connection pool, token cache and set of request counts per
+/// registry for the whole build.
+pub fn open_registry(reference: &str, insecure: bool) -> Result<Registry> {
+    static OPEN: std::sync::Mutex<Vec<(bool, Registry)>> = std::sync::Mutex::new(Vec::new());
+    let parsed = cache_registry::ImageRef::parse(reference)?;
+    let mut open = OPEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, known)) = open.iter().find(|(known_insecure, known)| {
+        *known_insecure == insecure && known.reference().registry() == parsed.registry()
+    }) {
+        return known.for_reference(reference);
+    }
+    let registry = Registry::new(reference, registry_options(insecure)?)?;
+    open.push((insecure, registry.clone()));
+    Ok(registry)
 }
 
 /// Registry client options: `insecure`, plus the time limits and retries set in the

@@ -172,9 +172,42 @@ impl Registry {
             options.chunk_size.filter(|size| *size > 0),
             options.max_parallel_uploads,
         )?;
+        let shared = Arc::new(shared);
+        if !(options.insecure || reference.is_loopback()) {
+            // Loading the platform's TLS roots takes a while: start it now, off the path of the
+            // first request (on a blocking thread, when a runtime is there to run it).
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let warm = Arc::clone(&shared);
+                let api_host = reference.api_host().to_string();
+                runtime.spawn_blocking(move || {
+                    if let Ok(url) = Url::parse(&format!("https://{api_host}/")) {
+                        let _ = warm.client(&url);
+                    }
+                });
+            }
+        }
+        Ok(Registry { shared, reference })
+    }
+
+    /// Another repository or tag of the same registry, as users type it, sharing this one's
+    /// connection pool, credentials, token cache, upload limit and [`Stats`].
+    ///
+    /// Errors: [`ErrorKind::InvalidConfig`] for a malformed reference or one naming another
+    /// registry.
+    pub fn for_reference(&self, reference: &str) -> Result<Registry, Error> {
+        let parsed = ImageRef::parse(reference)?;
+        if parsed.registry() != self.reference.registry() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "{reference} is not on registry {}; open it with Registry::new",
+                    self.reference.registry()
+                ),
+            ));
+        }
         Ok(Registry {
-            shared: Arc::new(shared),
-            reference,
+            shared: Arc::clone(&self.shared),
+            reference: parsed,
         })
     }
 

@@ -354,7 +354,7 @@ fn issue_11_a_warm_registry_build_asks_for_the_manifest_and_config_only() {
     );
     let requests = &metadata["buildcache.registry_requests"];
     assert_eq!(
-        requests[&from]["GET"].as_u64(),
+        requests[&proxy.addr]["GET"].as_u64(),
         Some(2),
         "the metadata reports the requests by method: {metadata:#}"
     );
