@@ -104,8 +104,10 @@ pub(super) fn step_op(
             };
             let mut exec = exec;
             let mount_inputs = add_mounts(&mut exec, mounts, scratch);
-            let n_inputs =
-                usize::from(!scratch) + mount_inputs.as_ref().map_or(0, |inputs| inputs.len());
+            let n_inputs = usize::from(!scratch)
+                + mount_inputs
+                    .as_ref()
+                    .map_or(0, |(inputs, mkdirs)| inputs.len() + mkdirs.len());
             if shebang_heredoc || mount_inputs.is_none() {
                 // A `#!` heredoc, bind mounts and seeded cache mounts read other inputs.
                 let bodies: Vec<String> = heredocs
@@ -126,8 +128,8 @@ pub(super) fn step_op(
                 src: None,
                 buildkit: true,
                 linked_copy: None,
-                mount_inputs: mount_inputs.unwrap_or_default(),
-                mkfiles: Vec::new(),
+                mount_inputs: mount_inputs.clone().map(|m| m.0).unwrap_or_default(),
+                mkfiles: mount_inputs.map(|m| m.1).unwrap_or_default(),
             })
         }
         Op::Workdir { path } => {
@@ -377,7 +379,7 @@ fn heredoc_copy(copy: &crate::dockerfile::CopyOp, dest_path: &str, scratch: bool
     }
 }
 
-/// A heredoc's mkfile op as an input of a COPY.
+/// An op on scratch a step reads (a heredoc's mkfile for COPY, a cache mount's mkdir for RUN).
 #[derive(Clone, Debug)]
 pub(super) struct MkfileInput {
     /// Input index in the copy.
@@ -407,8 +409,12 @@ pub(super) struct MountInput {
 /// Returns the inputs bind mounts read, or `None`, leaving `exec` as it was, for cache mounts
 /// seeded `from` another input or created with an owner or mode (BuildKit reads them from ops
 /// this crate does not model).
-fn add_mounts(exec: &mut ExecOp, mounts: &[RunMount], scratch: bool) -> Option<Vec<MountInput>> {
-    let mut sorted: Vec<(Mount, Option<CopyFrom>)> = Vec::new();
+fn add_mounts(
+    exec: &mut ExecOp,
+    mounts: &[RunMount],
+    scratch: bool,
+) -> Option<(Vec<MountInput>, Vec<MkfileInput>)> {
+    let mut sorted: Vec<(Mount, Option<MountSource>)> = Vec::new();
     let mut secrets: Vec<Mount> = Vec::new();
     let mut ssh: Vec<Mount> = Vec::new();
     let mut secretenv: Vec<SecretEnv> = Vec::new();
@@ -426,15 +432,34 @@ fn add_mounts(exec: &mut ExecOp, mounts: &[RunMount], scratch: bool) -> Option<V
                     readonly: b.read_only,
                     ..Mount::default()
                 },
-                Some(b.from.clone()),
+                Some(MountSource::From(b.from.clone())),
             )),
             RunMount::Cache(c) => {
-                if c.from.is_some() || c.mode.is_some() || c.uid.is_some() || c.gid.is_some() {
+                if c.from.is_some() {
                     return None;
                 }
+                // An owner or mode: the cache starts as BuildKit's mkdir of /cache on scratch.
+                let owned = c.mode.is_some() || c.uid.is_some() || c.gid.is_some();
+                let source = owned.then(|| {
+                    MountSource::Mkdir(Mkdir {
+                        path: "/cache".to_owned(),
+                        mode: c.mode.unwrap_or(0o755) as i32,
+                        make_parents: false,
+                        owner: Some(ChownOpt {
+                            user: Some(UserOpt::ById(c.uid.unwrap_or(0))),
+                            group: Some(UserOpt::ById(c.gid.unwrap_or(0))),
+                        }),
+                        timestamp: -1,
+                    })
+                });
                 sorted.push((
                     Mount {
                         input: -1,
+                        selector: if owned {
+                            "/cache".to_owned()
+                        } else {
+                            String::new()
+                        },
                         dest: c.target.clone(),
                         output: -1,
                         readonly: c.read_only,
@@ -449,7 +474,7 @@ fn add_mounts(exec: &mut ExecOp, mounts: &[RunMount], scratch: bool) -> Option<V
                         }),
                         ..Mount::default()
                     },
-                    None,
+                    source,
                 ));
             }
             RunMount::Tmpfs(t) => sorted.push((
@@ -507,31 +532,79 @@ fn add_mounts(exec: &mut ExecOp, mounts: &[RunMount], scratch: bool) -> Option<V
     sorted.extend(exec.mounts.drain(..).map(|m| (m, None)));
     sorted.sort_by(|a, b| a.0.dest.cmp(&b.0.dest));
     let mut inputs: Vec<MountInput> = Vec::new();
+    let mut mkdirs: Vec<(Mkdir, MkfileInput)> = Vec::new();
     let first = usize::from(!scratch);
     let mut out: Vec<Mount> = Vec::with_capacity(sorted.len() + secrets.len() + ssh.len());
-    for (mut mount, from) in sorted {
-        if let Some(from) = from {
-            let source = if mount.selector.is_empty() {
-                "/".to_owned()
-            } else {
-                mount.selector.clone()
-            };
-            let input = match inputs.iter_mut().find(|i| i.from == from) {
-                Some(input) => {
-                    input.sources.push(source);
-                    input.index
-                }
-                None => {
-                    let index = first + inputs.len();
-                    inputs.push(MountInput {
-                        index,
-                        from,
-                        sources: vec![source],
-                    });
-                    index
-                }
-            };
-            mount.input = input as i64;
+    for (mut mount, source) in sorted {
+        let next = first + inputs.len() + mkdirs.len();
+        match source {
+            None => {}
+            Some(MountSource::From(from)) => {
+                let path = if mount.selector.is_empty() {
+                    "/".to_owned()
+                } else {
+                    mount.selector.clone()
+                };
+                let input = match inputs.iter_mut().find(|i| i.from == from) {
+                    Some(input) => {
+                        input.sources.push(path);
+                        input.index
+                    }
+                    None => {
+                        inputs.push(MountInput {
+                            index: next,
+                            from,
+                            sources: vec![path],
+                        });
+                        next
+                    }
+                };
+                mount.input = input as i64;
+            }
+            Some(MountSource::Mkdir(mkdir)) => {
+                let input = match mkdirs.iter().find(|(m, _)| *m == mkdir) {
+                    Some((_, made)) => made.index,
+                    None => {
+                        let op = FileOp {
+                            actions: vec![FileAction {
+                                input: -1,
+                                secondary_input: -1,
+                                output: 0,
+                                action: Action::Mkdir(mkdir.clone()),
+                            }],
+                        };
+                        let map = op.cache_map(0);
+                        let mut stat =
+                            contenthash::Stat::new(contenthash::Kind::Dir, mkdir.mode as u32);
+                        if let Some(ChownOpt {
+                            user: Some(UserOpt::ById(uid)),
+                            group: Some(UserOpt::ById(gid)),
+                        }) = &mkdir.owner
+                        {
+                            stat.uid = *uid;
+                            stat.gid = *gid;
+                        }
+                        let mut tree = Tree::new(contenthash::local_root_header());
+                        tree.insert(
+                            &mkdir.path,
+                            contenthash::Kind::Dir,
+                            "",
+                            contenthash::entry_digest(&stat, b""),
+                        );
+                        mkdirs.push((
+                            mkdir,
+                            MkfileInput {
+                                index: next,
+                                record: record_digest(&map.digest, 0),
+                                map,
+                                tree,
+                            },
+                        ));
+                        next
+                    }
+                };
+                mount.input = input as i64;
+            }
         }
         out.push(mount);
     }
@@ -539,7 +612,15 @@ fn add_mounts(exec: &mut ExecOp, mounts: &[RunMount], scratch: bool) -> Option<V
     out.extend(ssh);
     exec.mounts = out;
     exec.secretenv = secretenv;
-    Some(inputs)
+    Some((inputs, mkdirs.into_iter().map(|(_, made)| made).collect()))
+}
+
+/// Where a RUN mount's files come from.
+enum MountSource {
+    /// A context, stage or image.
+    From(CopyFrom),
+    /// BuildKit's mkdir on scratch for a cache mount with an owner or mode.
+    Mkdir(Mkdir),
 }
 
 /// A key of our own for a step whose BuildKit ops this crate does not model.
