@@ -135,7 +135,18 @@ fn secret_dir() -> std::io::Result<tempfile::TempDir> {
     builder().tempdir()
 }
 
+/// Gives `path` to `uid:gid`. Without root the builder's files are root's inside the sandbox's
+/// user namespace already, so 0:0 needs nothing and any other owner cannot be given.
 fn chown(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        if (uid, gid) == (0, 0) {
+            return Ok(());
+        }
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("owner {uid}:{gid} needs a builder running as root (uid/gid other than 0)"),
+        ));
+    }
     let (cur_uid, cur_gid) = {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::symlink_metadata(path)?;
