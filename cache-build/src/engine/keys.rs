@@ -12,7 +12,8 @@ use cache_llb::{
 
 use crate::context::{EntryKind, Selection};
 use crate::dockerfile::{
-    CopyFrom, CopySource, Mount as RunMount, Network, Op, RunCommand, Security, Sharing, Step,
+    CopyFrom, CopySource, Heredoc, Mount as RunMount, Network, Op, RunCommand, Security, Sharing,
+    Step,
 };
 
 pub use cache_llb::{content_record, record_digest};
@@ -103,12 +104,13 @@ pub(super) fn step_op(
                 secretenv: Vec::new(),
             };
             let mut exec = exec;
-            let mount_inputs = add_mounts(&mut exec, mounts, scratch);
+            let pipe = shebang_heredoc.then(|| &heredocs[0]);
+            let mount_inputs = add_mounts(&mut exec, mounts, scratch, pipe);
             let n_inputs = usize::from(!scratch)
                 + mount_inputs
                     .as_ref()
                     .map_or(0, |(inputs, mkdirs)| inputs.len() + mkdirs.len());
-            if shebang_heredoc || mount_inputs.is_none() {
+            if mount_inputs.is_none() || heredocs.len() > 1 && shebang_heredoc {
                 // A `#!` heredoc, bind mounts and seeded cache mounts read other inputs.
                 let bodies: Vec<String> = heredocs
                     .iter()
@@ -413,8 +415,23 @@ fn add_mounts(
     exec: &mut ExecOp,
     mounts: &[RunMount],
     scratch: bool,
+    pipe: Option<&Heredoc>,
 ) -> Option<(Vec<MountInput>, Vec<MkfileInput>)> {
     let mut sorted: Vec<(Mount, Option<MountSource>)> = Vec::new();
+    if let Some(heredoc) = pipe {
+        // `RUN <<EOF` starting with `#!`: the file, made by a mkfile on scratch, is mounted
+        // read-only at /dev/pipes/ and run from there.
+        sorted.push((
+            Mount {
+                selector: "/".to_owned(),
+                dest: "/dev/pipes/".to_owned(),
+                output: -1,
+                readonly: true,
+                ..Mount::default()
+            },
+            Some(MountSource::Pipe(heredoc.clone())),
+        ));
+    }
     let mut secrets: Vec<Mount> = Vec::new();
     let mut ssh: Vec<Mount> = Vec::new();
     let mut secretenv: Vec<SecretEnv> = Vec::new();
@@ -533,12 +550,49 @@ fn add_mounts(
     sorted.sort_by(|a, b| a.0.dest.cmp(&b.0.dest));
     let mut inputs: Vec<MountInput> = Vec::new();
     let mut mkdirs: Vec<(Mkdir, MkfileInput)> = Vec::new();
+    let mut pipes: Vec<MkfileInput> = Vec::new();
     let first = usize::from(!scratch);
     let mut out: Vec<Mount> = Vec::with_capacity(sorted.len() + secrets.len() + ssh.len());
     for (mut mount, source) in sorted {
-        let next = first + inputs.len() + mkdirs.len();
+        let next = first + inputs.len() + mkdirs.len() + pipes.len();
         match source {
             None => {}
+            Some(MountSource::Pipe(heredoc)) => {
+                let path = clean_source(&heredoc.name);
+                let op = FileOp {
+                    actions: vec![FileAction {
+                        input: -1,
+                        secondary_input: -1,
+                        output: 0,
+                        action: Action::Mkfile(Mkfile {
+                            path: path.clone(),
+                            mode: 0o755,
+                            data: heredoc.content.as_bytes().to_vec(),
+                            owner: None,
+                            timestamp: -1,
+                        }),
+                    }],
+                };
+                let map = op.cache_map(0);
+                let mut stat = contenthash::Stat::new(contenthash::Kind::File, 0o755);
+                stat.size = heredoc.content.len() as u64;
+                // A snapshot's root: its real stat (0755, root), found in a BuildKit export.
+                let root = contenthash::Stat::new(contenthash::Kind::Dir, 0o755);
+                let mut tree = Tree::new(contenthash::entry_digest(&root, b""));
+                tree.insert(
+                    &path,
+                    contenthash::Kind::File,
+                    "",
+                    contenthash::entry_digest(&stat, heredoc.content.as_bytes()),
+                );
+                pipes.push(MkfileInput {
+                    index: next,
+                    record: record_digest(&map.digest, 0),
+                    map,
+                    tree,
+                });
+                mount.input = next as i64;
+            }
             Some(MountSource::From(from)) => {
                 let path = if mount.selector.is_empty() {
                     "/".to_owned()
@@ -612,13 +666,18 @@ fn add_mounts(
     out.extend(ssh);
     exec.mounts = out;
     exec.secretenv = secretenv;
-    Some((inputs, mkdirs.into_iter().map(|(_, made)| made).collect()))
+    let mut made: Vec<MkfileInput> = mkdirs.into_iter().map(|(_, made)| made).collect();
+    made.extend(pipes);
+    made.sort_by_key(|m| m.index);
+    Some((inputs, made))
 }
 
 /// Where a RUN mount's files come from.
 enum MountSource {
     /// A context, stage or image.
     From(CopyFrom),
+    /// The file of a `#!` heredoc RUN.
+    Pipe(Heredoc),
     /// BuildKit's mkdir on scratch for a cache mount with an owner or mode.
     Mkdir(Mkdir),
 }
