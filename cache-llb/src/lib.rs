@@ -66,8 +66,23 @@
 //!   key the digest of `{"Digest":<manifest>,"OS":"linux","Arch":"amd64"}` or the chain ID of
 //!   the config's diff IDs ([`image_records`]).
 //!
+//! - **Exec mounts** (RUN `--mount`): as `llb` marshals them: the root, bind, cache and tmpfs
+//!   mounts sorted by target (inputs numbered in that order, one per distinct source), then
+//!   secret files, then ssh sockets; env secrets in `secretenv`; cache ids
+//!   `<namespace>/<id>` (`//root/.cache` by default) kept only for the Dockerfile default.
+//!   A read-only or output-less mount's input has a content key over its paths (the whole
+//!   input, links not followed, when it mounts `/`).
+//! - **Snapshots**: the root header digest of an op's result is the entry digest of its root
+//!   directory (0755, root): the `#!` heredoc RUN's mounted mkfile snapshot gives the content
+//!   record `sha256:8c24f9ca…1e` of that export; a client's context has `sha256("")` instead,
+//!   and its files are owned by 0:0 (BuildKit's client resets owners).
+//! - **Env order** of an exec (`meta.env`): `llb.EnvList`, where a variable set again (ENV or
+//!   ARG) moves to the end; the image config's `Env` replaces in place instead.
+//!
 //! `tests/golden.rs` rebuilds every op of `tests/fixtures/t2/Dockerfile` from what BuildKit's
-//! frontend made of it and finds each record, link and content key in BuildKit's export.
+//! frontend made of it and finds each record, link and content key in BuildKit's export;
+//! `cache-build`'s `tests/corpus_keys.rs` compares the keys the engine derives for the interop corpus
+//! (and RUN `--mount` forms) with the ops `dockerfile2llb` made of them.
 
 pub mod contenthash;
 pub mod dump;
