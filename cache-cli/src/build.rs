@@ -491,10 +491,12 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
     };
     let open_layout = |dir: &Path| Arc::new(LayoutDir::open(dir)) as Arc<dyn BlobStore>;
     let resolver = crate::images::RegistryImages::new();
+    let downloads = crate::images::HttpDownloads::new();
     let services = Services {
         blobs,
         progress: &display,
         images: Some(&resolver),
+        urls: Some(&downloads),
         open_layout: &open_layout,
         source_names,
         facts: facts

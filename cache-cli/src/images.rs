@@ -113,6 +113,53 @@ async fn resolve(reference: &str) -> Result<ResolvedImage, String> {
     })
 }
 
+/// Downloads `ADD <url>` sources over HTTP(S).
+#[derive(Debug, Default)]
+pub struct HttpDownloads {
+    client: reqwest::Client,
+}
+
+impl HttpDownloads {
+    /// A downloader with reqwest's defaults (rustls, redirects followed).
+    pub fn new() -> Self {
+        HttpDownloads::default()
+    }
+
+    async fn fetch(&self, url: &str, dest: &Path) -> Result<(), String> {
+        use tokio::io::AsyncWriteExt as _;
+        let response = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|err| format!("request failed: {err}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("the server answered {status}"));
+        }
+        let mut file = tokio::fs::File::create(dest)
+            .await
+            .map_err(|err| format!("creating {}: {err}", dest.display()))?;
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|err| format!("reading the body: {err}"))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|err| format!("writing {}: {err}", dest.display()))?;
+        }
+        file.flush()
+            .await
+            .map_err(|err| format!("writing {}: {err}", dest.display()))?;
+        Ok(())
+    }
+}
+
+impl engine::UrlFetcher for HttpDownloads {
+    fn fetch<'a>(&'a self, url: &'a str, dest: &'a Path) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(HttpDownloads::fetch(self, url, dest))
+    }
+}
+
 impl ImageResolver for RegistryImages {
     fn resolve<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<ResolvedImage, String>> {
         Box::pin(resolve(reference))

@@ -22,7 +22,7 @@
 //! `RUN --mount`, `--network` and `--security` become typed data ([`Mount`], [`Network`],
 //! [`Security`]) in [`Op::Run`], with BuildKit's defaults and checks.
 //!
-//! Anything buildcache cannot build faithfully (`ADD <url>`, `COPY --parents`, `RUN --device`, other
+//! Anything buildcache cannot build faithfully (`ADD <git repository>`, `COPY --parents`, `RUN --device`, other
 //! platforms than `linux/amd64`, ...) is an error naming the Dockerfile line, never ignored.
 
 mod config;
@@ -44,8 +44,9 @@ pub use parse::{
     Instruction, InstructionKind, RunCommand, Stage, parse,
 };
 pub use plan::{
-    Base, CopyFrom, CopyOp, CopySource, DEFAULT_PATH, HISTORY_COMMENT, HistoryEntry, Op, PLATFORM,
-    Plan, PlanOptions, PlannedStage, Step, normalize_image_ref, plan, plan_with_base_configs,
+    Base, CopyFrom, CopyOp, CopySource, DEFAULT_PATH, Download, HISTORY_COMMENT, HistoryEntry, Op,
+    PLATFORM, Plan, PlanOptions, PlannedStage, Step, normalize_image_ref, plan,
+    plan_with_base_configs,
 };
 
 /// Expands variables in `word` like BuildKit's shell lexer (`frontend/dockerfile/shell/lex.go`).

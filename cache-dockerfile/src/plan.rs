@@ -235,6 +235,20 @@ pub struct CopyOp {
     pub is_add: bool,
     /// `--exclude` patterns (expanded, `.dockerignore` syntax), matched below each source.
     pub exclude: Vec<String>,
+    /// `ADD <url>`: files to download first; `sources` then name them (`Path(file_name)`),
+    /// read from the directory they are downloaded into.
+    pub downloads: Vec<Download>,
+    /// `ADD --checksum=sha256:…`: the digest every download must have.
+    pub checksum: Option<String>,
+}
+
+/// A file `ADD` downloads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Download {
+    /// The http(s) URL, expanded.
+    pub url: String,
+    /// The file's name: the URL path's last element, as BuildKit names it.
+    pub file_name: String,
 }
 
 /// One source of a [`CopyOp`].
@@ -1746,6 +1760,7 @@ impl StageDispatch<'_> {
         for flag in &ins.flags {
             match flag.name.as_str() {
                 "from" | "chown" | "chmod" | "link" | "exclude" => {}
+                "checksum" if is_add => {}
                 "parents" if flag.value == "false" => {}
                 other => {
                     return Err(Self::unsupported(
@@ -1765,6 +1780,7 @@ impl StageDispatch<'_> {
         let mut paths = Vec::new();
         let mut inline = Vec::new();
         let mut history_srcs = Vec::new();
+        let mut downloads = Vec::new();
         for src in srcs {
             if let Some(h) = parse_heredoc(src).map_err(Error::general)? {
                 let body = ins
@@ -1792,9 +1808,26 @@ impl StageDispatch<'_> {
                 continue;
             }
             let path = self.expand(src)?;
+            if is_add && is_url(&path) && !is_git(&path) {
+                // BuildKit names the file after the URL path's last element.
+                let url_path = path.split(['?', '#']).next().unwrap_or_default();
+                let base = url_path
+                    .splitn(4, '/')
+                    .nth(3)
+                    .and_then(|p| p.rsplit('/').next())
+                    .filter(|b| !b.is_empty() && *b != ".")
+                    .unwrap_or("__unnamed__");
+                history_srcs.push(format!(" {path}"));
+                downloads.push(Download {
+                    url: path.clone(),
+                    file_name: base.to_owned(),
+                });
+                paths.push(CopySource::Path(base.to_owned()));
+                continue;
+            }
             if is_url(&path) || is_git(&path) {
                 let what = if is_add {
-                    "ADD from a URL or git repository"
+                    "ADD from a git repository"
                 } else {
                     "COPY from a URL"
                 };
@@ -1845,6 +1878,41 @@ impl StageDispatch<'_> {
             },
         };
         let link = ins.flag("link") == Some("true");
+        if !downloads.is_empty() && downloads.len() != paths.len() {
+            return Err(Error::at(
+                ins.line,
+                "ADD mixing URLs with local files is not supported: split it into one ADD for the URLs and one for the files",
+            ));
+        }
+        let checksum = match ins.flag("checksum") {
+            None | Some("") => None,
+            Some(raw) => {
+                let value = self.expand(raw)?;
+                if downloads.is_empty() {
+                    return Err(Error::at(
+                        ins.line,
+                        format!(
+                            "ADD --checksum={value}: a checksum can only be given for an http(s) URL source"
+                        ),
+                    ));
+                }
+                let valid = value.strip_prefix("sha256:").is_some_and(|hex| {
+                    hex.len() == 64
+                        && hex
+                            .bytes()
+                            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                });
+                if !valid {
+                    return Err(Error::at(
+                        ins.line,
+                        format!(
+                            "ADD --checksum={value}: use sha256:<64 lowercase hex digits> (the only algorithm BuildKit supports for URLs)"
+                        ),
+                    ));
+                }
+                Some(value)
+            }
+        };
         let mut exclude = Vec::new();
         for pattern in ins.flag_values("exclude") {
             let pattern = self.expand(pattern)?;
@@ -1884,6 +1952,8 @@ impl StageDispatch<'_> {
             link,
             is_add,
             exclude,
+            downloads,
+            checksum,
         });
         let idx = self.push_step(ins, display, op);
         self.commit(msg, Some(idx));
@@ -2492,6 +2562,27 @@ mod tests {
     }
 
     #[test]
+    fn add_url_downloads_name_the_file_after_the_url_path() {
+        let sum = format!("sha256:{}", "a".repeat(64));
+        let plan = ok(&format!(
+            "FROM scratch\nADD --checksum={sum} https://example.com/d/tool.tgz?x=1 /opt/\nADD http://example.com/ /x\n"
+        ));
+        let copies: Vec<&CopyOp> = plan.stages[0]
+            .steps
+            .iter()
+            .map(|s| match &s.op {
+                Op::Copy(c) => c,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(copies[0].downloads[0].file_name, "tool.tgz");
+        assert_eq!(copies[0].sources, [CopySource::Path("tool.tgz".into())]);
+        assert_eq!(copies[0].checksum.as_deref(), Some(sum.as_str()));
+        assert_eq!(copies[1].downloads[0].file_name, "__unnamed__");
+        assert_eq!(copies[1].checksum, None);
+    }
+
+    #[test]
     fn copy_exclude_patterns_are_expanded_and_kept() {
         let plan = plan_text(
             "FROM scratch\nARG EXT=md\nADD --exclude=*.$EXT --exclude=tmp/ . /\n",
@@ -2528,14 +2619,14 @@ mod tests {
             "triggers reading another stage or image (--from, --mount from=) are not supported",
         );
         check_error(
-            "FROM scratch\nADD https://example.com/a.tgz /\n",
+            "FROM scratch\nADD https://example.com/a.tgz a.txt /\n",
             Some(2),
-            "ADD from a URL",
+            "ADD mixing URLs with local files is not supported",
         );
         check_error(
             "FROM scratch\nADD git@github.com:a/b.git /\n",
             Some(2),
-            "ADD from a URL or git",
+            "ADD from a git repository",
         );
         check_error(
             "FROM scratch\nCOPY http://x/y /\n",
@@ -2560,7 +2651,12 @@ mod tests {
         check_error(
             "FROM scratch\nADD --checksum=sha256:x a /\n",
             Some(2),
-            "ADD --checksum",
+            "ADD --checksum=sha256:x: a checksum can only be given for an http(s) URL source",
+        );
+        check_error(
+            "FROM scratch\nADD --checksum=md5:x http://h/a /\n",
+            Some(2),
+            "use sha256:<64 lowercase hex digits>",
         );
         check_error(
             "FROM --platform=linux/arm64 scratch\n",

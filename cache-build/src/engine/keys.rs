@@ -189,7 +189,9 @@ pub(super) fn step_op(
                 if let Some(mode) = copy.chmod {
                     action.mode = mode as i32;
                 }
-                action.attempt_unpack_docker_compatibility = copy.is_add;
+                // Downloads are never unpacked (BuildKit's ADD <url> without --unpack).
+                action.attempt_unpack_docker_compatibility =
+                    copy.is_add && copy.downloads.is_empty();
                 let input = if i == 0 {
                     base
                 } else {

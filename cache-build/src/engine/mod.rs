@@ -140,6 +140,12 @@ pub trait ImageResolver: Send + Sync {
     fn resolve<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<ResolvedImage, String>>;
 }
 
+/// Downloads `ADD <url>` sources; provided by the caller.
+pub trait UrlFetcher: Send + Sync {
+    /// Downloads `url` into the new file `dest`. Errors say what failed (status, connection).
+    fn fetch<'a>(&'a self, url: &'a str, dest: &'a Path) -> BoxFuture<'a, Result<(), String>>;
+}
+
 /// What the engine needs from its caller besides the request.
 pub struct Services<'a> {
     /// The root store and imported caches.
@@ -148,6 +154,8 @@ pub struct Services<'a> {
     pub progress: &'a dyn Progress,
     /// Registry image resolution, if available.
     pub images: Option<&'a dyn ImageResolver>,
+    /// `ADD <url>` downloads, if available.
+    pub urls: Option<&'a dyn UrlFetcher>,
     /// Opens an OCI layout directory as a read-only blob store.
     pub open_layout: &'a (dyn Fn(&Path) -> Arc<dyn BlobStore> + Send + Sync),
     /// Names of the cache sources by id: 0 is `local`, then the `--cache-from` values.
@@ -1459,6 +1467,14 @@ impl Engine<'_> {
         }
         let dir_source = |root: PathBuf, use_ignore: bool| (root, use_ignore);
         let (src_root, use_ignore) = match &copy.from {
+            _ if !copy.downloads.is_empty() => {
+                let dir = self.new_dir("download")?;
+                for download in &copy.downloads {
+                    self.download(download, copy.checksum.as_deref(), &dir, name, step.line)
+                        .await?;
+                }
+                dir_source(dir, false)
+            }
             CopyFrom::Context => dir_source(self.request.context.clone(), true),
             CopyFrom::Stage(j) => return Ok(Extra::Stage(*j)),
             CopyFrom::Image(reference) => {
@@ -1515,6 +1531,70 @@ impl Engine<'_> {
             src_root,
             selection,
         })
+    }
+
+    /// Downloads an `ADD <url>` source into `dir` (mode 0600, as BuildKit's http source),
+    /// checking `checksum` when given.
+    async fn download(
+        &mut self,
+        download: &dockerfile::Download,
+        checksum: Option<&str>,
+        dir: &Path,
+        name: &str,
+        line: usize,
+    ) -> Result<(), Error> {
+        let url = &download.url;
+        let Some(fetcher) = self.services.urls else {
+            return Err(step_error(
+                name,
+                line,
+                format!("ADD {url}: downloads are not available here"),
+            ));
+        };
+        let file = dir.join(&download.file_name);
+        let vertex = self.active.as_ref().map(|(v, _)| v.clone());
+        let started = Instant::now();
+        fetcher
+            .fetch(url, &file)
+            .await
+            .map_err(|err| step_error(name, line, format!("downloading {url}: {err}")))?;
+        let path = file.clone();
+        let digest = blocking(move || -> std::io::Result<Digest> {
+            use std::io::Read;
+            let mut reader = std::fs::File::open(&path)?;
+            let mut hasher = cache_core::digest::Hasher::new();
+            let mut buf = vec![0; 256 * 1024];
+            loop {
+                let n = reader.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            Ok(hasher.finish())
+        })
+        .await?
+        .map_err(|err| step_error(name, line, format!("reading the download of {url}: {err}")))?;
+        if let Some(want) = checksum
+            && digest.to_string() != want
+        {
+            return Err(step_error(
+                name,
+                line,
+                format!(
+                    "ADD --checksum={want}: {url} has digest {digest}; fix the checksum or the URL"
+                ),
+            ));
+        }
+        if let Some(vertex) = vertex {
+            self.progress().event(Event::Status {
+                vertex,
+                text: format!("downloading {url} ({digest})"),
+                done: Some(started.elapsed()),
+            });
+        }
+        Ok(())
     }
 
     /// Links to what a RUN bind mount reads: the content record of the mounted paths of a
@@ -1954,7 +2034,7 @@ impl Engine<'_> {
                     // files belong to 0:0.
                     keep_owner: matches!(extra, Extra::Stage(_) | Extra::Image(_)),
                     chmod: copy.chmod,
-                    extract_archives: copy.is_add,
+                    extract_archives: copy.is_add && copy.downloads.is_empty(),
                     workdir: step.workdir.clone(),
                 };
                 // COPY --link copies onto an empty filesystem, then lays that over the stage, as

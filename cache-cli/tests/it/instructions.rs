@@ -115,3 +115,89 @@ fn onbuild_triggers_are_recorded_and_run_by_images_built_on_them() {
         "{names:?}"
     );
 }
+
+/// A loopback HTTP server, for the test's lifetime: `GET /files/hello.txt` answers `body`,
+/// anything else 404.
+fn serve(body: &'static str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+    let addr = listener.local_addr().expect("an address");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut request = String::new();
+            let _ = reader.read_line(&mut request);
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap_or(0) <= 2 {
+                    break;
+                }
+            }
+            let response = if request.starts_with("GET /files/hello.txt ") {
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_owned()
+            };
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn add_url_downloads_and_verifies_the_checksum() {
+    use std::os::unix::fs::PermissionsExt;
+    let body = "hello from the web\n";
+    let server = serve(body);
+    let digest = cache_core::digest::sha256(body.as_bytes()).to_string();
+    let dockerfile = |checksum: &str, path: &str| {
+        format!("FROM scratch\nADD {checksum} {server}/files/{path} /dl/\n")
+    };
+    let Some(ctx) = busybox_context(&dockerfile("", "hello.txt")) else {
+        return;
+    };
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let (root, out) = (work.path().join("root"), work.path().join("out"));
+    let output = format!("type=local,dest={}", s(&out));
+    build_ok(ctx.path(), &root, &["--output", &output]);
+    let file = out.join("dl/hello.txt");
+    assert_eq!(fs::read_to_string(&file).expect("the download"), body);
+    assert_eq!(
+        fs::metadata(&file).expect("stat").permissions().mode() & 0o777,
+        0o600,
+        "BuildKit's http source mode"
+    );
+
+    ctx.write(
+        "Dockerfile",
+        &dockerfile(&format!("--checksum={digest}"), "hello.txt"),
+    );
+    build_ok(ctx.path(), &root, &[]);
+
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    ctx.write(
+        "Dockerfile",
+        &dockerfile(&format!("--checksum={wrong}"), "hello.txt"),
+    );
+    let err = crate::support::build(ctx.path(), &root, &[]).assert_failure();
+    assert!(
+        err.contains(&format!(
+            "ADD --checksum={wrong}: {server}/files/hello.txt has digest {digest}"
+        )),
+        "{err}"
+    );
+
+    ctx.write("Dockerfile", &dockerfile("", "missing.txt"));
+    let err = crate::support::build(ctx.path(), &root, &[]).assert_failure();
+    assert!(
+        err.contains(&format!(
+            "downloading {server}/files/missing.txt: the server answered 404"
+        )),
+        "{err}"
+    );
+}
