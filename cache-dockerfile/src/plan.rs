@@ -1766,7 +1766,11 @@ impl StageDispatch<'_> {
                     return Err(Self::unsupported(
                         ins,
                         &format!("{keyword} --{other}"),
-                        "remove the flag (supported: --from, --chown, --chmod, --link, --exclude)",
+                        if is_add {
+                            "remove the flag (supported: --chown, --chmod, --link, --exclude, --checksum)"
+                        } else {
+                            "remove the flag (supported: --from, --chown, --chmod, --link, --exclude)"
+                        },
                     ));
                 }
             }
