@@ -1140,11 +1140,17 @@ mod tests {
 
     #[test]
     fn fixture_dockerfile_structure() {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/fixtures/buildkit/context/Dockerfile"
-        ))
-        .expect("fixture Dockerfile is readable");
+        // `BUILDCACHE_FIXTURES` (set by `cargo xtask test`, which finds `../shared` from a
+        // worktree too), else `../shared` beside the checkout.
+        let dir = std::env::var_os("BUILDCACHE_FIXTURES").map_or_else(
+            || {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../shared/fixtures/buildkit")
+            },
+            std::path::PathBuf::from,
+        );
+        let text = std::fs::read_to_string(dir.join("context/Dockerfile"))
+            .expect("fixture Dockerfile is readable");
         let df = parse(&text).expect("parses");
         let names: Vec<_> = df
             .stages

@@ -2043,8 +2043,16 @@ mod tests {
         );
     }
 
+    /// `BUILDCACHE_FIXTURES` (set by `cargo xtask test`, which finds `../shared` from a worktree
+    /// too), else `../shared` beside the checkout.
     fn fixture_dir() -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/buildkit")
+        std::env::var_os("BUILDCACHE_FIXTURES").map_or_else(
+            || {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../shared/fixtures/buildkit")
+            },
+            std::path::PathBuf::from,
+        )
     }
 
     #[test]

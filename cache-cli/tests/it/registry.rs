@@ -70,17 +70,43 @@ impl TestRegistry {
     }
 
     /// The access-log lines (`"METHOD URI HTTP/1.1" STATUS …`) written since `mark`.
+    ///
+    /// The registry logs a request once its response is written, so the last requests of a
+    /// build may reach the log a moment after the build ended: a sentinel request sent now is
+    /// answered after them, and its line is waited for (rather than a fixed sleep, which a
+    /// loaded machine can outlast).
     fn requests_since(&self, mark: &LogMark) -> Vec<String> {
-        // The registry logs a request once its response is written: give the last ones a moment.
-        std::thread::sleep(Duration::from_millis(400));
-        let bytes = std::fs::read(&self.log)
-            .unwrap_or_else(|e| panic!("reading the registry log {}: {e}", self.log.display()));
-        let start = (mark.0 as usize).min(bytes.len());
-        String::from_utf8_lossy(&bytes[start..])
-            .lines()
-            .filter(|l| l.contains(" HTTP/1.") && l.contains("\"") && !l.contains("level="))
-            .map(str::to_owned)
-            .collect()
+        static SENTINELS: AtomicU32 = AtomicU32::new(0);
+        let sentinel = format!(
+            "/v2/log-sentinel-{}-{}/tags/list",
+            std::process::id(),
+            SENTINELS.fetch_add(1, Ordering::Relaxed)
+        );
+        http_get(&self.addr, &sentinel, "application/json");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let bytes = std::fs::read(&self.log)
+                .unwrap_or_else(|e| panic!("reading the registry log {}: {e}", self.log.display()));
+            let start = (mark.0 as usize).min(bytes.len());
+            let text = String::from_utf8_lossy(&bytes[start..]);
+            if text.contains(&sentinel) || std::time::Instant::now() > deadline {
+                // Give requests logged by other goroutines at the same moment a little time.
+                std::thread::sleep(Duration::from_millis(50));
+                let bytes = std::fs::read(&self.log).expect("the log was just read");
+                let start = (mark.0 as usize).min(bytes.len());
+                return String::from_utf8_lossy(&bytes[start..])
+                    .lines()
+                    .filter(|l| {
+                        l.contains(" HTTP/1.")
+                            && l.contains('"')
+                            && !l.contains("level=")
+                            && !l.contains("/v2/log-sentinel-")
+                    })
+                    .map(str::to_owned)
+                    .collect();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
