@@ -5,7 +5,8 @@
 //! `Env = [PATH=…]`). Every step the engine keys as BuildKit must have the cache map of one of
 //! those ops, and every exec, file and merge op must be the key of a step, apart from the
 //! forms README lists as keyed by buildcache itself. `tests/fixtures/*` adds entries of the same
-//! form for RUN `--mount`, `--network` and `--security` (FROM scratch, so no base is needed).
+//! form for RUN `--mount`, `--network`, `--security` and COPY `--exclude` (FROM scratch, so no base
+//! is needed).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -285,16 +285,18 @@ impl Tree {
         self.records.contains_key(&key_of(&key_path(path)))
     }
 
-    /// The contenthash of what `selector` selects (`contenthash.Checksum`).
+    /// The contenthash of what `selector` selects (`contenthash.Checksum`). Exclude patterns
+    /// must already be applied to the tree (it holds only what they leave, as a caller's
+    /// selection does); they switch to BuildKit's listing of every included header and file.
     pub fn checksum(&mut self, selector: &ContentSelector) -> Result<Digest, Error> {
-        if !selector.include_patterns.is_empty() || !selector.exclude_patterns.is_empty() {
+        if !selector.include_patterns.is_empty() {
             return Err(Error::Unsupported(format!(
-                "include/exclude patterns of {:?}",
+                "include patterns of {:?}",
                 selector.path
             )));
         }
         let path = clean_abs(&selector.path);
-        if !selector.wildcard {
+        if !selector.wildcard && selector.exclude_patterns.is_empty() {
             return self.lazy_checksum(&path, selector.follow_links);
         }
         let raw = if selector.path.starts_with('/') {
@@ -302,7 +304,7 @@ impl Tree {
         } else {
             format!("/{}", selector.path)
         };
-        let (prefix, mut included) = self.wildcard_paths(&raw)?;
+        let (prefix, mut included) = self.included_paths(&raw, selector.wildcard)?;
         for item in &mut included {
             if item.follow_links && item.kind == RecordType::Symlink {
                 item.digest = self.lazy_checksum(&item.path, selector.follow_links)?;
@@ -427,16 +429,28 @@ impl Tree {
         Ok((key_of(&current), found.map(|r| r.kind)))
     }
 
-    /// `includedPaths` for a wildcard selector without include/exclude patterns.
-    fn wildcard_paths(&mut self, raw: &str) -> Result<(String, Vec<Included>), Error> {
+    /// `includedPaths` for a wildcard selector or one with exclude patterns (already applied:
+    /// the tree holds only what they leave), without include patterns.
+    fn included_paths(
+        &mut self,
+        raw: &str,
+        wildcard: bool,
+    ) -> Result<(String, Vec<Included>), Error> {
         let ends_in_sep = raw.ends_with('/');
         let p = key_path(raw);
-        let (d1, d2) = split_wildcards(&p);
-        let (orig_prefix, start) = if d1 == "/" {
+        let (orig_prefix, start) = if wildcard {
+            let (d1, d2) = split_wildcards(&p);
+            if d1 == "/" {
+                (String::new(), Some(Vec::new()))
+            } else {
+                let (k, found) = self.follow_links(&key_of(&d1), !d2.is_empty())?;
+                (d1.clone(), found.map(|_| k))
+            }
+        } else if p.is_empty() {
             (String::new(), Some(Vec::new()))
         } else {
-            let (k, found) = self.follow_links(&key_of(&d1), !d2.is_empty())?;
-            (d1.clone(), found.map(|_| k))
+            let (k, found) = self.follow_links(&key_of(&p), false)?;
+            (p.clone(), found.map(|_| k))
         };
         let Some(start_key) = start else {
             return Ok((orig_prefix, Vec::new()));
@@ -478,7 +492,11 @@ impl Tree {
                     continue;
                 }
             }
-            if !p.is_empty()
+            if !wildcard {
+                if !format!("{name}/").starts_with(&format!("{p}/")) {
+                    break;
+                }
+            } else if !p.is_empty()
                 && (last_matched.is_empty() || !name.starts_with(&format!("{last_matched}/")))
             {
                 if !go_path_match(&p, &name) {

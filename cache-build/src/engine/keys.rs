@@ -210,9 +210,11 @@ pub(super) fn step_op(
             if paths.is_empty() && !copy.link && copy.exclude.is_empty() {
                 return Some(heredoc_copy(copy, &dest_path, scratch));
             }
-            // Heredocs mixed with paths, or with `--link`; `--exclude` patterns are not part of
-            // cache-llb's contenthash.
-            if inline || paths.is_empty() || !copy.exclude.is_empty() {
+            // Heredocs mixed with paths, or with `--link`; `--exclude` with a wildcard source
+            // (BuildKit's content key then matches the patterns below each match, not by name).
+            let wildcard_excluding =
+                !copy.exclude.is_empty() && paths.iter().any(|p| p.contains(['*', '?', '[']));
+            if inline || paths.is_empty() || wildcard_excluding {
                 let mut own = own_op("copy", &map.json, scratch);
                 let inline: Vec<String> = copy
                     .sources
