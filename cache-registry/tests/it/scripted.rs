@@ -686,16 +686,12 @@ async fn stalled_upload_fails_as_temporary() {
     );
     let data = vec![1u8; 2 << 20];
     let desc = Descriptor::new("", digest::sha256(&data), data.len() as u64);
-    let start = Instant::now();
+    // The server would answer after 1.5 s: an error saying "stalled" proves the client gave up
+    // first (no wall-clock bound, which a loaded machine could break).
     let err = registry
         .write_blob(&desc, Blob::from_bytes(data))
         .await
         .expect_err("no answer within the timeout");
-    assert!(
-        start.elapsed() < Duration::from_millis(1400),
-        "{:?}",
-        start.elapsed()
-    );
     assert!(err.is_temporary(), "{err}");
     assert!(err.to_string().contains("stalled"), "{err}");
     assert_eq!(
