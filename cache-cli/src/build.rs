@@ -309,6 +309,26 @@ fn facts_of(imported: &cache_core::import::Imported) -> Option<String> {
         .cloned()
 }
 
+/// The imported caches none of whose records is the key of a step of this build, with their
+/// record counts: a cache written for other inputs (or with other keys) that gives no hit.
+fn imports_without_hit(loaded: &[Import], steps: &[engine::StepReport]) -> Vec<(String, usize)> {
+    let keys: HashSet<&Digest> = steps.iter().filter_map(|step| step.key.as_ref()).collect();
+    if keys.is_empty() {
+        return Vec::new();
+    }
+    loaded
+        .iter()
+        .filter(|import| {
+            !import
+                .graph
+                .records()
+                .iter()
+                .any(|record| keys.contains(&record.digest))
+        })
+        .map(|import| (import.spec.raw.clone(), import.graph.records().len()))
+        .collect()
+}
+
 /// Runs `buildcache build`.
 pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -505,6 +525,12 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
             .collect(),
     };
     let outcome = engine::build(&request, graph, &services).await?;
+    let no_hit = imports_without_hit(&loaded, &outcome.steps);
+    for (source, n_records) in &no_hit {
+        display.line(&format!(
+            "WARNING: cache {source} gave no hit: none of its {n_records} records is a step of this build"
+        ));
+    }
     for arg in &outcome.unused_build_args {
         display.line(&format!(
             "WARNING: build argument {arg} was given but the Dockerfile does not use it"
@@ -645,6 +671,10 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
             "buildcache.steps": outcome.steps,
             "buildcache.cache_export": export_reports,
             "buildcache.cache_import_empty": empty_sources,
+            "buildcache.cache_import_no_hit": no_hit
+                .iter()
+                .map(|(source, n_records)| json!({"source": source, "records": n_records}))
+                .collect::<Vec<_>>(),
             "buildcache.blobs_fetched": outcome.blobs_fetched,
             "buildcache.registry_requests": registry_requests,
             "buildcache.first_cached_step_ms": first_cached_ms,

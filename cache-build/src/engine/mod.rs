@@ -182,6 +182,10 @@ pub struct StepReport {
     /// Why it was not found in any cache (absent on hits).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub miss: Option<String>,
+    /// The record digest of its key (`None` for a step without an op, as `WORKDIR /`): a cache
+    /// holding it matched this step.
+    #[serde(skip)]
+    pub key: Option<Digest>,
 }
 
 /// The result of a build.
@@ -1396,6 +1400,7 @@ impl Engine<'_> {
                 duration_ms: started.elapsed().as_millis() as u64,
                 finished_at: Instant::now(),
                 miss: None,
+                key: Some(slot.digest.clone()),
             });
             let fs = &mut self.stages[si].fs;
             fs.records = vec![record];
@@ -1696,6 +1701,7 @@ impl Engine<'_> {
             duration_ms: started.elapsed().as_millis() as u64,
             finished_at: Instant::now(),
             miss: None,
+            key: None,
         });
     }
 
@@ -1921,6 +1927,7 @@ impl Engine<'_> {
         slot.state = SlotState::Ran;
         slot.duration = duration;
         slot.reported = true;
+        let slot_digest = slot.digest.clone();
         let miss = self.slots[&key].miss.clone();
         self.reports.push(StepReport {
             name,
@@ -1929,6 +1936,7 @@ impl Engine<'_> {
             duration_ms: duration.as_millis() as u64,
             finished_at: Instant::now(),
             miss,
+            key: Some(slot_digest),
         });
         Ok(())
     }
@@ -2197,6 +2205,7 @@ impl Engine<'_> {
                 name: name.clone(),
             });
             self.services.progress.event(Event::Cached { vertex });
+            let key = Some(slot.digest.clone());
             self.reports.push(StepReport {
                 name,
                 cached: true,
@@ -2204,6 +2213,7 @@ impl Engine<'_> {
                 duration_ms: 0,
                 finished_at: Instant::now(),
                 miss: None,
+                key,
             });
         }
     }

@@ -2,6 +2,7 @@
 //! cache management.
 
 mod build;
+mod cache_hits;
 mod explain;
 mod faultproxy;
 mod faults;
