@@ -207,23 +207,29 @@ impl Registry {
     fn stop(&mut self) -> anyhow::Result<()> {
         match self.child.take() {
             Some(mut child) => {
-                if child.try_wait()?.is_none() {
-                    signal(self.pid, "TERM")?;
-                    let deadline = Instant::now() + STOP_TIMEOUT;
-                    while child.try_wait()?.is_none() {
-                        if Instant::now() > deadline {
-                            child.kill()?;
-                            child.wait()?;
-                            break;
-                        }
-                        thread::sleep(Duration::from_millis(50));
-                    }
-                }
+                stop_owned(&mut child, self.pid, STOP_TIMEOUT)?;
                 Ok(())
             }
             None => stop_detached(self.pid),
         }
     }
+}
+
+/// Stops a process this xtask started: SIGTERM, then SIGKILL if it has not exited after `timeout`.
+pub(crate) fn stop_owned(child: &mut Child, pid: u32, timeout: Duration) -> anyhow::Result<()> {
+    if child.try_wait()?.is_none() {
+        signal(pid, "TERM")?;
+        let deadline = Instant::now() + timeout;
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                child.kill()?;
+                child.wait()?;
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
 }
 
 /// Registries started together; stops them when dropped, so a failing run leaves nothing behind.

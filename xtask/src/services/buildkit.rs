@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::{Lifetime, Tool, find_binary, signal};
+use super::{Lifetime, Tool, find_binary};
 
 /// The Debian packages BuildKit needs besides the tarball.
 const TOOLS: &[Tool] = &[Tool {
@@ -163,18 +163,7 @@ impl Buildkit {
     fn stop_inner(&mut self) -> anyhow::Result<()> {
         match self.child.take() {
             Some(mut child) => {
-                if child.try_wait()?.is_none() {
-                    signal(self.pid, "TERM")?;
-                    let deadline = Instant::now() + STOP_TIMEOUT;
-                    while child.try_wait()?.is_none() {
-                        if Instant::now() > deadline {
-                            child.kill()?;
-                            child.wait()?;
-                            break;
-                        }
-                        thread::sleep(Duration::from_millis(50));
-                    }
-                }
+                super::stop_owned(&mut child, self.pid, STOP_TIMEOUT)?;
             }
             None => stop_detached(self.pid)?,
         }
