@@ -43,6 +43,7 @@ pub mod export;
 pub mod graph;
 pub mod import;
 pub mod layout;
+pub mod limits;
 pub mod manifest;
 pub mod spec;
 
