@@ -15,6 +15,7 @@ use cache_build::image;
 use cache_build::layer::Compression;
 use cache_core::export::{self, FromBackend};
 use cache_core::graph::{CacheGraph, SourceId};
+use cache_core::limits::Limits;
 use cache_core::spec::{self, CompressionKind, ExportSpec, ExportTarget, ImportSource, ImportSpec};
 use cache_core::{Digest, IndexRef};
 use cache_local::LayoutDir;
@@ -111,6 +112,8 @@ pub struct BuildArgs {
     /// (`RUN --security=insecure`); repeatable.
     #[arg(long = "allow")]
     pub allow: Vec<String>,
+    #[command(flatten)]
+    pub limits: crate::LimitArgs,
 }
 
 /// A parsed `--output`.
@@ -352,6 +355,7 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
             );
         }
     }
+    let limits = args.limits.limits()?;
     let outputs: Vec<Output> = args
         .outputs
         .iter()
@@ -421,6 +425,7 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
         root.as_ref(),
         &IndexRef::Tag(LOCAL_TAG.into()),
         engine::LOCAL_SOURCE,
+        &limits,
     )
     .await
     {
@@ -441,7 +446,7 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
     let mut empty_sources: Vec<String> = Vec::new();
     for (i, spec) in imports.iter().enumerate() {
         let source_id = (i + 1) as SourceId;
-        match import_one(spec, source_id, &display).await {
+        match import_one(spec, source_id, &display, &limits).await {
             Ok(Some(import)) => loaded.push(import),
             Ok(None) => empty_sources.push(spec.raw.clone()),
             Err(err) => {
@@ -497,6 +502,7 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
             cache_mount_seeds: crate::root_mounts::seeds(loaded.iter().map(|l| &l.mount_blobs)),
             ..run_options
         },
+        limits: limits.clone(),
     };
     let blobs = Blobs {
         root: root.clone() as Arc<dyn BlobStore>,
@@ -561,7 +567,7 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
     }
 
     // Keep this machine's cache.
-    if let Err(err) = persist_local(&root, &outcome.graph, &outcome.facts).await {
+    if let Err(err) = persist_local(&root, &outcome.graph, &outcome.facts, &limits).await {
         display.line(&format!(
             "WARNING: saving the local cache in {}: {}",
             root_dir.display(),
@@ -748,6 +754,7 @@ async fn import_one(
     spec: &ImportSpec,
     source_id: SourceId,
     display: &Display,
+    limits: &Limits,
 ) -> anyhow::Result<Option<Import>> {
     let (backend, reference) = AnyBackend::for_import(&spec.source)?;
     if let ImportSource::Local { src, .. } = &spec.source
@@ -771,7 +778,7 @@ async fn import_one(
         name: format!("importing cache manifest from {cm_key}"),
     });
     let budget = crate::stores::import_budget()?;
-    let import = cache_core::import::import(&backend, &reference, source_id);
+    let import = cache_core::import::import(&backend, &reference, source_id, limits);
     let imported = match tokio::time::timeout(budget, import).await {
         Ok(Ok(imported)) => imported,
         Ok(Err(err)) => {
@@ -1148,6 +1155,7 @@ async fn persist_local(
     root: &Arc<LayoutDir>,
     graph: &CacheGraph,
     facts: &engine::FactsMap,
+    limits: &Limits,
 ) -> anyhow::Result<()> {
     // One build at a time reads, merges and rewrites the local tag, so none loses another's records.
     let lock_path = root.root().join("local.lock");
@@ -1170,6 +1178,7 @@ async fn persist_local(
         root.as_ref(),
         &IndexRef::Tag(LOCAL_TAG.into()),
         engine::LOCAL_SOURCE,
+        limits,
     )
     .await
     .ok()

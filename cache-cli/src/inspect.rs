@@ -42,7 +42,11 @@ struct Report {
 }
 
 /// Runs `cache inspect SOURCE`; an absent or invalid cache is an error (an explicit request).
-pub async fn run(source: &str, json: bool) -> anyhow::Result<()> {
+pub async fn run(
+    source: &str,
+    json: bool,
+    limits: &cache_core::limits::Limits,
+) -> anyhow::Result<()> {
     let spec = spec::parse_import(source)?;
     let (backend, reference) = AnyBackend::for_import(&spec.source)?;
     if let Some(dir) = backend.local_dir()
@@ -56,7 +60,7 @@ pub async fn run(source: &str, json: bool) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    let imported = cache_core::import::import(&backend, &reference, 0)
+    let imported = cache_core::import::import(&backend, &reference, 0, limits)
         .await?
         .ok_or_else(|| anyhow::format_err!("no cache found for {reference} in {source}"))?;
     let graph = &imported.graph;

@@ -9,6 +9,7 @@ mod root_mounts;
 mod run_flags;
 mod stores;
 
+use cache_core::limits::Limits;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Build Dockerfiles and share their build cache between machines, in BuildKit's cache format.
@@ -43,9 +44,38 @@ enum CacheCommand {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     #[command(flatten)]
     Manage(manage::ManageCommand),
+}
+
+/// `--limit NAME=VALUE`, on every command that reads untrusted caches or Dockerfiles.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LimitArgs {
+    /// Raise (or lower) a bound on untrusted input, e.g. `layer-size=200G`; NAME is one of
+    /// layer-size, layer-ratio, layer-entries, config-size, config-records, config-layers,
+    /// dockerfile-size, word-size; repeatable.
+    #[arg(long = "limit", value_name = "NAME=VALUE", value_parser = check_limit)]
+    limit: Vec<String>,
+}
+
+impl LimitArgs {
+    /// The defaults with every `--limit` applied, in order.
+    pub fn limits(&self) -> anyhow::Result<Limits> {
+        let mut limits = Limits::default();
+        for assignment in &self.limit {
+            limits.set(assignment).map_err(anyhow::Error::msg)?;
+        }
+        Ok(limits)
+    }
+}
+
+/// Refuses a bad `--limit` while parsing the command line.
+fn check_limit(value: &str) -> Result<String, String> {
+    Limits::default().set(value)?;
+    Ok(value.to_owned())
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -116,9 +146,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Build(args) => build::run(*args).await,
         Command::Cache { command } => match command {
-            CacheCommand::Inspect { source, format } => {
-                inspect::run(&source, format == Format::Json).await
-            }
+            CacheCommand::Inspect {
+                source,
+                format,
+                limits,
+            } => inspect::run(&source, format == Format::Json, &limits.limits()?).await,
             CacheCommand::Manage(command) => manage::run(command).await,
         },
     }

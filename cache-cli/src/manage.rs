@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use cache_core::config::CacheConfig;
-use cache_core::import::MAX_CONFIG_SIZE;
+use cache_core::limits::Limits;
 use cache_core::manifest::{self, CacheManifest};
 use cache_core::spec::{self, ExportSpec, ImportSpec};
 use cache_core::{Backend, CacheGraph, Descriptor, Digest, IndexRef, RawIndex};
@@ -67,6 +67,8 @@ pub enum ManageCommand {
         /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
+        #[command(flatten)]
+        limits: crate::LimitArgs,
     },
     /// Check that every blob of a cache is present and intact and its config valid.
     Verify {
@@ -78,6 +80,8 @@ pub enum ManageCommand {
         /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
+        #[command(flatten)]
+        limits: crate::LimitArgs,
     },
 }
 
@@ -112,12 +116,18 @@ pub async fn run(command: ManageCommand) -> anyhow::Result<()> {
             };
             prune(&source, options, mounts, format).await
         }
-        ManageCommand::Copy { from, to, format } => copy(&from, &to, format).await,
+        ManageCommand::Copy {
+            from,
+            to,
+            format,
+            limits,
+        } => copy(&from, &to, format, &limits.limits()?).await,
         ManageCommand::Verify {
             source,
             all_tags,
             format,
-        } => verify(&source, all_tags, format).await,
+            limits,
+        } => verify(&source, all_tags, format, &limits.limits()?).await,
     }
 }
 
@@ -542,7 +552,12 @@ struct Verified {
     problems: Vec<String>,
 }
 
-async fn verify(source: &str, all_tags: bool, format: OutputFormat) -> anyhow::Result<()> {
+async fn verify(
+    source: &str,
+    all_tags: bool,
+    format: OutputFormat,
+    limits: &Limits,
+) -> anyhow::Result<()> {
     let spec = parse_source(source)?;
     let layout = existing_layout(&spec)?;
     let (backend, reference) = AnyBackend::for_import(&spec.source)?;
@@ -570,7 +585,7 @@ async fn verify(source: &str, all_tags: bool, format: OutputFormat) -> anyhow::R
     };
     let mut reports = Vec::new();
     for reference in &references {
-        let mut report = verify_cache(&backend, reference).await;
+        let mut report = verify_cache(&backend, reference, limits).await;
         if report.manifest.is_none()
             && let Some(layout) = &layout
         {
@@ -643,7 +658,7 @@ async fn verify(source: &str, all_tags: bool, format: OutputFormat) -> anyhow::R
 
 /// Checks the cache `reference` names: manifest, config, every blob's digest and size, and the
 /// layer chain of every result. Never fails: what is wrong goes into `problems`.
-async fn verify_cache<B: Backend>(backend: &B, reference: &IndexRef) -> Verified {
+async fn verify_cache<B: Backend>(backend: &B, reference: &IndexRef, limits: &Limits) -> Verified {
     let mut report = Verified {
         reference: reference.to_string(),
         ..Verified::default()
@@ -673,7 +688,7 @@ async fn verify_cache<B: Backend>(backend: &B, reference: &IndexRef) -> Verified
             return report;
         }
     };
-    let config = match read_config(backend, &cache).await {
+    let config = match read_config(backend, &cache, limits).await {
         Ok(config) => Some(config),
         Err(problem) => {
             report.problems.push(problem);
@@ -799,6 +814,7 @@ fn chain_of(config: &CacheConfig, top: i64) -> Vec<Option<Digest>> {
 async fn read_config<B: Backend>(
     backend: &B,
     cache: &CacheManifest,
+    limits: &Limits,
 ) -> Result<CacheConfig, String> {
     let digest = &cache.config.digest;
     let blob = match backend.read_blob(digest).await {
@@ -814,7 +830,7 @@ async fn read_config<B: Backend>(
     }
     let bytes = blob
         .verified(digest.clone())
-        .into_bytes(MAX_CONFIG_SIZE)
+        .into_bytes(limits.config_size)
         .await
         .map_err(|err| format!("cache config {digest} is corrupt: {err}"))?;
     let config = CacheConfig::from_json(&bytes)
@@ -874,7 +890,7 @@ enum Moved {
     Copied,
 }
 
-async fn copy(from: &str, to: &str, format: OutputFormat) -> anyhow::Result<()> {
+async fn copy(from: &str, to: &str, format: OutputFormat, limits: &Limits) -> anyhow::Result<()> {
     let from_spec = parse_source(from)?;
     let to_spec = parse_destination(to)?;
     existing_layout(&from_spec)?;
@@ -950,9 +966,11 @@ async fn copy(from: &str, to: &str, format: OutputFormat) -> anyhow::Result<()> 
             ),
         }
     }
-    read_config(&destination, &cache).await.map_err(|problem| {
-        anyhow::format_err!("copy to {to}: {problem}; the tag was not written")
-    })?;
+    read_config(&destination, &cache, limits)
+        .await
+        .map_err(|problem| {
+            anyhow::format_err!("copy to {to}: {problem}; the tag was not written")
+        })?;
     destination
         .write_index(&tag, &raw)
         .await

@@ -10,11 +10,8 @@ use crate::config::CacheConfig;
 use crate::descriptor::Descriptor;
 use crate::digest::Digest;
 use crate::graph::{CacheGraph, ParseError, SourceId};
+use crate::limits::Limits;
 use crate::manifest::{self, CacheManifest, ReadError};
-
-/// Configs larger than this are refused, to bound memory on hostile input. BuildKit's limit is
-/// 1 MiB (spec §9.1); real `mode=max` configs exceed that, so ours is far larger.
-pub const MAX_CONFIG_SIZE: u64 = 512 * 1024 * 1024;
 
 /// A cache read from a backend.
 #[derive(Debug, Clone)]
@@ -77,11 +74,15 @@ pub enum Error {
     },
 }
 
-/// Reads the cache `reference` names from `backend`; `Ok(None)` when there is none.
+/// Reads the cache `reference` names from `backend`; `Ok(None)` when there is none. `limits`
+/// bound the work a hostile cache may cause (its config is refused above `config_size` bytes:
+/// BuildKit's limit is 1 MiB, spec §9.1; real `mode=max` configs exceed that, so ours is far
+/// larger).
 pub async fn import<B: Backend>(
     backend: &B,
     reference: &IndexRef,
     source: SourceId,
+    limits: &Limits,
 ) -> Result<Option<Imported>, Error> {
     let source_name = backend.info().to_string();
     let backend_err = |what: String| {
@@ -112,7 +113,7 @@ pub async fn import<B: Backend>(
         })?;
     let bytes = blob
         .verified(config_digest.clone())
-        .into_bytes(MAX_CONFIG_SIZE)
+        .into_bytes(limits.config_size)
         .await
         .map_err(backend_err(format!("reading cache config {config_digest}")))?;
     let config = CacheConfig::from_json(&bytes).map_err(|source| Error::Config {

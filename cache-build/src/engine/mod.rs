@@ -72,6 +72,8 @@ pub struct BuildRequest {
     pub now: OffsetDateTime,
     /// RUN's cache mount store, secrets, SSH agents, default network and entitlements.
     pub run: RunOptions,
+    /// `--limit`: bounds on the work the Dockerfile and cache layers may cause.
+    pub limits: cache_core::limits::Limits,
 }
 
 /// A `--build-context` value.

@@ -110,10 +110,15 @@ impl Cache {
 /// Checks that `tag` names a complete, valid cache that imports with `n_results` results.
 async fn check_cache(layout: &LayoutDir, tag: &str, n_results: usize) {
     check_tag(layout, tag, None).await;
-    let imported = cache_core::import::import(layout, &IndexRef::Tag(tag.to_owned()), 0)
-        .await
-        .unwrap_or_else(|err| panic!("import of {tag}: {err}"))
-        .unwrap_or_else(|| panic!("tag {tag} is missing"));
+    let imported = cache_core::import::import(
+        layout,
+        &IndexRef::Tag(tag.to_owned()),
+        0,
+        &Default::default(),
+    )
+    .await
+    .unwrap_or_else(|err| panic!("import of {tag}: {err}"))
+    .unwrap_or_else(|| panic!("tag {tag} is missing"));
     let results: usize = imported
         .graph
         .records()
@@ -757,6 +762,7 @@ fn prune_of_a_buildkit_fixture_rewrites_its_config() {
                 &layout,
                 &IndexRef::Tag("latest".into()),
                 0,
+                &Default::default(),
             ))
             .expect("import")
             .expect("tag");
