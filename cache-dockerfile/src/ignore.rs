@@ -322,38 +322,52 @@ impl IgnoreMatcher {
     /// Whether a walker must descend into the excluded directory `dir_rel` because a later `!`
     /// pattern may re-include something below it. Conservative: true when unsure.
     pub fn may_include_under(&self, dir_rel: &str) -> bool {
+        self.may_match_below(dir_rel, true)
+    }
+
+    /// Whether a (non-`!`) pattern may match something below the directory `dir_rel` that it
+    /// does not match itself: where a walker looking for `COPY --parents` matches must descend.
+    /// Conservative: true when unsure.
+    pub fn may_match_under(&self, dir_rel: &str) -> bool {
+        self.may_match_below(dir_rel, false)
+    }
+
+    fn may_match_below(&self, dir_rel: &str, exclusion: bool) -> bool {
         let dir = normalize_rel(dir_rel);
         let dir_parts: Vec<&str> = if dir.is_empty() || dir == "." {
             Vec::new()
         } else {
             dir.split('/').collect()
         };
-        self.patterns.iter().filter(|p| p.exclusion).any(|p| {
-            let pat_parts: Vec<&str> = p.cleaned.split('/').collect();
-            for (i, dir_part) in dir_parts.iter().enumerate() {
-                let Some(pat_part) = pat_parts.get(i) else {
-                    // The pattern names an ancestor of the directory: it re-includes it all.
-                    return true;
-                };
-                if pat_part.contains("**") {
-                    return true;
-                }
-                match compile(pat_part) {
-                    Ok(kind) => {
-                        let single = Pattern {
-                            cleaned: pat_part.to_string(),
-                            exclusion: true,
-                            kind,
-                        };
-                        if !single.matches(dir_part) {
-                            return false;
-                        }
+        self.patterns
+            .iter()
+            .filter(|p| p.exclusion == exclusion)
+            .any(|p| {
+                let pat_parts: Vec<&str> = p.cleaned.split('/').collect();
+                for (i, dir_part) in dir_parts.iter().enumerate() {
+                    let Some(pat_part) = pat_parts.get(i) else {
+                        // The pattern names an ancestor of the directory: it matches it all.
+                        return true;
+                    };
+                    if pat_part.contains("**") {
+                        return true;
                     }
-                    Err(_) => return true,
+                    match compile(pat_part) {
+                        Ok(kind) => {
+                            let single = Pattern {
+                                cleaned: pat_part.to_string(),
+                                exclusion,
+                                kind,
+                            };
+                            if !single.matches(dir_part) {
+                                return false;
+                            }
+                        }
+                        Err(_) => return true,
+                    }
                 }
-            }
-            true
-        })
+                true
+            })
     }
 }
 
@@ -609,6 +623,20 @@ mod tests {
         ] {
             assert_eq!(clean_path(input), expected, "{input}");
         }
+    }
+
+    #[test]
+    fn include_patterns_say_where_matches_may_be() {
+        let m = IgnoreMatcher::from_patterns(["src/*/lib/*.rs"]).expect("valid");
+        assert!(m.may_match_under("src"));
+        assert!(m.may_match_under("src/a"));
+        assert!(m.may_match_under("src/a/lib"));
+        assert!(!m.may_match_under("docs"));
+        assert!(!m.may_match_under("src/a/bin"));
+        assert!(m.is_excluded("src/a/lib/x.rs"));
+        let deep = IgnoreMatcher::from_patterns(["src/**/*.md"]).expect("valid");
+        assert!(deep.may_match_under("src/a/b/c"));
+        assert!(!deep.may_match_under("doc"));
     }
 
     #[test]

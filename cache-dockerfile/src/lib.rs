@@ -22,8 +22,9 @@
 //! `RUN --mount`, `--network` and `--security` become typed data ([`Mount`], [`Network`],
 //! [`Security`]) in [`Op::Run`], with BuildKit's defaults and checks.
 //!
-//! Anything buildcache cannot build faithfully (`ADD <git repository>`, `COPY --parents`, `RUN --device`, other
-//! platforms than `linux/amd64`, ...) is an error naming the Dockerfile line, never ignored.
+//! Anything buildcache cannot build faithfully (`ADD <git repository>`, `ADD --unpack`,
+//! `RUN --device`, other platforms than `linux/amd64`, ...) is an error naming the Dockerfile
+//! line, never ignored.
 
 mod config;
 mod error;
@@ -45,7 +46,7 @@ pub use parse::{
 };
 pub use plan::{
     Base, CopyFrom, CopyOp, CopySource, DEFAULT_PATH, Download, HISTORY_COMMENT, HistoryEntry, Op,
-    PLATFORM, Plan, PlanOptions, PlannedStage, Step, normalize_image_ref, plan,
+    PLATFORM, ParentsSource, Plan, PlanOptions, PlannedStage, Step, normalize_image_ref, plan,
     plan_with_base_configs,
 };
 

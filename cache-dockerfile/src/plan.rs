@@ -240,6 +240,69 @@ pub struct CopyOp {
     pub downloads: Vec<Download>,
     /// `ADD --checksum=sha256:…`: the digest every download must have.
     pub checksum: Option<String>,
+    /// `COPY --parents`: each path source keeps its parent directories at the destination
+    /// (below the `/./` pivot when it has one); [`ParentsSource::of`] splits a source as
+    /// BuildKit does.
+    pub parents: bool,
+}
+
+/// A `COPY --parents` path source as BuildKit's frontend splits it: the directory the copy
+/// reads (everything before the first `/./`, else the root), the include pattern below it
+/// (the rest), and the path that must exist when neither has a wildcard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParentsSource {
+    /// The directory copied from (its contents, filtered), absolute.
+    pub dir: String,
+    /// The pattern (`.dockerignore` syntax, relative to `dir`) of what is copied with its
+    /// parents; a matched directory brings everything below it.
+    pub pattern: String,
+    /// `dir` joined with `pattern` when neither has a wildcard: the copy fails without it.
+    pub required: Option<String>,
+}
+
+impl ParentsSource {
+    /// Splits `source` (expanded) like BuildKit's `dispatchCopy` with `parents`.
+    pub fn of(source: &str) -> ParentsSource {
+        let (dir, pattern) = match source.split_once("/./") {
+            Some((dir, pattern)) => (dir, pattern),
+            None => ("/", source),
+        };
+        // `system.NormalizePath("/", p)`: relative paths are joined to `/` and cleaned,
+        // absolute ones kept as written.
+        let normalize = |p: &str| {
+            if p.starts_with('/') {
+                p.to_owned()
+            } else {
+                super::ignore::clean_path(&format!("/{p}"))
+            }
+        };
+        let abs_pattern = normalize(pattern);
+        let required = (!has_wildcards(dir) && !has_wildcards(&abs_pattern))
+            .then(|| normalize(&super::ignore::clean_path(&format!("{dir}/{abs_pattern}"))));
+        ParentsSource {
+            dir: normalize(dir),
+            pattern: abs_pattern
+                .strip_prefix('/')
+                .unwrap_or(&abs_pattern)
+                .to_owned(),
+            required,
+        }
+    }
+}
+
+/// BuildKit's `containsWildcards`: an unescaped `*`, `?` or `[`.
+fn has_wildcards(p: &str) -> bool {
+    let mut bytes = p.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'*' | b'?' | b'[' => return true,
+            b'\\' => {
+                bytes.next();
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 /// A file `ADD` downloads.
@@ -1761,7 +1824,7 @@ impl StageDispatch<'_> {
             match flag.name.as_str() {
                 "from" | "chown" | "chmod" | "link" | "exclude" => {}
                 "checksum" if is_add => {}
-                "parents" if flag.value == "false" => {}
+                "parents" if !is_add => {}
                 other => {
                     return Err(Self::unsupported(
                         ins,
@@ -1769,7 +1832,7 @@ impl StageDispatch<'_> {
                         if is_add {
                             "remove the flag (supported: --chown, --chmod, --link, --exclude, --checksum)"
                         } else {
-                            "remove the flag (supported: --from, --chown, --chmod, --link, --exclude)"
+                            "remove the flag (supported: --from, --chown, --chmod, --link, --exclude, --parents)"
                         },
                     ));
                 }
@@ -1935,7 +1998,11 @@ impl StageDispatch<'_> {
             exclude.push(pattern);
         }
 
+        let parents = !is_add && ins.flag("parents") == Some("true");
         let mut msg = String::from(keyword);
+        if parents {
+            msg.push_str(" --parents");
+        }
         if let Some(c) = &chown {
             msg.push_str(&format!(" --chown={c}"));
         }
@@ -1958,6 +2025,7 @@ impl StageDispatch<'_> {
             exclude,
             downloads,
             checksum,
+            parents,
         });
         let idx = self.push_step(ins, display, op);
         self.commit(msg, Some(idx));
@@ -2609,6 +2677,70 @@ mod tests {
     }
 
     #[test]
+    fn copy_parents_is_kept_and_in_history() {
+        let plan = plan_text(
+            "FROM scratch\nARG D=x\nCOPY --parents --chmod=644 $D/a.txt ./src/./y/*.txt /p/\nCOPY --parents=false a /q/\n",
+            &[],
+            None,
+        )
+        .expect("plans");
+        let stage = &plan.stages[0];
+        let copies: Vec<&CopyOp> = stage
+            .steps
+            .iter()
+            .filter_map(|s| match &s.op {
+                Op::Copy(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        assert!(copies[0].parents);
+        assert!(!copies[1].parents);
+        assert_eq!(
+            copies[0].sources,
+            [
+                CopySource::Path("x/a.txt".into()),
+                CopySource::Path("./src/./y/*.txt".into())
+            ]
+        );
+        let history: Vec<&str> = stage
+            .history
+            .iter()
+            .map(|h| h.created_by.as_str())
+            .collect();
+        assert!(
+            history.contains(&"COPY --parents --chmod=644 x/a.txt ./src/./y/*.txt /p/ # buildkit"),
+            "{history:?}"
+        );
+        assert!(history.contains(&"COPY a /q/ # buildkit"), "{history:?}");
+    }
+
+    #[test]
+    fn parents_sources_split_as_buildkit() {
+        // The ops dockerfile2llb makes (include_patterns, required_paths) for these sources.
+        let cases = [
+            ("x/a.txt", "/", "x/a.txt", Some("/x/a.txt")),
+            ("./src/./y/*.txt", "/src", "y/*.txt", None),
+            ("/out/./bin/app", "/out", "bin/app", Some("/out/bin/app")),
+            ("/out/./lib/", "/out", "lib", Some("/out/lib")),
+            ("docs/", "/", "docs", Some("/docs")),
+            ("src/**/*.md", "/", "src/**/*.md", None),
+            ("d*/./a", "/d*", "a", None),
+            ("a/./b/./c", "/a", "b/c", Some("/a/b/c")),
+        ];
+        for (source, dir, pattern, required) in cases {
+            assert_eq!(
+                ParentsSource::of(source),
+                ParentsSource {
+                    dir: dir.into(),
+                    pattern: pattern.into(),
+                    required: required.map(String::from),
+                },
+                "{source}"
+            );
+        }
+    }
+
+    #[test]
     fn unsupported_features_name_the_line() {
         check_error(
             "FROM scratch\nRUN --device=gpu make\n",
@@ -2646,9 +2778,9 @@ mod tests {
             "COPY from a URL",
         );
         check_error(
-            "FROM scratch\nCOPY --parents a/ /\n",
+            "FROM scratch\nADD --parents a/ /\n",
             Some(2),
-            "COPY --parents is not supported",
+            "unknown flag: parents",
         );
         check_error(
             "FROM scratch\nCOPY --exclude= . /\n",

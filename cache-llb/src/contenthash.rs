@@ -288,6 +288,7 @@ impl Tree {
     /// The contenthash of what `selector` selects (`contenthash.Checksum`). Exclude patterns
     /// must already be applied to the tree (it holds only what they leave, as a caller's
     /// selection does); they switch to BuildKit's listing of every included header and file.
+    /// Include patterns need [`Tree::checksum_including`].
     pub fn checksum(&mut self, selector: &ContentSelector) -> Result<Digest, Error> {
         if !selector.include_patterns.is_empty() {
             return Err(Error::Unsupported(format!(
@@ -295,8 +296,29 @@ impl Tree {
                 selector.path
             )));
         }
+        self.checksum_with(selector, None)
+    }
+
+    /// [`Tree::checksum`] of a selector with include patterns (`COPY --parents`): `includes`
+    /// tells whether a path relative to the selected directory (or wildcard match) is matched
+    /// by them, or lies below a path they match (patternmatcher's `MatchesUsingParentResults`).
+    /// Directories above a matched path count once something below them is included, as in
+    /// BuildKit's `includedPaths`.
+    pub fn checksum_including(
+        &mut self,
+        selector: &ContentSelector,
+        includes: &dyn Fn(&str) -> bool,
+    ) -> Result<Digest, Error> {
+        self.checksum_with(selector, Some(includes))
+    }
+
+    fn checksum_with(
+        &mut self,
+        selector: &ContentSelector,
+        includes: Option<&dyn Fn(&str) -> bool>,
+    ) -> Result<Digest, Error> {
         let path = clean_abs(&selector.path);
-        if !selector.wildcard && selector.exclude_patterns.is_empty() {
+        if !selector.wildcard && selector.exclude_patterns.is_empty() && includes.is_none() {
             return self.lazy_checksum(&path, selector.follow_links);
         }
         let raw = if selector.path.starts_with('/') {
@@ -304,7 +326,7 @@ impl Tree {
         } else {
             format!("/{}", selector.path)
         };
-        let (prefix, mut included) = self.included_paths(&raw, selector.wildcard)?;
+        let (prefix, mut included) = self.included_paths(&raw, selector.wildcard, includes)?;
         for item in &mut included {
             if item.follow_links && item.kind == RecordType::Symlink {
                 item.digest = self.lazy_checksum(&item.path, selector.follow_links)?;
@@ -430,11 +452,12 @@ impl Tree {
     }
 
     /// `includedPaths` for a wildcard selector or one with exclude patterns (already applied:
-    /// the tree holds only what they leave), without include patterns.
+    /// the tree holds only what they leave) or include patterns (`includes`).
     fn included_paths(
         &mut self,
         raw: &str,
         wildcard: bool,
+        includes: Option<&dyn Fn(&str) -> bool>,
     ) -> Result<(String, Vec<Included>), Error> {
         let ends_in_sep = raw.ends_with('/');
         let p = key_path(raw);
@@ -492,17 +515,32 @@ impl Tree {
                     continue;
                 }
             }
-            if !wildcard {
+            let base = if !wildcard {
                 if !format!("{name}/").starts_with(&format!("{p}/")) {
                     break;
                 }
-            } else if !p.is_empty()
-                && (last_matched.is_empty() || !name.starts_with(&format!("{last_matched}/")))
-            {
-                if !go_path_match(&p, &name) {
-                    continue;
+                &p
+            } else {
+                if !p.is_empty()
+                    && (last_matched.is_empty() || !name.starts_with(&format!("{last_matched}/")))
+                {
+                    if !go_path_match(&p, &name) {
+                        continue;
+                    }
+                    last_matched = name.clone();
                 }
-                last_matched = name.clone();
+                &last_matched
+            };
+            let should_include = includes.is_none_or(|includes| {
+                // The path relative to the selected directory or wildcard match.
+                let with_slash = format!("{name}/");
+                let rel = with_slash
+                    .strip_prefix(&format!("{base}/"))
+                    .unwrap_or(&with_slash);
+                includes(rel.strip_suffix('/').unwrap_or(rel))
+            });
+            if !should_include && !is_header {
+                continue;
             }
             let kind = self.records[&k].kind;
             let digest = self.record_digest(&k)?;
@@ -511,27 +549,24 @@ impl Tree {
                 kind,
                 digest,
                 follow_links: !has_parent,
-                included: false,
+                included: should_include,
             };
             if kind == RecordType::Dir {
                 continue;
             }
-            for parent in &mut parents {
-                if !parent.included {
-                    parent.included = true;
-                    included.push(parent.clone());
+            if should_include {
+                for parent in &mut parents {
+                    if !parent.included {
+                        parent.included = true;
+                        included.push(parent.clone());
+                    }
                 }
+                included.push(item.clone());
             }
             if kind == RecordType::DirHeader {
-                parents.push(Included {
-                    included: true,
-                    ..item.clone()
-                });
+                // Kept whether included or not: a match below includes it then.
+                parents.push(item);
             }
-            included.push(Included {
-                included: true,
-                ..item
-            });
         }
         Ok((orig_prefix, included))
     }
@@ -672,6 +707,62 @@ mod tests {
         assert!(go_path_match("/a/[a-c]?", "/a/bx"));
         assert!(!go_path_match("/a/[^a-c]?", "/a/bx"));
         assert!(go_path_match("/a/\\*", "/a/*"));
+    }
+
+    #[test]
+    fn include_patterns_list_matches_with_their_parent_headers() {
+        let dir = |mode| entry_digest(&Stat::new(Kind::Dir, mode), b"");
+        let file = |content: &[u8]| entry_digest(&Stat::new(Kind::File, 0o644), content);
+        let mut tree = Tree::new(local_root_header());
+        tree.insert("/x", Kind::Dir, "", dir(0o755));
+        tree.insert("/x/y", Kind::Dir, "", dir(0o700));
+        tree.insert("/x/y/a.txt", Kind::File, "", file(b"a"));
+        tree.insert("/x/y/b.md", Kind::File, "", file(b"b"));
+        tree.insert("/z", Kind::Dir, "", dir(0o755));
+        let selector = |path: &str| ContentSelector {
+            path: path.to_owned(),
+            include_patterns: vec!["unused: the closure decides".to_owned()],
+            ..ContentSelector::default()
+        };
+        assert!(matches!(
+            tree.checksum(&selector("/")),
+            Err(Error::Unsupported(_))
+        ));
+        let list = |items: &[(&str, Digest)]| {
+            let mut h = Hasher::new();
+            for (path, digest) in items {
+                h.update(&key_of(path));
+                h.update(digest.as_ref().as_bytes());
+            }
+            h.finish()
+        };
+        // From the root: the root's own header never counts, /x and /x/y come with the match.
+        let txt = |rel: &str| rel.ends_with(".txt");
+        assert_eq!(
+            tree.checksum_including(&selector("/"), &txt).unwrap(),
+            list(&[
+                ("/x", dir(0o755)),
+                ("/x/y", dir(0o700)),
+                ("/x/y/a.txt", file(b"a")),
+            ])
+        );
+        // Below a pivot directory: paths relative to it, its own header first.
+        let y = |rel: &str| rel == "y" || rel.starts_with("y/");
+        assert_eq!(
+            tree.checksum_including(&selector("/x"), &y).unwrap(),
+            list(&[
+                ("/", dir(0o755)),
+                ("/y", dir(0o700)),
+                ("/y/a.txt", file(b"a")),
+                ("/y/b.md", file(b"b")),
+            ])
+        );
+        // Nothing matched: the empty list.
+        assert_eq!(
+            tree.checksum_including(&selector("/x"), &|_: &str| false)
+                .unwrap(),
+            sha256(b"")
+        );
     }
 
     #[test]

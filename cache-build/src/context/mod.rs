@@ -54,7 +54,7 @@ pub use copy::{CopyOptions, CopyStats, copy_into, make_dir_all};
 pub use hash::{HashCache, HashStats};
 pub use select::{
     EntryKind, Match, SelectedEntry, SelectedSource, Selection, select, select_excluding,
-    select_with,
+    select_including, select_with,
 };
 
 /// Errors of selecting, hashing and copying COPY/ADD sources.

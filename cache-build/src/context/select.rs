@@ -238,6 +238,23 @@ pub fn select_with(
     cache: &mut HashCache,
     reset_owner: bool,
 ) -> Result<Selection, Error> {
+    select_including(src_root, sources, &[], ignore, exclude, cache, reset_owner)
+}
+
+/// [`select_with`], where a source with an include matcher in `includes` (same index; missing
+/// or `None`: everything) selects below its match only what the matcher matches, relative to
+/// the match, with the directories leading there (`COPY --parents`, as BuildKit's copy with
+/// include patterns): a matched directory brings everything below it, other directories only
+/// come with a match below them, and files that do not match are left out.
+pub fn select_including(
+    src_root: &Path,
+    sources: &[String],
+    includes: &[Option<&IgnoreMatcher>],
+    ignore: Option<&IgnoreMatcher>,
+    exclude: Option<&IgnoreMatcher>,
+    cache: &mut HashCache,
+    reset_owner: bool,
+) -> Result<Selection, Error> {
     let root_name = if ignore.is_some() {
         "build context"
     } else {
@@ -262,6 +279,7 @@ pub fn select_with(
                 root: src_root,
                 ignore,
                 exclude,
+                include: includes.get(source_idx).copied().flatten(),
                 reset_owner,
             };
             if let Some((found, files)) = walker.match_path(&named)? {
@@ -679,6 +697,8 @@ struct Walker<'a> {
     ignore: Option<&'a IgnoreMatcher>,
     /// `COPY --exclude` patterns, relative to the match.
     exclude: Option<&'a IgnoreMatcher>,
+    /// `COPY --parents` include pattern, relative to the match.
+    include: Option<&'a IgnoreMatcher>,
     reset_owner: bool,
 }
 
@@ -703,6 +723,21 @@ impl Walker<'_> {
             }
             _ => false,
         }
+    }
+
+    /// Whether the include pattern matches `match_rel` (relative to the match) or a parent of
+    /// it; true without one.
+    fn is_included(&self, match_rel: &Path) -> bool {
+        self.include.is_none_or(|include| {
+            include.is_excluded(&String::from_utf8_lossy(match_rel.as_os_str().as_bytes()))
+        })
+    }
+
+    /// Whether the include pattern may match something below the directory `match_rel`.
+    fn may_match_under(&self, match_rel: &Path) -> bool {
+        self.include.is_none_or(|include| {
+            include.may_match_under(&String::from_utf8_lossy(match_rel.as_os_str().as_bytes()))
+        })
     }
 
     fn may_include_under(&self, rel: &Path) -> bool {
@@ -797,6 +832,11 @@ impl Walker<'_> {
             if excluded && !(is_dir && self.may_include_under(&child_ctx)) {
                 continue;
             }
+            // Not matched by the include pattern: only a directory a match may be below.
+            let unmatched = !self.is_included(&child_rel);
+            if unmatched && !(is_dir && self.may_match_under(&child_rel)) {
+                continue;
+            }
             let Some(entry) =
                 entry_from_meta(child_rel.clone(), &meta, &child_abs, self.reset_owner)?
             else {
@@ -810,8 +850,9 @@ impl Walker<'_> {
             if is_dir {
                 let n_files_before = files.len();
                 let n_below = self.walk(&child_abs, &child_ctx, &child_rel, entries, files)?;
-                if excluded && n_below == 0 {
-                    // An excluded directory with nothing re-included below it is not selected.
+                if (excluded || unmatched) && n_below == 0 {
+                    // An excluded directory with nothing re-included below it, or one leading
+                    // to no include match, is not selected.
                     entries.truncate(idx);
                     files.truncate(n_files_before);
                     continue;
@@ -913,6 +954,61 @@ mod tests {
         write(dir.path(), "dir/sub/two.txt", "2");
         write(dir.path(), "dir/secret.key", "k");
         dir
+    }
+
+    /// `COPY --parents`: what an include pattern selects below each source, and the
+    /// directories that lead there (none that lead nowhere).
+    #[test]
+    fn include_patterns_select_matches_and_the_directories_to_them() {
+        let dir = context();
+        let check = |sources: &[&str], pattern: &str, expect: &[&str]| {
+            let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+            let include = IgnoreMatcher::from_patterns([pattern]).expect("pattern");
+            let includes = vec![Some(&include); sources.len()];
+            let selection = select_including(
+                dir.path(),
+                &sources,
+                &includes,
+                None,
+                None,
+                &mut HashCache::in_memory(),
+                false,
+            )
+            .expect("select");
+            assert_eq!(names(&selection), expect, "{sources:?} include {pattern}");
+        };
+        check(&["."], "src/x/a", &["", "src", "src/x", "src/x/a"]);
+        check(
+            &["src"],
+            "*/a",
+            &["src", "src/x", "src/x/a", "src/y", "src/y/a"],
+        );
+        check(
+            &["."],
+            "dir",
+            &[
+                "",
+                "dir",
+                "dir/one.txt",
+                "dir/secret.key",
+                "dir/sub",
+                "dir/sub/two.txt",
+            ],
+        );
+        check(
+            &["."],
+            "**/*.txt",
+            &[
+                "",
+                "a.txt",
+                "b.txt",
+                "dir",
+                "dir/one.txt",
+                "dir/sub",
+                "dir/sub/two.txt",
+            ],
+        );
+        check(&["."], "nothing/here", &[""]);
     }
 
     /// BuildKit's `testExcludedFilesOnCopy` cases: patterns match below each source's match.

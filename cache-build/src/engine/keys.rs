@@ -12,8 +12,8 @@ use cache_llb::{
 
 use crate::context::{EntryKind, Selection};
 use crate::dockerfile::{
-    CopyFrom, CopySource, Heredoc, Mount as RunMount, Network, Op, RunCommand, Security, Sharing,
-    Step,
+    CopyFrom, CopySource, Heredoc, IgnoreMatcher, Mount as RunMount, Network, Op, ParentsSource,
+    RunCommand, Security, Sharing, Step,
 };
 
 pub use cache_llb::{content_record, record_digest};
@@ -183,7 +183,17 @@ pub(super) fn step_op(
             let n_inputs = usize::from(dest.is_some()) + usize::from(src.is_some());
             let mut actions = Vec::new();
             for (i, source) in paths.iter().enumerate() {
-                let mut action = Copy::dockerfile(&clean_source(source), &dest_path);
+                let mut action = if copy.parents {
+                    // `COPY --parents`: the directory before the `/./` pivot (or the root),
+                    // filtered by the rest as an include pattern.
+                    let split = ParentsSource::of(source);
+                    let mut action = Copy::dockerfile(&clean_source(&split.dir), &dest_path);
+                    action.include_patterns = vec![split.pattern];
+                    action.required_paths = split.required.into_iter().collect();
+                    action
+                } else {
+                    Copy::dockerfile(&clean_source(source), &dest_path)
+                };
                 action.exclude_patterns = copy.exclude.clone();
                 action.owner = copy.chown.as_deref().map(|u| chown_opt(u, base));
                 if let Some(mode) = copy.chmod {
@@ -212,8 +222,11 @@ pub(super) fn step_op(
             }
             // Heredocs mixed with paths, or with `--link`; `--exclude` with a wildcard source
             // (BuildKit's content key then matches the patterns below each match, not by name).
-            let wildcard_excluding =
-                !copy.exclude.is_empty() && paths.iter().any(|p| p.contains(['*', '?', '[']));
+            let wildcard_excluding = !copy.exclude.is_empty()
+                && op.actions.iter().any(|a| match &a.action {
+                    Action::Copy(c) => c.src.contains(['*', '?', '[']),
+                    _ => false,
+                });
             if inline || paths.is_empty() || wildcard_excluding {
                 let mut own = own_op("copy", &map.json, scratch);
                 let inline: Vec<String> = copy
@@ -828,7 +841,22 @@ pub(super) fn content_checksums(
     }
     selectors
         .iter()
-        .map(|sel| tree.checksum(sel).map_err(|err| err.to_string()))
+        .map(|sel| {
+            if sel.include_patterns.is_empty() {
+                return tree.checksum(sel).map_err(|err| err.to_string());
+            }
+            let includes =
+                IgnoreMatcher::from_patterns(sel.include_patterns.iter().map(String::as_str))
+                    .map_err(|err| {
+                        format!(
+                            "include patterns {:?}: {}",
+                            sel.include_patterns,
+                            err.message()
+                        )
+                    })?;
+            tree.checksum_including(sel, &|rel| includes.is_excluded(rel))
+                .map_err(|err| err.to_string())
+        })
         .collect()
 }
 

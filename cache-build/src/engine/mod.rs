@@ -1461,14 +1461,7 @@ impl Engine<'_> {
         let Op::Copy(copy) = &step.op else {
             return Ok(Extra::None);
         };
-        let paths: Vec<String> = copy
-            .sources
-            .iter()
-            .filter_map(|s| match s {
-                CopySource::Path(p) => Some(p.clone()),
-                CopySource::Inline { .. } => None,
-            })
-            .collect();
+        let (paths, includes) = copy_paths(copy).map_err(|err| step_error(name, step.line, err))?;
         if paths.is_empty() {
             return Ok(Extra::None);
         }
@@ -1509,15 +1502,17 @@ impl Engine<'_> {
         let exclude =
             exclude_matcher(&copy.exclude).map_err(|err| Error::other(format!("{name}: {err}")))?;
         // A client sends its files as owned by 0:0 (BuildKit's client resets owners).
-        let selection = context::select_with(
+        let selection = context::select_including(
             &src_root,
             &paths,
+            &includes.iter().map(Option::as_ref).collect::<Vec<_>>(),
             ignore,
             exclude.as_ref(),
             &mut self.hashes,
             true,
         )
         .map_err(|err| Error::other(format!("{name}: {err}")))?;
+        parents_found(copy, &selection).map_err(|err| step_error(name, step.line, err))?;
         let selectors = match (&sop.linked_copy, sop.src) {
             (Some(copy), _) => copy.deps[0].content.as_ref(),
             (None, Some(i)) => sop.map.deps[i].content.as_ref(),
@@ -2136,17 +2131,20 @@ impl Engine<'_> {
         name: &str,
         line: usize,
     ) -> Result<context::Selection, Error> {
-        let paths: Vec<String> = copy
-            .sources
-            .iter()
-            .filter_map(|s| match s {
-                CopySource::Path(p) => Some(p.clone()),
-                CopySource::Inline { .. } => None,
-            })
-            .collect();
+        let (paths, includes) = copy_paths(copy).map_err(|err| step_error(name, line, err))?;
         let exclude = exclude_matcher(&copy.exclude).map_err(|err| step_error(name, line, err))?;
-        context::select_excluding(src_root, &paths, None, exclude.as_ref(), &mut self.hashes)
-            .map_err(|err| step_error(name, line, err.to_string()))
+        let selection = context::select_including(
+            src_root,
+            &paths,
+            &includes.iter().map(Option::as_ref).collect::<Vec<_>>(),
+            None,
+            exclude.as_ref(),
+            &mut self.hashes,
+            false,
+        )
+        .map_err(|err| step_error(name, line, err.to_string()))?;
+        parents_found(copy, &selection).map_err(|err| step_error(name, line, err))?;
+        Ok(selection)
     }
 
     /// Writes the layer of what changed in `dir` since `before` into the root store (an empty
@@ -2219,6 +2217,53 @@ impl Engine<'_> {
             });
         }
     }
+}
+
+/// The paths a COPY or ADD selects, and for `COPY --parents` the include matcher of each:
+/// the directory before a source's `/./` pivot (else the root), filtered by the rest.
+fn copy_paths(
+    copy: &dockerfile::CopyOp,
+) -> Result<(Vec<String>, Vec<Option<dockerfile::IgnoreMatcher>>), String> {
+    let mut paths = Vec::new();
+    let mut includes = Vec::new();
+    for source in &copy.sources {
+        let CopySource::Path(path) = source else {
+            continue;
+        };
+        if copy.parents {
+            let split = dockerfile::ParentsSource::of(path);
+            let include = dockerfile::IgnoreMatcher::from_patterns([split.pattern.as_str()])
+                .map_err(|err| format!("COPY --parents {path}: {}", err.message()))?;
+            paths.push(split.dir);
+            includes.push(Some(include));
+        } else {
+            paths.push(path.clone());
+            includes.push(None);
+        }
+    }
+    Ok((paths, includes))
+}
+
+/// `COPY --parents` without wildcards must copy something for each source (BuildKit's
+/// required paths).
+fn parents_found(copy: &dockerfile::CopyOp, selection: &context::Selection) -> Result<(), String> {
+    if !copy.parents {
+        return Ok(());
+    }
+    let paths = copy.sources.iter().filter_map(|s| match s {
+        CopySource::Path(p) => Some(p),
+        CopySource::Inline { .. } => None,
+    });
+    for (path, selected) in paths.zip(&selection.sources) {
+        let split = dockerfile::ParentsSource::of(path);
+        let empty = selected.matches.iter().all(|m| m.entries.len() <= 1);
+        if let (Some(required), true) = (split.required, empty) {
+            return Err(format!(
+                "COPY --parents {path}: {required} not found; check the path (relative to the build context or the --from source)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The matcher of `COPY --exclude` patterns, `None` without any.

@@ -1,8 +1,9 @@
-//! Dockerfile instructions and flags beyond the basics: COPY --exclude.
+//! Dockerfile instructions and flags beyond the basics: COPY --exclude, COPY --parents, ONBUILD,
+//! ADD <url>.
 
 use std::fs;
 
-use crate::support::{build_ok, busybox_context, s, steps};
+use crate::support::{build, build_ok, busybox_context, s, steps};
 
 #[test]
 fn copy_exclude_leaves_out_what_it_matches_and_keys_on_what_is_left() {
@@ -38,6 +39,58 @@ fn copy_exclude_leaves_out_what_it_matches_and_keys_on_what_is_left() {
         steps(again.meta()).iter().all(|s| !s.cached),
         "{:?}",
         steps(again.meta())
+    );
+}
+
+#[test]
+fn copy_parents_keeps_the_directories_and_keys_on_what_it_copies() {
+    let dockerfile = "FROM scratch\nCOPY --parents src/**/*.c ./lib/./x/ /app/\n";
+    let Some(ctx) = busybox_context(dockerfile) else {
+        return;
+    };
+    ctx.write("src/main.c", "int main;\n")
+        .write("src/README.md", "docs\n")
+        .write("src/net/tcp.c", "int tcp;\n")
+        .write("src/empty/notes.txt", "notes\n")
+        .write("lib/x/y/z.h", "z\n")
+        .write("lib/other.h", "o\n");
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let (root, out) = (work.path().join("root"), work.path().join("out"));
+    let output = format!("type=local,dest={}", s(&out));
+    build_ok(ctx.path(), &root, &["--output", &output]);
+    let mut files: Vec<String> = walkdir(&out.join("app"));
+    files.sort();
+    // Parents up to the source (below the `/./` pivot), nothing that does not match, and no
+    // directory that leads to no match.
+    assert_eq!(files, ["src/main.c", "src/net/tcp.c", "x/y/z.h"]);
+    assert!(!out.join("app/src/empty").exists());
+
+    // A file the patterns leave out changing keeps the step cached; a copied one does not.
+    ctx.write("src/README.md", "more docs\n")
+        .write("lib/other.h", "o2\n");
+    let again = build_ok(ctx.path(), &root, &[]);
+    assert!(
+        steps(again.meta()).iter().all(|s| s.cached),
+        "{:?}",
+        steps(again.meta())
+    );
+    ctx.write("src/net/tcp.c", "int tcp2;\n");
+    let again = build_ok(ctx.path(), &root, &[]);
+    assert!(
+        steps(again.meta()).iter().all(|s| !s.cached),
+        "{:?}",
+        steps(again.meta())
+    );
+
+    // A source without wildcards must exist, as in BuildKit.
+    ctx.write(
+        "Dockerfile",
+        "FROM scratch\nCOPY --parents src/main.c src/gone.c /app/\n",
+    );
+    let err = build(ctx.path(), &root, &[]).assert_failure();
+    assert!(
+        err.contains("COPY --parents src/gone.c: /src/gone.c not found"),
+        "{err}"
     );
 }
 
