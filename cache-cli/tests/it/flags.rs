@@ -130,3 +130,66 @@ fn bad_flag_values_are_errors_naming_them() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+/// Issue 12: `buildcache build --help` lists every buildx flag the issue asks for, and README's
+/// flag list names every flag `--help` shows.
+#[test]
+fn help_lists_the_buildx_flags_and_readme_names_them_all() {
+    let out = crate::support::buildcache()
+        .args(["build", "--help"])
+        .output()
+        .expect("running buildcache build --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    // (short, long) of every flag shown.
+    let shown: Vec<(Option<&str>, &str)> = help
+        .lines()
+        // Flag lines are indented by 2 or 6 columns, descriptions by 10.
+        .filter(|l| l.len() - l.trim_start().len() <= 6)
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let (short, long) = match l.split_once(", ") {
+                Some((short, long)) if short.len() == 2 && short.starts_with('-') => {
+                    (Some(short), long)
+                }
+                _ => (None, l),
+            };
+            long.starts_with("--")
+                .then(|| (short, long.split(' ').next().unwrap_or(long)))
+        })
+        .filter(|(_, long)| *long != "--help")
+        .collect();
+    for flag in [
+        "--iidfile",
+        "--label",
+        "--annotation",
+        "--no-cache-filter",
+        "--pull",
+        "--network",
+        "--add-host",
+        "--platform",
+        "--explain",
+        "--metadata-file",
+        "--progress",
+    ] {
+        assert!(
+            shown.iter().any(|(_, long)| *long == flag),
+            "{flag} is not in --help:\n{help}"
+        );
+    }
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let list: String = readme
+        .lines()
+        .filter(|l| {
+            l.starts_with("`buildcache build` takes buildx's flags")
+                || l.starts_with("For RUN steps it also takes")
+        })
+        .collect();
+    assert!(!list.is_empty(), "README's flag list is gone");
+    for (short, long) in &shown {
+        let named = list.contains(&format!("`{long}"))
+            || short.is_some_and(|short| list.contains(&format!("`{short}`")));
+        assert!(named, "README's flag list lacks {long}");
+    }
+}
