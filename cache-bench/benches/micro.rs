@@ -3,7 +3,7 @@
 //!
 //! Inputs come from a fixed seed. Registry cases run only when `CACHE_TEST_REGISTRY` is set.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hint::black_box;
 use std::path::Path;
 use std::process::Command;
@@ -86,7 +86,11 @@ fn config_benches(c: &mut Criterion) {
         let graph = chain_graph(n, 0, 0);
         let (config, layers) = graph.to_config();
         let json = config.to_json();
-        let lookup = |d: &Digest| layers.iter().find(|l| &l.digest == d).cloned();
+        let by_digest: HashMap<Digest, Descriptor> = layers
+            .iter()
+            .map(|l| (l.digest.clone(), l.clone()))
+            .collect();
+        let lookup = |d: &Digest| by_digest.get(d).cloned();
         let mut group = c.benchmark_group("cache-core/config-parse");
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &json, |b, json| {
@@ -126,6 +130,52 @@ fn config_benches(c: &mut Criterion) {
         });
         group.finish();
     }
+}
+
+/// Hostile sizes (issue 15): a config of one 128k-layer chain with a record per layer, and one
+/// of a million records without layers, parsed and validated into a graph as an import does.
+fn hostile_config_benches(c: &mut Criterion) {
+    let n = 128 * 1024;
+    let (config, layers) = chain_graph(n, 0, 0).to_config();
+    let json = config.to_json();
+    let by_digest: HashMap<Digest, Descriptor> = layers
+        .iter()
+        .map(|l| (l.digest.clone(), l.clone()))
+        .collect();
+    let lookup = |d: &Digest| by_digest.get(d).cloned();
+    let mut group = c.benchmark_group("cache-core/config-parse-chain");
+    group.throughput(Throughput::Elements(n as u64));
+    group.bench_with_input(BenchmarkId::from_parameter(n), &json, |b, json| {
+        b.iter(|| {
+            let config = CacheConfig::from_json(json).expect("valid config");
+            black_box(CacheGraph::from_config(&config, &lookup, 1).expect("valid graph"))
+        })
+    });
+    group.finish();
+    let n = 1_000_000;
+    let mut json = String::from("{\"records\":[");
+    for i in 0..n {
+        let digest = sha256(format!("record {i}").as_bytes());
+        if i == 0 {
+            json.push_str(&format!("{{\"digest\":\"{digest}\"}}"));
+        } else {
+            json.push_str(&format!(
+                ",{{\"digest\":\"{digest}\",\"inputs\":[[{{\"link\":{}}}]]}}",
+                i - 1
+            ));
+        }
+    }
+    json.push_str("]}");
+    let none = |_: &Digest| None;
+    let mut group = c.benchmark_group("cache-core/config-parse-records");
+    group.throughput(Throughput::Elements(n as u64));
+    group.bench_with_input(BenchmarkId::from_parameter(n), &json, |b, json| {
+        b.iter(|| {
+            let config = CacheConfig::from_json(json.as_bytes()).expect("valid config");
+            black_box(CacheGraph::from_config(&config, &none, 1).expect("valid graph"))
+        })
+    });
+    group.finish();
 }
 
 fn context_benches(c: &mut Criterion) {
@@ -451,6 +501,6 @@ fn registry_benches(c: &mut Criterion) {
 criterion_group! {
     name = micro;
     config = Criterion::default().sample_size(10);
-    targets = config_benches, context_benches, compression_benches, export_benches, registry_benches
+    targets = config_benches, hostile_config_benches, context_benches, compression_benches, export_benches, registry_benches
 }
 criterion_main!(micro);

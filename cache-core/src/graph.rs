@@ -5,7 +5,8 @@
 //! `mode=max` (spec §5) and written back as a config in BuildKit's order (spec §1.5).
 
 use std::cmp::Ordering;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 
 use time::OffsetDateTime;
 
@@ -149,7 +150,48 @@ pub struct CacheGraph {
     layers: Vec<Layer>,
     records: Vec<Record>,
     layer_ids: HashMap<(Digest, Option<LayerIdx>), LayerIdx>,
-    by_digest: HashMap<Digest, Vec<RecordIdx>>,
+    /// The first and the last record with a digest and their number; `next_same_digest` links
+    /// them in order.
+    by_digest: HashMap<Digest, SameDigestList>,
+    /// Per record, the next record with the same digest (`NONE` after the last).
+    next_same_digest: Vec<RecordIdx>,
+    /// A record by the hash of its digest and links, for the digests of more than
+    /// `SHAPE_INDEX_FROM` records only: adding a record then finds an equal one without comparing
+    /// every record with that digest (a hostile config may give one digest to a million records).
+    by_shape: HashMap<u64, RecordIdx>,
+    hasher: RandomState,
+}
+
+/// End of a `next_same_digest` list.
+const NONE: RecordIdx = RecordIdx::MAX;
+
+/// Records of one digest beyond which `by_shape` indexes them.
+const SHAPE_INDEX_FROM: usize = 8;
+
+#[derive(Clone, Copy, Debug)]
+struct SameDigestList {
+    first: RecordIdx,
+    last: RecordIdx,
+    len: usize,
+}
+
+/// The records with one digest, in the order they were added.
+struct SameDigest<'a> {
+    next: &'a [RecordIdx],
+    cur: RecordIdx,
+}
+
+impl Iterator for SameDigest<'_> {
+    type Item = RecordIdx;
+
+    fn next(&mut self) -> Option<RecordIdx> {
+        let cur = self.cur;
+        if cur == NONE {
+            return None;
+        }
+        self.cur = self.next[cur];
+        Some(cur)
+    }
 }
 
 impl CacheGraph {
@@ -219,49 +261,124 @@ impl CacheGraph {
             .collect()
     }
 
+    /// The records with `digest`, in the order they were added.
+    fn same_digest(&self, digest: &Digest) -> SameDigest<'_> {
+        SameDigest {
+            next: &self.next_same_digest,
+            cur: self.by_digest.get(digest).map_or(NONE, |list| list.first),
+        }
+    }
+
     /// Adds a record, or returns the existing one with the same digest and the same links.
     pub fn add_record(&mut self, digest: Digest, inputs: Vec<Vec<Link>>) -> RecordIdx {
         let inputs: Vec<Vec<Link>> = inputs
             .into_iter()
-            .map(|links| {
-                let set: BTreeSet<Link> = links.into_iter().collect();
-                set.into_iter().collect()
+            .map(|mut links| {
+                links.sort_unstable();
+                links.dedup();
+                links
             })
             .collect();
-        if let Some(candidates) = self.by_digest.get(&digest) {
-            for &idx in candidates {
-                if self.records[idx].inputs == inputs {
-                    return idx;
+        let idx = self.records.len();
+        match self.by_digest.get_mut(&digest) {
+            None => {
+                self.by_digest.insert(
+                    digest.clone(),
+                    SameDigestList {
+                        first: idx,
+                        last: idx,
+                        len: 1,
+                    },
+                );
+            }
+            Some(list) => {
+                let same = SameDigest {
+                    next: &self.next_same_digest,
+                    cur: list.first,
+                };
+                let mut shape = None;
+                if list.len < SHAPE_INDEX_FROM {
+                    if let Some(found) =
+                        same.into_iter().find(|&i| self.records[i].inputs == inputs)
+                    {
+                        return found;
+                    }
+                } else {
+                    let hash = self.hasher.hash_one((&digest, &inputs));
+                    if list.len == SHAPE_INDEX_FROM {
+                        // The list becomes long: index the records already there.
+                        for i in same {
+                            let old = self.hasher.hash_one((&digest, &self.records[i].inputs));
+                            self.by_shape.entry(old).or_insert(i);
+                        }
+                    }
+                    if let Some(&found) = self.by_shape.get(&hash) {
+                        let record = &self.records[found];
+                        if record.digest == digest && record.inputs == inputs {
+                            return found;
+                        }
+                        // Two shapes with one hash: compare with every record of this digest.
+                        let same = SameDigest {
+                            next: &self.next_same_digest,
+                            cur: list.first,
+                        };
+                        if let Some(found) =
+                            same.into_iter().find(|&i| self.records[i].inputs == inputs)
+                        {
+                            return found;
+                        }
+                    }
+                    shape = Some(hash);
+                }
+                self.next_same_digest[list.last] = idx;
+                list.last = idx;
+                list.len += 1;
+                if let Some(hash) = shape {
+                    self.by_shape.entry(hash).or_insert(idx);
                 }
             }
         }
-        let idx = self.records.len();
+        self.next_same_digest.push(NONE);
         self.records.push(Record {
-            digest: digest.clone(),
+            digest,
             inputs,
             results: Vec::new(),
         });
-        self.by_digest.entry(digest).or_default().push(idx);
         idx
     }
 
     /// Adds a result to a record unless an equal one (same layer and time) is there.
     pub fn add_result(&mut self, record: RecordIdx, result: CacheResult) {
+        self.add_results(record, vec![result]);
+    }
+
+    /// Adds results to a record, leaving out those equal (same layer and time) to one there or
+    /// to an earlier one of `new`.
+    pub fn add_results(&mut self, record: RecordIdx, new: Vec<CacheResult>) {
         let results = &mut self.records[record].results;
-        if !results
-            .iter()
-            .any(|r| r.layer == result.layer && r.created_at == result.created_at)
-        {
-            results.push(result);
+        if results.len() + new.len() <= 16 {
+            for result in new {
+                if !results
+                    .iter()
+                    .any(|r| r.layer == result.layer && r.created_at == result.created_at)
+                {
+                    results.push(result);
+                }
+            }
+            return;
         }
+        // Many results (only hostile configs have them): a set keeps this linear.
+        let mut seen: HashSet<(LayerIdx, OffsetDateTime)> =
+            results.iter().map(|r| (r.layer, r.created_at)).collect();
+        results.extend(
+            new.into_iter()
+                .filter(|r| seen.insert((r.layer, r.created_at))),
+        );
     }
 
     /// The root record (no inputs) with `digest`.
     pub fn find_root(&self, digest: &Digest) -> Option<RecordIdx> {
-        self.by_digest
-            .get(digest)?
-            .iter()
-            .copied()
+        self.same_digest(digest)
             .find(|&idx| self.records[idx].is_root())
     }
 
@@ -269,12 +386,7 @@ impl CacheGraph {
     /// in `inputs` (same record and selector), as BuildKit matches a key whose inputs have
     /// several keys (e.g. a stage's record with a selector, and a content key without).
     pub fn find_links(&self, digest: &Digest, inputs: &[Vec<Link>]) -> Vec<RecordIdx> {
-        let Some(candidates) = self.by_digest.get(digest) else {
-            return Vec::new();
-        };
-        candidates
-            .iter()
-            .copied()
+        self.same_digest(digest)
             .filter(|&idx| {
                 let record = &self.records[idx];
                 record.inputs.len() == inputs.len()
@@ -292,12 +404,7 @@ impl CacheGraph {
     /// `inputs[i]` is the selector and the candidate records of input `i`; a record matches when,
     /// for every input, one of its links has that selector and one of the candidates.
     pub fn find(&self, digest: &Digest, inputs: &[(&str, &[RecordIdx])]) -> Vec<RecordIdx> {
-        let Some(candidates) = self.by_digest.get(digest) else {
-            return Vec::new();
-        };
-        candidates
-            .iter()
-            .copied()
+        self.same_digest(digest)
             .filter(|&idx| {
                 let record = &self.records[idx];
                 record.inputs.len() == inputs.len()
@@ -375,26 +482,16 @@ impl CacheGraph {
                 })?)
             });
         }
-        for start in 0..n_layers {
-            let mut cur = parents[start];
-            let mut steps = 0;
-            while let Some(idx) = cur {
-                steps += 1;
-                if idx == start || steps > n_layers {
-                    return Err(ParseError::LoopingLayer { layer: start });
-                }
-                cur = parents[idx];
-            }
-        }
+        check_layer_loops(&parents)?;
         // Records: digests, links, empty inputs, loops.
         let mut digests = Vec::with_capacity(n_records);
         for (i, record) in config.records.iter().enumerate() {
-            digests.push(digest::parse_sha256(&record.digest).map_err(|_| {
-                ParseError::RecordDigest {
+            digests.push(Some(digest::parse_sha256(&record.digest).map_err(
+                |_| ParseError::RecordDigest {
                     record: i,
                     digest: record.digest.clone(),
-                }
-            })?);
+                },
+            )?));
             for (input, links) in record.inputs.iter().enumerate() {
                 if links.is_empty() {
                     return Err(ParseError::EmptyInput { record: i, input });
@@ -421,29 +518,50 @@ impl CacheGraph {
         }
         let order = topological_order(&config.records)?;
 
-        let mut graph = CacheGraph::new();
+        // Sized up front: growing maps of a million entries rehashes every key several times.
+        let mut graph = CacheGraph {
+            layers: Vec::with_capacity(n_layers),
+            records: Vec::with_capacity(n_records),
+            layer_ids: HashMap::with_capacity(n_layers),
+            by_digest: HashMap::with_capacity(n_records),
+            next_same_digest: Vec::with_capacity(n_records),
+            by_shape: HashMap::new(),
+            hasher: RandomState::new(),
+        };
         // Config layer index -> graph layer, or None when a blob of its chain is not listed.
         let mut layer_map: Vec<Option<Option<LayerIdx>>> = vec![None; n_layers];
+        // Each config layer is mapped once: a chain is walked down only to the first layer
+        // already mapped, so resolving every layer of a deep chain stays linear.
         let mut resolve = |graph: &mut CacheGraph, top: usize| -> Option<LayerIdx> {
-            let mut chain = Vec::new();
+            let mut unmapped = Vec::new();
             let mut cur = Some(top);
-            while let Some(idx) = cur {
-                chain.push(idx);
-                cur = parents[idx];
-            }
             let mut below: Option<LayerIdx> = None;
-            for &idx in chain.iter().rev() {
-                let mapped = match layer_map[idx] {
-                    Some(done) => done,
-                    None => {
-                        let layer = &config.layers[idx];
-                        let desc = layer.blob.parse::<Digest>().ok().and_then(|d| blob(&d));
-                        let mapped = desc.map(|desc| graph.add_layer(desc, below));
-                        layer_map[idx] = Some(mapped);
-                        mapped
+            while let Some(idx) = cur {
+                match layer_map[idx] {
+                    Some(done) => {
+                        below = Some(done?);
+                        break;
                     }
-                };
-                below = Some(mapped?);
+                    None => {
+                        unmapped.push(idx);
+                        cur = parents[idx];
+                    }
+                }
+            }
+            // Map the unmapped part bottom first; `unmapped` is top first.
+            for (pos, &idx) in unmapped.iter().enumerate().rev() {
+                let layer = &config.layers[idx];
+                let desc = layer.blob.parse::<Digest>().ok().and_then(|d| blob(&d));
+                let mapped = desc.map(|desc| graph.add_layer(desc, below));
+                layer_map[idx] = Some(mapped);
+                if mapped.is_none() {
+                    // Every layer above a blob the manifest lacks is unusable too.
+                    for &above in &unmapped[..pos] {
+                        layer_map[above] = Some(None);
+                    }
+                    return None;
+                }
+                below = mapped;
             }
             below
         };
@@ -463,18 +581,17 @@ impl CacheGraph {
                         .collect()
                 })
                 .collect();
-            let idx = graph.add_record(digests[i].clone(), inputs);
+            let digest = digests[i].take().expect("each record is visited once");
+            let idx = graph.add_record(digest, inputs);
             record_map[i] = idx;
+            let mut results = Vec::with_capacity(record.layers.len());
             for result in &record.layers {
                 if let Some(top) = resolve(&mut graph, result.layer as usize) {
-                    graph.add_result(
-                        idx,
-                        CacheResult {
-                            layer: top,
-                            created_at: result.created_at,
-                            source,
-                        },
-                    );
+                    results.push(CacheResult {
+                        layer: top,
+                        created_at: result.created_at,
+                        source,
+                    });
                 }
             }
             for chain in &record.chains {
@@ -487,16 +604,14 @@ impl CacheGraph {
                     })
                     .collect();
                 if let Some(top) = blobs.and_then(|blobs| graph.add_chain(blobs)) {
-                    graph.add_result(
-                        idx,
-                        CacheResult {
-                            layer: top,
-                            created_at: chain.created_at,
-                            source,
-                        },
-                    );
+                    results.push(CacheResult {
+                        layer: top,
+                        created_at: chain.created_at,
+                        source,
+                    });
                 }
             }
+            graph.add_results(idx, results);
         }
         Ok(graph)
     }
@@ -512,15 +627,27 @@ impl CacheGraph {
         let best: Vec<Option<&CacheResult>> = (0..self.records.len())
             .map(|idx| self.best_result(idx))
             .collect();
-        let mut used = BTreeSet::new();
+        let mut used = vec![false; self.layers.len()];
         for result in best.iter().flatten() {
-            used.extend(self.chain(result.layer));
+            // A chain below a used layer is used already: stop there.
+            let mut cur = Some(result.layer);
+            while let Some(idx) = cur.filter(|&idx| !used[idx]) {
+                used[idx] = true;
+                cur = self.layers[idx].parent;
+            }
         }
-        let chain_ids: HashMap<LayerIdx, Digest> = used
-            .iter()
-            .map(|&idx| (idx, self.chain_identity(idx)))
-            .collect();
-        let mut layer_order: Vec<LayerIdx> = used.into_iter().collect();
+        let mut layer_order: Vec<LayerIdx> = (0..self.layers.len()).filter(|&i| used[i]).collect();
+        // Chain identities break ties between layers of one blob on different parents only.
+        let mut n_by_blob: HashMap<&Digest, usize> = HashMap::new();
+        for &idx in &layer_order {
+            *n_by_blob.entry(&self.layers[idx].blob.digest).or_default() += 1;
+        }
+        let chain_ids = self.chain_identities(
+            layer_order
+                .iter()
+                .copied()
+                .filter(|&idx| n_by_blob[&self.layers[idx].blob.digest] > 1),
+        );
         layer_order.sort_by(|&a, &b| {
             self.layers[a]
                 .blob
@@ -529,26 +656,24 @@ impl CacheGraph {
                 .cmp(self.layers[b].blob.digest.as_ref())
                 .then_with(|| chain_ids[&a].as_ref().cmp(chain_ids[&b].as_ref()))
         });
-        let layer_pos: HashMap<LayerIdx, usize> = layer_order
-            .iter()
-            .enumerate()
-            .map(|(pos, &idx)| (idx, pos))
-            .collect();
+        let mut layer_pos = vec![usize::MAX; self.layers.len()];
+        for (pos, &idx) in layer_order.iter().enumerate() {
+            layer_pos[idx] = pos;
+        }
 
         let identities = self.record_identities();
         let mut record_order: Vec<RecordIdx> = (0..self.records.len()).collect();
         record_order.sort_by(|&a, &b| self.compare_records(a, b, &identities));
-        let record_pos: HashMap<RecordIdx, usize> = record_order
-            .iter()
-            .enumerate()
-            .map(|(pos, &idx)| (idx, pos))
-            .collect();
+        let mut record_pos = vec![usize::MAX; self.records.len()];
+        for (pos, &idx) in record_order.iter().enumerate() {
+            record_pos[idx] = pos;
+        }
 
         let layers = layer_order
             .iter()
             .map(|&idx| CacheLayer {
                 blob: self.layers[idx].blob.digest.to_string(),
-                parent: self.layers[idx].parent.map_or(-1, |p| layer_pos[&p] as i64),
+                parent: self.layers[idx].parent.map_or(-1, |p| layer_pos[p] as i64),
                 annotations: None,
             })
             .collect();
@@ -564,7 +689,7 @@ impl CacheGraph {
                             .iter()
                             .map(|link| CacheInput {
                                 selector: link.selector.clone(),
-                                link: record_pos[&link.record] as i64,
+                                link: record_pos[link.record] as i64,
                             })
                             .collect();
                         links.sort_by(|a, b| {
@@ -578,7 +703,7 @@ impl CacheGraph {
                 CacheRecord {
                     layers: best[idx]
                         .map(|result| crate::config::CacheResult {
-                            layer: layer_pos[&result.layer] as i64,
+                            layer: layer_pos[result.layer] as i64,
                             created_at: result.created_at,
                         })
                         .into_iter()
@@ -603,23 +728,33 @@ impl CacheGraph {
     /// keeps the targets' best results and, below them, only results whose layer chain is part
     /// of a target's chain (the final image's layers), as BuildKit's remote-only mode does.
     pub fn select(&self, targets: &[RecordIdx], mode: Mode) -> CacheGraph {
-        let mut reachable = BTreeSet::new();
+        let mut reachable = vec![false; self.records.len()];
         let mut stack: Vec<RecordIdx> = targets.to_vec();
         while let Some(idx) = stack.pop() {
-            if reachable.insert(idx) {
+            if !std::mem::replace(&mut reachable[idx], true) {
                 for links in &self.records[idx].inputs {
                     stack.extend(links.iter().map(|link| link.record));
                 }
             }
         }
-        let target_layers: HashSet<LayerIdx> = targets
-            .iter()
-            .filter_map(|&t| self.best_result(t))
-            .flat_map(|result| self.chain(result.layer))
-            .collect();
+        let mut is_target = vec![false; self.records.len()];
+        for &target in targets {
+            is_target[target] = true;
+        }
+        // The layers of the targets' chains; each chain is walked down to the first layer seen.
+        let mut target_layers: HashSet<LayerIdx> = HashSet::new();
+        if mode == Mode::Min {
+            for result in targets.iter().filter_map(|&t| self.best_result(t)) {
+                let mut cur = Some(result.layer);
+                while let Some(idx) = cur.filter(|&idx| target_layers.insert(idx)) {
+                    cur = self.layers[idx].parent;
+                }
+            }
+        }
         let mut out = CacheGraph::new();
-        let mut map: HashMap<RecordIdx, RecordIdx> = HashMap::new();
-        for idx in self.topological(&reachable) {
+        let mut map = vec![usize::MAX; self.records.len()];
+        let mut copied = vec![None; self.layers.len()];
+        for idx in self.topological((0..self.records.len()).filter(|&i| reachable[i])) {
             let record = &self.records[idx];
             let inputs = record
                 .inputs
@@ -629,35 +764,33 @@ impl CacheGraph {
                         .iter()
                         .map(|link| Link {
                             selector: link.selector.clone(),
-                            record: map[&link.record],
+                            record: map[link.record],
                         })
                         .collect()
                 })
                 .collect();
             let new_idx = out.add_record(record.digest.clone(), inputs);
-            map.insert(idx, new_idx);
+            map[idx] = new_idx;
             if record.is_root() {
                 continue;
             }
             let keep = match mode {
                 Mode::Max => self.best_result(idx),
-                Mode::Min if targets.contains(&idx) => self.best_result(idx),
+                Mode::Min if is_target[idx] => self.best_result(idx),
                 Mode::Min => self
                     .best_result(idx)
                     .filter(|result| target_layers.contains(&result.layer)),
             };
             if let Some(result) = keep {
-                let blobs = self.chain_blobs(result.layer).into_iter().cloned();
-                if let Some(top) = out.add_chain(blobs) {
-                    out.add_result(
-                        new_idx,
-                        CacheResult {
-                            layer: top,
-                            created_at: result.created_at,
-                            source: result.source,
-                        },
-                    );
-                }
+                let top = out.copy_chain(self, result.layer, &mut copied);
+                out.add_result(
+                    new_idx,
+                    CacheResult {
+                        layer: top,
+                        created_at: result.created_at,
+                        source: result.source,
+                    },
+                );
             }
         }
         out
@@ -676,8 +809,7 @@ impl CacheGraph {
     /// Adds every record, layer and result of `other` into `self`; returns the mapping of
     /// `other`'s record indexes to `self`'s.
     pub fn absorb(&mut self, other: &CacheGraph) -> Vec<RecordIdx> {
-        let all: BTreeSet<RecordIdx> = (0..other.records.len()).collect();
-        self.absorb_set(other, &all)
+        self.absorb_set(other, 0..other.records.len())
     }
 
     /// The graph without the records that can never give a hit: those with no result and no
@@ -685,10 +817,9 @@ impl CacheGraph {
     /// Without this, a cache rewritten after every build (the root's own) keeps the records of
     /// every version ever built and grows without bound.
     pub fn without_dead_records(&self) -> CacheGraph {
-        let all: BTreeSet<RecordIdx> = (0..self.records.len()).collect();
         let mut useful = vec![false; self.records.len()];
         // Dependents come before their inputs in reverse topological order.
-        for idx in self.topological(&all).into_iter().rev() {
+        for idx in self.topological(0..self.records.len()).into_iter().rev() {
             if !self.records[idx].results.is_empty() {
                 useful[idx] = true;
             }
@@ -700,17 +831,25 @@ impl CacheGraph {
                 }
             }
         }
-        let set: BTreeSet<RecordIdx> = (0..self.records.len()).filter(|&i| useful[i]).collect();
         let mut out = CacheGraph::new();
-        out.absorb_set(self, &set);
+        out.absorb_set(self, (0..self.records.len()).filter(|&i| useful[i]));
         out
     }
 
     /// Adds the records of `set` (which holds the inputs of its members) with their layers and
     /// results; returns the mapping of `other`'s record indexes (`usize::MAX` outside `set`).
-    fn absorb_set(&mut self, other: &CacheGraph, set: &BTreeSet<RecordIdx>) -> Vec<RecordIdx> {
+    fn absorb_set(
+        &mut self,
+        other: &CacheGraph,
+        set: impl IntoIterator<Item = RecordIdx>,
+    ) -> Vec<RecordIdx> {
+        self.records.reserve(other.records.len());
+        self.next_same_digest.reserve(other.records.len());
+        self.by_digest.reserve(other.records.len());
+        self.layers.reserve(other.layers.len());
+        self.layer_ids.reserve(other.layers.len());
         let mut map = vec![usize::MAX; other.records.len()];
-        let mut layer_map: HashMap<LayerIdx, LayerIdx> = HashMap::new();
+        let mut copied = vec![None; other.layers.len()];
         for idx in other.topological(set) {
             let record = &other.records[idx];
             let inputs = record
@@ -728,57 +867,43 @@ impl CacheGraph {
                 .collect();
             let new_idx = self.add_record(record.digest.clone(), inputs);
             map[idx] = new_idx;
-            for result in &record.results {
-                let mut below = None;
-                for layer in other.chain(result.layer) {
-                    let mapped = match layer_map.get(&layer) {
-                        Some(&m) => m,
-                        None => {
-                            let m = self.add_layer(other.layers[layer].blob.clone(), below);
-                            layer_map.insert(layer, m);
-                            m
-                        }
-                    };
-                    below = Some(mapped);
-                }
-                if let Some(top) = below {
-                    self.add_result(
-                        new_idx,
-                        CacheResult {
-                            layer: top,
-                            created_at: result.created_at,
-                            source: result.source,
-                        },
-                    );
-                }
-            }
+            let results = record
+                .results
+                .iter()
+                .map(|result| CacheResult {
+                    layer: self.copy_chain(other, result.layer, &mut copied),
+                    created_at: result.created_at,
+                    source: result.source,
+                })
+                .collect();
+            self.add_results(new_idx, results);
         }
         map
     }
 
-    /// Records of `set` ordered so that dependencies come first (the graph has no loops).
-    fn topological(&self, set: &BTreeSet<RecordIdx>) -> Vec<RecordIdx> {
-        let mut order = Vec::with_capacity(set.len());
-        let mut state: HashMap<RecordIdx, bool> = HashMap::new();
-        for &start in set {
-            if state.contains_key(&start) {
+    /// The records of `set` (which holds the inputs of its members), in ascending order except
+    /// that dependencies come first (the graph has no loops).
+    fn topological(&self, set: impl IntoIterator<Item = RecordIdx>) -> Vec<RecordIdx> {
+        let mut order = Vec::new();
+        let mut seen = vec![false; self.records.len()];
+        for start in set {
+            if seen[start] {
                 continue;
             }
             let mut stack = vec![(start, false)];
             while let Some((idx, expanded)) = stack.pop() {
                 if expanded {
-                    state.insert(idx, true);
                     order.push(idx);
                     continue;
                 }
-                if state.contains_key(&idx) {
+                if seen[idx] {
                     continue;
                 }
-                state.insert(idx, false);
+                seen[idx] = true;
                 stack.push((idx, true));
                 for links in &self.records[idx].inputs {
                     for link in links {
-                        if !state.contains_key(&link.record) {
+                        if !seen[link.record] {
                             stack.push((link.record, false));
                         }
                     }
@@ -788,21 +913,66 @@ impl CacheGraph {
         order
     }
 
-    /// A digest naming a layer chain by the blobs in it, bottom first.
-    fn chain_identity(&self, top: LayerIdx) -> Digest {
-        let mut text = String::new();
-        for idx in self.chain(top) {
-            text.push_str(self.layers[idx].blob.digest.as_ref());
-            text.push('\n');
+    /// Per layer of `tops`, a digest naming its chain by the blobs in it, bottom first (the
+    /// sha256 of each blob digest and a newline). The hash state of every chain prefix is kept,
+    /// so that a layer's chain is hashed from its parent's state, never from the bottom again.
+    fn chain_identities(&self, tops: impl Iterator<Item = LayerIdx>) -> HashMap<LayerIdx, Digest> {
+        let mut states: HashMap<LayerIdx, digest::Hasher> = HashMap::new();
+        let mut ids = HashMap::new();
+        let mut todo = Vec::new();
+        for top in tops {
+            let mut cur = Some(top);
+            let mut state = digest::Hasher::new();
+            while let Some(idx) = cur {
+                if let Some(known) = states.get(&idx) {
+                    state = known.clone();
+                    break;
+                }
+                todo.push(idx);
+                cur = self.layers[idx].parent;
+            }
+            for idx in todo.drain(..).rev() {
+                state.update(self.layers[idx].blob.digest.as_ref().as_bytes());
+                state.update(b"\n");
+                states.insert(idx, state.clone());
+            }
+            ids.insert(top, state.finish());
         }
-        digest::sha256(text.as_bytes())
+        ids
+    }
+
+    /// The layer of `self` for layer `top` of `from`: adds the part of its chain not yet copied
+    /// (`copied` maps `from`'s layers to `self`'s), walking down only to the first copied layer,
+    /// so that copying every layer of a deep chain stays linear.
+    fn copy_chain(
+        &mut self,
+        from: &CacheGraph,
+        top: LayerIdx,
+        copied: &mut [Option<LayerIdx>],
+    ) -> LayerIdx {
+        let mut todo = Vec::new();
+        let mut cur = Some(top);
+        let mut below = None;
+        while let Some(idx) = cur {
+            if let Some(mapped) = copied[idx] {
+                below = Some(mapped);
+                break;
+            }
+            todo.push(idx);
+            cur = from.layers[idx].parent;
+        }
+        for idx in todo.into_iter().rev() {
+            let mapped = self.add_layer(from.layers[idx].blob.clone(), below);
+            copied[idx] = Some(mapped);
+            below = Some(mapped);
+        }
+        below.expect("a chain has at least its top layer")
     }
 
     /// A digest per record naming it by its digest and, recursively, its links.
     fn record_identities(&self) -> Vec<Digest> {
-        let all: BTreeSet<RecordIdx> = (0..self.records.len()).collect();
         let mut ids: Vec<Option<Digest>> = vec![None; self.records.len()];
-        for idx in self.topological(&all) {
+        for idx in self.topological(0..self.records.len()) {
             let record = &self.records[idx];
             let mut text = record.digest.to_string();
             for links in &record.inputs {
@@ -878,39 +1048,66 @@ fn compare_results(a: &CacheResult, b: &CacheResult) -> Ordering {
         .then_with(|| a.layer.cmp(&b.layer))
 }
 
-/// Orders config records dependencies-first, failing on loops.
+/// Fails if following layer parents ever comes back to a layer: one pass over all layers, each
+/// visited once (a layer's chain is only walked until it reaches a layer already checked).
+fn check_layer_loops(parents: &[Option<usize>]) -> Result<(), ParseError> {
+    // 0 = unvisited, 1 = on the walk in progress, 2 = checked: its chain ends without a loop.
+    let mut state = vec![0u8; parents.len()];
+    let mut walk = Vec::new();
+    for start in 0..parents.len() {
+        let mut cur = Some(start);
+        while let Some(idx) = cur {
+            match state[idx] {
+                0 => {
+                    state[idx] = 1;
+                    walk.push(idx);
+                    cur = parents[idx];
+                }
+                1 => return Err(ParseError::LoopingLayer { layer: idx }),
+                _ => break,
+            }
+        }
+        for idx in walk.drain(..) {
+            state[idx] = 2;
+        }
+    }
+    Ok(())
+}
+
+/// Orders config records dependencies-first, failing on loops. Each link is followed once.
 fn topological_order(records: &[CacheRecord]) -> Result<Vec<usize>, ParseError> {
     // 0 = unvisited, 1 = in progress, 2 = done.
     let mut state = vec![0u8; records.len()];
     let mut order = Vec::with_capacity(records.len());
+    // A record in progress and the position (input, link) of the next link to follow.
+    let mut stack: Vec<(usize, usize, usize)> = Vec::new();
     for start in 0..records.len() {
         if state[start] != 0 {
             continue;
         }
-        let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
+        stack.push((start, 0, 0));
         state[start] = 1;
-        while let Some(&mut (idx, ref mut next)) = stack.last_mut() {
-            let links: Vec<usize> = records[idx]
-                .inputs
-                .iter()
-                .flatten()
-                .map(|link| link.link as usize)
-                .collect();
-            if *next < links.len() {
-                let dep = links[*next];
-                *next += 1;
-                match state[dep] {
-                    0 => {
-                        state[dep] = 1;
-                        stack.push((dep, 0));
-                    }
-                    1 => return Err(ParseError::LoopingRecord { record: dep }),
-                    _ => {}
-                }
-            } else {
+        while let Some(&mut (idx, ref mut input, ref mut link)) = stack.last_mut() {
+            let inputs = &records[idx].inputs;
+            while *input < inputs.len() && *link >= inputs[*input].len() {
+                *input += 1;
+                *link = 0;
+            }
+            if *input == inputs.len() {
                 state[idx] = 2;
                 order.push(idx);
                 stack.pop();
+                continue;
+            }
+            let dep = inputs[*input][*link].link as usize;
+            *link += 1;
+            match state[dep] {
+                0 => {
+                    state[dep] = 1;
+                    stack.push((dep, 0, 0));
+                }
+                1 => return Err(ParseError::LoopingRecord { record: dep }),
+                _ => {}
             }
         }
     }

@@ -2,5 +2,6 @@
 //! properties of the graph.
 
 mod fixtures;
+mod hostile;
 mod properties;
 mod worked_example;
