@@ -100,8 +100,13 @@ pub fn write_tar(
 
 /// Fills the empty cache mount directory `dir` from a tar written by [`write_tar`]; nothing is
 /// written outside `dir`.
-pub fn fill(dir: &Path, reader: impl io::Read, media_type: &str) -> Result<(), layer::Error> {
-    layer::apply_layer(reader, media_type, dir).map(drop)
+pub fn fill(
+    dir: &Path,
+    reader: impl io::Read,
+    media_type: &str,
+    limits: &layer::LayerLimits,
+) -> Result<(), layer::Error> {
+    layer::apply_layer(reader, media_type, dir, limits).map(drop)
 }
 
 /// Bytes of the regular files under `dir` (symlinks not followed).

@@ -503,6 +503,13 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
             ..run_options
         },
         limits: limits.clone(),
+        // Outputs that carry the layers (a directory, an OCI layout) get only layers this
+        // build could unpack; images pushed by mount may never pass through this machine.
+        unpack_target: outputs.iter().any(|o| matches!(o, Output::Oci { .. })),
+        output_dir: outputs.iter().find_map(|o| match o {
+            Output::Local { dest } => Some(dest.clone()),
+            _ => None,
+        }),
     };
     let blobs = Blobs {
         root: root.clone() as Arc<dyn BlobStore>,
@@ -543,9 +550,15 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
         ));
     }
 
-    // Outputs.
-    for output in &outputs {
-        write_output(output, &outcome, &root, &names, &display).await?;
+    // Outputs (the build wrote the first local one).
+    let first_local = outputs
+        .iter()
+        .position(|o| matches!(o, Output::Local { .. }));
+    for (i, output) in outputs.iter().enumerate() {
+        if Some(i) == first_local {
+            continue;
+        }
+        write_output(output, &outcome, &root, &names, &display, &limits).await?;
     }
     if args.push {
         if names.is_empty() {
@@ -1212,6 +1225,7 @@ async fn write_output(
     root: &Arc<LayoutDir>,
     names: &[image::ImageName],
     display: &Display,
+    limits: &Limits,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let vertex = format!("output:{output:?}");
@@ -1223,7 +1237,7 @@ async fn write_output(
             });
             std::fs::create_dir_all(dest)
                 .with_context(|| format!("creating {}", dest.display()))?;
-            engine::unpack_chain(&outcome.chain, &outcome.blobs, dest).await?;
+            engine::unpack_chain(&outcome.chain, &outcome.blobs, dest, limits).await?;
         }
         Output::Oci { dest, tar } => {
             display.event(Event::Start {

@@ -376,6 +376,20 @@ impl CacheGraph {
         );
     }
 
+    /// Drops every result whose layer chain holds one of `blobs` (blobs found unusable), so
+    /// that exports and later builds never offer them again.
+    pub fn drop_results_using(&mut self, blobs: &std::collections::HashSet<Digest>) {
+        // Layers are only added on top of existing ones: a parent's index is below its child's.
+        let mut bad = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let below = layer.parent.is_some_and(|p| bad[p]);
+            bad.push(below || blobs.contains(&layer.blob.digest));
+        }
+        for record in &mut self.records {
+            record.results.retain(|result| !bad[result.layer]);
+        }
+    }
+
     /// The root record (no inputs) with `digest`.
     pub fn find_root(&self, digest: &Digest) -> Option<RecordIdx> {
         self.same_digest(digest)

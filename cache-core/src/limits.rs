@@ -101,7 +101,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             layer_size: 64 * GIB,
-            layer_ratio: 1024,
+            layer_ratio: 256,
             layer_entries: 10_000_000,
             config_size: 512 * MIB,
             config_records: 5_000_000,

@@ -74,6 +74,12 @@ pub struct BuildRequest {
     pub run: RunOptions,
     /// `--limit`: bounds on the work the Dockerfile and cache layers may cause.
     pub limits: cache_core::limits::Limits,
+    /// Unpack the target's filesystem before the build ends (for outputs that carry its
+    /// layers): a cache layer refused there is a miss like any other, never a broken output.
+    pub unpack_target: bool,
+    /// `--output type=local`: the directory the target's filesystem is unpacked into, as part
+    /// of the build (so that a refused cache layer is a miss), without unpacking it twice.
+    pub output_dir: Option<PathBuf>,
 }
 
 /// A `--build-context` value.
@@ -356,6 +362,9 @@ struct Engine<'a> {
     facts: FactsMap,
     /// The last blob that made a found result unusable.
     last_unusable: Option<Digest>,
+    /// Layers of the images this build uses (`FROM`, `COPY --from`), with the image's name:
+    /// their failures are errors, never misses.
+    image_layers: std::collections::HashMap<Digest, String>,
 }
 
 /// How many times a build restarts after finding an unusable cache blob.
@@ -464,6 +473,7 @@ pub async fn build(
         source_facts: None,
         facts: FactsMap::new(),
         last_unusable: None,
+        image_layers: std::collections::HashMap::new(),
     };
     engine.n_source_records = engine.graph.records().len();
     // Resolve image and context bases first, to plan with their configs.
@@ -493,6 +503,7 @@ pub async fn build(
             Err(Error::BadBlob { digest, message })
                 if restarts < MAX_RESTARTS
                     && !engine.bad_blobs.contains(&digest)
+                    && !engine.image_layers.contains_key(&digest)
                     && engine
                         .graph
                         .layers()
@@ -501,10 +512,19 @@ pub async fn build(
             {
                 restarts += 1;
                 services.progress.event(Event::Warning(format!(
-                    "cache blob {digest} is unusable ({message}): the results that need it are treated as misses"
+                    "cache blob {digest} from {} is unusable ({message}): the steps that need it are rebuilt",
+                    engine.blob_source(&digest)
                 )));
                 engine.bad_blobs.insert(digest);
                 engine.reset();
+            }
+            Err(Error::BadBlob { digest, message })
+                if engine.image_layers.contains_key(&digest) =>
+            {
+                return Err(Error::other(format!(
+                    "layer {digest} of {} is unusable: {message}",
+                    engine.image_layers[&digest]
+                )));
             }
             other => {
                 other?;
@@ -516,6 +536,10 @@ pub async fn build(
         services
             .progress
             .event(Event::Warning(format!("saving context hashes: {err}")));
+    }
+    if !engine.bad_blobs.is_empty() {
+        // Exports and the local cache must not hand a refused blob on.
+        engine.graph.drop_results_using(&engine.bad_blobs);
     }
     let mut facts = engine.source_facts().clone();
     facts.extend(std::mem::take(&mut engine.facts));
@@ -546,7 +570,7 @@ fn lay_over(top: &Path, root: &Path, tmp_dir: &Path) -> Result<(), layer::Error>
         layer::write_layer_file(top, &changes, layer::Compression::Uncompressed, tmp_dir)?;
     let reader = std::fs::File::open(file.path())
         .map_err(|err| layer::Error::io("open", file.path(), err))?;
-    layer::apply_layer(reader, &info.media_type, root)?;
+    layer::apply_layer(reader, &info.media_type, root, &layer::LayerLimits::NONE)?;
     Ok(())
 }
 
@@ -709,7 +733,10 @@ impl Engine<'_> {
         }
         let target = plan.target;
         // The final chain must be known: run what is pending under the target.
-        if !self.stages[target].fs.pending.is_empty() {
+        let request = self.request;
+        if let Some(dest) = &request.output_dir {
+            self.unpack_output(target, dest).await?;
+        } else if !self.stages[target].fs.pending.is_empty() || self.request.unpack_target {
             self.ensure_fs(Target::Stage(target)).await?;
         }
         self.report_unrun();
@@ -747,6 +774,30 @@ impl Engine<'_> {
         .collect()
     }
 
+    fn note_image_layers(&mut self, layers: &[Descriptor], image: &str) {
+        for layer in layers {
+            self.image_layers
+                .entry(layer.digest.clone())
+                .or_insert_with(|| image.to_owned());
+        }
+    }
+
+    /// Where a cache blob comes from, for messages: the caches listing it, else the local one.
+    fn blob_source(&self, digest: &Digest) -> String {
+        let names: Vec<&str> = self
+            .blobs
+            .imports
+            .iter()
+            .filter(|source| source.layers.contains(digest))
+            .map(|source| source.name.as_str())
+            .collect();
+        if names.is_empty() {
+            format!("the local cache ({})", self.blobs.root.describe())
+        } else {
+            format!("cache {}", names.join(", "))
+        }
+    }
+
     async fn resolve_image(&mut self, reference: &str) -> Result<ResolvedImage, Error> {
         let Some(resolver) = self.services.images else {
             return Err(Error::other(format!(
@@ -757,6 +808,7 @@ impl Engine<'_> {
             .resolve(reference)
             .await
             .map_err(|err| Error::other(format!("resolving image {reference}: {err}")))?;
+        self.note_image_layers(&resolved.layers, &format!("image {reference}"));
         self.blobs.imports.push(ImportedSource {
             name: format!("image {reference}"),
             layers: resolved.layers.iter().map(|l| l.digest.clone()).collect(),
@@ -779,6 +831,7 @@ impl Engine<'_> {
             ))
         })?;
         let store = (self.services.open_layout)(dir);
+        self.note_image_layers(&img.layers, &format!("build context {name}"));
         self.blobs.imports.push(ImportedSource {
             name: format!("oci-layout://{}", dir.display()),
             layers: img.layers.iter().map(|l| l.digest.clone()).collect(),
@@ -1774,7 +1827,7 @@ impl Engine<'_> {
                     let dir = self.new_dir("rootfs")?;
                     let vertex = self.current_vertex(target);
                     let started = Instant::now();
-                    self.unpack(&chain, &dir, &vertex).await?;
+                    self.unpack(&chain, &dir, &vertex, true).await?;
                     if vertex == "unpack" {
                         self.progress().event(Event::Done {
                             vertex,
@@ -1812,11 +1865,68 @@ impl Engine<'_> {
     }
 
     /// Unpacks `chain` into `dir`, fetching blobs into the root store first.
+    /// Unpacks the filesystem of stage `target` into `dest`: into a directory beside it first,
+    /// renamed into place when `dest` is absent or empty, else laid over it.
+    async fn unpack_output(&mut self, target: usize, dest: &Path) -> Result<(), Error> {
+        if !self.stages[target].fs.pending.is_empty() {
+            self.ensure_fs(Target::Stage(target)).await?;
+        }
+        let fail = |what: &str, path: &Path, err: &dyn std::fmt::Display| {
+            Error::other(format!("{what} {}: {err}", path.display()))
+        };
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).map_err(|err| fail("creating", &parent, &err))?;
+        let staging = tempfile::Builder::new()
+            .prefix(".buildcache-output-")
+            .tempdir_in(&parent)
+            .map_err(|err| fail("creating a directory in", &parent, &err))?;
+        let vertex = "output:local".to_owned();
+        let started = Instant::now();
+        self.progress().event(Event::Start {
+            vertex: vertex.clone(),
+            name: "exporting to client directory".into(),
+        });
+        let chain = self.stages[target].fs.chain.clone();
+        self.unpack(&chain, staging.path(), &vertex, false).await?;
+        // A new directory gets the usual mode, not the private one of a temporary directory.
+        let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
+        std::fs::set_permissions(staging.path(), mode)
+            .map_err(|err| fail("setting the mode of", staging.path(), &err))?;
+        let empty = match std::fs::read_dir(dest) {
+            Ok(mut entries) => entries.next().is_none(),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => true,
+            Err(err) => return Err(fail("reading", dest, &err)),
+        };
+        let moved = empty && std::fs::rename(staging.path(), dest).is_ok();
+        if !moved {
+            std::fs::create_dir_all(dest).map_err(|err| fail("creating", dest, &err))?;
+            let (top, dest, tmp) = (
+                staging.path().to_path_buf(),
+                dest.to_path_buf(),
+                self.request.work_dir.clone(),
+            );
+            blocking(move || lay_over(&top, &dest, &tmp))
+                .await?
+                .map_err(|err| Error::other(format!("writing the output: {err}")))?;
+        }
+        self.progress().event(Event::Done {
+            vertex,
+            duration: started.elapsed(),
+        });
+        Ok(())
+    }
+
+    /// Unpacks `chain` into `dir`, fetching blobs into the root store first; `report` shows
+    /// each layer in the progress.
     async fn unpack(
         &mut self,
         chain: &[Descriptor],
         dir: &Path,
         vertex: &str,
+        report: bool,
     ) -> Result<(), Error> {
         for desc in chain {
             if !self.blobs.in_root(desc).await {
@@ -1850,23 +1960,22 @@ impl Engine<'_> {
             let reader = blocking_reader(blob.verified(desc.digest.clone()));
             let media_type = desc.media_type.clone();
             let root = dir.to_path_buf();
-            blocking(move || layer::apply_layer(reader, &media_type, &root))
+            let limits = layer::LayerLimits::for_blob(&self.request.limits, desc.size);
+            // Every failure (garbage, a refused entry, a limit) makes the blob unusable: a
+            // cache's results that need it become misses, an image's layer fails the build.
+            blocking(move || layer::apply_layer(reader, &media_type, &root, &limits))
                 .await?
-                .map_err(|err| match err {
-                    // A layer that tries to leave the root is refused, not retried.
-                    layer::Error::Refused { .. } => {
-                        Error::other(format!("extracting layer {}: {err}", desc.digest))
-                    }
-                    other => Error::BadBlob {
-                        digest: desc.digest.clone(),
-                        message: format!("extracting: {other}"),
-                    },
+                .map_err(|err| Error::BadBlob {
+                    digest: desc.digest.clone(),
+                    message: err.to_string(),
                 })?;
-            self.progress().event(Event::Status {
-                vertex: vertex.to_owned(),
-                text: format!("extracting {}", desc.digest),
-                done: Some(started.elapsed()),
-            });
+            if report {
+                self.progress().event(Event::Status {
+                    vertex: vertex.to_owned(),
+                    text: format!("extracting {}", desc.digest),
+                    done: Some(started.elapsed()),
+                });
+            }
         }
         Ok(())
     }
@@ -2321,7 +2430,13 @@ fn remove_dir(dir: &Path) {
 }
 
 /// Unpacks `chain` into `dest` (for `--output type=local`), fetching blobs into the root store.
-pub async fn unpack_chain(chain: &[Descriptor], blobs: &Blobs, dest: &Path) -> Result<(), Error> {
+/// Build with [`BuildRequest::unpack_target`] first, so that a bad cache layer was a miss.
+pub async fn unpack_chain(
+    chain: &[Descriptor],
+    blobs: &Blobs,
+    dest: &Path,
+    limits: &cache_core::limits::Limits,
+) -> Result<(), Error> {
     for desc in chain {
         blobs
             .fetch_to_root(desc)
@@ -2341,7 +2456,8 @@ pub async fn unpack_chain(chain: &[Descriptor], blobs: &Blobs, dest: &Path) -> R
         let reader = blocking_reader(blob.verified(desc.digest.clone()));
         let media_type = desc.media_type.clone();
         let root = dest.to_path_buf();
-        blocking(move || layer::apply_layer(reader, &media_type, &root))
+        let limits = layer::LayerLimits::for_blob(limits, desc.size);
+        blocking(move || layer::apply_layer(reader, &media_type, &root, &limits))
             .await?
             .map_err(|err| Error::other(format!("extracting layer {}: {err}", desc.digest)))?;
     }

@@ -433,16 +433,22 @@ impl Engine<'_> {
                     };
                     let imported = match self.request.run.cache_mount_seeds.get(&id) {
                         Some(desc) if store.is_empty(&id) => {
-                            Some(self.fetch_mount_seed(desc, &id, name).await?)
+                            let limits = crate::layer::LayerLimits::for_blob(
+                                &self.request.limits,
+                                desc.size,
+                            );
+                            let (file, media_type) = self.fetch_mount_seed(desc, &id, name).await?;
+                            Some((file, media_type, limits))
                         }
                         _ => None,
                     };
                     let fill = |dir: &Path| -> std::io::Result<()> {
-                        let Some((file, media_type)) = &imported else {
+                        let Some((file, media_type, limits)) = &imported else {
                             return Ok(());
                         };
                         let reader = std::fs::File::open(file.path())?;
-                        crate::mounts::fill(dir, reader, media_type).map_err(std::io::Error::other)
+                        crate::mounts::fill(dir, reader, media_type, limits)
+                            .map_err(std::io::Error::other)
                     };
                     let (mode, uid, gid) = (c.mode, c.uid, c.gid);
                     let lease = tokio::task::block_in_place(|| {

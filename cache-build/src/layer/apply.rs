@@ -18,6 +18,47 @@ use super::fsops::{
 };
 use super::write::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 use super::{Compression, Error};
+use cache_core::limits::Limits;
+
+/// Bounds on what one layer may unpack to, from `--limit` and the blob's compressed size: a
+/// decompression bomb is stopped after about `max_size` bytes, never written out in full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerLimits {
+    /// Uncompressed bytes (of the tar stream) the layer may have.
+    pub max_size: u64,
+    /// The `--limit` name that set `max_size` (`layer-size` or `layer-ratio`).
+    pub size_limit: &'static str,
+    /// Tar entries the layer may have.
+    pub max_entries: u64,
+}
+
+impl LayerLimits {
+    /// No bound: for layers this build wrote itself and archives of the build context.
+    pub const NONE: LayerLimits = LayerLimits {
+        max_size: u64::MAX,
+        size_limit: "layer-size",
+        max_entries: u64::MAX,
+    };
+
+    /// The bounds of a blob of `compressed` bytes: `layer_size`, and `layer_ratio` times its
+    /// size unless that is below [`Limits::RATIO_FLOOR`].
+    pub fn for_blob(limits: &Limits, compressed: u64) -> LayerLimits {
+        let by_ratio = limits
+            .layer_ratio
+            .saturating_mul(compressed)
+            .max(Limits::RATIO_FLOOR);
+        let (max_size, size_limit) = if by_ratio < limits.layer_size {
+            (by_ratio, "layer-ratio")
+        } else {
+            (limits.layer_size, "layer-size")
+        };
+        LayerLimits {
+            max_size,
+            size_limit,
+            max_entries: limits.layer_entries,
+        }
+    }
+}
 
 /// What [`apply_layer`] did, and the digests of what it read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -36,19 +77,28 @@ pub struct ApplyStats {
     pub skipped_devices: u64,
 }
 
-/// A reader that hashes and counts what passes through it.
+/// A reader that hashes and counts what passes through it, and fails once more than `cap`
+/// bytes went through.
 struct HashReader<R> {
     inner: R,
     hasher: Sha256,
     n_bytes: u64,
+    cap: u64,
+    exceeded: bool,
 }
 
 impl<R: Read> HashReader<R> {
     fn new(inner: R) -> Self {
+        Self::capped(inner, u64::MAX)
+    }
+
+    fn capped(inner: R, cap: u64) -> Self {
         HashReader {
             inner,
             hasher: Sha256::new(),
             n_bytes: 0,
+            cap,
+            exceeded: false,
         }
     }
 
@@ -59,9 +109,19 @@ impl<R: Read> HashReader<R> {
 
 impl<R: Read> Read for HashReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if self.exceeded {
+            return Err(io::Error::other("layer size limit exceeded"));
+        }
+        // Never ask for more than one byte past the cap: what is written stays within it.
+        let room = self.cap.saturating_sub(self.n_bytes).saturating_add(1);
+        let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
         self.n_bytes += n as u64;
+        if self.n_bytes > self.cap {
+            self.exceeded = true;
+            return Err(io::Error::other("layer size limit exceeded"));
+        }
+        self.hasher.update(&buf[..n]);
         Ok(n)
     }
 }
@@ -148,9 +208,17 @@ fn decoder<'a>(
 /// directories are resolved inside the root (`openat2(RESOLVE_IN_ROOT)`) and the last
 /// component is never followed; a hard link must point to an entry inside the root.
 ///
+/// `limits` bound the uncompressed size and the entries: past them extraction stops with
+/// [`Error::Limit`] (having written at most about `max_size` bytes).
+///
 /// The returned digest and diffID cover every byte of the stream; the caller compares them
 /// with what it expected. On error the root is left partly modified.
-pub fn apply_layer(reader: impl Read, media_type: &str, root: &Path) -> Result<ApplyStats, Error> {
+pub fn apply_layer(
+    reader: impl Read,
+    media_type: &str,
+    root: &Path,
+    limits: &LayerLimits,
+) -> Result<ApplyStats, Error> {
     let root = Root::open(root)?;
     let mut blob = HashReader::new(reader);
     let mut head = [0u8; 6];
@@ -177,14 +245,24 @@ pub fn apply_layer(reader: impl Read, media_type: &str, root: &Path) -> Result<A
     let mut stats = ApplyStats::default();
     {
         let source = io::Cursor::new(&head[..n_head]).chain(&mut blob);
-        let mut tar_stream = HashReader::new(decoder(magic, source, "layer")?);
-        let mut extractor = Extractor::new(root, true);
-        extractor.run(&mut tar_stream)?;
-        // Hash whatever follows the end-of-archive marker too.
-        io::copy(&mut tar_stream, &mut io::sink()).map_err(|err| Error::Corrupt {
-            context: "after the end of the tar archive".to_string(),
-            source: err,
-        })?;
+        let mut tar_stream = HashReader::capped(decoder(magic, source, "layer")?, limits.max_size);
+        let mut extractor = Extractor::new(root, true, limits.max_entries);
+        let ran = extractor.run(&mut tar_stream).and_then(|()| {
+            // Hash whatever follows the end-of-archive marker too.
+            io::copy(&mut tar_stream, &mut io::sink())
+                .map(drop)
+                .map_err(|err| Error::Corrupt {
+                    context: "after the end of the tar archive".to_string(),
+                    source: err,
+                })
+        });
+        if tar_stream.exceeded {
+            return Err(Error::Limit {
+                limit: limits.size_limit,
+                detail: format!("it unpacks to more than {} bytes", limits.max_size),
+            });
+        }
+        ran?;
         stats.entries = extractor.entries;
         stats.skipped_devices = extractor.skipped_devices;
         stats.diff_id = tar_stream.digest();
@@ -226,7 +304,7 @@ pub fn extract_archive(archive: &Path, root: &Path, dest_in_root: &Path) -> Resu
     let what = archive.display().to_string();
     let source = io::Cursor::new(&head[..n_head]).chain(file);
     let mut stream = decoder(magic, source, &what)?;
-    Extractor::new(dest, false).run(&mut stream)?;
+    Extractor::new(dest, false, u64::MAX).run(&mut stream)?;
     Ok(true)
 }
 
@@ -301,6 +379,7 @@ struct Extractor {
     /// change them (and read-only directories can still be filled).
     dirs: BTreeMap<PathBuf, (u32, i64)>,
     entries: u64,
+    max_entries: u64,
     skipped_devices: u64,
 }
 
@@ -312,7 +391,7 @@ fn corrupt(err: io::Error, entry: &[u8]) -> Error {
 }
 
 impl Extractor {
-    fn new(root: Root, whiteouts: bool) -> Extractor {
+    fn new(root: Root, whiteouts: bool, max_entries: u64) -> Extractor {
         Extractor {
             root,
             whiteouts,
@@ -320,6 +399,7 @@ impl Extractor {
             touched: HashSet::new(),
             dirs: BTreeMap::new(),
             entries: 0,
+            max_entries,
             skipped_devices: 0,
         }
     }
@@ -344,6 +424,12 @@ impl Extractor {
             return Ok(());
         }
         self.entries += 1;
+        if self.entries > self.max_entries {
+            return Err(Error::Limit {
+                limit: "layer-entries",
+                detail: format!("it has more than {} entries", self.max_entries),
+            });
+        }
         let rel = clean_name(&raw)?;
         if rel.as_os_str().is_empty() {
             // The root's own entry (`./`): the root directory is not the layer's to change.
@@ -916,7 +1002,13 @@ mod tests {
         let changes = diff(&snap, &built).expect("diff");
         let mut blob = Vec::new();
         let info = write_layer(&built, &changes, compression, &mut blob).expect("write");
-        let stats = apply_layer(&blob[..], info.media_type.as_str(), &applied).expect("apply");
+        let stats = apply_layer(
+            &blob[..],
+            info.media_type.as_str(),
+            &applied,
+            &LayerLimits::NONE,
+        )
+        .expect("apply");
 
         assert_eq!(stats.digest, info.digest);
         assert_eq!(stats.diff_id, info.diff_id);
@@ -1023,7 +1115,7 @@ mod tests {
         fn apply(&self, entries: &[Vec<u8>]) -> (Result<ApplyStats, Error>, bool) {
             let before = self.outside_state();
             let etc_passwd = fs::read("/etc/passwd").ok();
-            let res = apply_layer(&tar_of(entries)[..], "", &self.root());
+            let res = apply_layer(&tar_of(entries)[..], "", &self.root(), &LayerLimits::NONE);
             let untouched =
                 before == self.outside_state() && etc_passwd == fs::read("/etc/passwd").ok();
             (res, untouched)
@@ -1294,8 +1386,13 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
         io::Write::write_all(&mut gz, &tar_bytes).expect("gzip");
         let blob = gz.finish().expect("gzip");
-        let stats =
-            apply_layer(&blob[..], crate::layer::MEDIA_TYPE_OCI_GZIP, &jail.root()).expect("apply");
+        let stats = apply_layer(
+            &blob[..],
+            crate::layer::MEDIA_TYPE_OCI_GZIP,
+            &jail.root(),
+            &LayerLimits::NONE,
+        )
+        .expect("apply");
         assert_eq!(
             stats.digest,
             format!("sha256:{}", hex::encode(Sha256::digest(&blob)))
@@ -1364,11 +1461,126 @@ mod tests {
     #[test]
     fn garbage_and_truncated_streams_are_errors() {
         let jail = Jail::new();
-        let err = apply_layer(&[0x1f, 0x8b, 1, 2, 3][..], "", &jail.root()).expect_err("bad gzip");
+        let err = apply_layer(
+            &[0x1f, 0x8b, 1, 2, 3][..],
+            "",
+            &jail.root(),
+            &LayerLimits::NONE,
+        )
+        .expect_err("bad gzip");
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
         let tar_bytes = tar_of(&[raw_entry(b"f", EntryType::Regular, b"", &[1u8; 2000])]);
-        let err = apply_layer(&tar_bytes[..700], "", &jail.root()).expect_err("truncated");
+        let err = apply_layer(&tar_bytes[..700], "", &jail.root(), &LayerLimits::NONE)
+            .expect_err("truncated");
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    }
+
+    /// A gzip layer holding one file of `mib` MiB of zeros, made of cheap concatenated gzip
+    /// members (as a bomb would be): about 1 KiB of blob per MiB.
+    fn zeros_bomb(mib: u64) -> Vec<u8> {
+        let gzip = |bytes: &[u8]| {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            io::Write::write_all(&mut gz, bytes).expect("gzip");
+            gz.finish().expect("gzip")
+        };
+        let mut header = tar::Header::new_gnu();
+        header.set_path("zeros").expect("path");
+        header.set_size(mib << 20);
+        header.set_mode(0o644);
+        header.set_entry_type(EntryType::Regular);
+        header.set_cksum();
+        let mut blob = gzip(header.as_bytes());
+        let member = gzip(&vec![0u8; 1 << 20]);
+        for _ in 0..mib {
+            blob.extend_from_slice(&member);
+        }
+        blob.extend(gzip(&[0u8; 1024]));
+        blob
+    }
+
+    #[test]
+    fn a_decompression_bomb_stops_at_the_size_limit() {
+        let blob = zeros_bomb(1024);
+        assert!(blob.len() < 2 << 20, "{} bytes", blob.len());
+        let limits = Limits {
+            layer_size: 8 << 20,
+            ..Limits::default()
+        };
+        let bounds = LayerLimits::for_blob(&limits, blob.len() as u64);
+        assert_eq!(bounds.size_limit, "layer-size");
+        let jail = Jail::new();
+        let err = apply_layer(&blob[..], "", &jail.root(), &bounds).expect_err("bomb");
+        assert!(
+            matches!(
+                err,
+                Error::Limit {
+                    limit: "layer-size",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--limit layer-size=N"), "{err}");
+        // Stopped within the limit: the file holds at most 8 MiB of the 1 GiB.
+        let written = fs::metadata(jail.root().join("zeros")).map_or(0, |m| m.len());
+        assert!(written <= 8 << 20, "{written} bytes written");
+    }
+
+    #[test]
+    fn a_layer_past_its_ratio_stops_above_the_floor() {
+        // 100 MiB from about 100 KiB: a ratio of about 1000, above the default of 256.
+        let blob = zeros_bomb(100);
+        let bounds = LayerLimits::for_blob(&Limits::default(), blob.len() as u64);
+        assert_eq!(bounds.size_limit, "layer-ratio");
+        assert_eq!(bounds.max_size, Limits::RATIO_FLOOR);
+        let jail = Jail::new();
+        let err = apply_layer(&blob[..], "", &jail.root(), &bounds).expect_err("bomb");
+        assert!(
+            matches!(
+                err,
+                Error::Limit {
+                    limit: "layer-ratio",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let written = fs::metadata(jail.root().join("zeros")).map_or(0, |m| m.len());
+        assert!(written <= Limits::RATIO_FLOOR, "{written} bytes written");
+        // Below the floor the ratio is not checked.
+        let small = zeros_bomb(2);
+        let bounds = LayerLimits::for_blob(&Limits::default(), small.len() as u64);
+        apply_layer(&small[..], "", &Jail::new().root(), &bounds).expect("small layer of zeros");
+    }
+
+    #[test]
+    fn entries_past_the_limit_are_refused() {
+        let entries: Vec<Vec<u8>> = (0..5)
+            .map(|i| raw_entry(format!("f{i}").as_bytes(), EntryType::Regular, b"", b"x"))
+            .collect();
+        let bounds = LayerLimits {
+            max_entries: 4,
+            ..LayerLimits::NONE
+        };
+        let jail = Jail::new();
+        let err =
+            apply_layer(&tar_of(&entries)[..], "", &jail.root(), &bounds).expect_err("too many");
+        assert!(
+            matches!(
+                err,
+                Error::Limit {
+                    limit: "layer-entries",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(!jail.root().join("f4").exists());
+        let bounds = LayerLimits {
+            max_entries: 5,
+            ..LayerLimits::NONE
+        };
+        apply_layer(&tar_of(&entries)[..], "", &Jail::new().root(), &bounds).expect("five entries");
     }
 
     proptest::proptest! {
@@ -1378,7 +1590,7 @@ mod tests {
             bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000),
         ) {
             let dir = tempfile::tempdir().expect("tempdir");
-            let _ = apply_layer(&bytes[..], "", dir.path());
+            let _ = apply_layer(&bytes[..], "", dir.path(), &LayerLimits::NONE);
         }
 
         #[test]
@@ -1407,7 +1619,7 @@ mod tests {
             let outer = tempfile::tempdir().expect("tempdir");
             let root = outer.path().join("root");
             fs::create_dir(&root).expect("mkdir");
-            let _ = apply_layer(&blob[..], "", &root);
+            let _ = apply_layer(&blob[..], "", &root, &LayerLimits::NONE);
             let names: Vec<_> = fs::read_dir(outer.path()).expect("list").map(|e| e.expect("entry").file_name()).collect();
             proptest::prop_assert_eq!(names, vec![std::ffi::OsString::from("root")]);
         }

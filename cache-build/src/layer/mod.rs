@@ -31,7 +31,7 @@ mod write;
 use std::io;
 use std::path::PathBuf;
 
-pub use apply::{ApplyStats, apply_layer, extract_archive};
+pub use apply::{ApplyStats, LayerLimits, apply_layer, extract_archive};
 pub use snapshot::{ChangeKind, Changes, Snapshot, diff};
 pub use write::{WriteOptions, write_layer, write_layer_file, write_layer_with};
 
@@ -66,6 +66,17 @@ pub enum Error {
         entry: String,
         /// Why it was refused.
         reason: String,
+    },
+    /// The layer is larger than a `--limit` allows; extraction stopped there.
+    #[error(
+        "layer exceeds --limit {limit}: {detail}; {}",
+        cache_core::limits::Limits::hint(limit)
+    )]
+    Limit {
+        /// The limit's name (`layer-size`, `layer-ratio`, `layer-entries`).
+        limit: &'static str,
+        /// What the layer holds beyond it.
+        detail: String,
     },
     /// A file changed between the diff and the writing of the layer.
     #[error("{path} changed while its layer was being written; run the step again")]

@@ -7,6 +7,7 @@ mod explain;
 mod faultproxy;
 mod faults;
 mod flags;
+mod hostile;
 mod inspect;
 mod instructions;
 mod interop;
