@@ -239,9 +239,14 @@ async fn du(source: &str, format: OutputFormat) -> anyhow::Result<()> {
         usage.orphaned_bytes
     );
     println!(
-        "temporary: {} in {} files",
+        "temporary: {} in {} files{}",
         human_bytes(usage.temp_bytes),
-        usage.temp_files
+        usage.temp_files,
+        if usage.temp_files > 0 {
+            " (of exports running now, or left by killed ones: `buildcache cache prune` removes those)"
+        } else {
+            ""
+        }
     );
     println!("total:     {}", human_bytes(usage.total_bytes()));
     if let Some(mounts) = &mounts {

@@ -17,6 +17,9 @@
 //!   client does not rewrite the index meanwhile), reads `index.json`, walks every entry of every
 //!   tag and deletes what it did not reach. Nothing of ours can add a reference in that window.
 //! - `gc.lock` is never deleted (unlike `index.json.lock`), so no writer can lock a stale inode.
+//! - Every `.tmp-*` file is written by a holder of the shared lock (blobs of an export or a
+//!   build, `index.json` rewrites under the collector's own lock), so while collection holds the
+//!   exclusive lock every temporary file is a dead writer's: it is deleted then, whatever its age.
 //! - BuildKit's own client does not know `gc.lock`. As a partial guard, collection reports `busy`
 //!   while BuildKit's `ingest/` directory holds a file younger than [`TEMP_FILE_MAX_AGE`] (an
 //!   upload in progress). A BuildKit export between committing its last blob and updating
@@ -60,7 +63,8 @@ use crate::index::{INDEX_FILE, MAX_JSON_SIZE};
 
 /// Name of the lock file that separates exports (shared) from garbage collection (exclusive).
 pub const GC_LOCK_FILE: &str = "gc.lock";
-/// Temporary files older than this are left-overs of killed writes, and collection removes them.
+/// BuildKit's `ingest/` files younger than this are uploads in progress (BuildKit does not know
+/// `gc.lock`): collection then deletes nothing.
 pub const TEMP_FILE_MAX_AGE: Duration = Duration::from_secs(3600);
 /// How long [`LayoutDir::collect_garbage`] tries for the exclusive lock before reporting `busy`.
 pub const GC_LOCK_WAIT: Duration = Duration::from_millis(500);
@@ -147,10 +151,13 @@ pub struct GcReport {
     pub deleted_blobs: u64,
     /// Bytes of those blobs.
     pub deleted_bytes: u64,
-    /// Temporary files older than [`TEMP_FILE_MAX_AGE`] deleted.
+    /// Temporary files of dead writers deleted (no live writer holds the lock).
     pub deleted_temp_files: u64,
     /// Bytes of those files.
     pub deleted_temp_bytes: u64,
+    /// Bytes of blobs and temporary files left on disk afterwards (live blobs, and whatever
+    /// could not be deleted).
+    pub bytes_left: u64,
     /// Per tag, what it reaches.
     pub tags: Vec<TagUsage>,
     /// Blobs some tag names that are absent.
@@ -291,8 +298,8 @@ impl LayoutDir {
         Ok(self.analyze()?.usage)
     }
 
-    /// Deletes every blob no tag of `index.json` reaches, and temporary files older than
-    /// [`TEMP_FILE_MAX_AGE`].
+    /// Deletes every blob no tag of `index.json` reaches, and every temporary file (no writer
+    /// is alive while collection holds its lock).
     ///
     /// Behavior:
     /// - if an export holds [`LayoutDir::writer`] (or BuildKit is uploading into `ingest/`),
@@ -364,13 +371,8 @@ impl LayoutDir {
             over_budget: plan.over_budget,
             ..PruneReport::default()
         };
-        let now = options.now;
         if options.dry_run {
-            let old_temp = analysis
-                .temp
-                .iter()
-                .filter(|(_, _, modified)| is_older(*modified, now, TEMP_FILE_MAX_AGE));
-            for (_, size, _) in old_temp {
+            for (_, size, _) in &analysis.temp {
                 report.deleted_temp_files += 1;
                 report.freed_bytes += size;
             }
@@ -411,7 +413,7 @@ impl LayoutDir {
         report.freed_blobs = swept.deleted_blobs;
         report.freed_bytes = swept.deleted_bytes + swept.deleted_temp_bytes;
         report.deleted_temp_files = swept.deleted_temp_files;
-        report.bytes_after = swept.live_bytes;
+        report.bytes_after = swept.bytes_left;
         report.orphaned_bytes = analysis
             .on_disk
             .iter()
@@ -467,11 +469,13 @@ impl LayoutDir {
             report.deleted_blobs += 1;
             report.deleted_bytes += size;
         }
-        let now = SystemTime::now();
-        for (path, size, modified) in &analysis.temp {
-            if !is_older(*modified, now, TEMP_FILE_MAX_AGE) {
-                continue;
+        let mut left = report.live_bytes;
+        for (digest, (size, _)) in &analysis.on_disk {
+            if !analysis.live.contains(digest) && !dry_run && self.blob_path(digest).exists() {
+                left += size;
             }
+        }
+        for (path, size, _) in &analysis.temp {
             if !dry_run {
                 match fs::remove_file(path) {
                     Ok(()) => {}
@@ -480,6 +484,7 @@ impl LayoutDir {
                         report
                             .errors
                             .push(parse_error("deleting", path, err).to_string());
+                        left += size;
                         continue;
                     }
                 }
@@ -487,6 +492,7 @@ impl LayoutDir {
             report.deleted_temp_files += 1;
             report.deleted_temp_bytes += size;
         }
+        report.bytes_left = left;
         Ok(report)
     }
 

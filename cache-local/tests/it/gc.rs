@@ -398,7 +398,7 @@ fn collection_keeps_everything_any_entry_reaches() {
 }
 
 #[test]
-fn old_temporary_files_are_removed_and_fresh_ones_kept() {
+fn temporary_files_go_as_soon_as_no_writer_holds_the_lock() {
     let rt = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let layout = LayoutDir::open(dir.path());
@@ -408,23 +408,42 @@ fn old_temporary_files_are_removed_and_fresh_ones_kept() {
             .export(&layout, "latest", false)
             .await;
     });
-    let old = dir.path().join("blobs/sha256/.tmp-old");
-    let fresh = dir.path().join("blobs/sha256/.tmp-fresh");
-    fs::write(&old, b"left by a killed export").expect("write");
-    fs::write(&fresh, b"being written").expect("write");
-    fs::File::options()
-        .write(true)
-        .open(&old)
-        .expect("open")
-        .set_modified(SystemTime::now() - Duration::from_secs(7200))
-        .expect("set mtime");
+    // Fresh files of killed writers, in the blob directory and at the top.
+    let in_blobs = dir.path().join("blobs/sha256/.tmp-killed");
+    let at_top = dir.path().join(".tmp-index");
+    fs::write(&in_blobs, b"left by a killed export").expect("write");
+    fs::write(&at_top, b"index").expect("write");
     let usage = layout.disk_usage().expect("du");
-    assert_eq!(usage.temp_files, 2);
+    assert_eq!((usage.temp_files, usage.temp_bytes), (2, 28));
+    // A live writer may own them: nothing goes.
+    let writer = layout.writer().expect("writer");
     let report = layout.collect_garbage(&GcOptions::default()).expect("gc");
-    assert_eq!(report.deleted_temp_files, 1);
-    assert_eq!(report.deleted_temp_bytes, 23);
-    assert!(!old.exists());
-    assert!(fresh.exists());
+    assert!(report.busy);
+    assert!(in_blobs.exists() && at_top.exists());
+    drop(writer);
+    // A dry run of prune counts them; prune deletes them and reports what is left on disk.
+    let options = PruneOptions {
+        keep_tags: Vec::new(),
+        older_than: None,
+        max_size: None,
+        dry_run: true,
+        now: SystemTime::now(),
+    };
+    let dry = layout.prune(&options).expect("dry prune");
+    assert_eq!((dry.deleted_temp_files, dry.freed_bytes), (2, 28));
+    assert!(in_blobs.exists());
+    let report = layout
+        .prune(&PruneOptions {
+            dry_run: false,
+            ..options
+        })
+        .expect("prune");
+    assert_eq!(report.deleted_temp_files, 2);
+    assert!(!in_blobs.exists() && !at_top.exists());
+    let after = layout.disk_usage().expect("du");
+    assert_eq!(report.bytes_before, usage.total_bytes());
+    assert_eq!(report.bytes_after, after.total_bytes());
+    assert_eq!(report.bytes_before - report.freed_bytes, report.bytes_after);
 }
 
 #[test]
