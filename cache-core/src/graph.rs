@@ -378,7 +378,7 @@ impl CacheGraph {
 
     /// Drops every result whose layer chain holds one of `blobs` (blobs found unusable), so
     /// that exports and later builds never offer them again.
-    pub fn drop_results_using(&mut self, blobs: &std::collections::HashSet<Digest>) {
+    pub fn drop_results_using(&mut self, blobs: &HashSet<Digest>) {
         // Layers are only added on top of existing ones: a parent's index is below its child's.
         let mut bad = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
