@@ -116,7 +116,9 @@ async fn resolve(reference: &str) -> Result<ResolvedImage, String> {
 /// Downloads `ADD <url>` sources over HTTP(S).
 #[derive(Debug, Default)]
 pub struct HttpDownloads {
-    client: reqwest::Client,
+    /// Built on the first download: loading the platform's TLS roots costs milliseconds that a
+    /// build without `ADD <url>` should not pay.
+    client: std::sync::OnceLock<reqwest::Client>,
 }
 
 impl HttpDownloads {
@@ -129,6 +131,7 @@ impl HttpDownloads {
         use tokio::io::AsyncWriteExt as _;
         let response = self
             .client
+            .get_or_init(reqwest::Client::new)
             .get(url)
             .send()
             .await
