@@ -139,12 +139,13 @@ impl FromStr for ImageRef {
 }
 
 /// Whether `host` (with an optional `:port`, IPv6 in brackets) is a loopback name or address.
+/// (registry, repository, tag, digest) of a reference.
+type Parts<'a> = (String, String, Option<&'a str>, Option<&'a str>);
+
 /// Splits `reference` by Docker's grammar into (registry, repository, tag, digest), with Docker
 /// Hub's normalisation. Written by hand: the grammar as one regular expression costs tens of
 /// milliseconds to compile, on every build that names a registry.
-fn split_reference(
-    reference: &str,
-) -> Result<(String, String, Option<&str>, Option<&str>), String> {
+fn split_reference(reference: &str) -> Result<Parts<'_>, String> {
     let (rest, digest) = match reference.split_once('@') {
         Some((rest, digest)) => {
             let valid = digest.split_once(':').is_some_and(|(algorithm, hex)| {
