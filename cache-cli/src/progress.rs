@@ -518,6 +518,17 @@ fn human(n: u64) -> String {
     }
 }
 
+/// A vertex name as the plain view prints it: cut to 72 bytes and `...` when
+/// `PROGRESS_NO_TRUNC=0`, as BuildKit's plain printer does (names are already bounded by the
+/// engine, `SHOWN_COMMAND_BYTES`).
+fn plain_name(name: &str) -> std::borrow::Cow<'_, str> {
+    const LIMIT: usize = 72;
+    if std::env::var("PROGRESS_NO_TRUNC").as_deref() != Ok("0") || name.len() <= LIMIT {
+        return name.into();
+    }
+    format!("{}...", cache_core::limits::prefix_within(name, LIMIT)).into()
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
@@ -546,7 +557,7 @@ impl Progress for Display {
                 if v.name.is_none() {
                     v.started = Instant::now();
                     if plain {
-                        eprintln!("#{} {name}", v.number);
+                        eprintln!("#{} {}", v.number, plain_name(&name));
                     }
                     v.name = Some(name);
                 }

@@ -112,6 +112,19 @@ impl Default for Limits {
     }
 }
 
+/// The longest prefix of `text` of at most `max` bytes that ends at a character boundary: how
+/// messages cut untrusted text (a 1 MB command, a hostile tag) before quoting it.
+pub fn prefix_within(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 fn parse_amount(value: &str) -> Option<u64> {
     let digits = value
         .find(|c: char| !c.is_ascii_digit())
@@ -131,6 +144,14 @@ fn parse_amount(value: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefixes_end_at_character_boundaries() {
+        assert_eq!(prefix_within("abc", 5), "abc");
+        assert_eq!(prefix_within("abcdef", 3), "abc");
+        assert_eq!(prefix_within("aéb", 2), "a");
+        assert_eq!(prefix_within("éé", 3), "é");
+    }
 
     #[test]
     fn every_name_sets_its_own_field() {

@@ -142,6 +142,30 @@ pub struct ImportSpec {
     pub source: ImportSource,
 }
 
+/// Checks that `tag` is an OCI tag, `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`, as the tag of a local
+/// cache, an image or a layout must be (so that no tag is ever a path like `../../x`). The error
+/// quotes the tag and the rule.
+pub fn check_tag(tag: &str) -> Result<(), String> {
+    let mut chars = tag.chars();
+    let first = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    let rest = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if first && rest && tag.len() <= 128 {
+        return Ok(());
+    }
+    let shown = if tag.len() > 140 {
+        let head = crate::limits::prefix_within(tag, 128);
+        format!("{head:?}... ({} bytes)", tag.len())
+    } else {
+        format!("{tag:?}")
+    };
+    Err(format!(
+        "{shown} is not a valid tag: a tag is 1 to 128 letters, digits, '_', '.' and '-', and does \
+         not start with '.' or '-' ([a-zA-Z0-9_][a-zA-Z0-9._-]{{0,127}})"
+    ))
+}
+
 /// An invalid cache option; the message names the attribute and the allowed values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpecError {
@@ -432,7 +456,10 @@ impl Attrs {
             Some("") => {
                 Err(self.error("tag is empty: give a tag name or leave tag out for latest".into()))
             }
-            Some(tag) => Ok(tag.to_owned()),
+            Some(tag) => {
+                check_tag(tag).map_err(|message| self.error(format!("tag={message}")))?;
+                Ok(tag.to_owned())
+            }
         }
     }
 
@@ -605,6 +632,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("tag is empty"), "{err}");
+    }
+
+    #[test]
+    fn tags_must_be_oci_tags() {
+        for tag in ["latest", "v1.2.3", "_x", "A-b_c.9", &"t".repeat(128)] {
+            parse_import(&format!("type=local,src=d,tag={tag}")).unwrap();
+            check_tag(tag).unwrap();
+        }
+        for tag in [
+            "../../x",
+            ".hidden",
+            "-x",
+            "a/b",
+            "a:b",
+            "é",
+            &"t".repeat(129),
+        ] {
+            let err = parse_export(&format!("type=local,dest=d,tag={tag}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("is not a valid tag")
+                    && err.contains("[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}"),
+                "{tag}: {err}"
+            );
+            assert!(err.contains("tag="), "{err}");
+        }
     }
 
     #[test]

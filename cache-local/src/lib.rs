@@ -262,6 +262,16 @@ impl Backend for LayoutDir {
     }
 
     async fn write_index(&self, tag: &str, index: &RawIndex) -> Result<()> {
+        // A tag someone gave (an export, a copy) must be an OCI tag; prune rewrites the tags a
+        // directory already has, whatever wrote them.
+        if !tag.is_empty() {
+            cache_core::spec::check_tag(tag).map_err(|message| {
+                Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!("cache tag in {}: {message}", self.root().display()),
+                )
+            })?;
+        }
         let tag = tag.to_owned();
         let index = index.clone();
         self.blocking("write_index", move |this| {

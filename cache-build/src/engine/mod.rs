@@ -104,7 +104,12 @@ impl NamedContext {
                 (dir, digest.to_owned())
             } else {
                 match rest.rsplit_once(':') {
-                    Some((dir, tag)) if !tag.contains('/') => (dir, tag.to_owned()),
+                    Some((dir, tag)) if !tag.contains('/') => {
+                        cache_core::spec::check_tag(tag).map_err(|message| {
+                            format!("{value:?}: the tag of oci-layout://DIR:TAG: {message}")
+                        })?;
+                        (dir, tag.to_owned())
+                    }
                     _ => (rest, "latest".to_owned()),
                 }
             };
@@ -365,6 +370,31 @@ struct Engine<'a> {
     /// Layers of the images this build uses (`FROM`, `COPY --from`), with the image's name:
     /// their failures are errors, never misses.
     image_layers: std::collections::HashMap<Digest, String>,
+}
+
+/// The most bytes of a command that a step's name or a message shows. BuildKit's plain
+/// progress cuts vertex names to 72 bytes and `...` (with `PROGRESS_NO_TRUNC=0`) and its tty
+/// view to the terminal's width, but its errors quote the whole command; a 1 MB `RUN` line must
+/// not be echoed whole in every line that names the step, so names and messages are cut here.
+pub const SHOWN_COMMAND_BYTES: usize = 512;
+
+/// `text` cut to [`SHOWN_COMMAND_BYTES`] (at a character boundary), with `...` and the size
+/// of the whole when it was longer.
+pub fn cut_command(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= SHOWN_COMMAND_BYTES {
+        return text.into();
+    }
+    let head = cache_core::limits::prefix_within(text, SHOWN_COMMAND_BYTES);
+    format!("{head}... ({} bytes)", text.len()).into()
+}
+
+/// The name progress and messages give step `step` of `stage`: `[stage n/m] INSTRUCTION`.
+fn step_name(stage: &PlannedStage, step: &Step) -> String {
+    format!(
+        "{} {}",
+        stage.progress_prefix(step.number),
+        cut_command(&step.display)
+    )
 }
 
 /// How many times a build restarts after finding an unusable cache blob.
@@ -725,7 +755,7 @@ impl Engine<'_> {
         for (si, stage) in plan.stages.iter().enumerate() {
             self.start_stage(si, stage, base_images).await?;
             for (k, step) in stage.steps.iter().enumerate() {
-                let name = format!("{} {}", stage.progress_prefix(step.number), step.display);
+                let name = step_name(stage, step);
                 self.active = Some((format!("step:{si}:{k}"), name));
                 self.resolve_step(si, stage, k, step).await?;
                 self.active = None;
@@ -1294,7 +1324,7 @@ impl Engine<'_> {
         k: usize,
         step: &Step,
     ) -> Result<(), Error> {
-        let name = format!("{} {}", stage.progress_prefix(step.number), step.display);
+        let name = step_name(stage, step);
         let started = Instant::now();
         let scratch = self.stages[si].fs.records.is_empty();
         let has_src = matches!(&step.op, Op::Copy(copy)
@@ -2120,7 +2150,7 @@ impl Engine<'_> {
                         line: step.line,
                         message: format!(
                             "process {:?} did not complete successfully: exit code: {}",
-                            spec.argv.join(" "),
+                            cut_command(&spec.argv.join(" ")),
                             outcome.status
                         ),
                         exit_code: Some(outcome.status),

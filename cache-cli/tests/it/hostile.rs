@@ -250,6 +250,16 @@ fn poisoned_cache_layers_are_misses_with_one_warning() {
             assert_eq!(fs::read_to_string(out.join("b")).unwrap(), b, "{kind}");
         }
         assert!(!tmp.path().join("escape").exists(), "{kind}");
+        if i == 0 {
+            // The refused result was not kept: the root's own cache never offers it again.
+            let root = tmp.path().join(format!("root-{kind}"));
+            let again = build_ok(&ctx, &root, &[]);
+            assert!(!again.stderr().contains(&bad), "{}", again.stderr());
+            assert_eq!(
+                crate::support::uncached_steps(again.meta()),
+                Vec::<String>::new()
+            );
+        }
     }
 }
 
@@ -289,4 +299,78 @@ fn a_bad_layer_of_a_from_image_is_an_error_naming_it() {
         );
         assert!(!tmp.path().join("escape").exists(), "{kind}");
     }
+}
+
+#[test]
+fn tags_that_are_not_oci_tags_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    fs::create_dir(&ctx).unwrap();
+    fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY a /a\n").unwrap();
+    fs::write(ctx.join("a"), "A").unwrap();
+    let root = tmp.path().join("root");
+    let cache = s(&tmp.path().join("cache")).to_owned();
+    for (flag, value) in [
+        ("--cache-to", format!("type=local,dest={cache},tag=../../x")),
+        (
+            "--cache-from",
+            format!("type=local,src={cache},tag=../../x"),
+        ),
+        ("--cache-to", format!("type=local,dest={cache},tag=.hidden")),
+    ] {
+        let stderr = build(&ctx, &root, &[flag, &value]).assert_failure();
+        assert!(
+            stderr.contains(&format!("{value:?}"))
+                && stderr.contains("is not a valid tag")
+                && stderr.contains("[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}"),
+            "{flag} {value}: {stderr}"
+        );
+    }
+    assert!(!tmp.path().join("x").exists() && !tmp.path().join("cache").exists());
+    // The destination of a copy is checked the same way.
+    let to = format!("type=local,dest={cache},tag=a/../../b");
+    let out = crate::support::buildcache()
+        .args(["cache", "copy", s(&root.join("cache")), &to])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("is not a valid tag"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_long_command_is_cut_in_messages_and_progress() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    fs::create_dir(&ctx).unwrap();
+    let long = "y".repeat(1 << 20);
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM scratch\nRUN false {long}\n"),
+    )
+    .unwrap();
+    let stderr = build(&ctx, &tmp.path().join("root"), &[]).assert_failure();
+    assert!(stderr.len() < 16 << 10, "{} bytes of output", stderr.len());
+    assert!(stderr.contains("... (1048586 bytes)"), "{stderr}");
+    let error = stderr.lines().last().unwrap();
+    assert!(error.starts_with("error: [1/1] RUN false yyy"), "{error}");
+    // BuildKit's plain printer cuts vertex names to 72 bytes with PROGRESS_NO_TRUNC=0.
+    let out = crate::support::buildcache()
+        .env("PROGRESS_NO_TRUNC", "0")
+        .args(["build", "--progress=plain", "--root"])
+        .arg(tmp.path().join("root"))
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let name = stderr
+        .lines()
+        .find(|l| l.starts_with("#1 [1/1] RUN"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(
+        name,
+        format!("#1 {}...", &format!("[1/1] RUN false {long}")[..72])
+    );
 }
