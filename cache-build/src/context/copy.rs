@@ -62,9 +62,10 @@ pub struct CopyStats {
 ///   (several sources or a wildcard matching several paths), when a source is a directory, or
 ///   when it already is a directory in `root`; otherwise the single source file is written at
 ///   `dest` itself.
-/// - A directory source copies its contents, not itself, and its mode (or `chmod`), owner and
-///   mtime go to the destination directory. Missing parents are created with mode 0755 (or the
-///   permission bits of `chmod`), owned by the `--chown` owner if given (else by root).
+/// - A directory source copies its contents, not itself, and its mtime goes to the destination
+///   directory (whose mode and owner stay as they are). Missing parents and a missing
+///   destination are created with mode 0755 (or the permission bits of `chmod`), owned by the
+///   `--chown` owner if given (else by root), as fsutil's `MkdirAll` does.
 /// - Files keep their mode (unless `chmod`) and mtime; the owner is 0:0 unless `chown` (or the
 ///   source's with `keep_owner`); symlinks are copied as symlinks; an existing file at a target
 ///   path is replaced.
@@ -217,6 +218,20 @@ struct Frame<'e> {
     fd: OwnedFd,
     dest: PathBuf,
     entry: Option<&'e SelectedEntry>,
+    /// What of `entry`'s metadata the directory takes once its children are written.
+    apply: Apply,
+}
+
+/// The metadata a copied directory takes from its source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Apply {
+    /// Mode (or `--chmod`) and times (the owner was set when it was made).
+    All,
+    /// The source's own mode only, `--chmod` or not: an existing directory that is only a
+    /// parent of what `COPY --parents` copies (BuildKit's `copyDirectoryOnly`).
+    Mode,
+    /// Times only: the destination directory of a directory source.
+    Times,
 }
 
 impl Copier<'_> {
@@ -368,19 +383,15 @@ impl Copier<'_> {
         let top = dir
             .try_clone()
             .map_err(|err| self.io_dest("open directory", dest, err))?;
-        // The destination directory takes the source directory's owner, mode and mtime
-        // (BuildKit's copier applies the source's metadata to it, existing or not).
+        // The destination directory (made by `mkdir_p` if missing) only takes the source
+        // directory's mtime: BuildKit's copier finds it existing, so `copyFileTimestamp`.
         let top_entry = &found.entries[0];
-        self.set_owner_fd(
-            &top,
-            dest,
-            self.entry_owner(&found.entry_source(top_entry))?,
-        )?;
         let mut stack: Vec<Frame<'_>> = vec![Frame {
             rel: PathBuf::new(),
             fd: top,
             dest: dest.to_path_buf(),
             entry: Some(top_entry),
+            apply: Apply::Times,
         }];
         for entry in &found.entries[1..] {
             let parent_rel = entry.rel.parent().unwrap_or(Path::new(""));
@@ -401,13 +412,23 @@ impl Copier<'_> {
                 .expect("entries below a match have names");
             let entry_dest = parent.dest.join(name);
             if entry.kind == EntryKind::Dir {
-                let (fd, own) =
-                    self.make_dir(&parent.fd, name, &entry_dest, &found.entry_source(entry))?;
+                let (fd, own, existed) = self.make_dir(
+                    &parent.fd,
+                    name,
+                    &entry_dest,
+                    &found.entry_source(entry),
+                    entry.parent_only,
+                )?;
                 stack.push(Frame {
                     rel: entry.rel.clone(),
                     fd,
                     dest: entry_dest,
                     entry: own.then_some(entry),
+                    apply: if existed && entry.parent_only {
+                        Apply::Mode
+                    } else {
+                        Apply::All
+                    },
                 });
             } else {
                 self.create_leaf(&parent.fd, name, &entry_dest, found, entry)?;
@@ -419,24 +440,27 @@ impl Copier<'_> {
         Ok(())
     }
 
-    /// Creates (or reuses) the directory `name` in `parent` and returns it open, and whether it
+    /// Creates (or reuses) the directory `name` in `parent` and returns it open, whether it
     /// is the directory itself (`false`: a symlink in the root led to it, as `/lib -> usr/lib`
-    /// on merged-usr systems; its metadata is then left alone).
+    /// on merged-usr systems; its metadata is then left alone), and whether it existed. An
+    /// existing `parent_only` directory keeps its owner.
     fn make_dir(
         &mut self,
         parent: &OwnedFd,
         name: &OsStr,
         dest: &Path,
         src_rel: &Path,
-    ) -> Result<(OwnedFd, bool), Error> {
+        parent_only: bool,
+    ) -> Result<(OwnedFd, bool, bool), Error> {
+        let mut existed = false;
         match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => existed = true,
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
                 // Follow it inside the root, as copying into a chroot would.
                 return match open_in_root(self.root_fd, dest) {
                     Ok(fd) => {
                         self.stats.n_dirs += 1;
-                        Ok((fd, false))
+                        Ok((fd, false, true))
                     }
                     Err(_) => Err(Error::Conflict {
                         source_path: src_rel.to_path_buf(),
@@ -466,9 +490,11 @@ impl Copier<'_> {
             Mode::empty(),
         )
         .map_err(|err| self.io_dest("open directory", dest, err))?;
-        self.set_owner_fd(&fd, dest, self.entry_owner(src_rel)?)?;
+        if !(existed && parent_only) {
+            self.set_owner_fd(&fd, dest, self.entry_owner(src_rel)?)?;
+        }
         self.stats.n_dirs += 1;
-        Ok((fd, true))
+        Ok((fd, true, existed))
     }
 
     /// Applies a copied directory's mode and mtime after its children are written.
@@ -476,8 +502,18 @@ impl Copier<'_> {
         let Some(entry) = frame.entry else {
             return Ok(());
         };
-        rustix::fs::fchmod(&frame.fd, self.mode_for(entry))
-            .map_err(|err| self.io_dest("chmod", &frame.dest, err))?;
+        let mode = match frame.apply {
+            Apply::All => Some(self.mode_for(entry)),
+            Apply::Mode => Some(Mode::from_raw_mode(entry.mode)),
+            Apply::Times => None,
+        };
+        if let Some(mode) = mode {
+            rustix::fs::fchmod(&frame.fd, mode)
+                .map_err(|err| self.io_dest("chmod", &frame.dest, err))?;
+        }
+        if frame.apply == Apply::Mode {
+            return Ok(());
+        }
         rustix::fs::futimens(&frame.fd, &timestamps(entry))
             .map_err(|err| self.io_dest("set times of", &frame.dest, err))?;
         Ok(())
@@ -908,8 +944,8 @@ mod tests {
         assert_eq!(owner("stage/sub/two.txt"), (1000, 1001));
         assert_eq!(
             owner("stage"),
-            (7, 8),
-            "the destination takes the source dir's owner"
+            (0, 0),
+            "the destination is made as fsutil's MkdirAll makes it, not with the source dir's owner"
         );
         let chowned = CopyOptions {
             chown: Some("5:6".into()),
@@ -920,7 +956,7 @@ mod tests {
     }
 
     #[test]
-    fn issue_9_chmod_applies_to_created_parents_and_the_destination_directory() {
+    fn issue_9_chmod_applies_to_created_parents_and_a_created_destination_directory() {
         let f = fixture();
         let mode = |rel: &str| {
             std::fs::symlink_metadata(f.root.join(rel))
@@ -939,16 +975,31 @@ mod tests {
             "a created parent gets the --chmod bits"
         );
         assert_eq!(mode("made/a.txt"), 0o640);
-        std::fs::create_dir_all(f.root.join("made/dir")).expect("mkdir");
         copy(&f, &["dir"], "/made/dir", &chmod).expect("copy");
-        assert_eq!(mode("made/dir"), 0o640, "the destination directory too");
+        assert_eq!(
+            mode("made/dir"),
+            0o640,
+            "a created destination directory too"
+        );
+        std::fs::create_dir_all(f.root.join("existing")).expect("mkdir");
+        std::fs::set_permissions(
+            f.root.join("existing"),
+            std::fs::Permissions::from_mode(0o710),
+        )
+        .expect("chmod");
+        copy(&f, &["dir"], "/existing", &chmod).expect("copy");
+        assert_eq!(
+            mode("existing"),
+            0o710,
+            "an existing destination directory keeps its mode (checked against BuildKit)"
+        );
         std::fs::set_permissions(f.ctx.join("dir"), std::fs::Permissions::from_mode(0o750))
             .expect("chmod");
         copy(&f, &["dir"], "/plain", &opts()).expect("copy");
         assert_eq!(
             mode("plain"),
-            0o750,
-            "without --chmod it takes the source's mode"
+            0o755,
+            "without --chmod it is made 0755, whatever the source's mode"
         );
     }
 

@@ -81,6 +81,10 @@ pub struct SelectedEntry {
     pub gid: u32,
     /// BuildKit's contenthash of the entry (its tarsum header, then a file's content).
     pub tarsum: Option<Digest>,
+    /// A directory selected only because an include match lies below it (`COPY --parents`):
+    /// one that already exists at the destination only takes its mode, as BuildKit's copier
+    /// treats such parents.
+    pub parent_only: bool,
 }
 
 impl SelectedEntry {
@@ -837,11 +841,12 @@ impl Walker<'_> {
             if unmatched && !(is_dir && self.may_match_under(&child_rel)) {
                 continue;
             }
-            let Some(entry) =
+            let Some(mut entry) =
                 entry_from_meta(child_rel.clone(), &meta, &child_abs, self.reset_owner)?
             else {
                 continue;
             };
+            entry.parent_only = unmatched;
             let idx = entries.len();
             if entry.kind == EntryKind::File {
                 files.push((idx, child_abs.clone(), StatKey::from_metadata(&meta)));
@@ -912,6 +917,7 @@ fn entry_from_meta(
         uid: if reset_owner { 0 } else { meta.uid() },
         gid: if reset_owner { 0 } else { meta.gid() },
         tarsum: None,
+        parent_only: false,
     }))
 }
 
