@@ -419,6 +419,17 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
             .with_context(|| format!("locking the root {}", root_dir.display()))?
     };
 
+    // This build's scratch directory, locked while it runs; those of killed builds go now.
+    let work_dir = crate::work_dirs::WorkDir::create(&root_dir)
+        .with_context(|| format!("creating a work directory in {}", root_dir.display()))?;
+    let collected = crate::work_dirs::collect_dead(&root_dir);
+    if collected > 0 {
+        tracing::debug!(
+            collected,
+            "removed work directories of builds that were killed"
+        );
+    }
+
     // This machine's own cache, then the imports.
     let mut facts = Vec::new();
     let local_graph = match cache_core::import::import(
@@ -493,9 +504,7 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
         annotations,
         add_hosts,
         compression,
-        work_dir: root_dir
-            .join("tmp")
-            .join(format!("build-{}", std::process::id())),
+        work_dir: work_dir.path().to_owned(),
         hash_cache: Some(root_dir.join("context-hashes.json")),
         now: time::OffsetDateTime::now_utc(),
         run: engine::RunOptions {

@@ -8,6 +8,7 @@ mod progress;
 mod root_mounts;
 mod run_flags;
 mod stores;
+mod work_dirs;
 
 use cache_core::limits::Limits;
 use clap::{Parser, Subcommand, ValueEnum};

@@ -374,3 +374,51 @@ fn a_long_command_is_cut_in_messages_and_progress() {
         format!("#1 {}...", &format!("[1/1] RUN false {long}")[..72])
     );
 }
+
+fn cache_json(args: &[&str]) -> Value {
+    let out = crate::support::buildcache()
+        .arg("cache")
+        .args(args)
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn leftovers_of_killed_writers_go_at_the_next_collection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    fs::create_dir(&ctx).unwrap();
+    fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY a /a\n").unwrap();
+    fs::write(ctx.join("a"), "A").unwrap();
+    let cache = tmp.path().join("cache");
+    let root = tmp.path().join("root");
+    let to = format!("type=local,dest={}", s(&cache));
+    build_ok(&ctx, &root, &["--cache-to", &to]);
+    // What killed exports leave: fresh temporary files, at the top and among the blobs.
+    fs::write(cache.join(".tmp-index"), vec![1u8; 1000]).unwrap();
+    fs::write(cache.join("blobs/sha256/.tmp-blob"), vec![2u8; 5000]).unwrap();
+    let before = cache_json(&["du", s(&cache)]);
+    assert_eq!(before["temp_files"], 2);
+    assert_eq!(before["temp_bytes"], 6000);
+    let pruned = cache_json(&["prune", s(&cache)]);
+    assert_eq!(pruned["deleted_temp_files"], 2);
+    let after = cache_json(&["du", s(&cache)]);
+    assert_eq!(after["temp_files"], 0);
+    assert_eq!(pruned["bytes_after"], after["total_bytes"], "{pruned:#}");
+    assert_eq!(pruned["bytes_before"], before["total_bytes"]);
+    // A killed build's work directory in the root (its lock file free) goes at the next build.
+    let dead = root.join("tmp/build-1-killed");
+    fs::create_dir_all(dead.join("rootfs-1")).unwrap();
+    fs::write(root.join("tmp/build-1-killed.lock"), b"").unwrap();
+    build_ok(&ctx, &root, &[]);
+    assert!(!dead.exists(), "the dead build's directory is gone");
+    let left: Vec<_> = fs::read_dir(root.join("tmp")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
