@@ -178,6 +178,29 @@ fn hostile_config_benches(c: &mut Criterion) {
     group.finish();
 }
 
+/// A Dockerfile of 100,000 `ENV` (or `ARG`) lines and a RUN, parsed and planned (issue 15).
+fn hostile_dockerfile_benches(c: &mut Criterion) {
+    use cache_build::dockerfile;
+    let n = 100_000;
+    for keyword in ["ENV", "ARG"] {
+        let mut text = String::from("FROM scratch\n");
+        for i in 0..n {
+            text.push_str(&format!("{keyword} v{i}=value{i}\n"));
+        }
+        text.push_str("RUN true\n");
+        let mut group =
+            c.benchmark_group(format!("cache-dockerfile/plan-{}", keyword.to_lowercase()));
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &text, |b, text| {
+            b.iter(|| {
+                let df = dockerfile::parse(text).expect("parses");
+                black_box(dockerfile::plan(&df, &Default::default()).expect("plans"))
+            })
+        });
+        group.finish();
+    }
+}
+
 fn context_benches(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let files = 10_000;
@@ -501,6 +524,6 @@ fn registry_benches(c: &mut Criterion) {
 criterion_group! {
     name = micro;
     config = Criterion::default().sample_size(10);
-    targets = config_benches, hostile_config_benches, context_benches, compression_benches, export_benches, registry_benches
+    targets = config_benches, hostile_config_benches, hostile_dockerfile_benches, context_benches, compression_benches, export_benches, registry_benches
 }
 criterion_main!(micro);

@@ -63,6 +63,16 @@ impl Error {
     }
 }
 
+/// `text` cut to its first 200 characters and an ellipsis with the number of bytes left out,
+/// so that a message about a huge word stays readable.
+pub(crate) fn shorten(text: &str) -> String {
+    const KEEP: usize = 200;
+    match text.char_indices().nth(KEEP) {
+        None => text.to_owned(),
+        Some((cut, _)) => format!("{}… ({} more bytes)", &text[..cut], text.len() - cut),
+    }
+}
+
 impl Error {
     fn render(&self) -> String {
         match self.line {
@@ -92,5 +102,15 @@ mod tests {
         );
         assert_eq!(Error::general("x").or_line(4).line(), Some(4));
         assert_eq!(Error::at(2, "x").or_line(4).line(), Some(2));
+    }
+
+    #[test]
+    fn shorten_keeps_short_text_and_cuts_long_text() {
+        assert_eq!(shorten("abc"), "abc");
+        let long = "é".repeat(300);
+        assert_eq!(
+            shorten(&long),
+            format!("{}… (200 more bytes)", "é".repeat(200))
+        );
     }
 }

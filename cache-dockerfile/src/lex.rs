@@ -19,6 +19,9 @@ pub(crate) struct Lex {
     pub skip_process_quotes: bool,
     /// Leave references to unset variables as written.
     pub skip_unset_env: bool,
+    /// Bytes an expanded word may have (`word-size`): a longer one is an error, so that
+    /// `ENV a=$a$a` repeated stops at the limit instead of doubling until memory runs out.
+    pub max_word: usize,
 }
 
 impl Lex {
@@ -30,6 +33,7 @@ impl Lex {
             raw_escapes: false,
             skip_process_quotes: false,
             skip_unset_env: false,
+            max_word: usize::MAX,
         }
     }
 
@@ -51,8 +55,12 @@ impl Lex {
             vars,
             raw_escapes: self.raw_escapes,
         };
-        sw.process_stop_on(None, self.raw_escapes)
-            .map_err(|err| format!("failed to process {word:?}: {err}"))
+        sw.process_stop_on(None, self.raw_escapes).map_err(|err| {
+            format!(
+                "failed to process {}: {err}",
+                crate::error::shorten(&format!("{word:?}"))
+            )
+        })
     }
 }
 
@@ -143,6 +151,7 @@ impl ShellWord<'_> {
                 self.next();
                 return Ok((result, words.finish()));
             }
+            self.check_size(result.len())?;
             let special = ch == '$'
                 || ch == '<'
                 || (!self.lex.skip_process_quotes && (ch == '\'' || ch == '"'));
@@ -182,6 +191,7 @@ impl ShellWord<'_> {
                 "unexpected end of statement while looking for matching {stop}"
             ));
         }
+        self.check_size(result.len())?;
         Ok((result, words.finish()))
     }
 
@@ -249,6 +259,7 @@ impl ShellWord<'_> {
                 Some('$') => {
                     let value = self.process_dollar()?;
                     result.push_str(&value);
+                    self.check_size(result.len())?;
                 }
                 Some(_) => {
                     let mut ch = self.next().expect("peeked a character");
@@ -272,6 +283,16 @@ impl ShellWord<'_> {
 
     fn lookup(&self, name: &str) -> Option<String> {
         (self.vars)(name)
+    }
+
+    fn check_size(&self, len: usize) -> Result<(), String> {
+        if len <= self.lex.max_word {
+            return Ok(());
+        }
+        Err(format!(
+            "the expanded word is longer than the word-size limit of {} bytes; raise it with --limit word-size=N if this Dockerfile is trusted",
+            self.lex.max_word
+        ))
     }
 
     fn process_dollar(&mut self) -> Result<String, String> {
@@ -411,12 +432,27 @@ impl ShellWord<'_> {
                     .map_err(|err| format!("invalid pattern ({pattern}) in substitution: {err}"))?;
                 // As in BuildKit: `//` expands `$0`, `$name`, `${name}` and `$$` in the replacement
                 // (Go's regexp template, which the regex crate's syntax matches), `/` does not.
-                Ok(if replace_all {
-                    re.replace_all(&value, replacement.as_str()).into_owned()
-                } else {
-                    re.replace(&value, regex::NoExpand(&replacement))
-                        .into_owned()
-                })
+                if !replace_all {
+                    let replaced = re
+                        .replace(&value, regex::NoExpand(&replacement))
+                        .into_owned();
+                    self.check_size(replaced.len())?;
+                    return Ok(replaced);
+                }
+                // Replaced match by match, so that a replacement longer than what it replaces
+                // stops at the size limit instead of first filling memory.
+                let mut out = String::new();
+                let mut last = 0;
+                for caps in re.captures_iter(&value) {
+                    let whole = caps.get(0).expect("group 0 is the match");
+                    out.push_str(&value[last..whole.start()]);
+                    caps.expand(&replacement, &mut out);
+                    last = whole.end();
+                    self.check_size(out.len())?;
+                }
+                out.push_str(&value[last..]);
+                self.check_size(out.len())?;
+                Ok(out)
             }
             _ => Err(format!("unsupported modifier ({modifier}) in substitution")),
         }

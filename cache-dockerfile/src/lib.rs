@@ -27,6 +27,7 @@
 //! line, never ignored.
 
 mod config;
+mod env;
 mod error;
 mod ignore;
 mod lex;
@@ -45,9 +46,9 @@ pub use parse::{
     Instruction, InstructionKind, RunCommand, Stage, parse,
 };
 pub use plan::{
-    Base, CopyFrom, CopyOp, CopySource, DEFAULT_PATH, Download, HISTORY_COMMENT, HistoryEntry, Op,
-    PLATFORM, ParentsSource, Plan, PlanOptions, PlannedStage, Step, normalize_image_ref, plan,
-    plan_with_base_configs,
+    Base, CopyFrom, CopyOp, CopySource, DEFAULT_PATH, Download, HISTORY_COMMENT, HistoryEntry,
+    Limits, Op, PLATFORM, ParentsSource, Plan, PlanOptions, PlannedStage, Step,
+    normalize_image_ref, plan, plan_with_base_configs,
 };
 
 /// Expands variables in `word` like BuildKit's shell lexer (`frontend/dockerfile/shell/lex.go`).

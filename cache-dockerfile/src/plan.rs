@@ -9,6 +9,7 @@ use regex::Regex;
 
 use super::Error;
 use super::config::{Healthcheck, ImageConfig};
+use super::env::EnvList;
 use super::ignore::clean_path;
 use super::lex::Lex;
 use super::mount::{self, Mount, Network, Security};
@@ -40,6 +41,25 @@ pub struct PlanOptions {
     /// `--label KEY=VALUE`: set on the target stage's image config after its own `LABEL`s, as
     /// BuildKit's frontend does (no history entry).
     pub labels: BTreeMap<String, String>,
+    /// Bounds on the work the Dockerfile may cause.
+    pub limits: Limits,
+}
+
+/// Bounds on the work a Dockerfile may cause, with defaults far above real builds; the caller
+/// fills them from its own settings (buildcache: `--limit word-size=N`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of one word after variable expansion, and of a stage's whole environment
+    /// (`word-size`), so that `ENV a=$a$a` repeated is refused before memory runs out.
+    pub word_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            word_size: 16 << 20,
+        }
+    }
 }
 
 /// What a build must do, stage by stage, dependencies first.
@@ -496,7 +516,10 @@ struct Resolved {
 #[derive(Clone, Debug, Default)]
 struct State {
     /// Env of the LLB state: base env, ENV and ARG values.
-    env: Vec<(String, String)>,
+    env: EnvList,
+    /// The image config's `Env`, kept here while the stage is planned (`config.env` is empty
+    /// until then).
+    config_env: EnvList,
     config: ImageConfig,
     /// Declared ARGs with their values, for RUN history.
     build_args: Vec<(String, Option<String>)>,
@@ -504,40 +527,29 @@ struct State {
 
 impl State {
     fn get(&self, name: &str) -> Option<String> {
-        self.env
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
+        self.env.get(name).map(str::to_owned)
     }
-}
 
-fn add_env(env: &mut Vec<(String, String)>, key: &str, value: &str) {
-    match env.iter_mut().find(|(k, _)| k == key) {
-        Some(entry) => entry.1 = value.to_string(),
-        None => env.push((key.to_string(), value.to_string())),
+    /// The image config with its `Env`.
+    fn image_config(&self) -> ImageConfig {
+        let mut config = self.config.clone();
+        config.env = self.config_env.to_vec();
+        config
     }
-}
-
-/// Sets `key` in the environment steps run with, as BuildKit's `llb.EnvList` does: a variable
-/// set again moves to the end (the image config's `Env` keeps its place instead, see
-/// [`add_env`]). The order is part of RUN's cache key.
-fn set_step_env(env: &mut Vec<(String, String)>, key: &str, value: &str) {
-    env.retain(|(k, _)| k != key);
-    env.push((key.to_string(), value.to_string()));
 }
 
 struct Planner<'a> {
     df: &'a Dockerfile,
     opts: &'a PlanOptions,
     base_configs: &'a BTreeMap<String, ImageConfig>,
-    globals: Vec<(String, String)>,
+    globals: EnvList,
     declared_args: BTreeSet<String>,
     resolved: Vec<Resolved>,
     target: usize,
     single_stage: bool,
 }
 
-fn default_args(target: &str) -> Vec<(String, String)> {
+fn default_args(target: &str) -> EnvList {
     [
         ("BUILDPLATFORM", PLATFORM),
         ("BUILDOS", "linux"),
@@ -550,12 +562,14 @@ fn default_args(target: &str) -> Vec<(String, String)> {
         ("TARGETSTAGE", target),
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
+    .fold(EnvList::default(), |mut list, (k, v)| {
+        list.set(k, v);
+        list
+    })
 }
 
-fn lookup_in(list: &[(String, String)], name: &str) -> Option<String> {
-    list.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+fn lookup_in(list: &EnvList, name: &str) -> Option<String> {
+    list.get(name).map(str::to_owned)
 }
 
 fn normalize_platform(value: &str) -> Option<String> {
@@ -602,11 +616,15 @@ impl<'a> Planner<'a> {
         let target_name = stages[target].name.clone().unwrap_or_default();
 
         // Global ARGs (BuildKit's buildMetaArgs): build args override defaults.
-        let lex = Lex::new(df.escape);
+        let lex = Lex {
+            max_word: opts.limits.word_size,
+            ..Lex::new(df.escape)
+        };
         let mut globals = default_args(&target_name);
-        for (k, v) in globals.iter_mut() {
+        let defaults: Vec<(String, String)> = globals.to_vec();
+        for (k, _) in defaults {
             if let Some(over) = opts.build_args.get(k.as_str()) {
-                *v = over.clone();
+                globals.set(&k, over);
             }
         }
         let mut declared_args = BTreeSet::new();
@@ -622,7 +640,7 @@ impl<'a> Planner<'a> {
                     (None, None) => None,
                 };
                 if let Some(value) = value {
-                    add_env(&mut globals, &decl.name, &value);
+                    globals.set(&decl.name, &value);
                 }
             }
         }
@@ -969,7 +987,7 @@ impl<'a> Planner<'a> {
             from_display,
             step_total,
             steps,
-            config: state.config.clone(),
+            config: state.image_config(),
             history,
         };
         Ok((planned_stage, state))
@@ -983,8 +1001,10 @@ impl<'a> Planner<'a> {
         if let Some(wd) = &config.workdir {
             config.workdir = Some(normalize_workdir("/", wd));
         }
+        let env = EnvList::from_pairs(&std::mem::take(&mut config.env));
         State {
-            env: config.env.clone(),
+            config_env: env.clone(),
+            env,
             config,
             build_args: Vec::new(),
         }
@@ -1332,7 +1352,7 @@ fn is_git(src: &str) -> bool {
 struct StageDispatch<'p> {
     escape: char,
     opts: &'p PlanOptions,
-    globals: &'p [(String, String)],
+    globals: &'p EnvList,
     declared_args: &'p mut BTreeSet<String>,
     state: &'p mut State,
     steps: Vec<Step>,
@@ -1345,7 +1365,23 @@ struct StageDispatch<'p> {
 
 impl StageDispatch<'_> {
     fn lex(&self) -> Lex {
-        Lex::new(self.escape)
+        Lex {
+            max_word: self.opts.limits.word_size,
+            ..Lex::new(self.escape)
+        }
+    }
+
+    /// Refuses an environment larger than the word-size limit: each value is bounded by it,
+    /// but a hostile Dockerfile could otherwise set many variables to one huge value.
+    fn check_env_size(&self) -> Result<(), Error> {
+        let limit = self.opts.limits.word_size;
+        if self.state.env.bytes() <= limit && self.state.config_env.bytes() <= limit {
+            return Ok(());
+        }
+        Err(Error::general(format!(
+            "the environment of this stage ({} variables) is larger than the word-size limit of {limit} bytes; raise it with --limit word-size=N if this Dockerfile is trusted",
+            self.state.env.len().max(self.state.config_env.len())
+        )))
     }
 
     /// Expands `word` with the current env, like BuildKit's single-word expansion.
@@ -1357,17 +1393,23 @@ impl StageDispatch<'_> {
     }
 
     fn display(&self, original: &str, raw_quotes: bool) -> String {
-        self.display_with(original, raw_quotes, self.state)
+        let state = &*self.state;
+        self.display_with(original, raw_quotes, &|n| state.get(n))
     }
 
-    fn display_with(&self, original: &str, raw_quotes: bool, state: &State) -> String {
+    fn display_with(
+        &self,
+        original: &str,
+        raw_quotes: bool,
+        vars: &dyn Fn(&str) -> Option<String>,
+    ) -> String {
         let lex = Lex {
             raw_quotes,
             skip_unset_env: raw_quotes,
             ..self.lex()
         };
         uppercase_cmd(
-            &lex.process_word(original, &|n| state.get(n))
+            &lex.process_word(original, vars)
                 .unwrap_or_else(|_| original.to_string()),
         )
     }
@@ -1406,7 +1448,7 @@ impl StageDispatch<'_> {
             number: self.cmd_index,
             display,
             op,
-            env: self.state.env.clone(),
+            env: self.state.env.to_vec(),
             workdir: self
                 .state
                 .config
@@ -1434,10 +1476,11 @@ impl StageDispatch<'_> {
                 let expanded = self.expand_pairs(pairs)?;
                 let mut msg = String::from("ENV");
                 for (k, v) in &expanded {
-                    set_step_env(&mut self.state.env, k, v);
-                    add_env(&mut self.state.config.env, k, v);
+                    self.state.env.set_last(k, v);
+                    self.state.config_env.set(k, v);
                     msg.push_str(&format!(" {k}={v}"));
                 }
+                self.check_env_size()?;
                 self.commit(msg, None);
                 Ok(())
             }
@@ -1604,7 +1647,7 @@ impl StageDispatch<'_> {
                 (None, None) => lookup_in(self.globals, &decl.name),
             };
             if let Some(v) = &value {
-                set_step_env(&mut self.state.env, &decl.name, v);
+                self.state.env.set_last(&decl.name, v);
             }
             commits.push(match &value {
                 Some(v) => format!("{}={v}", decl.name),
@@ -1612,6 +1655,7 @@ impl StageDispatch<'_> {
             });
             self.state.build_args.push((decl.name.clone(), value));
         }
+        self.check_env_size()?;
         self.commit(format!("ARG {}", commits.join(" ")), None);
         Ok(())
     }
@@ -1760,13 +1804,21 @@ impl StageDispatch<'_> {
             }
         };
         // Like BuildKit, variables that name a secret's env show as `****` in the progress text.
-        let mut shown = self.state.clone();
-        for m in &mounts {
-            if let Mount::Secret(mount::SecretMount { env: Some(env), .. }) = m {
-                add_env(&mut shown.env, env, "****");
+        let secret_envs: BTreeSet<&str> = mounts
+            .iter()
+            .filter_map(|m| match m {
+                Mount::Secret(mount::SecretMount { env: Some(env), .. }) => Some(env.as_str()),
+                _ => None,
+            })
+            .collect();
+        let state = &*self.state;
+        let display = self.display_with(&display_source, true, &|n| {
+            if secret_envs.contains(n) {
+                Some("****".to_owned())
+            } else {
+                state.get(n)
             }
-        }
-        let display = self.display_with(&display_source, true, &shown);
+        });
         let args = self.with_shell(&command);
         let created_by = format!("RUN {} # buildkit", self.run_command_string(&args));
         let ssh_sock = mounts.iter().find_map(|m| match m {
@@ -1797,19 +1849,19 @@ impl StageDispatch<'_> {
 
     /// BuildKit's `runCommandString`: `|N K=V ... args`.
     fn run_command_string(&self, args: &[String]) -> String {
-        let mut build_env: Vec<(String, String)> = Vec::new();
+        let mut build_env = EnvList::default();
         for (key, value) in &self.state.build_args {
             let v = self
                 .state
                 .get(key)
                 .or_else(|| value.clone())
                 .unwrap_or_default();
-            add_env(&mut build_env, key, &v);
+            build_env.set(key, &v);
         }
         let mut parts: Vec<String> = Vec::new();
         if !build_env.is_empty() {
             parts.push(format!("|{}", build_env.len()));
-            parts.extend(build_env.into_iter().map(|(k, v)| format!("{k}={v}")));
+            parts.extend(build_env.iter().map(|(k, v)| format!("{k}={v}")));
         }
         parts.extend(args.iter().cloned());
         parts.join(" ")
@@ -1863,7 +1915,8 @@ impl StageDispatch<'_> {
                 let content = if h.expand {
                     let lex = Lex {
                         skip_process_quotes: true,
-                        ..Lex::new('\\')
+                        escape: '\\',
+                        ..self.lex()
                     };
                     let state = &*self.state;
                     lex.process_word(&body, &|n| state.get(n))

@@ -416,18 +416,39 @@ fn step_error(slot_name: &str, line: usize, message: impl Into<String>) -> Error
     }
 }
 
+/// Reads the Dockerfile at `path`, refusing one larger than `max_size` bytes (`dockerfile-size`)
+/// before reading more than that.
+fn read_dockerfile(path: &Path, max_size: u64) -> Result<String, Error> {
+    use std::io::Read as _;
+    let reading = |err: std::io::Error| {
+        Error::other(format!(
+            "reading the Dockerfile {}: {err} (give the right path with -f)",
+            path.display()
+        ))
+    };
+    let file = std::fs::File::open(path).map_err(reading)?;
+    let mut bytes = Vec::new();
+    file.take(max_size.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(reading)?;
+    if bytes.len() as u64 > max_size {
+        return Err(Error::other(format!(
+            "the Dockerfile {} is larger than the dockerfile-size limit of {max_size} bytes; {}",
+            path.display(),
+            cache_core::limits::Limits::hint("dockerfile-size")
+        )));
+    }
+    String::from_utf8(bytes)
+        .map_err(|err| reading(std::io::Error::new(std::io::ErrorKind::InvalidData, err)))
+}
+
 /// Builds `request` against `graph` (the caches given, results tagged with source ids).
 pub async fn build(
     request: &BuildRequest,
     graph: CacheGraph,
     services: &Services<'_>,
 ) -> Result<BuildOutcome, Error> {
-    let dockerfile_text = std::fs::read_to_string(&request.dockerfile).map_err(|err| {
-        Error::other(format!(
-            "reading the Dockerfile {}: {err} (give the right path with -f)",
-            request.dockerfile.display()
-        ))
-    })?;
+    let dockerfile_text = read_dockerfile(&request.dockerfile, request.limits.dockerfile_size)?;
     if !request.context.is_dir() {
         return Err(Error::other(format!(
             "the build context {} is not a directory",
@@ -445,6 +466,9 @@ pub async fn build(
         target: request.target.clone(),
         named_contexts: request.named_contexts.keys().cloned().collect(),
         labels: request.labels.clone(),
+        limits: dockerfile::Limits {
+            word_size: usize::try_from(request.limits.word_size).unwrap_or(usize::MAX),
+        },
     };
     for name in &request.no_cache_filter {
         let lower = name.to_lowercase();
@@ -2506,6 +2530,16 @@ pub async fn local_cache_graph(graph: &CacheGraph, root: &dyn BlobStore) -> Cach
     let all: Vec<RecordIdx> = (0..graph.records().len()).collect();
     // Records come out of `select` dependencies-first; re-add them with results filtered.
     let selected = graph.select(&all, cache_core::Mode::Max);
+    /// What became of a layer of `selected` in `keep`.
+    #[derive(Clone, Copy)]
+    enum Kept {
+        Unknown,
+        /// Its blob or one below it is not in the root.
+        Unusable,
+        /// Kept as this layer (`None`: below the bottom layer).
+        Layer(Option<cache_core::graph::LayerIdx>),
+    }
+    let mut kept = vec![Kept::Unknown; selected.layers().len()];
     for record in selected.records() {
         let inputs = record
             .inputs
@@ -2523,29 +2557,50 @@ pub async fn local_cache_graph(graph: &CacheGraph, root: &dyn BlobStore) -> Cach
         let new_idx = keep.add_record(record.digest.clone(), inputs);
         map.push(new_idx);
         for result in &record.results {
-            let chain: Vec<Descriptor> = selected
-                .chain_blobs(result.layer)
-                .into_iter()
-                .cloned()
-                .collect();
-            let mut ok = true;
-            for desc in &chain {
-                if absent.contains(&desc.digest) {
-                    ok = false;
-                    break;
-                }
-                if present.contains(&desc.digest) {
-                    continue;
-                }
-                if matches!(root.stat(&desc.digest).await, Ok(Some(_))) {
-                    present.insert(desc.digest.clone());
-                } else {
-                    absent.insert(desc.digest.clone());
-                    ok = false;
-                    break;
+            // Walk down to the first layer already decided, then decide the rest bottom up: a
+            // layer is kept when its blob is in the root and the layers below it are kept. Each
+            // layer is decided once, so a deep chain with a result on every layer stays linear.
+            let mut todo = Vec::new();
+            let mut cur = Some(result.layer);
+            let mut below = Kept::Layer(None);
+            while let Some(idx) = cur {
+                match kept[idx] {
+                    Kept::Unknown => {
+                        todo.push(idx);
+                        cur = selected.layer(idx).parent;
+                    }
+                    known => {
+                        below = known;
+                        break;
+                    }
                 }
             }
-            if ok && let Some(top) = keep.add_chain(chain) {
+            for idx in todo.into_iter().rev() {
+                below = match below {
+                    Kept::Layer(parent) => {
+                        let desc = &selected.layer(idx).blob;
+                        let is_present = if present.contains(&desc.digest) {
+                            true
+                        } else if absent.contains(&desc.digest) {
+                            false
+                        } else if matches!(root.stat(&desc.digest).await, Ok(Some(_))) {
+                            present.insert(desc.digest.clone());
+                            true
+                        } else {
+                            absent.insert(desc.digest.clone());
+                            false
+                        };
+                        if is_present {
+                            Kept::Layer(Some(keep.add_layer(desc.clone(), parent)))
+                        } else {
+                            Kept::Unusable
+                        }
+                    }
+                    _ => Kept::Unusable,
+                };
+                kept[idx] = below;
+            }
+            if let Kept::Layer(Some(top)) = below {
                 keep.add_result(
                     new_idx,
                     CacheResult {
@@ -2558,4 +2613,24 @@ pub async fn local_cache_graph(graph: &CacheGraph, root: &dyn BlobStore) -> Cach
         }
     }
     keep.without_dead_records()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue_15_a_dockerfile_over_the_size_limit_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("Dockerfile");
+        std::fs::write(&path, "FROM scratch\n".repeat(100)).expect("write");
+        assert!(read_dockerfile(&path, 1300).is_ok());
+        let err = read_dockerfile(&path, 1299).unwrap_err().to_string();
+        assert!(
+            err.contains("larger than the dockerfile-size limit of 1299 bytes")
+                && err.contains("--limit dockerfile-size=N")
+                && err.contains(&path.display().to_string()),
+            "{err}"
+        );
+    }
 }
