@@ -109,6 +109,19 @@ pub fn fill(
     layer::apply_layer(reader, media_type, dir, limits).map(drop)
 }
 
+/// Removes everything inside `dir` (symlinks not followed), keeping `dir`.
+pub fn clear(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// Bytes of the regular files under `dir` (symlinks not followed).
 pub fn dir_bytes(dir: &Path) -> u64 {
     walkdir::WalkDir::new(dir)

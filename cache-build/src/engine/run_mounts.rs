@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use cache_core::Descriptor;
 use serde::Serialize;
 
-use super::{Engine, Error, NamedContext, Target, step_error};
+use super::{Engine, Error, Event, NamedContext, Target, step_error};
 use crate::context::{self, CopyOptions};
 use crate::dockerfile::{self, CopyFrom, Mount, Network, Security, Step};
 use crate::mounts::{CacheMounts, Lease};
@@ -437,18 +437,29 @@ impl Engine<'_> {
                                 &self.request.limits,
                                 desc.size,
                             );
-                            let (file, media_type) = self.fetch_mount_seed(desc, &id, name).await?;
-                            Some((file, media_type, limits))
+                            match self.fetch_mount_seed(desc, &id, name).await {
+                                Ok((file, media_type)) => Some((file, media_type, limits)),
+                                Err(err) => {
+                                    self.unusable_seed(&id, &desc.digest, &err.to_string());
+                                    None
+                                }
+                            }
                         }
                         _ => None,
                     };
+                    // A seed from a cache that cannot be unpacked (garbage, a refused entry, a
+                    // limit) is left out, as any unusable cache blob: the mount starts empty.
+                    let refused = std::cell::RefCell::new(None);
                     let fill = |dir: &Path| -> std::io::Result<()> {
                         let Some((file, media_type, limits)) = &imported else {
                             return Ok(());
                         };
                         let reader = std::fs::File::open(file.path())?;
-                        crate::mounts::fill(dir, reader, media_type, limits)
-                            .map_err(std::io::Error::other)
+                        if let Err(err) = crate::mounts::fill(dir, reader, media_type, limits) {
+                            crate::mounts::clear(dir)?;
+                            *refused.borrow_mut() = Some(err.to_string());
+                        }
+                        Ok(())
                     };
                     let (mode, uid, gid) = (c.mode, c.uid, c.gid);
                     let lease = tokio::task::block_in_place(|| {
@@ -483,6 +494,11 @@ impl Engine<'_> {
                                 "filling cache mount {id} from the imported cache: {err}"
                             ))
                         })?;
+                    }
+                    if let (Some(reason), Some(desc)) =
+                        (refused.take(), self.request.run.cache_mount_seeds.get(&id))
+                    {
+                        self.unusable_seed(&id, &desc.digest, &reason);
                     }
                     prepared.mounts.push(sandbox::Mount {
                         target: c.target.clone(),
@@ -559,6 +575,15 @@ impl Engine<'_> {
             }
         }
         Ok(prepared)
+    }
+
+    /// Warns that the imported contents of cache mount `id` (blob `digest`) cannot be used.
+    fn unusable_seed(&self, id: &str, digest: &cache_core::Digest, reason: &str) {
+        self.progress().event(Event::Warning(format!(
+            "cache blob {digest} from {} (contents of cache mount {id}) is unusable ({reason}): \
+             the mount starts empty",
+            self.blob_source(digest)
+        )));
     }
 
     /// Fetches an imported cache mount's blob into a temporary file of the work directory.

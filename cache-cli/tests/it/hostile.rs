@@ -422,3 +422,58 @@ fn leftovers_of_killed_writers_go_at_the_next_collection() {
     let left: Vec<_> = fs::read_dir(root.join("tmp")).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn a_poisoned_cache_mount_seed_leaves_the_mount_empty() {
+    let Some(ctx) = crate::support::busybox_context(&format!(
+        "{}FROM base\nCOPY src.txt /src.txt\n{}",
+        crate::support::busybox_stage("base"),
+        "RUN --mount=type=cache,target=/cache (ls /cache; cat /src.txt) > /seen && cp /src.txt /cache/f\n",
+    )) else {
+        return;
+    };
+    ctx.write("src.txt", "1\n");
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let to = format!("type=local,dest={},mode=max,cache-mounts=true", s(&cache));
+    build_ok(ctx.path(), &tmp.path().join("root1"), &["--cache-to", &to]);
+    let manifest = read_json(&layout_blob(
+        &cache,
+        read_json(&cache.join("index.json"))["manifests"][0]["digest"]
+            .as_str()
+            .unwrap(),
+    ));
+    let seed = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["annotations"]["dev.buildcache.cache-mount.id"].is_string())
+        .and_then(|l| l["digest"].as_str())
+        .expect("the cache carries the mount")
+        .to_owned();
+    let bad = poison(
+        &cache,
+        &seed,
+        &tar_gz(&[entry("../../escape", EntryType::Regular, "", b"x")]),
+    );
+    ctx.write("src.txt", "2\n");
+    let out = tmp.path().join("out");
+    let from = format!("type=local,src={}", s(&cache));
+    let output = format!("type=local,dest={}", s(&out));
+    let result = build_ok(
+        ctx.path(),
+        &tmp.path().join("root2"),
+        &["--cache-from", &from, "--output", &output],
+    );
+    let stderr = result.stderr();
+    assert!(
+        stderr.lines().any(|l| l.contains("WARNING")
+            && l.contains(&bad)
+            && l.contains(&from)
+            && l.contains("refusing tar entry")
+            && l.contains("the mount starts empty")),
+        "{stderr}"
+    );
+    assert_eq!(fs::read_to_string(out.join("seen")).unwrap(), "2\n");
+    assert!(!tmp.path().join("escape").exists());
+}
