@@ -686,6 +686,11 @@ async fn verify_cache<B: Backend>(backend: &B, reference: &IndexRef, limits: &Li
     report.manifest = Some(raw.digest.to_string());
     report.blobs_checked += 1;
     report.bytes_checked += raw.bytes.len() as u64;
+    let manifest_name = || format!("cache manifest {} from {}", raw.digest, backend.info());
+    if let Err(exceeded) = limits.check("config-size", &manifest_name, raw.bytes.len() as u64) {
+        report.problems.push(exceeded.to_string());
+        return report;
+    }
     let cache = match manifest::read(&raw) {
         Ok(cache) => cache,
         Err(err) => {
@@ -693,6 +698,11 @@ async fn verify_cache<B: Backend>(backend: &B, reference: &IndexRef, limits: &Li
             return report;
         }
     };
+    if let Err(exceeded) = limits.check("config-layers", &manifest_name, cache.layers.len() as u64)
+    {
+        report.problems.push(exceeded.to_string());
+        return report;
+    }
     let config = match read_config(backend, &cache, limits).await {
         Ok(config) => Some(config),
         Err(problem) => {
@@ -822,6 +832,10 @@ async fn read_config<B: Backend>(
     limits: &Limits,
 ) -> Result<CacheConfig, String> {
     let digest = &cache.config.digest;
+    let config_name = || format!("cache config {digest} from {}", backend.info());
+    limits
+        .check("config-size", &config_name, cache.config.size)
+        .map_err(|exceeded| exceeded.to_string())?;
     let blob = match backend.read_blob(digest).await {
         Ok(Some(blob)) => blob,
         Ok(None) => return Err(format!("cache config {digest} is missing")),
@@ -840,6 +854,9 @@ async fn read_config<B: Backend>(
         .map_err(|err| format!("cache config {digest} is corrupt: {err}"))?;
     let config = CacheConfig::from_json(&bytes)
         .map_err(|err| format!("cache config {digest} is invalid: {err}"))?;
+    limits
+        .check_config(&config_name, &config)
+        .map_err(|exceeded| exceeded.to_string())?;
     let listed: HashMap<Digest, Descriptor> = cache
         .layers
         .iter()

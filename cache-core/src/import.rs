@@ -10,7 +10,7 @@ use crate::config::CacheConfig;
 use crate::descriptor::Descriptor;
 use crate::digest::Digest;
 use crate::graph::{CacheGraph, ParseError, SourceId};
-use crate::limits::Limits;
+use crate::limits::{Exceeded, Limits};
 use crate::manifest::{self, CacheManifest, ReadError};
 
 /// A cache read from a backend.
@@ -64,6 +64,9 @@ pub enum Error {
         /// The backend.
         source_name: String,
     },
+    /// The manifest or the config is over one of the limits.
+    #[error(transparent)]
+    Limit(#[from] Exceeded),
     /// The config is invalid.
     #[error("cache config {digest}: {source}")]
     Config {
@@ -75,9 +78,10 @@ pub enum Error {
 }
 
 /// Reads the cache `reference` names from `backend`; `Ok(None)` when there is none. `limits`
-/// bound the work a hostile cache may cause (its config is refused above `config_size` bytes:
-/// BuildKit's limit is 1 MiB, spec §9.1; real `mode=max` configs exceed that, so ours is far
-/// larger).
+/// bound the work a hostile cache may cause: the manifest and the config are refused above
+/// `config-size` bytes (BuildKit's limit is 1 MiB, spec §9.1; real `mode=max` configs exceed
+/// that, so ours is far larger), a manifest listing more than `config-layers` layers and a
+/// config over `config-records` or `config-layers` too ([`Error::Limit`]).
 pub async fn import<B: Backend>(
     backend: &B,
     reference: &IndexRef,
@@ -100,8 +104,17 @@ pub async fn import<B: Backend>(
     else {
         return Ok(None);
     };
+    let manifest_name = || format!("cache manifest {} from {source_name}", raw.digest);
+    limits.check("config-size", &manifest_name, raw.bytes.len() as u64)?;
     let cache_manifest = manifest::read(&raw)?;
+    limits.check(
+        "config-layers",
+        &manifest_name,
+        cache_manifest.layers.len() as u64,
+    )?;
     let config_digest = cache_manifest.config.digest.clone();
+    let config_name = || format!("cache config {config_digest} from {source_name}");
+    limits.check("config-size", &config_name, cache_manifest.config.size)?;
     let blob = backend
         .read_blob(&config_digest)
         .await
@@ -120,6 +133,7 @@ pub async fn import<B: Backend>(
         digest: config_digest.clone(),
         source,
     })?;
+    limits.check_config(&config_name, &config)?;
     let layers: HashMap<Digest, Descriptor> = cache_manifest
         .layers
         .iter()

@@ -95,6 +95,71 @@ impl Limits {
     pub fn hint(name: &str) -> String {
         format!("raise it with --limit {name}=N if this input is trusted")
     }
+
+    /// The value of limit `name` (one of [`Limits::NAMES`]).
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.clone().slot(name).map(|value| *value)
+    }
+
+    /// `Ok` when `actual` is within limit `name`; else an [`Exceeded`] naming `what`.
+    ///
+    /// # Panics
+    ///
+    /// If `name` is not one of [`Limits::NAMES`] (a bug in the caller).
+    pub fn check(
+        &self,
+        name: &'static str,
+        what: &dyn Fn() -> String,
+        actual: u64,
+    ) -> Result<(), Exceeded> {
+        let limit = self.get(name).expect("checked limits are known names");
+        if actual <= limit {
+            return Ok(());
+        }
+        Err(Exceeded {
+            what: what(),
+            name,
+            actual,
+            limit,
+        })
+    }
+
+    /// Checks a parsed cache config's records and layers against `config-records` and
+    /// `config-layers`; `what` names the config and where it came from.
+    pub fn check_config(
+        &self,
+        what: &dyn Fn() -> String,
+        config: &crate::config::CacheConfig,
+    ) -> Result<(), Exceeded> {
+        self.check("config-records", what, config.records.len() as u64)?;
+        self.check("config-layers", what, config.layers.len() as u64)
+    }
+}
+
+/// An input over one of the [`Limits`]. Its message names the input, the limit and how to raise
+/// it: `cache config sha256:… from type=local,src=/c has 6000000 records, more than the
+/// config-records limit of 5000000; raise it with --limit config-records=N if this input is trusted`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{what} has {actual} {unit}, more than the {name} limit of {limit}; {hint}", unit = unit_of(name), hint = Limits::hint(name))]
+pub struct Exceeded {
+    /// The input: what it is and where it came from.
+    pub what: String,
+    /// The limit's name, as `--limit` takes it.
+    pub name: &'static str,
+    /// The input's amount.
+    pub actual: u64,
+    /// The limit.
+    pub limit: u64,
+}
+
+fn unit_of(name: &str) -> &'static str {
+    match name.rsplit('-').next() {
+        Some("records") => "records",
+        Some("layers") => "layers",
+        Some("entries") => "entries",
+        Some("ratio") => "bytes per compressed byte",
+        _ => "bytes",
+    }
 }
 
 impl Default for Limits {
@@ -162,6 +227,33 @@ mod tests {
             *expected.slot(name).unwrap() = i as u64 + 1;
             assert_eq!(limits, expected, "{name}");
         }
+    }
+
+    #[test]
+    fn check_names_the_input_the_limit_and_the_flag() {
+        let mut limits = Limits::default();
+        limits.set("config-records=10").unwrap();
+        assert_eq!(limits.get("config-records"), Some(10));
+        assert!(limits.check("config-records", &|| "x".into(), 10).is_ok());
+        let err = limits
+            .check(
+                "config-records",
+                &|| "cache config sha256:ab from type=local,src=/c".into(),
+                11,
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cache config sha256:ab from type=local,src=/c has 11 records, more than the config-records limit of 10; raise it with --limit config-records=N if this input is trusted"
+        );
+        let err = limits
+            .check("config-size", &|| "m".into(), u64::MAX)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("bytes, more than the config-size limit"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -603,3 +603,63 @@ fn four_concurrent_builds_export_into_one_directory() {
         );
     }
 }
+
+/// Issue 15: a cache over a config limit is a clear `cache verify` failure and, for a build's
+/// import, one warning and no cache; raising the limit takes it again.
+#[test]
+fn issue_15_config_limits_refuse_a_cache_with_the_limit_and_the_flag() {
+    let Some(ctx) =
+        busybox_context("FROM scratch\nCOPY busybox /bin/busybox\nCOPY app.conf /etc/app.conf\n")
+    else {
+        return;
+    };
+    ctx.write("app.conf", "port = 1\n");
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    let path = s(cache_dir.path());
+    let cold_root = tempfile::tempdir().expect("tempdir");
+    build_ok(
+        ctx.path(),
+        cold_root.path(),
+        &["--cache-to", &format!("type=local,dest={path},mode=max")],
+    );
+    for (limit, expected) in [
+        (
+            "config-records=1",
+            "records, more than the config-records limit of 1; raise it with --limit config-records=N",
+        ),
+        (
+            "config-layers=1",
+            "layers, more than the config-layers limit of 1; raise it with --limit config-layers=N",
+        ),
+        (
+            "config-size=64",
+            "bytes, more than the config-size limit of 64; raise it with --limit config-size=N",
+        ),
+    ] {
+        let (ok, stdout, stderr) = cache(&["verify", path, "--limit", limit]);
+        assert!(!ok, "{limit}: verify must fail:\n{stdout}");
+        assert!(
+            stdout.contains(expected) && stdout.contains(&format!("from oci-layout {path} has")),
+            "{limit}:\n{stdout}\n{stderr}"
+        );
+        let warm_root = tempfile::tempdir().expect("tempdir");
+        let warm = build_ok(
+            ctx.path(),
+            warm_root.path(),
+            &[
+                "--cache-from",
+                &format!("type=local,src={path}"),
+                "--limit",
+                limit,
+            ],
+        );
+        assert_eq!(count_cached(warm.meta()), 0, "{limit}:\n{}", warm.stderr());
+        assert!(
+            warm.stderr().contains(expected),
+            "{limit}:\n{}",
+            warm.stderr()
+        );
+    }
+    let verified = cache_json(&["verify", path, "--limit", "config-records=100"]);
+    assert_eq!(verified["ok"], true, "{verified}");
+}
