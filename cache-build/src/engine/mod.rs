@@ -370,6 +370,8 @@ struct Engine<'a> {
     /// Layers of the images this build uses (`FROM`, `COPY --from`), with the image's name:
     /// their failures are errors, never misses.
     image_layers: std::collections::HashMap<Digest, String>,
+    /// After [`MAX_RESTARTS`] unusable cache blobs: only results this build made are hits.
+    caches_off: bool,
 }
 
 /// The most bytes of a command that a step's name or a message shows. BuildKit's plain
@@ -397,7 +399,8 @@ fn step_name(stage: &PlannedStage, step: &Step) -> String {
     )
 }
 
-/// How many times a build restarts after finding an unusable cache blob.
+/// How many unusable cache blobs a build restarts for, one by one; past them it goes on
+/// without its caches (and fails after twice as many, which only a broken machine reaches).
 const MAX_RESTARTS: usize = 8;
 
 fn link(record: RecordIdx) -> Link {
@@ -528,6 +531,7 @@ pub async fn build(
         facts: FactsMap::new(),
         last_unusable: None,
         image_layers: std::collections::HashMap::new(),
+        caches_off: false,
     };
     engine.n_source_records = engine.graph.records().len();
     // Resolve image and context bases first, to plan with their configs.
@@ -555,7 +559,7 @@ pub async fn build(
         engine.cleanup();
         match result {
             Err(Error::BadBlob { digest, message })
-                if restarts < MAX_RESTARTS
+                if restarts < 2 * MAX_RESTARTS
                     && !engine.bad_blobs.contains(&digest)
                     && !engine.image_layers.contains_key(&digest)
                     && engine
@@ -570,6 +574,14 @@ pub async fn build(
                     engine.blob_source(&digest)
                 )));
                 engine.bad_blobs.insert(digest);
+                if restarts >= MAX_RESTARTS && !engine.caches_off {
+                    // A cache with many bad blobs must not make the build restart once per
+                    // blob, nor fail it: go on with this build's own results only.
+                    engine.caches_off = true;
+                    services.progress.event(Event::Warning(format!(
+                        "{restarts} cache blobs were unusable: the build goes on without its caches"
+                    )));
+                }
                 engine.reset();
             }
             Err(Error::BadBlob { digest, message })
@@ -1066,6 +1078,11 @@ impl Engine<'_> {
                 .then_with(|| a.1.source.cmp(&b.1.source))
         });
         for (record, result) in candidates {
+            if self.caches_off
+                && (result.source != LOCAL_SOURCE || result.created_at != self.request.now)
+            {
+                continue;
+            }
             let chain: Vec<Descriptor> = self
                 .graph
                 .chain_blobs(result.layer)

@@ -19,6 +19,8 @@ fn entry(name: &str, kind: EntryType, link: &str, data: &[u8]) -> Vec<u8> {
     };
     header.set_entry_type(kind);
     header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
     header.set_mtime(1_700_000_000);
     header.set_size(data.len() as u64);
     header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
@@ -476,4 +478,58 @@ fn a_poisoned_cache_mount_seed_leaves_the_mount_empty() {
     );
     assert_eq!(fs::read_to_string(out.join("seen")).unwrap(), "2\n");
     assert!(!tmp.path().join("escape").exists());
+}
+
+#[test]
+fn a_cache_with_many_bad_blobs_is_dropped_not_fatal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    fs::create_dir(&ctx).unwrap();
+    // Nine stages whose layers are needed one at a time, each by a later miss.
+    let n = 9;
+    let mut dockerfile = String::new();
+    for i in 0..n {
+        dockerfile.push_str(&format!("FROM scratch AS s{i}\nCOPY f{i} /f{i}\n"));
+        fs::write(ctx.join(format!("f{i}")), format!("{i}")).unwrap();
+    }
+    dockerfile.push_str("FROM scratch\nCOPY x /x\n");
+    for i in 0..n {
+        dockerfile.push_str(&format!("COPY --from=s{i} /f{i} /f{i}\n"));
+    }
+    fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+    fs::write(ctx.join("x"), "1").unwrap();
+    let cache = tmp.path().join("cache");
+    let to = format!("type=local,dest={},mode=max", s(&cache));
+    build_ok(&ctx, &tmp.path().join("root"), &["--cache-to", &to]);
+    let mut bad = Vec::new();
+    for i in 0..n {
+        let layer = layer_holding(&cache, &format!("f{i}"));
+        let blob = tar_gz(&[entry(&format!("../f{i}"), EntryType::Regular, "", b"x")]);
+        bad.push(poison(&cache, &layer, &blob));
+    }
+    fs::write(ctx.join("x"), "2").unwrap();
+    let out = tmp.path().join("out");
+    let from = format!("type=local,src={}", s(&cache));
+    let output = format!("type=local,dest={}", s(&out));
+    let result = build_ok(
+        &ctx,
+        &tmp.path().join("root2"),
+        &["--cache-from", &from, "--output", &output],
+    );
+    let stderr = result.stderr();
+    assert!(
+        stderr.contains("8 cache blobs were unusable: the build goes on without its caches"),
+        "{stderr}"
+    );
+    let warned = bad.iter().filter(|d| stderr.contains(d.as_str())).count();
+    assert_eq!(
+        warned, 8,
+        "one warning per blob until the caches are dropped"
+    );
+    for i in 0..n {
+        assert_eq!(
+            fs::read_to_string(out.join(format!("f{i}"))).unwrap(),
+            format!("{i}")
+        );
+    }
 }
