@@ -1935,9 +1935,9 @@ impl Engine<'_> {
         vertex
     }
 
-    /// Unpacks `chain` into `dir`, fetching blobs into the root store first.
-    /// Unpacks the filesystem of stage `target` into `dest`: into a directory beside it first,
-    /// renamed into place when `dest` is absent or empty, else laid over it.
+    /// Unpacks the filesystem of stage `target` into `dest`: into a directory beside it first
+    /// (or in the work directory when its parent is not writable), renamed into place when
+    /// `dest` is absent or empty, else laid over it.
     async fn unpack_output(&mut self, target: usize, dest: &Path) -> Result<(), Error> {
         if !self.stages[target].fs.pending.is_empty() {
             self.ensure_fs(Target::Stage(target)).await?;
@@ -1953,6 +1953,7 @@ impl Engine<'_> {
         let staging = tempfile::Builder::new()
             .prefix(".buildcache-output-")
             .tempdir_in(&parent)
+            .or_else(|_| tempfile::tempdir_in(&self.request.work_dir))
             .map_err(|err| fail("creating a directory in", &parent, &err))?;
         let vertex = "output:local".to_owned();
         let started = Instant::now();

@@ -224,6 +224,11 @@ fn poisoned_cache_layers_are_misses_with_one_warning() {
         } else {
             format!("type=local,dest={}", s(&out))
         };
+        if i == 0 {
+            // An output directory that has files already keeps them (the output is laid over).
+            fs::create_dir_all(&out).unwrap();
+            fs::write(out.join("keep"), "K").unwrap();
+        }
         let from = format!("type=local,src={}", s(&poisoned));
         let mut args = vec!["--cache-from", &from, "--output", &output];
         args.extend(flags);
@@ -252,6 +257,19 @@ fn poisoned_cache_layers_are_misses_with_one_warning() {
             assert_eq!(fs::read_to_string(out.join("b")).unwrap(), b, "{kind}");
         }
         assert!(!tmp.path().join("escape").exists(), "{kind}");
+        if i == 0 {
+            assert_eq!(fs::read_to_string(out.join("keep")).unwrap(), "K");
+            let stray: Vec<_> = fs::read_dir(tmp.path())
+                .unwrap()
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(".buildcache-output-")
+                })
+                .collect();
+            assert!(stray.is_empty(), "{stray:?}");
+        }
         if i == 0 {
             // The refused result was not kept: the root's own cache never offers it again.
             let root = tmp.path().join(format!("root-{kind}"));
