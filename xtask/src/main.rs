@@ -1,7 +1,8 @@
-//! Project automation for buildcache: `cargo xtask test`, `ci`, `registry`, `buildkit`, `deps`, `tidy`, `bench`.
+//! Project automation for buildcache: `cargo xtask test`, `ci`, `registry`, `buildkit`, `deps`, `tidy`, `bench`, `fuzz`.
 
 mod bench;
 mod demo;
+mod fuzz;
 mod golden;
 mod services;
 mod test;
@@ -31,7 +32,10 @@ tasks:
   tidy                               check docs, banned constructs, manifests and crate layering
   bench [--quick] [--runs N] [--no-peer] [--no-micro] [--only IDS]
                                      scenario benchmarks (vs buildah) and criterion micro benchmarks
-                                     into BENCHMARKS.md; --quick is the smoke test of `test`";
+                                     into BENCHMARKS.md; --quick is the smoke test of `test`
+  fuzz [--seconds N] [--target T]... [--record]
+                                     run the cargo-fuzz targets of fuzz/ (nightly; installs cargo-fuzz),
+                                     N seconds each (60); --record appends the results to fuzz/RESULTS.md";
 
 fn main() -> ExitCode {
     match run_task() {
@@ -83,6 +87,7 @@ fn run_task() -> anyhow::Result<()> {
             tidy::run(&root)
         }
         "bench" => test::run_bench_scenarios(&root, rest),
+        "fuzz" => fuzz::run(&root, rest),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(())

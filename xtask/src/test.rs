@@ -89,6 +89,18 @@ pub(crate) fn run(root: &Path, suite: Suite, test_args: &[String]) -> anyhow::Re
     step("bench", &mut || {
         crate::bench::run(root, &["--quick".to_owned()])
     });
+    // Smoke test of the fuzz targets on CI: 20 s each, with the nightly toolchain CI has.
+    if std::env::var_os("CI").is_some() {
+        if crate::fuzz::has_nightly() {
+            step("fuzz", &mut || {
+                crate::fuzz::run(root, &["--seconds".to_owned(), "20".to_owned()])
+            });
+        } else {
+            eprintln!(
+                "\nxtask: no nightly toolchain, so the fuzz smoke (`cargo xtask fuzz --seconds 20`) is skipped"
+            );
+        }
+    }
 
     eprintln!("\nxtask: summary");
     for (name, elapsed, res) in &results {
