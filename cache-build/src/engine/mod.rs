@@ -351,6 +351,9 @@ struct Engine<'a> {
     image_index: BTreeMap<String, usize>,
     reports: Vec<StepReport>,
     n_dirs: usize,
+    /// Pristine unpacked chains kept for stages that will need the same base: unpacking once
+    /// and copying is several times faster than unpacking again (layer digests → directory).
+    unpacked: std::collections::HashMap<Vec<Digest>, PathBuf>,
     blobs_fetched: u64,
     last_hit_source: Option<SourceId>,
     /// Blobs found missing or corrupt: results using them are misses.
@@ -521,6 +524,7 @@ pub async fn build(
         image_index: BTreeMap::new(),
         reports: Vec::new(),
         n_dirs: 0,
+        unpacked: std::collections::HashMap::new(),
         blobs_fetched: 0,
         last_hit_source: None,
         bad_blobs: HashSet::new(),
@@ -1898,7 +1902,7 @@ impl Engine<'_> {
                     let dir = self.new_dir("rootfs")?;
                     let vertex = self.current_vertex(target);
                     let started = Instant::now();
-                    self.unpack(&chain, &dir, &vertex, true).await?;
+                    self.unpack_shared(target, &chain, &dir, &vertex).await?;
                     if vertex == "unpack" {
                         self.progress().event(Event::Done {
                             vertex,
@@ -1989,6 +1993,100 @@ impl Engine<'_> {
             duration: started.elapsed(),
         });
         Ok(())
+    }
+
+    /// Unpacks `chain` into the empty `dir` for `target`. When another target still to be
+    /// materialized runs steps on the same chain (two stages `FROM` one base), the unpacked tree
+    /// is copied aside once and that copy serves the other target instead of a second unpack.
+    async fn unpack_shared(
+        &mut self,
+        target: Target,
+        chain: &[Descriptor],
+        dir: &Path,
+        vertex: &str,
+    ) -> Result<(), Error> {
+        let key: Vec<Digest> = chain.iter().map(|desc| desc.digest.clone()).collect();
+        let shared = !chain.is_empty() && self.others_waiting_on(target, chain);
+        if let Some(pristine) = self.unpacked.get(&key).cloned() {
+            let started = Instant::now();
+            let (from, to) = (pristine.clone(), dir.to_path_buf());
+            let text = if shared {
+                blocking(move || {
+                    std::fs::remove_dir(&to)
+                        .map_err(|err| layer::Error::io("remove", &to, err))
+                        .and_then(|()| layer::clone_tree(&from, &to))
+                })
+                .await?
+                .map_err(|err| Error::other(format!("copying an unpacked base: {err}")))?;
+                "copying the base unpacked for another stage"
+            } else {
+                self.unpacked.remove(&key);
+                blocking(move || std::fs::rename(&from, &to))
+                    .await?
+                    .map_err(|err| Error::other(format!("moving an unpacked base: {err}")))?;
+                "reusing the base unpacked for another stage"
+            };
+            self.progress().event(Event::Status {
+                vertex: vertex.to_owned(),
+                text: text.to_owned(),
+                done: Some(started.elapsed()),
+            });
+            return Ok(());
+        }
+        self.unpack(chain, dir, vertex, true).await?;
+        if shared {
+            let started = Instant::now();
+            let pristine = self.new_dir("unpacked")?;
+            let (from, to) = (dir.to_path_buf(), pristine.clone());
+            blocking(move || {
+                std::fs::remove_dir(&to)
+                    .map_err(|err| layer::Error::io("remove", &to, err))
+                    .and_then(|()| layer::clone_tree(&from, &to))
+            })
+            .await?
+            .map_err(|err| Error::other(format!("copying an unpacked base: {err}")))?;
+            self.unpacked.insert(key, pristine);
+            self.progress().event(Event::Status {
+                vertex: vertex.to_owned(),
+                text: "copying the unpacked base for another stage".to_owned(),
+                done: Some(started.elapsed()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether a target other than `target`, not materialized yet, is on `chain` with steps to
+    /// run or still to look up: a started stage or image with pending steps or steps not looked
+    /// up yet, or a stage not started yet whose base is a started stage without steps (two
+    /// stages `FROM` one `runtime` stage).
+    fn others_waiting_on(&self, target: Target, chain: &[Descriptor]) -> bool {
+        let plan = &self.plan.stages;
+        let unresolved =
+            |si: usize| (0..plan[si].steps.len()).any(|k| !self.slots.contains_key(&(si, k)));
+        let stages = self.stages.iter().enumerate();
+        let stages = stages.map(|(i, s)| (Target::Stage(i), &s.fs, unresolved(i)));
+        let images = self.images.iter().enumerate();
+        let images = images.map(|(i, fs)| (Target::Image(i), fs, false));
+        let started = stages.chain(images).any(|(other, fs, unresolved)| {
+            other != target
+                && fs.rootfs.is_none()
+                && (unresolved || !fs.pending.is_empty())
+                && fs.chain == chain
+        });
+        let later = (self.stages.len()..plan.len()).any(|si| {
+            let mut cur = si;
+            while let dockerfile::Base::Stage(j) = plan[cur].base {
+                if !plan[j].steps.is_empty() {
+                    return false;
+                }
+                if let Some(started) = self.stages.get(j) {
+                    return !plan[si].steps.is_empty() && started.fs.chain == chain;
+                }
+                cur = j;
+            }
+            false
+        });
+        started || later
     }
 
     /// Unpacks `chain` into `dir`, fetching blobs into the root store first; `report` shows

@@ -24,6 +24,7 @@
 //!   then copied as plain files.
 
 mod apply;
+mod clone;
 mod fsops;
 mod snapshot;
 mod write;
@@ -32,6 +33,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use apply::{ApplyStats, LayerLimits, apply_layer, extract_archive};
+pub use clone::clone_tree;
 pub use snapshot::{ChangeKind, Changes, Snapshot, diff};
 pub use write::{WriteOptions, write_layer, write_layer_file, write_layer_with};
 
