@@ -242,7 +242,7 @@ mod tests {
         fs::set_permissions(src.join("tmp"), fs::Permissions::from_mode(0o1777)).expect("chmod");
         rustix::fs::mknodat(
             CWD,
-            &src.join("fifo"),
+            src.join("fifo"),
             FileType::Fifo,
             Mode::from_raw_mode(0o640),
             0,
@@ -250,7 +250,7 @@ mod tests {
         .expect("mkfifo");
         // user.* attributes work without privileges on ext4 and tmpfs.
         let xattr = rustix::fs::lsetxattr(
-            &src.join("usr/bin/tool"),
+            src.join("usr/bin/tool"),
             "user.origin",
             b"layer",
             XattrFlags::empty(),
@@ -258,7 +258,7 @@ mod tests {
         if rustix::process::geteuid().is_root() {
             rustix::fs::chownat(
                 CWD,
-                &src.join("usr/out"),
+                src.join("usr/out"),
                 Some(rustix::fs::Uid::from_raw(1234)),
                 Some(rustix::fs::Gid::from_raw(99)),
                 AtFlags::SYMLINK_NOFOLLOW,
@@ -266,7 +266,7 @@ mod tests {
             .expect("chown");
             rustix::fs::mknodat(
                 CWD,
-                &src.join("null"),
+                src.join("null"),
                 FileType::CharacterDevice,
                 Mode::from_raw_mode(0o666),
                 rustix::fs::makedev(1, 3),
@@ -284,7 +284,7 @@ mod tests {
             },
         };
         for path in ["usr/bin/tool", "usr/bin", "usr", "tmp"] {
-            rustix::fs::utimensat(CWD, &src.join(path), &old, AtFlags::empty()).expect("times");
+            rustix::fs::utimensat(CWD, src.join(path), &old, AtFlags::empty()).expect("times");
         }
         let dst = tmp.path().join("dst");
         clone_tree(&src, &dst).expect("clone");
