@@ -1,5 +1,6 @@
 //! Integration tests: a real loopback registry (env-gated) and a scripted fake for error paths.
 
 mod fake;
+mod memory;
 mod real;
 mod scripted;
