@@ -368,13 +368,57 @@ fn valid_tar_header(block: &[u8; 512]) -> bool {
     stored == unsigned || i64::from(stored) == signed
 }
 
+/// The paths a layer wrote, with all their ancestors, kept as 128-bit hashes computed one
+/// component at a time: a deep path costs time and memory in its length, never in its length
+/// times its depth (a layer of entries 1000 directories deep would otherwise hold and hash
+/// every prefix of every entry).
+#[derive(Default)]
+struct Touched {
+    keys: std::hash::RandomState,
+    seen: HashSet<(u64, u64)>,
+}
+
+impl Touched {
+    /// The hash of every non-empty prefix of `rel`, shortest first.
+    fn prefixes(&self, rel: &Path) -> Vec<(u64, u64)> {
+        use std::hash::{BuildHasher, Hasher};
+        let mut low = self.keys.build_hasher();
+        let mut high = self.keys.build_hasher();
+        high.write_u8(1);
+        let mut out = Vec::new();
+        for comp in rel.components() {
+            let bytes = comp.as_os_str().as_bytes();
+            low.write(bytes);
+            low.write_u8(b'/');
+            high.write(bytes);
+            high.write_u8(b'/');
+            out.push((low.finish(), high.finish()));
+        }
+        out
+    }
+
+    fn insert_with_ancestors(&mut self, rel: &Path) {
+        for key in self.prefixes(rel).into_iter().rev() {
+            if !self.seen.insert(key) {
+                break;
+            }
+        }
+    }
+
+    fn contains(&self, rel: &Path) -> bool {
+        self.prefixes(rel)
+            .last()
+            .is_some_and(|key| self.seen.contains(key))
+    }
+}
+
 /// Extracts tar entries under a [`Root`].
 struct Extractor {
     root: Root,
     whiteouts: bool,
     chown: bool,
     /// Paths this layer wrote, with all their ancestors.
-    touched: HashSet<PathBuf>,
+    touched: Touched,
     /// Directory modes and mtimes, applied at the end so that writing children does not
     /// change them (and read-only directories can still be filled).
     dirs: BTreeMap<PathBuf, (u32, i64)>,
@@ -396,7 +440,7 @@ impl Extractor {
             root,
             whiteouts,
             chown: rustix::process::geteuid().is_root(),
-            touched: HashSet::new(),
+            touched: Touched::default(),
             dirs: BTreeMap::new(),
             entries: 0,
             max_entries,
@@ -641,13 +685,7 @@ impl Extractor {
     }
 
     fn touch(&mut self, rel: &Path) {
-        let mut cur = Some(rel);
-        while let Some(path) = cur {
-            if path.as_os_str().is_empty() || !self.touched.insert(path.to_path_buf()) {
-                break;
-            }
-            cur = path.parent();
-        }
+        self.touched.insert_with_ancestors(rel);
     }
 
     fn set_owner(
@@ -1551,6 +1589,55 @@ mod tests {
         let small = zeros_bomb(2);
         let bounds = LayerLimits::for_blob(&Limits::default(), small.len() as u64);
         apply_layer(&small[..], "", &Jail::new().root(), &bounds).expect("small layer of zeros");
+    }
+
+    #[test]
+    fn deep_paths_are_created_inside_the_root_and_remembered() {
+        let jail = Jail::new();
+        fs::create_dir_all(jail.root().join("lower/a")).expect("mkdir");
+        fs::write(jail.root().join("lower/a/old"), b"old").expect("write");
+        let deep = format!("d/{}f", "a/".repeat(300));
+        let half = format!("d/{}", "a/".repeat(40));
+        let (res, untouched) = jail.apply(&[
+            raw_pax_path(&deep, b"deep"),
+            // A whiteout of a directory this layer wrote below keeps what it wrote.
+            raw_entry(b".wh.d", EntryType::Regular, b"", b""),
+            // A symlink partway down, then an entry through it: resolved inside the root.
+            raw_entry(
+                b"s",
+                EntryType::Symlink,
+                half.trim_end_matches('/').as_bytes(),
+                b"",
+            ),
+            raw_entry(b"s/g", EntryType::Regular, b"", b"through the link"),
+            raw_entry(b"lower/.wh..wh..opq", EntryType::Regular, b"", b""),
+        ]);
+        res.expect("apply");
+        assert!(untouched);
+        assert_eq!(fs::read(jail.root().join(&deep)).expect("deep"), b"deep");
+        assert_eq!(
+            fs::read(jail.root().join(&half).join("g")).expect("via link"),
+            b"through the link"
+        );
+        assert!(
+            !jail.root().join("lower/a").exists(),
+            "opaque removed lower content"
+        );
+    }
+
+    /// A regular file entry whose long name travels in a PAX `path` record.
+    fn raw_pax_path(name: &str, data: &[u8]) -> Vec<u8> {
+        let record = {
+            let body = format!(" path={name}\n");
+            let mut len = body.len() + 1;
+            while format!("{len}{body}").len() != len {
+                len += 1;
+            }
+            format!("{len}{body}")
+        };
+        let mut out = raw_entry(b"pax", EntryType::XHeader, b"", record.as_bytes());
+        out.extend(raw_entry(b"placeholder", EntryType::Regular, b"", data));
+        out
     }
 
     #[test]

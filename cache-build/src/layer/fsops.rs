@@ -92,24 +92,41 @@ impl Root {
             Err(Errno::NOENT) => return Ok(None),
             Err(err) => return Err(Error::io("open directory", rel, err.into())),
         }
-        // Slow path: create the missing components one by one, each inside the directory the
-        // previous prefix resolved to.
+        // Slow path: find the deepest prefix that resolves (existence is monotone in the
+        // prefix length: a binary search, so a deep path costs O(depth log depth) lookups, not
+        // one walk from the root per component), then create the rest one by one, each inside
+        // the directory the previous one resolved to.
+        let parts: Vec<&OsStr> = rel
+            .components()
+            .filter_map(|comp| match comp {
+                Component::Normal(part) => Some(part),
+                _ => None,
+            })
+            .collect();
+        let prefix_of = |n: usize| parts[..n].iter().collect::<PathBuf>();
+        // `cur` is always the directory of the first `found` components.
+        let (mut found, mut missing) = (0, parts.len());
         let mut cur = self
             .resolve(Path::new(""))
             .map_err(|err| Error::io("open directory", &self.path, err.into()))?;
-        let mut prefix = PathBuf::new();
-        for comp in rel.components() {
-            let Component::Normal(part) = comp else {
-                continue;
-            };
-            prefix.push(part);
-            match self.resolve(&prefix) {
-                Ok(fd) => cur = fd,
-                Err(Errno::NOENT) => {
-                    match rustix::fs::mkdirat(&cur, part, Mode::from_raw_mode(0o755)) {
-                        Ok(()) | Err(Errno::EXIST) => {}
-                        Err(err) => return Err(Error::io("create directory", &prefix, err.into())),
-                    }
+        while missing - found > 1 {
+            let mid = found + (missing - found) / 2;
+            match self.resolve(&prefix_of(mid)) {
+                Ok(fd) => {
+                    found = mid;
+                    cur = fd;
+                }
+                Err(Errno::NOENT) => missing = mid,
+                Err(err) => return Err(Error::io("open directory", prefix_of(mid), err.into())),
+            }
+        }
+        for (i, part) in parts.iter().enumerate().skip(found) {
+            match rustix::fs::mkdirat(&cur, *part, Mode::from_raw_mode(0o755)) {
+                Ok(()) => {}
+                Err(Errno::EXIST) => {
+                    // Something is there after all (a symlink leading nowhere, a race):
+                    // resolve it inside the root as a whole.
+                    let prefix = prefix_of(i + 1);
                     cur = self.resolve(&prefix).map_err(|err| {
                         let err = if err == Errno::NOENT {
                             std::io::Error::other(
@@ -120,9 +137,20 @@ impl Root {
                         };
                         Error::io("create directory", &prefix, err)
                     })?;
+                    continue;
                 }
-                Err(err) => return Err(Error::io("open directory", &prefix, err.into())),
+                Err(err) => {
+                    return Err(Error::io("create directory", prefix_of(i + 1), err.into()));
+                }
             }
+            // A directory this call just made: no symlink to follow.
+            cur = rustix::fs::openat(
+                &cur,
+                *part,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|err| Error::io("open directory", prefix_of(i + 1), err.into()))?;
         }
         Ok(Some(cur))
     }
