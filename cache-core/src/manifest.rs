@@ -156,6 +156,15 @@ pub enum ReadError {
         /// The declared type.
         media_type: String,
     },
+    /// More than one descriptor of the cache config's media type: which one is the config would
+    /// depend on the form the cache is read in.
+    #[error(
+        "invalid cache manifest {digest}: it lists more than one application/vnd.buildkit.cacheconfig.v0 blob"
+    )]
+    ExtraConfig {
+        /// The manifest digest.
+        digest: String,
+    },
     /// A valid manifest without a cache config (an ordinary image, or inline cache).
     #[error(
         "{digest} is a {media_type} without a BuildKit cache config ({config}): not a cache export"
@@ -237,17 +246,27 @@ pub fn read(raw: &RawIndex) -> Result<CacheManifest, ReadError> {
         } else {
             ManifestForm::OciIndex
         };
+        let layers = shape.layers.unwrap_or_default();
+        if layers
+            .iter()
+            .any(|layer| layer.media_type == media_type::CACHE_CONFIG)
+        {
+            return Err(ReadError::ExtraConfig { digest });
+        }
         Ok(CacheManifest {
             form,
             media_type,
             config,
-            layers: shape.layers.unwrap_or_default(),
+            layers,
         })
     } else {
         let mut config = None;
         let mut layers = Vec::new();
         for desc in shape.manifests.unwrap_or_default() {
             if desc.media_type == media_type::CACHE_CONFIG {
+                if config.is_some() {
+                    return Err(ReadError::ExtraConfig { digest });
+                }
                 config = Some(desc);
             } else {
                 layers.push(desc);

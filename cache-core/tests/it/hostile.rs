@@ -126,3 +126,26 @@ fn issue_15_one_digest_on_many_records_and_many_results_on_one_record() {
     let found = graph.find(&shared.parse().unwrap(), &[(sel.as_str(), &[0])]);
     assert_eq!(found.len(), 1);
 }
+
+/// Found by the `manifest` fuzz target: an image manifest listing a second blob of the cache
+/// config's media type among its layers read as a cache with that blob as a layer, while the
+/// same blobs in an index gave a cache whose config was the second blob.
+#[test]
+fn issue_15_fuzz_a_manifest_with_two_cache_configs_is_refused() {
+    use cache_core::RawIndex;
+    use cache_core::manifest::{self, ReadError};
+    let config = r#"{"mediaType":"application/vnd.buildkit.cacheconfig.v0","digest":"sha256:36296c54938ce1b877c904c9a5a4da96433e4fe992088a980811b64d51d14639","size":381}"#;
+    let other = r#"{"mediaType":"application/vnd.buildkit.cacheconfig.v0","digest":"sha256:a6a90f24e48b7ac27098f2d586ff85f53f362cfc7cd322cca66ecb14a108d9e7","size":825}"#;
+    let layer = r#"{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:27ff32c80525e85fc50a7d899987eb288931b225044513f6eab10c1db000d442","size":1058282}"#;
+    let as_manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{config},"layers":[{layer},{other}]}}"#
+    );
+    let as_index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{layer},{config},{other}]}}"#
+    );
+    for text in [as_manifest, as_index] {
+        let err = manifest::read(&RawIndex::new(None, text.into_bytes())).unwrap_err();
+        assert!(matches!(err, ReadError::ExtraConfig { .. }), "{err}");
+        assert!(err.to_string().contains("more than one"), "{err}");
+    }
+}
