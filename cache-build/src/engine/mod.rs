@@ -2009,50 +2009,42 @@ impl Engine<'_> {
         let shared = !chain.is_empty() && self.others_waiting_on(target, chain);
         if let Some(pristine) = self.unpacked.get(&key).cloned() {
             let started = Instant::now();
-            let (from, to) = (pristine.clone(), dir.to_path_buf());
             let text = if shared {
-                blocking(move || {
-                    std::fs::remove_dir(&to)
-                        .map_err(|err| layer::Error::io("remove", &to, err))
-                        .and_then(|()| layer::clone_tree(&from, &to))
-                })
-                .await?
-                .map_err(|err| Error::other(format!("copying an unpacked base: {err}")))?;
+                clone_unpacked(pristine, dir.to_path_buf()).await?;
                 "copying the base unpacked for another stage"
             } else {
                 self.unpacked.remove(&key);
-                blocking(move || std::fs::rename(&from, &to))
+                let to = dir.to_path_buf();
+                blocking(move || std::fs::rename(&pristine, &to))
                     .await?
                     .map_err(|err| Error::other(format!("moving an unpacked base: {err}")))?;
                 "reusing the base unpacked for another stage"
             };
-            self.progress().event(Event::Status {
-                vertex: vertex.to_owned(),
-                text: text.to_owned(),
-                done: Some(started.elapsed()),
-            });
+            self.status_done(vertex, text, started);
             return Ok(());
         }
         self.unpack(chain, dir, vertex, true).await?;
         if shared {
             let started = Instant::now();
             let pristine = self.new_dir("unpacked")?;
-            let (from, to) = (dir.to_path_buf(), pristine.clone());
-            blocking(move || {
-                std::fs::remove_dir(&to)
-                    .map_err(|err| layer::Error::io("remove", &to, err))
-                    .and_then(|()| layer::clone_tree(&from, &to))
-            })
-            .await?
-            .map_err(|err| Error::other(format!("copying an unpacked base: {err}")))?;
+            clone_unpacked(dir.to_path_buf(), pristine.clone()).await?;
             self.unpacked.insert(key, pristine);
-            self.progress().event(Event::Status {
-                vertex: vertex.to_owned(),
-                text: "copying the unpacked base for another stage".to_owned(),
-                done: Some(started.elapsed()),
-            });
+            self.status_done(
+                vertex,
+                "copying the unpacked base for another stage",
+                started,
+            );
         }
         Ok(())
+    }
+
+    /// A finished status line of `vertex`, timed from `started`.
+    fn status_done(&self, vertex: &str, text: &str, started: Instant) {
+        self.progress().event(Event::Status {
+            vertex: vertex.to_owned(),
+            text: text.to_owned(),
+            done: Some(started.elapsed()),
+        });
     }
 
     /// Whether a target other than `target`, not materialized yet, is on `chain` with steps to
@@ -2591,6 +2583,13 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|err| Error::other(format!("a worker thread failed: {err}")))
+}
+
+/// Copies the unpacked tree `from` into the empty directory `to`, off the async runtime.
+async fn clone_unpacked(from: PathBuf, to: PathBuf) -> Result<(), Error> {
+    blocking(move || layer::clone_tree(&from, &to))
+        .await?
+        .map_err(|err| Error::other(format!("copying an unpacked base: {err}")))
 }
 
 fn remove_dir(dir: &Path) {

@@ -16,7 +16,7 @@ use rustix::fs::{AtFlags, CWD, FileType, Mode, Timespec, Timestamps, XattrFlags}
 
 use super::Error;
 
-/// Copies the tree at `src` into `dst`, which must not exist yet.
+/// Copies the tree at `src` into `dst`, an empty or missing directory.
 pub fn clone_tree(src: &Path, dst: &Path) -> Result<(), Error> {
     let mut cloner = Cloner {
         chown: rustix::process::geteuid().is_root(),
@@ -24,7 +24,7 @@ pub fn clone_tree(src: &Path, dst: &Path) -> Result<(), Error> {
         dirs: Vec::new(),
     };
     let meta = fs::symlink_metadata(src).map_err(|err| Error::io("stat", src, err))?;
-    fs::create_dir(dst).map_err(|err| Error::io("create", dst, err))?;
+    fs::create_dir_all(dst).map_err(|err| Error::io("create", dst, err))?;
     cloner.dir(src, dst, &meta)?;
     // Directory times last, deepest first: creating children changed them.
     for (path, meta) in cloner.dirs.iter().rev() {
