@@ -88,6 +88,11 @@ enum Format {
 fn main() {
     let cli = Cli::parse();
     init_logs(cli.debug);
+    // Before any thread starts: the overlays a build mounts die with this process. Without
+    // the privilege to mount, there is nothing to hide and nothing is mounted.
+    if let Err(err) = cache_build::layer::overlay::private_mounts() {
+        tracing::debug!("no private mount namespace: {err}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -68,9 +68,16 @@ impl WorkDir {
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
+        remove_work_dir(&self.path);
         let _ = fs::remove_file(&self.lock_path);
     }
+}
+
+/// Removes a build's work directory, after taking down overlays a killed build left mounted
+/// there (a build whose process had its own mount namespace leaves none).
+fn remove_work_dir(dir: &Path) {
+    let _ = cache_build::layer::overlay::unmount_under(dir);
+    let _ = fs::remove_dir_all(dir);
 }
 
 /// Whether the open `file` is still the file at `path`.
@@ -104,7 +111,7 @@ pub fn collect_dead(root_dir: &Path) -> usize {
                 continue;
             };
             if file.try_lock().is_ok() {
-                let _ = fs::remove_dir_all(tmp.join(format!("build-{id}")));
+                remove_work_dir(&tmp.join(format!("build-{id}")));
                 let _ = fs::remove_file(entry.path());
                 removed += 1;
             }
@@ -112,7 +119,7 @@ pub fn collect_dead(root_dir: &Path) -> usize {
             && !Path::new(&format!("/proc/{pid}")).exists()
         {
             // A directory of a version without lock files, whose process is gone.
-            let _ = fs::remove_dir_all(entry.path());
+            remove_work_dir(&entry.path());
             removed += 1;
         }
     }

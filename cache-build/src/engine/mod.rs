@@ -354,6 +354,9 @@ struct Engine<'a> {
     /// Pristine unpacked chains kept for stages that will need the same base: unpacking once
     /// and copying is several times faster than unpacking again (layer digests → directory).
     unpacked: std::collections::HashMap<Vec<Digest>, PathBuf>,
+    /// Whether overlays can be mounted here (probed on first need): then the unpacked chains
+    /// in `unpacked` stay read-only and every stage on one gets an overlay instead of a copy.
+    overlays: Option<bool>,
     blobs_fetched: u64,
     last_hit_source: Option<SourceId>,
     /// Blobs found missing or corrupt: results using them are misses.
@@ -525,6 +528,7 @@ pub async fn build(
         reports: Vec::new(),
         n_dirs: 0,
         unpacked: std::collections::HashMap::new(),
+        overlays: None,
         blobs_fetched: 0,
         last_hit_source: None,
         bad_blobs: HashSet::new(),
@@ -787,7 +791,7 @@ impl Engine<'_> {
                 remove_dir(&dir);
             }
         }
-        let _ = std::fs::remove_dir_all(&self.request.work_dir);
+        remove_dir(&self.request.work_dir);
     }
 
     async fn run(&mut self, base_images: &BTreeMap<String, ResolvedImage>) -> Result<(), Error> {
@@ -2007,7 +2011,46 @@ impl Engine<'_> {
     ) -> Result<(), Error> {
         let key: Vec<Digest> = chain.iter().map(|desc| desc.digest.clone()).collect();
         let shared = !chain.is_empty() && self.others_waiting_on(target, chain);
-        if let Some(pristine) = self.unpacked.get(&key).cloned() {
+        let pristine = self.unpacked.get(&key).cloned();
+        // A stage that ended on this chain holds it already, and no step changes it any more.
+        let finished = match pristine {
+            None if !chain.is_empty() => self.finished_dir(chain),
+            _ => None,
+        };
+        if (shared || pristine.is_some() || finished.is_some()) && self.overlays_supported() {
+            let lower = match pristine.or(finished) {
+                Some(lower) => lower,
+                None => {
+                    let lower = self.new_dir("lower")?;
+                    self.unpack(chain, &lower, vertex, true).await?;
+                    self.unpacked.insert(key, lower.clone());
+                    lower
+                }
+            };
+            let started = Instant::now();
+            let (upper, work) = (self.new_dir("upper")?, self.new_dir("overlay-work")?);
+            match layer::overlay::mount(&lower, &upper, &work, dir) {
+                Ok(()) => self.status_done(vertex, "mounting the unpacked base (overlay)", started),
+                Err(err) => {
+                    // Overlays stack two deep at most; a deeper one gets a copy.
+                    tracing::debug!("overlay on {} refused ({err}): copying", dir.display());
+                    clone_unpacked(lower, dir.to_path_buf()).await?;
+                    self.status_done(
+                        vertex,
+                        "copying the base unpacked for another stage",
+                        started,
+                    );
+                }
+            }
+            return Ok(());
+        }
+        if let Some(finished) = finished {
+            let started = Instant::now();
+            clone_unpacked(finished, dir.to_path_buf()).await?;
+            self.status_done(vertex, "copying the filesystem of the base stage", started);
+            return Ok(());
+        }
+        if let Some(pristine) = pristine {
             let started = Instant::now();
             let text = if shared {
                 clone_unpacked(pristine, dir.to_path_buf()).await?;
@@ -2036,6 +2079,25 @@ impl Engine<'_> {
             );
         }
         Ok(())
+    }
+
+    /// The materialized directory of a stage whose filesystem is `chain` and stays so: every
+    /// step of the stage was resolved and nothing is pending on it.
+    fn finished_dir(&self, chain: &[Descriptor]) -> Option<PathBuf> {
+        let plan = &self.plan.stages;
+        self.stages.iter().enumerate().find_map(|(si, state)| {
+            let fs = &state.fs;
+            let done = (0..plan[si].steps.len()).all(|k| self.slots.contains_key(&(si, k)));
+            let finished = done && fs.pending.is_empty() && fs.chain == chain;
+            fs.rootfs.clone().filter(|_| finished)
+        })
+    }
+
+    /// Whether overlays can be mounted in the work directory, probed once per build.
+    fn overlays_supported(&mut self) -> bool {
+        *self
+            .overlays
+            .get_or_insert_with(|| layer::overlay::supported(&self.request.work_dir))
     }
 
     /// A finished status line of `vertex`, timed from `started`.
@@ -2592,9 +2654,16 @@ async fn clone_unpacked(from: PathBuf, to: PathBuf) -> Result<(), Error> {
         .map_err(|err| Error::other(format!("copying an unpacked base: {err}")))
 }
 
+/// Removes a directory of the work directory, after taking down the overlays mounted in it.
 fn remove_dir(dir: &Path) {
-    if let Err(err) = std::fs::remove_dir_all(dir) {
-        tracing::warn!("removing {}: {err}", dir.display());
+    if let Err(err) = layer::overlay::unmount_under(dir) {
+        tracing::warn!("unmounting the overlays under {}: {err}", dir.display());
+    }
+    match std::fs::remove_dir_all(dir) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!("removing {}: {err}", dir.display());
+        }
+        _ => {}
     }
 }
 

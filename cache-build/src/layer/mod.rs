@@ -26,6 +26,7 @@
 mod apply;
 mod clone;
 mod fsops;
+pub mod overlay;
 mod snapshot;
 mod write;
 

@@ -1096,3 +1096,129 @@ fn an_unusable_base_image_layer_fails_the_build_once() {
     );
     assert!(stderr.contains("evil"), "{stderr}");
 }
+
+/// Three stages `FROM` one base: where overlays can be mounted (root), each gets an overlay on
+/// one unpacked copy of the base (no copy of the tree), and what a stage changes, adds or
+/// deletes stays out of its siblings.
+const SIBLINGS: &str = r#"FROM scratch AS base
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN mkdir -p /etc && echo original > /etc/conf && echo keep > /etc/gone
+
+FROM base AS left
+RUN echo left >> /etc/conf && rm /etc/gone && echo new > /left.txt
+
+FROM base AS right
+RUN cat /etc/conf /etc/gone > /right.txt && test ! -e /left.txt
+
+FROM base
+COPY --from=left /etc/conf /left-conf
+COPY --from=left /left.txt /left.txt
+COPY --from=right /right.txt /right.txt
+"#;
+
+#[test]
+fn stages_on_one_base_share_it_through_overlays_without_seeing_each_other() {
+    let Some(ctx) = busybox_context(SIBLINGS) else {
+        return;
+    };
+    let work = tempdir();
+    let out = work.path().join("out");
+    let dest = format!("type=local,dest={}", s(&out));
+    let outcome = build_ok(ctx.path(), &work.path().join("root"), &["--output", &dest]);
+    let read =
+        |rel: &str| fs::read_to_string(out.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    assert_eq!(read("left-conf"), "original\nleft\n");
+    assert_eq!(read("left.txt"), "new\n");
+    assert_eq!(
+        read("right.txt"),
+        "original\nkeep\n",
+        "right saw left's changes"
+    );
+    assert_eq!(
+        read("etc/conf"),
+        "original\n",
+        "the final stage saw left's change"
+    );
+    assert_eq!(
+        read("etc/gone"),
+        "keep\n",
+        "the final stage saw left's delete"
+    );
+    let stderr = outcome.stderr();
+    if support::is_root() {
+        assert!(
+            stderr.contains("mounting the unpacked base (overlay)"),
+            "as root, sibling stages mount overlays: {stderr}"
+        );
+        assert!(
+            !stderr.contains("copying the"),
+            "no copy of the base: {stderr}"
+        );
+    }
+}
+
+/// Overlays mounted by a build live in the build's own mount namespace: a build killed with
+/// SIGKILL while its stages are mounted leaves no mount behind, and the next build on the root
+/// removes its work directory.
+#[test]
+fn a_killed_build_leaves_no_overlay_mounted() {
+    if !support::is_root() {
+        eprintln!("skipped: overlays are mounted only by root");
+        return;
+    }
+    let dockerfile = SIBLINGS.replace("RUN cat /etc/conf", "RUN sleep 60 && cat /etc/conf");
+    let Some(ctx) = busybox_context(&dockerfile) else {
+        return;
+    };
+    let work = tempdir();
+    let root = work.path().join("root");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("buildcache"))
+        .args([
+            "build",
+            "--progress=plain",
+            "--root",
+            s(&root),
+            s(ctx.path()),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting buildcache");
+    let own_mounts = format!("/proc/{}/mountinfo", child.id());
+    let root_text = fs::canonicalize(&root)
+        .unwrap_or_else(|_| root.clone())
+        .to_string_lossy()
+        .into_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let table = fs::read_to_string(&own_mounts).unwrap_or_default();
+        if table
+            .lines()
+            .any(|line| line.contains(" - overlay ") && line.contains(&root_text))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+            "the build never mounted an overlay under {root_text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let host = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !host.contains(&root_text),
+        "a mount under the root outlived the build:\n{host}"
+    );
+    let quick = busybox_context("FROM scratch\nCOPY busybox /bin/busybox\n").unwrap();
+    build_ok(quick.path(), &root, &[]);
+    let left: Vec<_> = fs::read_dir(root.join("tmp"))
+        .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "work directories left in the root: {left:?}"
+    );
+}
