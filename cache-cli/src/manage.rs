@@ -745,14 +745,13 @@ async fn verify_cache<B: Backend>(backend: &B, reference: &IndexRef, limits: &Li
             let chains = record
                 .layers
                 .iter()
-                .map(|result| chain_of(config, result.layer))
-                .chain(record.chains.iter().map(|chain| {
-                    chain
-                        .layers
+                .map(|result| config.chain_blobs(result.layer))
+                .chain(
+                    record
+                        .chains
                         .iter()
-                        .map(|&l| config_blob(config, l))
-                        .collect()
-                }));
+                        .map(|chain| chain.layers.iter().map(|&l| config.layer_blob(l)).collect()),
+                );
             for chain in chains {
                 report.results += 1;
                 let mut complete = true;
@@ -797,32 +796,6 @@ async fn verify_cache<B: Backend>(backend: &B, reference: &IndexRef, limits: &Li
             .push(format!("{problem} (in the layer chain of {n} results)"));
     }
     report
-}
-
-/// The blob digest of config layer `idx`, or `None` if out of range or invalid.
-fn config_blob(config: &CacheConfig, idx: i64) -> Option<Digest> {
-    let layer = config.layers.get(usize::try_from(idx).ok()?)?;
-    layer.blob.parse().ok()
-}
-
-/// The blobs of the chain ending at config layer `top`, top first; `None` entries mark an
-/// invalid index or a loop.
-fn chain_of(config: &CacheConfig, top: i64) -> Vec<Option<Digest>> {
-    let mut out = Vec::new();
-    let mut cur = Some(top);
-    while let Some(idx) = cur {
-        if out.len() > config.layers.len() {
-            out.push(None);
-            break;
-        }
-        out.push(config_blob(config, idx));
-        cur = usize::try_from(idx)
-            .ok()
-            .and_then(|i| config.layers.get(i))
-            .map(|l| l.parent)
-            .filter(|&p| p >= 0);
-    }
-    out
 }
 
 /// Reads, checks and parses the config of `cache`; a problem description on failure.
@@ -1156,19 +1129,5 @@ mod tests {
             spec.target,
             cache_core::spec::ExportTarget::Local { .. }
         ));
-    }
-
-    #[test]
-    fn chains_follow_parents() {
-        let config = CacheConfig::from_json(
-            br#"{"layers":[{"blob":"sha256:0000000000000000000000000000000000000000000000000000000000000000","parent":-1},
-                           {"blob":"sha256:1111111111111111111111111111111111111111111111111111111111111111","parent":0}],
-                 "records":[]}"#,
-        )
-        .expect("config");
-        let chain = chain_of(&config, 1);
-        assert_eq!(chain.len(), 2);
-        assert!(chain.iter().all(Option::is_some));
-        assert_eq!(chain_of(&config, 5), vec![None]);
     }
 }

@@ -150,6 +150,35 @@ impl CacheConfig {
     pub fn to_json(&self) -> Vec<u8> {
         to_go_json(self)
     }
+
+    /// The blob digest of config layer `idx`, or `None` if out of range or not a digest.
+    pub fn layer_blob(&self, idx: i64) -> Option<crate::Digest> {
+        let layer = self.layers.get(usize::try_from(idx).ok()?)?;
+        layer.blob.parse().ok()
+    }
+
+    /// The blobs of the layer chain ending at config layer `top`, top first, following
+    /// `parent` links on the raw config (a config that may not be valid: this is how verify
+    /// and collection read what a result stands on). A `None` entry is an index out of range
+    /// or not a digest; a loop ends the walk with a `None` after one more step than there are
+    /// layers. A valid config's chains are the graph's (`CacheGraph::chain_blobs`), reversed.
+    pub fn chain_blobs(&self, top: i64) -> Vec<Option<crate::Digest>> {
+        let mut out = Vec::new();
+        let mut cur = Some(top);
+        while let Some(idx) = cur {
+            if out.len() > self.layers.len() {
+                out.push(None);
+                break;
+            }
+            out.push(self.layer_blob(idx));
+            cur = usize::try_from(idx)
+                .ok()
+                .and_then(|i| self.layers.get(i))
+                .map(|l| l.parent)
+                .filter(|&p| p >= 0);
+        }
+        out
+    }
 }
 
 /// Serializes `value` compactly with Go's string escaping (`<`, `>`, `&`, U+2028, U+2029).
@@ -247,6 +276,20 @@ pub mod go_time {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chains_follow_parents() {
+        let config = CacheConfig::from_json(
+            br#"{"layers":[{"blob":"sha256:0000000000000000000000000000000000000000000000000000000000000000","parent":-1},
+                           {"blob":"sha256:1111111111111111111111111111111111111111111111111111111111111111","parent":0}],
+                 "records":[]}"#,
+        )
+        .expect("config");
+        let chain = config.chain_blobs(1);
+        assert_eq!(chain.len(), 2);
+        assert!(chain.iter().all(Option::is_some));
+        assert_eq!(config.chain_blobs(5), vec![None]);
+    }
 
     #[test]
     fn times_are_written_like_go() {

@@ -138,6 +138,47 @@ pub enum Error {
     },
 }
 
+/// A cache ready to be written: the config's bytes and descriptor, the blobs the manifest lists,
+/// and the manifest.
+#[derive(Debug, Clone)]
+pub struct Assembled {
+    /// The config as BuildKit writes it.
+    pub config_bytes: Vec<u8>,
+    /// The config's descriptor, with the annotations asked for.
+    pub config_desc: Descriptor,
+    /// The layers in config order, then the extra blobs.
+    pub layers: Vec<Descriptor>,
+    /// The top-level manifest.
+    pub manifest: RawIndex,
+}
+
+/// The one config -> manifest builder: serializes `config` (from [`CacheGraph::to_config`],
+/// whose `layers` it lists), describes it with `config_annotations`, lists `extra_blobs` after
+/// the layers and writes the manifest in `form`. Export and a local cache's prune both use it.
+pub fn assemble(
+    config: &crate::config::CacheConfig,
+    mut layers: Vec<Descriptor>,
+    extra_blobs: impl IntoIterator<Item = Descriptor>,
+    config_annotations: &std::collections::BTreeMap<String, String>,
+    form: ManifestForm,
+) -> Assembled {
+    let config_bytes = config.to_json();
+    let mut config_desc = Descriptor::new(
+        media_type::CACHE_CONFIG,
+        digest::sha256(&config_bytes),
+        config_bytes.len() as u64,
+    );
+    config_desc.annotations.extend(config_annotations.clone());
+    layers.extend(extra_blobs);
+    let manifest = manifest::write(form, &config_desc, &layers);
+    Assembled {
+        config_bytes,
+        config_desc,
+        layers,
+        manifest,
+    }
+}
+
 /// Exports `graph` (already reduced with [`CacheGraph::select`]) to `backend` under `options.tag`.
 ///
 /// Order: layers (in parallel, skipping present ones), config, then manifest and tag; so the tag
@@ -169,15 +210,18 @@ pub async fn export<B: Backend, S: BlobSource>(
         on_event(Event::EmptyResult);
         return Ok(report);
     }
-    let config_bytes = config.to_json();
-    let mut config_desc = Descriptor::new(
-        media_type::CACHE_CONFIG,
-        digest::sha256(&config_bytes),
-        config_bytes.len() as u64,
+    let Assembled {
+        config_bytes,
+        config_desc,
+        layers,
+        manifest: raw,
+    } = assemble(
+        &config,
+        layers,
+        options.extra_blobs.iter().cloned(),
+        &options.config_annotations,
+        options.form,
     );
-    config_desc
-        .annotations
-        .extend(options.config_annotations.clone());
     report.config_digest = Some(config_desc.digest.clone());
     report.config_size = config_desc.size;
     if config_desc.size > BUILDKIT_IMPORT_LIMIT {
@@ -186,9 +230,6 @@ pub async fn export<B: Backend, S: BlobSource>(
             config_desc.digest, config_desc.size, BUILDKIT_IMPORT_LIMIT
         )));
     }
-    let mut layers = layers;
-    layers.extend(options.extra_blobs.iter().cloned());
-    let raw = manifest::write(options.form, &config_desc, &layers);
     if let Ok(Some(existing)) = backend
         .read_index(&IndexRef::Tag(options.tag.clone()))
         .await

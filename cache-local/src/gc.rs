@@ -52,7 +52,7 @@ use cache_core::config::{CacheConfig, go_time};
 use cache_core::descriptor::{annotation, media_type};
 use cache_core::layout::OciIndex;
 use cache_core::manifest::{self, CacheManifest};
-use cache_core::{CacheGraph, Descriptor, Digest, Error, ErrorKind, IndexRef, RawIndex, digest};
+use cache_core::{CacheGraph, Descriptor, Digest, Error, ErrorKind, IndexRef, RawIndex};
 use rustix::fs::FlockOperation;
 use serde_json::Value;
 
@@ -1133,25 +1133,14 @@ fn read_cache(layout: &LayoutDir, desc: &Descriptor) -> Result<Option<CacheTag>>
     if CacheGraph::from_config(&config, &|d| listed.get(d).cloned(), 0).is_err() {
         return Ok(None);
     }
-    let layer_digest =
-        |idx: usize| -> Option<Digest> { config.layers.get(idx)?.blob.parse::<Digest>().ok() };
     let mut results = Vec::new();
     for (record_idx, record) in config.records.iter().enumerate() {
         for (idx, result) in record.layers.iter().enumerate() {
-            let mut blobs = Vec::new();
-            let mut cur = usize::try_from(result.layer).ok();
-            let mut steps = 0;
-            while let Some(layer_idx) = cur {
-                steps += 1;
-                if steps > config.layers.len() {
-                    break;
-                }
-                blobs.extend(layer_digest(layer_idx));
-                cur = config
-                    .layers
-                    .get(layer_idx)
-                    .and_then(|l| usize::try_from(l.parent).ok());
-            }
+            let blobs = config
+                .chain_blobs(result.layer)
+                .into_iter()
+                .flatten()
+                .collect();
             results.push(ResultInfo {
                 record: record_idx,
                 chain: false,
@@ -1167,7 +1156,7 @@ fn read_cache(layout: &LayoutDir, desc: &Descriptor) -> Result<Option<CacheTag>>
                 .layers
                 .iter()
                 .rev()
-                .filter_map(|&l| layer_digest(usize::try_from(l).ok()?))
+                .filter_map(|&l| config.layer_blob(l))
                 .collect();
             results.push(ResultInfo {
                 record: record_idx,
@@ -1251,26 +1240,30 @@ fn rewrite(tag: &str, cache: &CacheTag) -> Result<Option<Rewrite>> {
             )
         })?;
     // Records left without results (and nothing below them) would keep growing the config.
-    let (new_config, mut layers) = graph.without_dead_records().to_config();
+    let (new_config, layers) = graph.without_dead_records().to_config();
     if layers.is_empty() {
         return Ok(None);
     }
     // Blobs no record names (cache mount contents of `cache-mounts=true` exports) stay listed.
-    layers.extend(
-        cache
-            .manifest
-            .layers
-            .iter()
-            .filter(|d| d.annotations.contains_key(annotation::CACHE_MOUNT_ID))
-            .cloned(),
+    let mounts = cache
+        .manifest
+        .layers
+        .iter()
+        .filter(|d| d.annotations.contains_key(annotation::CACHE_MOUNT_ID))
+        .cloned();
+    let assembled = cache_core::export::assemble(
+        &new_config,
+        layers,
+        mounts,
+        &Default::default(),
+        cache.manifest.form,
     );
-    let config_bytes = new_config.to_json();
-    let config_desc = Descriptor::new(
-        media_type::CACHE_CONFIG,
-        digest::sha256(&config_bytes),
-        config_bytes.len() as u64,
+    let (config_desc, config_bytes, raw, layers) = (
+        assembled.config_desc,
+        assembled.config_bytes,
+        assembled.manifest,
+        assembled.layers,
     );
-    let raw = manifest::write(cache.manifest.form, &config_desc, &layers);
     Ok(Some(Rewrite {
         tag: tag.to_owned(),
         config: config_desc,
@@ -1283,6 +1276,7 @@ fn rewrite(tag: &str, cache: &CacheTag) -> Result<Option<Rewrite>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cache_core::digest;
 
     #[test]
     fn writers_share_and_exclude_the_collector() {
