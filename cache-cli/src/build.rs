@@ -332,11 +332,103 @@ fn imports_without_hit(loaded: &[Import], steps: &[engine::StepReport]) -> Vec<(
         .collect()
 }
 
-/// Runs `buildcache build`.
+/// Runs `buildcache build`: a sequence of phases, each reading what the ones before produced.
 pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let display = Display::new(args.progress);
     // Validate every option before doing any work.
+    let (plan, request) = plan(&args)?;
+    let root = Root::open(&plan.root_dir).await?;
+    let imported = import_caches(&plan, &root, &display).await;
+    let outcome = build(&args, &plan, request, &root, &imported, &display).await?;
+    let no_hit = imports_without_hit(&imported.loaded, &outcome.steps);
+    for (source, n_records) in &no_hit {
+        display.line(&format!(
+            "WARNING: cache {source} gave no hit: none of its {n_records} records is a step of this build"
+        ));
+    }
+    for arg in &outcome.unused_build_args {
+        display.line(&format!(
+            "WARNING: build argument {arg} was given but the Dockerfile does not use it"
+        ));
+    }
+    write_outputs(&args, &plan, &outcome, &root.layout, &display).await?;
+    // Keep this machine's cache.
+    if let Err(err) =
+        persist_local(&root.layout, &outcome.graph, &outcome.facts, &plan.limits).await
+    {
+        display.line(&format!(
+            "WARNING: saving the local cache in {}: {}",
+            plan.root_dir.display(),
+            crate::error_chain(&err)
+        ));
+    }
+    let exported = export_caches(
+        &plan.exports,
+        &outcome,
+        &imported.loaded,
+        &root.layout,
+        &plan.root_dir,
+        &display,
+    )
+    .await;
+    // Exports read blobs from the root: clean it only after them.
+    drop(root.guard);
+    maintain_root(&root.layout, &plan.root_dir, args.root_max_size, &display).await?;
+    if let Some(path) = &args.iidfile {
+        std::fs::write(path, outcome.image.config_digest().to_string())
+            .with_context(|| format!("writing the image ID file {}", path.display()))?;
+    }
+    if let Some(path) = &args.metadata_file {
+        let metadata = metadata(
+            &plan,
+            &imported,
+            &outcome,
+            &exported.reports,
+            &no_hit,
+            started,
+        );
+        std::fs::write(path, serde_json::to_vec_pretty(&metadata)?)
+            .with_context(|| format!("writing the metadata file {}", path.display()))?;
+    }
+    if let Some(err) = exported.failed {
+        return Err(err);
+    }
+    display.finish();
+    if args.explain {
+        eprintln!("{}", explain_table(&outcome.steps));
+    }
+    if display.is_quiet() {
+        println!("{}", outcome.image.manifest.digest);
+    } else {
+        display.line(&summary(&outcome, &imported.empty_sources, started));
+    }
+    Ok(())
+}
+
+/// What every phase of a build reads: the validated options.
+struct Plan {
+    exports: Vec<ExportSpec>,
+    imports: Vec<ImportSpec>,
+    limits: Limits,
+    outputs: Vec<Output>,
+    /// The `-t` names.
+    names: Vec<image::ImageName>,
+    root_dir: PathBuf,
+}
+
+/// The validated options only the engine reads; [`build`] makes them a [`BuildRequest`].
+struct RequestParts {
+    build_args: BTreeMap<String, String>,
+    named_contexts: BTreeMap<String, NamedContext>,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+    add_hosts: Vec<(String, String)>,
+    run: engine::RunOptions,
+}
+
+/// Parses and validates the arguments, touching nothing on disk.
+fn plan(args: &BuildArgs) -> anyhow::Result<(Plan, RequestParts)> {
     let exports: Vec<ExportSpec> = args
         .cache_to
         .iter()
@@ -397,67 +489,114 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
         .iter()
         .map(|t| image::image_names(t).map_err(|e| anyhow::format_err!("invalid tag {t:?}: {e}")))
         .collect::<Result<_, _>>()?;
-
     let root_dir = args.root.clone().unwrap_or_else(default_root);
-    let run_options = crate::run_flags::run_options(
+    let run = crate::run_flags::run_options(
         &args.secrets,
         &args.ssh,
         args.network.as_deref(),
         &args.allow,
         root_dir.join("mounts"),
     )?;
-    std::fs::create_dir_all(&root_dir)
-        .with_context(|| format!("creating the root directory {}", root_dir.display()))?;
-    let root = Arc::new(LayoutDir::open(root_dir.join("cache")));
-    // Held for the whole build: a concurrent build's garbage collection on this root never
-    // deletes blobs this build has written but not yet recorded.
-    let root_guard = {
-        let root = root.clone();
-        tokio::task::spawn_blocking(move || root.writer())
-            .await
-            .map_err(|e| anyhow::format_err!("locking the root: {e}"))?
-            .with_context(|| format!("locking the root {}", root_dir.display()))?
+    let plan = Plan {
+        exports,
+        imports,
+        limits,
+        outputs,
+        names,
+        root_dir,
     };
+    let request = RequestParts {
+        build_args,
+        named_contexts,
+        labels,
+        annotations,
+        add_hosts,
+        run,
+    };
+    Ok((plan, request))
+}
 
-    // This build's scratch directory, locked while it runs; those of killed builds go now.
-    let work_dir = crate::work_dirs::WorkDir::create(&root_dir)
-        .with_context(|| format!("creating a work directory in {}", root_dir.display()))?;
-    let collected = crate::work_dirs::collect_dead(&root_dir);
-    if collected > 0 {
-        tracing::debug!(
-            collected,
-            "removed work directories of builds that were killed"
-        );
+/// The root directory, held for the whole build.
+struct Root {
+    layout: Arc<LayoutDir>,
+    /// Held for the whole build: a concurrent build's garbage collection on this root never
+    /// deletes blobs this build has written but not yet recorded.
+    guard: cache_local::WriterGuard,
+    /// This build's scratch directory, locked while it runs.
+    work_dir: crate::work_dirs::WorkDir,
+}
+
+impl Root {
+    /// Creates and locks the root, makes this build's work directory and removes those of
+    /// killed builds.
+    async fn open(root_dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(root_dir)
+            .with_context(|| format!("creating the root directory {}", root_dir.display()))?;
+        let layout = Arc::new(LayoutDir::open(root_dir.join("cache")));
+        let guard = {
+            let layout = layout.clone();
+            tokio::task::spawn_blocking(move || layout.writer())
+                .await
+                .map_err(|e| anyhow::format_err!("locking the root: {e}"))?
+                .with_context(|| format!("locking the root {}", root_dir.display()))?
+        };
+        let work_dir = crate::work_dirs::WorkDir::create(root_dir)
+            .with_context(|| format!("creating a work directory in {}", root_dir.display()))?;
+        let collected = crate::work_dirs::collect_dead(root_dir);
+        if collected > 0 {
+            tracing::debug!(
+                collected,
+                "removed work directories of builds that were killed"
+            );
+        }
+        Ok(Root {
+            layout,
+            guard,
+            work_dir,
+        })
     }
+}
 
-    // This machine's own cache, then the imports.
-    let mut facts = Vec::new();
-    let local_graph = match cache_core::import::import(
-        root.as_ref(),
+/// The caches a build starts from.
+struct Imported {
+    /// This machine's own cache, from the root.
+    local_graph: CacheGraph,
+    /// The facts of the local cache, if it has them.
+    local_facts: Option<String>,
+    /// The `--cache-from` caches that loaded.
+    loaded: Vec<Import>,
+    /// The `--cache-from` sources that were empty or failed.
+    empty_sources: Vec<String>,
+}
+
+/// Reads this machine's own cache, then the imports; an unreadable one is a warning.
+async fn import_caches(plan: &Plan, root: &Root, display: &Display) -> Imported {
+    let (local_graph, local_facts) = match cache_core::import::import(
+        root.layout.as_ref(),
         &IndexRef::Tag(LOCAL_TAG.into()),
         engine::LOCAL_SOURCE,
-        &limits,
+        &plan.limits,
     )
     .await
     {
         Ok(Some(imported)) => {
-            facts.extend(facts_of(&imported));
-            imported.graph
+            let facts = facts_of(&imported);
+            (imported.graph, facts)
         }
-        Ok(None) => CacheGraph::new(),
+        Ok(None) => (CacheGraph::new(), None),
         Err(err) => {
             display.line(&format!(
                 "WARNING: the local cache in {} is unreadable, starting without it: {err}",
-                root_dir.display()
+                plan.root_dir.display()
             ));
-            CacheGraph::new()
+            (CacheGraph::new(), None)
         }
     };
     let mut loaded: Vec<Import> = Vec::new();
     let mut empty_sources: Vec<String> = Vec::new();
-    for (i, spec) in imports.iter().enumerate() {
+    for (i, spec) in plan.imports.iter().enumerate() {
         let source_id = (i + 1) as SourceId;
-        match import_one(spec, source_id, &display, &limits).await {
+        match import_one(spec, source_id, display, &plan.limits).await {
             Ok(Some(import)) => loaded.push(import),
             Ok(None) => empty_sources.push(spec.raw.clone()),
             Err(err) => {
@@ -470,12 +609,17 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let mut source_names = vec!["local".to_owned()];
-    source_names.extend(imports.iter().map(|s| s.raw.clone()));
-    let graph =
-        CacheGraph::merge(std::iter::once(&local_graph).chain(loaded.iter().map(|l| &l.graph)));
+    Imported {
+        local_graph,
+        local_facts,
+        loaded,
+        empty_sources,
+    }
+}
 
-    let compression = exports
+/// The layer compression: that of the first export, gzip without one.
+fn compression(exports: &[ExportSpec]) -> Compression {
+    exports
         .first()
         .map(|e| match e.compression.kind {
             CompressionKind::Gzip => Compression::Gzip {
@@ -486,7 +630,24 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
             },
             CompressionKind::Uncompressed => Compression::Uncompressed,
         })
-        .unwrap_or(Compression::GZIP);
+        .unwrap_or(Compression::GZIP)
+}
+
+/// Runs the engine over the merged caches.
+async fn build(
+    args: &BuildArgs,
+    plan: &Plan,
+    parts: RequestParts,
+    root: &Root,
+    imported: &Imported,
+    display: &Display,
+) -> anyhow::Result<engine::BuildOutcome> {
+    let loaded = &imported.loaded;
+    let mut source_names = vec!["local".to_owned()];
+    source_names.extend(plan.imports.iter().map(|s| s.raw.clone()));
+    let graph = CacheGraph::merge(
+        std::iter::once(&imported.local_graph).chain(loaded.iter().map(|l| &l.graph)),
+    );
     let context = args.context.clone();
     let dockerfile = args
         .file
@@ -495,33 +656,33 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
     let request = BuildRequest {
         context,
         dockerfile,
-        build_args,
+        build_args: parts.build_args,
         target: args.target.clone(),
-        named_contexts,
+        named_contexts: parts.named_contexts,
         no_cache: args.no_cache,
         no_cache_filter: args.no_cache_filter.clone(),
-        labels,
-        annotations,
-        add_hosts,
-        compression,
-        work_dir: work_dir.path().to_owned(),
-        hash_cache: Some(root_dir.join("context-hashes.json")),
+        labels: parts.labels,
+        annotations: parts.annotations,
+        add_hosts: parts.add_hosts,
+        compression: compression(&plan.exports),
+        work_dir: root.work_dir.path().to_owned(),
+        hash_cache: Some(plan.root_dir.join("context-hashes.json")),
         now: time::OffsetDateTime::now_utc(),
         run: engine::RunOptions {
             cache_mount_seeds: crate::root_mounts::seeds(loaded.iter().map(|l| &l.mount_blobs)),
-            ..run_options
+            ..parts.run
         },
-        limits: limits.clone(),
+        limits: plan.limits.clone(),
         // Outputs that carry the layers (a directory, an OCI layout) get only layers this
         // build could unpack; images pushed by mount may never pass through this machine.
-        unpack_target: outputs.iter().any(|o| matches!(o, Output::Oci { .. })),
-        output_dir: outputs.iter().find_map(|o| match o {
+        unpack_target: plan.outputs.iter().any(|o| matches!(o, Output::Oci { .. })),
+        output_dir: plan.outputs.iter().find_map(|o| match o {
             Output::Local { dest } => Some(dest.clone()),
             _ => None,
         }),
     };
     let blobs = Blobs {
-        root: root.clone() as Arc<dyn BlobStore>,
+        root: root.layout.clone() as Arc<dyn BlobStore>,
         imports: loaded
             .iter()
             .map(|l| ImportedSource {
@@ -536,101 +697,123 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
     let downloads = crate::images::HttpDownloads::new();
     let services = Services {
         blobs,
-        progress: &display,
+        progress: display,
         images: Some(&resolver),
         urls: Some(&downloads),
         open_layout: &open_layout,
         source_names,
-        facts: facts
-            .into_iter()
+        facts: imported
+            .local_facts
+            .iter()
+            .cloned()
             .chain(loaded.iter().filter_map(|l| l.facts.clone()))
             .collect(),
     };
-    let outcome = engine::build(&request, graph, &services).await?;
-    let no_hit = imports_without_hit(&loaded, &outcome.steps);
-    for (source, n_records) in &no_hit {
-        display.line(&format!(
-            "WARNING: cache {source} gave no hit: none of its {n_records} records is a step of this build"
-        ));
-    }
-    for arg in &outcome.unused_build_args {
-        display.line(&format!(
-            "WARNING: build argument {arg} was given but the Dockerfile does not use it"
-        ));
-    }
+    Ok(engine::build(&request, graph, &services).await?)
+}
 
-    // Outputs (the build wrote the first local one).
-    let first_local = outputs
+/// Writes the `--output`s (the build wrote the first local one) and pushes the images.
+async fn write_outputs(
+    args: &BuildArgs,
+    plan: &Plan,
+    outcome: &engine::BuildOutcome,
+    root: &Arc<LayoutDir>,
+    display: &Display,
+) -> anyhow::Result<()> {
+    let first_local = plan
+        .outputs
         .iter()
         .position(|o| matches!(o, Output::Local { .. }));
-    for (i, output) in outputs.iter().enumerate() {
+    for (i, output) in plan.outputs.iter().enumerate() {
         if Some(i) == first_local {
             continue;
         }
-        write_output(output, &outcome, &root, &names, &display, &limits).await?;
+        write_output(output, outcome, root, &plan.names, display, &plan.limits).await?;
     }
     if args.push {
-        if names.is_empty() {
+        if plan.names.is_empty() {
             anyhow::bail!("--push needs an image name: give -t REGISTRY/REPO:TAG");
         }
-        for name in &names {
-            crate::images::push(&outcome, &root, &name.full, false, &display).await?;
+        for name in &plan.names {
+            crate::images::push(outcome, root, &name.full, false, display).await?;
         }
     }
-    for output in &outputs {
+    for output in &plan.outputs {
         if let Output::Image {
             name,
             push: true,
             insecure,
         } = output
         {
-            crate::images::push(&outcome, &root, name, *insecure, &display).await?;
+            crate::images::push(outcome, root, name, *insecure, display).await?;
         }
     }
+    Ok(())
+}
 
-    // Keep this machine's cache.
-    if let Err(err) = persist_local(&root, &outcome.graph, &outcome.facts, &limits).await {
-        display.line(&format!(
-            "WARNING: saving the local cache in {}: {}",
-            root_dir.display(),
-            crate::error_chain(&err)
-        ));
-    }
+/// What the cache exports did.
+struct Exported {
+    /// One JSON report per export attempted, for the metadata file.
+    reports: Vec<serde_json::Value>,
+    /// The first export that failed without `ignore-error=true`; the ones after it were not run.
+    failed: Option<anyhow::Error>,
+}
 
-    // Cache exports.
-    let mut export_reports = Vec::new();
+/// Writes the `--cache-to` exports in order; a failed one with `ignore-error=true` is a warning.
+async fn export_caches(
+    exports: &[ExportSpec],
+    outcome: &engine::BuildOutcome,
+    loaded: &[Import],
+    root: &Arc<LayoutDir>,
+    root_dir: &Path,
+    display: &Display,
+) -> Exported {
+    let mut reports = Vec::new();
     let mut mount_tars = crate::root_mounts::MountTars::new(root.clone(), root_dir.join("mounts"));
-    let mut failed = None;
-    for spec in &exports {
-        match export_one(spec, &outcome, &loaded, &display, &mut mount_tars).await {
-            Ok(report) => export_reports.push(report),
+    for spec in exports {
+        match export_one(spec, outcome, loaded, display, &mut mount_tars).await {
+            Ok(report) => reports.push(report),
             Err(err) if spec.ignore_error => {
                 display.line(&format!(
                     "WARNING: cache export {} failed (ignore-error=true): {}",
                     spec.raw,
                     crate::error_chain(&err)
                 ));
-                export_reports.push(json!({"to": spec.raw, "error": crate::error_chain(&err)}));
+                reports.push(json!({"to": spec.raw, "error": crate::error_chain(&err)}));
             }
             Err(err) => {
-                failed = Some(err.context(format!(
+                let failed = err.context(format!(
                     "cache export {} failed (add ignore-error=true to make it a warning)",
                     spec.raw
-                )));
-                break;
+                ));
+                return Exported {
+                    reports,
+                    failed: Some(failed),
+                };
             }
         }
     }
-    // Exports read blobs from the root: clean it only after them.
-    drop(root_guard);
-    match collect_garbage(&root).await {
-        Ok(gc) if gc.live_bytes + mounts_bytes(&root_dir) > args.root_max_size => {
+    Exported {
+        reports,
+        failed: None,
+    }
+}
+
+/// Collects the root's garbage and, past `max_size`, removes the least recently used cache
+/// mounts, then the oldest results. Failures are warnings.
+async fn maintain_root(
+    root: &Arc<LayoutDir>,
+    root_dir: &Path,
+    max_size: u64,
+    display: &Display,
+) -> anyhow::Result<()> {
+    match collect_garbage(root).await {
+        Ok(gc) if gc.live_bytes + mounts_bytes(root_dir) > max_size => {
             // Cache mounts count toward the budget; the least recently used go first.
             let mounts = cache_build::mounts::CacheMounts::new(root_dir.join("mounts"));
             let live = gc.live_bytes;
-            let max = args.root_max_size;
             let mounts_left = match tokio::task::spawn_blocking(move || {
-                crate::root_mounts::remove(&mounts, live, Some(max), None, false, false)
+                crate::root_mounts::remove(&mounts, live, Some(max_size), None, false, false)
             })
             .await
             {
@@ -644,14 +827,14 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
                 }
                 Err(err) => anyhow::bail!("removing cache mounts failed: {err}"),
             };
-            let budget = args.root_max_size.saturating_sub(mounts_left);
+            let budget = max_size.saturating_sub(mounts_left);
             if gc.live_bytes > budget
-                && let Err(err) = shrink_root(&root, budget).await
+                && let Err(err) = shrink_root(root, budget).await
             {
                 display.line(&format!(
                     "WARNING: shrinking the root {} to {} bytes: {}",
                     root_dir.display(),
-                    args.root_max_size,
+                    max_size,
                     crate::error_chain(&err)
                 ));
             }
@@ -663,57 +846,61 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
             crate::error_chain(&err)
         )),
     }
-    if let Some(path) = &args.iidfile {
-        std::fs::write(path, outcome.image.config_digest().to_string())
-            .with_context(|| format!("writing the image ID file {}", path.display()))?;
-    }
-    if let Some(path) = &args.metadata_file {
-        // Requests made to each registry (imports, blob reads, exports), by method, so
-        // regressions show; a registry's repositories share one client and its counts.
-        let mut registry_requests = serde_json::Map::new();
-        let backends = loaded.iter().map(|import| import.backend.as_ref());
-        for backend in backends {
-            if let AnyBackend::Registry(registry) = backend {
-                registry_requests.insert(
-                    registry.reference().registry().to_owned(),
-                    requests_by_method(&registry.stats().requests),
-                );
-            }
+    Ok(())
+}
+
+/// The `--metadata-file` contents: BuildKit's keys plus buildcache's own.
+fn metadata(
+    plan: &Plan,
+    imported: &Imported,
+    outcome: &engine::BuildOutcome,
+    export_reports: &[serde_json::Value],
+    no_hit: &[(String, usize)],
+    started: Instant,
+) -> serde_json::Value {
+    // Requests made to each registry (imports, blob reads, exports), by method, so
+    // regressions show; a registry's repositories share one client and its counts.
+    let mut registry_requests = serde_json::Map::new();
+    let backends = imported.loaded.iter().map(|import| import.backend.as_ref());
+    for backend in backends {
+        if let AnyBackend::Registry(registry) = backend {
+            registry_requests.insert(
+                registry.reference().registry().to_owned(),
+                requests_by_method(&registry.stats().requests),
+            );
         }
-        let first_cached_ms = outcome
-            .steps
+    }
+    let first_cached_ms = outcome
+        .steps
+        .iter()
+        .filter(|step| step.cached)
+        .map(|step| step.finished_at.saturating_duration_since(started))
+        .min()
+        .map(|at| at.as_millis() as u64);
+    json!({
+        "containerimage.digest": outcome.image.manifest.digest.to_string(),
+        "containerimage.config.digest": outcome.image.config.0.digest.to_string(),
+        "containerimage.descriptor": {
+            "mediaType": cache_core::descriptor::media_type::OCI_MANIFEST,
+            "digest": outcome.image.manifest.digest.to_string(),
+            "size": outcome.image.manifest.bytes.len(),
+        },
+        "image.name": plan.names.iter().map(|n| n.full.clone()).collect::<Vec<_>>().join(","),
+        "buildcache.steps": outcome.steps,
+        "buildcache.cache_export": export_reports,
+        "buildcache.cache_import_empty": imported.empty_sources,
+        "buildcache.cache_import_no_hit": no_hit
             .iter()
-            .filter(|step| step.cached)
-            .map(|step| step.finished_at.saturating_duration_since(started))
-            .min()
-            .map(|at| at.as_millis() as u64);
-        let metadata = json!({
-            "containerimage.digest": outcome.image.manifest.digest.to_string(),
-            "containerimage.config.digest": outcome.image.config.0.digest.to_string(),
-            "containerimage.descriptor": {
-                "mediaType": cache_core::descriptor::media_type::OCI_MANIFEST,
-                "digest": outcome.image.manifest.digest.to_string(),
-                "size": outcome.image.manifest.bytes.len(),
-            },
-            "image.name": names.iter().map(|n| n.full.clone()).collect::<Vec<_>>().join(","),
-            "buildcache.steps": outcome.steps,
-            "buildcache.cache_export": export_reports,
-            "buildcache.cache_import_empty": empty_sources,
-            "buildcache.cache_import_no_hit": no_hit
-                .iter()
-                .map(|(source, n_records)| json!({"source": source, "records": n_records}))
-                .collect::<Vec<_>>(),
-            "buildcache.blobs_fetched": outcome.blobs_fetched,
-            "buildcache.registry_requests": registry_requests,
-            "buildcache.first_cached_step_ms": first_cached_ms,
-        });
-        std::fs::write(path, serde_json::to_vec_pretty(&metadata)?)
-            .with_context(|| format!("writing the metadata file {}", path.display()))?;
-    }
-    if let Some(err) = failed {
-        return Err(err);
-    }
-    // Summary.
+            .map(|(source, n_records)| json!({"source": source, "records": n_records}))
+            .collect::<Vec<_>>(),
+        "buildcache.blobs_fetched": outcome.blobs_fetched,
+        "buildcache.registry_requests": registry_requests,
+        "buildcache.first_cached_step_ms": first_cached_ms,
+    })
+}
+
+/// The last line of a build: steps cached (by source), time, image digest, empty sources.
+fn summary(outcome: &engine::BuildOutcome, empty_sources: &[String], started: Instant) -> String {
     let total = outcome.steps.len();
     let cached = outcome.steps.iter().filter(|s| s.cached).count();
     let mut by_source: BTreeMap<String, usize> = BTreeMap::new();
@@ -742,16 +929,7 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
             empty_sources.join(", ")
         ));
     }
-    display.finish();
-    if args.explain {
-        eprintln!("{}", explain_table(&outcome.steps));
-    }
-    if display.is_quiet() {
-        println!("{}", outcome.image.manifest.digest);
-    } else {
-        display.line(&summary);
-    }
-    Ok(())
+    summary
 }
 
 /// Request counts as JSON, by method, leaving out methods not used.
@@ -1262,27 +1440,7 @@ async fn write_output(
                 let id = desc.digest.to_string();
                 engine::track_transfer(display, &vertex, &id, desc.size, &counter, fetch).await?;
             }
-            let root = root.clone();
-            let mut open_blob =
-                move |desc: &cache_core::Descriptor| -> std::io::Result<Box<dyn Read + Send>> {
-                    match root.read_blob_sync(&desc.digest) {
-                        Ok(Some(reader)) => Ok(Box::new(reader)),
-                        Ok(None) => Err(std::io::Error::new(
-                            std::io::ErrorKind::NotFound,
-                            format!("blob {} missing", desc.digest),
-                        )),
-                        Err(err) => Err(std::io::Error::other(err.to_string())),
-                    }
-                };
-            if *tar {
-                let file = std::fs::File::create(dest)
-                    .with_context(|| format!("creating {}", dest.display()))?;
-                let mut out = std::io::BufWriter::new(file);
-                image::write_layout_tar(&mut out, &outcome.image, names, &mut open_blob)?;
-                std::io::Write::flush(&mut out)?;
-            } else {
-                image::write_layout_dir(dest, &outcome.image, names, &mut open_blob)?;
-            }
+            write_layout(dest, *tar, &outcome.image, names, root).await?;
         }
         Output::Image { .. } => return Ok(()),
     }
@@ -1291,6 +1449,42 @@ async fn write_output(
         duration: started.elapsed(),
     });
     Ok(())
+}
+
+/// Writes the image as an OCI layout, a tar file or a directory, on a blocking thread.
+async fn write_layout(
+    dest: &Path,
+    tar: bool,
+    image: &image::Image,
+    names: &[image::ImageName],
+    root: &Arc<LayoutDir>,
+) -> anyhow::Result<()> {
+    let (path, image, names, root) = (dest.to_owned(), image.clone(), names.to_vec(), root.clone());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut open_blob =
+            move |desc: &cache_core::Descriptor| -> std::io::Result<Box<dyn Read + Send>> {
+                match root.read_blob_sync(&desc.digest) {
+                    Ok(Some(reader)) => Ok(Box::new(reader)),
+                    Ok(None) => Err(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("blob {} missing", desc.digest),
+                    )),
+                    Err(err) => Err(std::io::Error::other(err.to_string())),
+                }
+            };
+        if tar {
+            let file = std::fs::File::create(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            let mut out = std::io::BufWriter::new(file);
+            image::write_layout_tar(&mut out, &image, &names, &mut open_blob)?;
+            std::io::Write::flush(&mut out)?;
+        } else {
+            image::write_layout_dir(&path, &image, &names, &mut open_blob)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| anyhow::format_err!("writing the OCI layout {}: {e}", dest.display()))?
 }
 
 #[cfg(test)]
