@@ -1,6 +1,6 @@
 //! `buildcache build`: builds a Dockerfile, importing and exporting BuildKit-format caches.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -340,7 +340,12 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
     let (plan, request) = plan(&args)?;
     let root = Root::open(&plan.root_dir).await?;
     let imported = import_caches(&plan, &root, &display).await;
-    let outcome = build(&args, &plan, request, &root, &imported, &display).await?;
+    // Layers go to `mode=max` registry caches while the build runs; the build's layers are
+    // made with the first export's compression.
+    let early = crate::early_push::EarlyPush::start(&plan.exports, &root.layout, |spec| {
+        spec.compression == plan.exports[0].compression
+    });
+    let outcome = build(&args, &plan, request, &root, &imported, &early, &display).await?;
     let no_hit = imports_without_hit(&imported.loaded, &outcome.steps);
     for (source, n_records) in &no_hit {
         display.line(&format!(
@@ -370,6 +375,7 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
         &root.layout,
         &plan.root_dir,
         &display,
+        early.finish().await,
     )
     .await;
     // Exports read blobs from the root: clean it only after them.
@@ -640,6 +646,7 @@ async fn build(
     parts: RequestParts,
     root: &Root,
     imported: &Imported,
+    early: &crate::early_push::EarlyPush,
     display: &Display,
 ) -> anyhow::Result<engine::BuildOutcome> {
     let loaded = &imported.loaded;
@@ -695,7 +702,11 @@ async fn build(
     let open_layout = |dir: &Path| Arc::new(LayoutDir::open(dir)) as Arc<dyn BlobStore>;
     let resolver = crate::images::RegistryImages::new();
     let downloads = crate::images::HttpDownloads::new();
+    let announce = |desc: &cache_core::Descriptor| early.announce(desc);
     let services = Services {
+        on_layer: early
+            .is_active()
+            .then_some(&announce as &(dyn Fn(&_) + Send + Sync)),
         blobs,
         progress: display,
         images: Some(&resolver),
@@ -767,11 +778,13 @@ async fn export_caches(
     root: &Arc<LayoutDir>,
     root_dir: &Path,
     display: &Display,
+    mut early: HashMap<String, crate::early_push::Pushed>,
 ) -> Exported {
     let mut reports = Vec::new();
     let mut mount_tars = crate::root_mounts::MountTars::new(root.clone(), root_dir.join("mounts"));
     for spec in exports {
-        match export_one(spec, outcome, loaded, display, &mut mount_tars).await {
+        let pushed = early.remove(&spec.raw).unwrap_or_default();
+        match export_one(spec, outcome, loaded, display, &mut mount_tars, pushed).await {
             Ok(report) => reports.push(report),
             Err(err) if spec.ignore_error => {
                 display.line(&format!(
@@ -1047,6 +1060,7 @@ async fn export_one(
     loaded: &[Import],
     display: &Display,
     mount_tars: &mut crate::root_mounts::MountTars,
+    pushed: crate::early_push::Pushed,
 ) -> anyhow::Result<serde_json::Value> {
     let started = Instant::now();
     let (backend, tag) = AnyBackend::for_export(&spec.target)?;
@@ -1079,6 +1093,8 @@ async fn export_one(
             known_present.extend(import.layers.iter().cloned());
         }
     }
+    // Layers pushed while the build ran are there; the export counts them as written.
+    known_present.extend(pushed.present.iter().cloned());
     let options = export::Options {
         tag,
         form: spec.form,
@@ -1148,7 +1164,7 @@ async fn export_one(
     )
     .await;
     drop(guard);
-    let report = match result {
+    let mut report = match result {
         Ok(Ok(report)) => report,
         Ok(Err(err)) => {
             display.event(Event::Error {
@@ -1175,6 +1191,10 @@ async fn export_one(
         vertex,
         duration: started.elapsed(),
     });
+    report.blobs_written += pushed.blobs_written;
+    report.bytes_written += pushed.bytes_written;
+    report.blobs_skipped = report.blobs_skipped.saturating_sub(pushed.blobs_written);
+    report.bytes_skipped = report.bytes_skipped.saturating_sub(pushed.bytes_written);
     let gc = match &backend {
         AnyBackend::Local(dir) if spec.gc => {
             let dir = Arc::new(dir.clone());
@@ -1203,6 +1223,7 @@ async fn export_one(
         "blobs_written": report.blobs_written,
         "bytes_written": report.bytes_written,
         "blobs_skipped": report.blobs_skipped,
+        "blobs_pushed_early": pushed.blobs_written,
         "bytes_skipped": report.bytes_skipped,
         "layers": report.layers,
         "records": report.records,

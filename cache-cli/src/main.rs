@@ -1,6 +1,7 @@
 //! The `buildcache` command line: builds Dockerfiles and manages BuildKit-format caches.
 
 mod build;
+mod early_push;
 mod images;
 mod inspect;
 mod manage;

@@ -176,6 +176,9 @@ pub struct Services<'a> {
     /// The [`FACTS_ANNOTATION`] values of the sources (local and imported), read on the first
     /// miss to explain it.
     pub facts: Vec<String>,
+    /// Told of every layer as soon as it is in the root store (a layer fetched to be unpacked,
+    /// a step's new layer), so that an export can send it while the build goes on.
+    pub on_layer: Option<&'a (dyn Fn(&Descriptor) + Send + Sync)>,
 }
 
 /// One step of the build as reported in the metadata file.
@@ -2168,6 +2171,7 @@ impl Engine<'_> {
                     self.blobs_fetched += 1;
                 }
             }
+            self.announce_layer(desc);
             let blob = self
                 .blobs
                 .root
@@ -2515,7 +2519,15 @@ impl Engine<'_> {
             .write(&desc, blob)
             .await
             .map_err(|err| Error::other(format!("storing layer {}: {err}", desc.digest)))?;
+        self.announce_layer(&desc);
         Ok(desc)
+    }
+
+    /// Tells [`Services::on_layer`] that `desc` is in the root store.
+    fn announce_layer(&self, desc: &Descriptor) {
+        if let Some(on_layer) = self.services.on_layer {
+            on_layer(desc);
+        }
     }
 
     /// Pending steps that never had to run were satisfied by the cache: report them.

@@ -493,6 +493,35 @@ fn reexporting_an_unchanged_cache_writes_nothing() {
     assert!(puts.is_empty(), "the unchanged export wrote: {puts:#?}");
 }
 
+/// With `mode=max` every layer is sent while later steps still run (the export then writes
+/// only the config and the manifest); `mode=min` waits for the export, which chooses.
+#[test]
+fn a_max_export_pushes_layers_while_the_build_runs() {
+    let Some(reg) = registry() else { return };
+    let s = Scratch::new();
+    let ctx = s.context("ctx", APP_DOCKERFILE);
+    let max_ref = format!("{}/{}:cache", reg.addr, unique_repo("early"));
+    let max = format!("type=registry,ref={max_ref},mode=max");
+    let min = format!(
+        "type=registry,ref={}/{}:cache",
+        reg.addr,
+        unique_repo("late")
+    );
+    let run = s
+        .build("a", &ctx, &["--cache-to", &max, "--cache-to", &min])
+        .success();
+    let (early, late) = (run.export(0), run.export(1));
+    assert_eq!(early["blobs_pushed_early"], 3, "{early:#}");
+    // The three layers early, the config by the export.
+    assert_eq!(early["blobs_written"], 4, "{early:#}");
+    assert_eq!(late["blobs_pushed_early"], 0, "{late:#}");
+    assert!(late["blobs_written"].as_u64() > Some(0), "{late:#}");
+    // What was pushed early makes a whole cache.
+    let from = format!("type=registry,ref={max_ref}");
+    let warm = s.build("b", &ctx, &["--cache-from", &from]).success();
+    warm.assert_all_cached_from(&from);
+}
+
 #[test]
 fn every_manifest_form_exports_inspects_and_imports() {
     let Some(reg) = registry() else { return };

@@ -1,0 +1,150 @@
+//! Pushing layers to a registry cache while the build still runs.
+//!
+//! A `mode=max` export writes every layer the build used or made. Each of them is known as soon
+//! as it lands in the root store (a base layer once fetched, a step's layer once written), so
+//! the upload need not wait for the last step: here each `--cache-to type=registry,mode=max`
+//! gets a task that checks and uploads layers as the engine announces them, beside the steps
+//! that still run. The export afterwards skips what was pushed and writes the rest, then the
+//! config and the manifest; the tag is still written last, so a failed build or export leaves
+//! the previous cache in place (blobs pushed early are then unreferenced, as after any failed
+//! push). A failed early push is only logged: the export tries that blob again.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use cache_core::Mode;
+use cache_core::spec::{ExportSpec, ExportTarget};
+use cache_core::{Backend, Descriptor, Digest};
+use cache_local::LayoutDir;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::stores::AnyBackend;
+
+/// What one export's early pushes achieved.
+#[derive(Debug, Default)]
+pub struct Pushed {
+    /// Layers now in the repository with the right size (written or found there).
+    pub present: HashSet<Digest>,
+    /// Layers this build uploaded, and their bytes.
+    pub blobs_written: u64,
+    pub bytes_written: u64,
+}
+
+/// The running early pushes of a build, one per eligible export.
+pub struct EarlyPush {
+    /// Emptied by [`EarlyPush::finish`]: the pushers end when their queue is drained.
+    senders: Mutex<Vec<mpsc::UnboundedSender<Descriptor>>>,
+    tasks: Mutex<Vec<(String, JoinHandle<Pushed>)>>,
+}
+
+impl EarlyPush {
+    /// Starts a pusher for each registry export in `mode=max` whose layers are the ones the
+    /// build writes (`same_compression` says whether the export asks for the build's own
+    /// compression; another one is converted at export time, so pushing early would be waste).
+    pub fn start(
+        exports: &[ExportSpec],
+        root: &Arc<LayoutDir>,
+        same_compression: impl Fn(&ExportSpec) -> bool,
+    ) -> EarlyPush {
+        let mut senders = Vec::new();
+        let mut tasks = Vec::new();
+        for spec in exports {
+            let eligible = matches!(spec.target, ExportTarget::Registry { .. })
+                && spec.mode == Mode::Max
+                && same_compression(spec);
+            if !eligible {
+                continue;
+            }
+            let Ok((AnyBackend::Registry(registry), _)) = AnyBackend::for_export(&spec.target)
+            else {
+                continue;
+            };
+            let (tx, rx) = mpsc::unbounded_channel();
+            senders.push(tx);
+            let task = tokio::spawn(push_all(registry, root.clone(), rx));
+            tasks.push((spec.raw.clone(), task));
+        }
+        EarlyPush {
+            senders: Mutex::new(senders),
+            tasks: Mutex::new(tasks),
+        }
+    }
+
+    /// Whether any export pushes early (the engine is told about layers only then).
+    pub fn is_active(&self) -> bool {
+        !self.tasks.lock().expect("early push lock").is_empty()
+    }
+
+    /// A layer is in the root store: queue it for every pusher.
+    pub fn announce(&self, desc: &Descriptor) {
+        for sender in self.senders.lock().expect("early push lock").iter() {
+            let _ = sender.send(desc.clone());
+        }
+    }
+
+    /// Waits for the queued pushes to end; the results by export (its `raw` value).
+    pub async fn finish(&self) -> HashMap<String, Pushed> {
+        self.senders.lock().expect("early push lock").clear();
+        let tasks = std::mem::take(&mut *self.tasks.lock().expect("early push lock"));
+        let mut done = HashMap::new();
+        for (raw, task) in tasks {
+            match task.await {
+                Ok(pushed) => {
+                    done.insert(raw, pushed);
+                }
+                Err(err) => tracing::debug!("early push to {raw} ended: {err}"),
+            }
+        }
+        done
+    }
+}
+
+/// Pushes each announced layer once, one at a time (the build uses the other core).
+async fn push_all<B: Backend>(
+    registry: B,
+    root: Arc<LayoutDir>,
+    mut queue: mpsc::UnboundedReceiver<Descriptor>,
+) -> Pushed {
+    let mut pushed = Pushed::default();
+    let mut tried = HashSet::new();
+    while let Some(desc) = queue.recv().await {
+        if !tried.insert(desc.digest.clone()) {
+            continue;
+        }
+        match push_one(&registry, &root, &desc).await {
+            Ok(written) => {
+                if written {
+                    pushed.blobs_written += 1;
+                    pushed.bytes_written += desc.size;
+                }
+                pushed.present.insert(desc.digest);
+            }
+            Err(err) => tracing::debug!("early push of {} failed: {err}", desc.digest),
+        }
+    }
+    pushed
+}
+
+/// Uploads `desc` from the root store unless the repository has it with the right size;
+/// whether it uploaded.
+async fn push_one<B: Backend>(
+    registry: &B,
+    root: &LayoutDir,
+    desc: &Descriptor,
+) -> cache_core::Result<bool> {
+    let found = registry.stat_blob(&desc.digest).await?;
+    if found.is_some_and(|found| found.size == desc.size) {
+        return Ok(false);
+    }
+    let open = || async {
+        root.read_blob(&desc.digest).await?.ok_or_else(|| {
+            cache_core::Error::new(
+                cache_core::ErrorKind::NotFound,
+                format!("layer {} left the root store", desc.digest),
+            )
+        })
+    };
+    cache_core::backend::write_blob_restarting(registry, desc, open, |err| err).await?;
+    Ok(true)
+}
