@@ -546,8 +546,9 @@ impl Root {
                 .map_err(|e| anyhow::format_err!("locking the root: {e}"))?
                 .with_context(|| format!("locking the root {}", root_dir.display()))?
         };
-        let work_dir = crate::work_dirs::WorkDir::create(root_dir)
+        let mut work_dir = crate::work_dirs::WorkDir::create(root_dir)
             .with_context(|| format!("creating a work directory in {}", root_dir.display()))?;
+        work_dir.hand_over_when_dropped();
         let collected = crate::work_dirs::collect_dead(root_dir);
         if collected > 0 {
             tracing::debug!(
@@ -1073,6 +1074,18 @@ async fn export_one(
         vertex: vertex.clone(),
         name: name.to_owned(),
     });
+    if pushed.blobs_written > 0 || !pushed.present.is_empty() {
+        display.event(Event::Status {
+            vertex: vertex.clone(),
+            text: format!(
+                "{} layers pushed while the build ran ({} written, {} bytes)",
+                pushed.present.len(),
+                pushed.blobs_written,
+                pushed.bytes_written
+            ),
+            done: Some(pushed.waited),
+        });
+    }
     let selected = outcome.graph.select(&outcome.targets, spec.mode);
     display.event(Event::Status {
         vertex: vertex.clone(),

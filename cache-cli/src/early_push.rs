@@ -29,6 +29,8 @@ pub struct Pushed {
     /// Layers this build uploaded, and their bytes.
     pub blobs_written: u64,
     pub bytes_written: u64,
+    /// How long the export waited for the queue to drain after the build.
+    pub waited: std::time::Duration,
 }
 
 /// The running early pushes of a build, one per eligible export.
@@ -88,9 +90,11 @@ impl EarlyPush {
         self.senders.lock().expect("early push lock").clear();
         let tasks = std::mem::take(&mut *self.tasks.lock().expect("early push lock"));
         let mut done = HashMap::new();
+        let started = std::time::Instant::now();
         for (raw, task) in tasks {
             match task.await {
-                Ok(pushed) => {
+                Ok(mut pushed) => {
+                    pushed.waited = started.elapsed();
                     done.insert(raw, pushed);
                 }
                 Err(err) => tracing::debug!("early push to {raw} ended: {err}"),

@@ -87,6 +87,14 @@ enum Format {
 }
 
 fn main() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let [_, command, dir, lock] = args.as_slice()
+        && command == work_dirs::REMOVE_COMMAND
+    {
+        // A finished build's scratch directory, handed over to be deleted in the background.
+        work_dirs::remove_handed_over(dir.as_ref(), lock.as_ref());
+        return;
+    }
     let cli = Cli::parse();
     init_logs(cli.debug);
     // Before any thread starts: the overlays a build mounts die with this process. Without

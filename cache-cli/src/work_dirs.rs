@@ -9,6 +9,7 @@
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 /// The scratch directory of this build; its lock and directory are removed when dropped.
@@ -17,6 +18,8 @@ pub struct WorkDir {
     path: PathBuf,
     lock_path: PathBuf,
     _lock: File,
+    /// Whether drop hands the directory to a background `buildcache` process.
+    hand_over: bool,
 }
 
 impl WorkDir {
@@ -55,9 +58,16 @@ impl WorkDir {
                 path: tmp.join(name),
                 lock_path,
                 _lock: file,
+                hand_over: false,
             });
         }
         unreachable!("the loop only ends by returning")
+    }
+
+    /// Makes drop hand the directory to a background process of this executable, which must
+    /// be `buildcache` (it runs `buildcache __remove-work-dir DIR LOCK`).
+    pub fn hand_over_when_dropped(&mut self) {
+        self.hand_over = true;
     }
 
     /// The directory the build works in.
@@ -67,10 +77,42 @@ impl WorkDir {
 }
 
 impl Drop for WorkDir {
+    /// Hands the directory and its lock to a background process (`buildcache` again, with the
+    /// hidden command `__remove-work-dir`) that deletes them after this process is gone:
+    /// deleting a build's root filesystems takes seconds on disks that discard freed blocks,
+    /// and the build's result need not wait for it. The lock passes as the child's stdin (an
+    /// flock belongs to the open file, so the child holds it on), so no collector deletes
+    /// the directory meanwhile. Without a child, the directory goes here.
     fn drop(&mut self) {
-        remove_work_dir(&self.path);
-        let _ = fs::remove_file(&self.lock_path);
+        let handed = self.hand_over.then(std::env::current_exe);
+        let handed = handed.unwrap_or_else(|| Err(io::Error::other("not handed over")));
+        let handed = handed.and_then(|exe| {
+            std::process::Command::new(exe)
+                .arg(REMOVE_COMMAND)
+                .arg(&self.path)
+                .arg(&self.lock_path)
+                .stdin(self._lock.try_clone()?)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .process_group(0)
+                .spawn()
+        });
+        if let Err(err) = handed {
+            tracing::debug!("removing {} here: {err}", self.path.display());
+            remove_work_dir(&self.path);
+            let _ = fs::remove_file(&self.lock_path);
+        }
     }
+}
+
+/// The hidden command that removes a work directory handed over by [`WorkDir`]'s drop.
+pub const REMOVE_COMMAND: &str = "__remove-work-dir";
+
+/// `buildcache __remove-work-dir DIR LOCK`: removes what a build handed over, holding its
+/// lock (this process's stdin) until both are gone.
+pub fn remove_handed_over(dir: &Path, lock: &Path) {
+    remove_work_dir(dir);
+    let _ = fs::remove_file(lock);
 }
 
 /// Removes a build's work directory, after taking down overlays a killed build left mounted
@@ -161,6 +203,7 @@ mod tests {
         assert!(!legacy.exists());
         assert!(running.exists() && live.path().join("rootfs-1").exists());
         let (path, lock) = (live.path().to_owned(), live.lock_path.clone());
+        // Not handed over (only the binary can take it): removed by drop itself.
         drop(live);
         assert!(!path.exists() && !lock.exists());
         fs::remove_dir_all(&root).unwrap();

@@ -64,7 +64,8 @@ pub struct BuildRequest {
     pub add_hosts: Vec<(String, String)>,
     /// Compression of new layers.
     pub compression: Compression,
-    /// Scratch space for root filesystems (deleted afterwards).
+    /// Scratch space for root filesystems: the engine mounts nothing there any more when it
+    /// returns, and leaves the directory for the caller to remove.
     pub work_dir: PathBuf,
     /// Where context file hashes are remembered between builds.
     pub hash_cache: Option<PathBuf>,
@@ -783,18 +784,16 @@ impl Engine<'_> {
         self.active = None;
     }
 
+    /// Takes down every overlay this build mounted; the directories stay for the owner of the
+    /// work directory to remove (deleting gigabytes of files is slow on some disks, and need
+    /// not delay the build's result).
     fn cleanup(&mut self) {
-        for state in &mut self.stages {
-            if let Some(dir) = state.fs.rootfs.take() {
-                remove_dir(&dir);
-            }
+        if let Err(err) = layer::overlay::unmount_under(&self.request.work_dir) {
+            tracing::warn!(
+                "unmounting the overlays under {}: {err}",
+                self.request.work_dir.display()
+            );
         }
-        for fs in &mut self.images {
-            if let Some(dir) = fs.rootfs.take() {
-                remove_dir(&dir);
-            }
-        }
-        remove_dir(&self.request.work_dir);
     }
 
     async fn run(&mut self, base_images: &BTreeMap<String, ResolvedImage>) -> Result<(), Error> {

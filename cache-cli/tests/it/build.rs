@@ -1214,11 +1214,24 @@ fn a_killed_build_leaves_no_overlay_mounted() {
     );
     let quick = busybox_context("FROM scratch\nCOPY busybox /bin/busybox\n").unwrap();
     build_ok(quick.path(), &root, &[]);
-    let left: Vec<_> = fs::read_dir(root.join("tmp"))
-        .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
+    let left = support::work_dirs_left(&root);
     assert!(
         left.is_empty(),
         "work directories left in the root: {left:?}"
     );
+}
+
+/// A build hands its work directory (every stage's root filesystem) to a background process
+/// that deletes it once the build has exited, so the result does not wait for the deletion;
+/// nothing of it is left afterwards, not even the lock file.
+#[test]
+fn a_build_leaves_its_work_directory_to_a_background_removal() {
+    let Some(ctx) = multistage() else {
+        return;
+    };
+    let work = tempdir();
+    let root = work.path().join("root");
+    build_ok(ctx.path(), &root, &[]);
+    let left = support::work_dirs_left(&root);
+    assert!(left.is_empty(), "left in {}/tmp: {left:?}", root.display());
 }

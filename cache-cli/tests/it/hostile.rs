@@ -439,7 +439,7 @@ fn leftovers_of_killed_writers_go_at_the_next_collection() {
     fs::write(root.join("tmp/build-1-killed.lock"), b"").unwrap();
     build_ok(&ctx, &root, &[]);
     assert!(!dead.exists(), "the dead build's directory is gone");
-    let left: Vec<_> = fs::read_dir(root.join("tmp")).unwrap().collect();
+    let left = crate::support::work_dirs_left(&root);
     assert!(left.is_empty(), "{left:?}");
 }
 

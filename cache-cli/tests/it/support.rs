@@ -663,3 +663,24 @@ pub fn auth_registry_under_test() -> Option<AuthRegistry> {
         }
     }
 }
+
+/// What is left in `ROOT/tmp` once the background removal of finished builds' work directories
+/// is over (each build hands its directory to a process that deletes it after the build
+/// exits): waits up to a minute for the `build-*` entries to go.
+pub fn work_dirs_left(root: &Path) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let left: Vec<String> = fs::read_dir(root.join("tmp"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
