@@ -12,8 +12,8 @@ use cache_llb::{
 
 use crate::context::{EntryKind, Selection};
 use crate::dockerfile::{
-    CopyFrom, CopySource, Heredoc, IgnoreMatcher, Mount as RunMount, Network, Op, ParentsSource,
-    RunCommand, Security, Sharing, Step,
+    CacheMount, CopyFrom, CopyOp, CopySource, Heredoc, IgnoreMatcher, Mount as RunMount, Network,
+    Op, ParentsSource, RunCommand, SecretMount, Security, Sharing, SshMount, Step,
 };
 
 pub use cache_llb::{content_record, record_digest};
@@ -58,8 +58,6 @@ pub(super) fn step_op(
     add_hosts: &[(String, String)],
     mounts_key: &[u8],
 ) -> Option<StepOp> {
-    let platform = Platform::linux_amd64();
-    let base = if scratch { -1 } else { 0 };
     match &step.op {
         Op::Run {
             command,
@@ -68,210 +66,262 @@ pub(super) fn step_op(
             network,
             security,
         } => {
-            let shebang_heredoc = matches!(command, RunCommand::Shell(c) if c.starts_with("/dev/pipes/"))
-                && !heredocs.is_empty();
-            let args = super::run_argv(step, command);
-            let exec = ExecOp {
-                meta: Meta {
-                    args,
-                    env: step.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-                    cwd: step.workdir.clone(),
-                    user: step.user.clone().unwrap_or_default(),
-                    remove_mount_stubs_recursive: true,
-                    extra_hosts: add_hosts
-                        .iter()
-                        .map(|(host, ip)| HostIp {
-                            host: host.clone(),
-                            ip: ip.clone(),
-                        })
-                        .collect(),
-                    ..Meta::default()
-                },
-                mounts: vec![Mount {
-                    input: base,
-                    ..Mount::root()
-                }],
-                // pb.NetMode: 0 sandbox, 1 host, 2 none; pb.SecurityMode: 0 sandbox, 1 insecure.
-                network: match network {
-                    Network::Default => 0,
-                    Network::Host => 1,
-                    Network::None => 2,
-                },
-                security: match security {
-                    Security::Sandbox => 0,
-                    Security::Insecure => 1,
-                },
-                secretenv: Vec::new(),
+            let run = RunStep {
+                command,
+                heredocs,
+                mounts,
+                network,
+                security,
             };
-            let mut exec = exec;
-            let pipe = shebang_heredoc.then(|| &heredocs[0]);
-            let mount_inputs = add_mounts(&mut exec, mounts, scratch, pipe);
-            let n_inputs = usize::from(!scratch)
-                + mount_inputs
-                    .as_ref()
-                    .map_or(0, |(inputs, mkdirs)| inputs.len() + mkdirs.len());
-            if mount_inputs.is_none() || heredocs.len() > 1 && shebang_heredoc {
-                // A `#!` heredoc, bind mounts and seeded cache mounts read other inputs.
-                let bodies: Vec<String> = heredocs
-                    .iter()
-                    .map(|h| format!("{}\0{}", h.name, h.content))
-                    .collect();
-                let definition = [
-                    exec.cache_map(&platform, n_inputs).json.as_slice(),
-                    mounts_key,
-                    bodies.join("\0").as_bytes(),
-                ]
-                .concat();
-                return Some(own_op("run", &definition, scratch));
-            }
-            Some(StepOp {
-                map: exec.cache_map(&platform, n_inputs),
-                dest: (!scratch).then_some(0),
-                src: None,
-                buildkit: true,
-                linked_copy: None,
-                mount_inputs: mount_inputs.clone().map(|m| m.0).unwrap_or_default(),
-                mkfiles: mount_inputs.map(|m| m.1).unwrap_or_default(),
-            })
+            Some(run_op(step, &run, scratch, add_hosts, mounts_key))
         }
-        Op::Workdir { path } => {
-            if path == "/" {
-                return None;
-            }
-            let mkdir = Mkdir {
-                path: path.clone(),
-                mode: 0o755,
-                make_parents: true,
-                owner: step.user.as_deref().map(|u| chown_opt(u, base)),
-                timestamp: -1,
-            };
-            let op = FileOp {
-                actions: vec![FileAction {
-                    input: base,
-                    secondary_input: -1,
-                    output: 0,
-                    action: Action::Mkdir(mkdir),
-                }],
-            };
-            let n_inputs = usize::from(!scratch);
-            Some(StepOp {
-                map: op.cache_map(n_inputs),
-                dest: (!scratch).then_some(0),
-                src: None,
-                buildkit: true,
-                linked_copy: None,
-                mount_inputs: Vec::new(),
-                mkfiles: Vec::new(),
-            })
-        }
-        Op::Copy(copy) => {
-            let paths: Vec<&String> = copy
-                .sources
-                .iter()
-                .filter_map(|s| match s {
-                    CopySource::Path(p) => Some(p),
-                    CopySource::Inline { .. } => None,
-                })
-                .collect();
-            let dest_path = relative_to_workdir(&step.workdir, &copy.dest);
-            let (dest, src) = match (scratch, has_src) {
-                (true, true) => (None, Some(0)),
-                (true, false) => (None, None),
-                (false, true) => (Some(0), Some(1)),
-                (false, false) => (Some(0), None),
-            };
-            let n_inputs = usize::from(dest.is_some()) + usize::from(src.is_some());
-            let mut actions = Vec::new();
-            for (i, source) in paths.iter().enumerate() {
-                let mut action = if copy.parents {
-                    // `COPY --parents`: the directory before the `/./` pivot (or the root),
-                    // filtered by the rest as an include pattern.
-                    let split = ParentsSource::of(source);
-                    let mut action = Copy::dockerfile(&clean_source(&split.dir), &dest_path);
-                    action.include_patterns = vec![split.pattern];
-                    action.required_paths = split.required.into_iter().collect();
-                    action
-                } else {
-                    Copy::dockerfile(&clean_source(source), &dest_path)
-                };
-                action.exclude_patterns = copy.exclude.clone();
-                action.owner = copy.chown.as_deref().map(|u| chown_opt(u, base));
-                if let Some(mode) = copy.chmod {
-                    action.mode = mode as i32;
-                }
-                // Downloads are never unpacked (BuildKit's ADD <url> without --unpack).
-                action.attempt_unpack_docker_compatibility =
-                    copy.is_add && copy.downloads.is_empty();
-                let input = if i == 0 {
-                    base
-                } else {
-                    (n_inputs + i - 1) as i64
-                };
-                actions.push(FileAction {
-                    input,
-                    secondary_input: src.map_or(-1, |s| s as i64),
-                    output: if i + 1 == paths.len() { 0 } else { -1 },
-                    action: Action::Copy(action),
-                });
-            }
-            let op = FileOp { actions };
-            let map = op.cache_map(n_inputs);
-            let inline = paths.len() != copy.sources.len();
-            if paths.is_empty() && !copy.link && copy.exclude.is_empty() {
-                return Some(heredoc_copy(copy, &dest_path, scratch));
-            }
-            // Heredocs mixed with paths, or with `--link`; `--exclude` with a wildcard source
-            // (BuildKit's content key then matches the patterns below each match, not by name).
-            let wildcard_excluding = !copy.exclude.is_empty()
-                && op.actions.iter().any(|a| match &a.action {
-                    Action::Copy(c) => c.src.contains(['*', '?', '[']),
-                    _ => false,
-                });
-            if inline || paths.is_empty() || wildcard_excluding {
-                let mut own = own_op("copy", &map.json, scratch);
-                let inline: Vec<String> = copy
-                    .sources
-                    .iter()
-                    .filter_map(|s| match s {
-                        CopySource::Inline { name, content } => Some(format!("{name}\0{content}")),
-                        CopySource::Path(_) => None,
-                    })
-                    .collect();
-                own.map = cache_llb::own_cache_map(
-                    OWN_KEY_VERSION,
-                    &[own.map.json.as_slice(), inline.join("\0").as_bytes()].concat(),
-                    n_inputs,
-                );
-                own.src = src;
-                own.dest = dest;
-                return Some(own);
-            }
-            if copy.link && copy.chmod.is_none() && !scratch {
-                // `COPY --link`: the copy runs on scratch and is merged onto the stage (on
-                // scratch, BuildKit's merge of scratch and the copy is the copy itself).
-                let on_scratch = step_op(step, true, has_src, add_hosts, mounts_key)?;
-                let merge = cache_llb::MergeOp { inputs: vec![0, 1] };
-                return Some(StepOp {
-                    map: merge.cache_map(),
-                    dest: Some(0),
-                    src: None,
-                    buildkit: true,
-                    linked_copy: Some(on_scratch.map),
-                    mount_inputs: Vec::new(),
-                    mkfiles: Vec::new(),
-                });
-            }
-            Some(StepOp {
-                map,
-                dest,
-                src,
-                buildkit: true,
-                linked_copy: None,
-                mount_inputs: Vec::new(),
-                mkfiles: Vec::new(),
-            })
-        }
+        Op::Workdir { path } => workdir_op(step, path, scratch),
+        Op::Copy(copy) => copy_op(step, copy, scratch, has_src, add_hosts, mounts_key),
     }
+}
+
+/// The fields of a RUN step.
+struct RunStep<'a> {
+    command: &'a RunCommand,
+    heredocs: &'a [Heredoc],
+    mounts: &'a [RunMount],
+    network: &'a Network,
+    security: &'a Security,
+}
+
+/// The exec op of a RUN step, or an op of our own when BuildKit's would read inputs this
+/// crate does not model.
+fn run_op(
+    step: &Step,
+    run: &RunStep<'_>,
+    scratch: bool,
+    add_hosts: &[(String, String)],
+    mounts_key: &[u8],
+) -> StepOp {
+    let RunStep {
+        command,
+        heredocs,
+        mounts,
+        network,
+        security,
+    } = *run;
+    let platform = Platform::linux_amd64();
+    let base = if scratch { -1 } else { 0 };
+    let shebang_heredoc = matches!(command, RunCommand::Shell(c) if c.starts_with("/dev/pipes/"))
+        && !heredocs.is_empty();
+    let args = super::run_argv(step, command);
+    let exec = ExecOp {
+        meta: Meta {
+            args,
+            env: step.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            cwd: step.workdir.clone(),
+            user: step.user.clone().unwrap_or_default(),
+            remove_mount_stubs_recursive: true,
+            extra_hosts: add_hosts
+                .iter()
+                .map(|(host, ip)| HostIp {
+                    host: host.clone(),
+                    ip: ip.clone(),
+                })
+                .collect(),
+            ..Meta::default()
+        },
+        mounts: vec![Mount {
+            input: base,
+            ..Mount::root()
+        }],
+        // pb.NetMode: 0 sandbox, 1 host, 2 none; pb.SecurityMode: 0 sandbox, 1 insecure.
+        network: match network {
+            Network::Default => 0,
+            Network::Host => 1,
+            Network::None => 2,
+        },
+        security: match security {
+            Security::Sandbox => 0,
+            Security::Insecure => 1,
+        },
+        secretenv: Vec::new(),
+    };
+    let mut exec = exec;
+    let pipe = shebang_heredoc.then(|| &heredocs[0]);
+    let mount_inputs = add_mounts(&mut exec, mounts, scratch, pipe);
+    let n_inputs = usize::from(!scratch)
+        + mount_inputs
+            .as_ref()
+            .map_or(0, |(inputs, mkdirs)| inputs.len() + mkdirs.len());
+    if mount_inputs.is_none() || heredocs.len() > 1 && shebang_heredoc {
+        // A `#!` heredoc, bind mounts and seeded cache mounts read other inputs.
+        let bodies: Vec<String> = heredocs
+            .iter()
+            .map(|h| format!("{}\0{}", h.name, h.content))
+            .collect();
+        let definition = [
+            exec.cache_map(&platform, n_inputs).json.as_slice(),
+            mounts_key,
+            bodies.join("\0").as_bytes(),
+        ]
+        .concat();
+        return own_op("run", &definition, scratch);
+    }
+    StepOp {
+        map: exec.cache_map(&platform, n_inputs),
+        dest: (!scratch).then_some(0),
+        src: None,
+        buildkit: true,
+        linked_copy: None,
+        mount_inputs: mount_inputs.clone().map(|m| m.0).unwrap_or_default(),
+        mkfiles: mount_inputs.map(|m| m.1).unwrap_or_default(),
+    }
+}
+
+/// The mkdir of a WORKDIR step, `None` for `WORKDIR /`.
+fn workdir_op(step: &Step, path: &str, scratch: bool) -> Option<StepOp> {
+    let base = if scratch { -1 } else { 0 };
+    if path == "/" {
+        return None;
+    }
+    let mkdir = Mkdir {
+        path: path.to_owned(),
+        mode: 0o755,
+        make_parents: true,
+        owner: step.user.as_deref().map(|u| chown_opt(u, base)),
+        timestamp: -1,
+    };
+    let op = FileOp {
+        actions: vec![FileAction {
+            input: base,
+            secondary_input: -1,
+            output: 0,
+            action: Action::Mkdir(mkdir),
+        }],
+    };
+    let n_inputs = usize::from(!scratch);
+    Some(StepOp {
+        map: op.cache_map(n_inputs),
+        dest: (!scratch).then_some(0),
+        src: None,
+        buildkit: true,
+        linked_copy: None,
+        mount_inputs: Vec::new(),
+        mkfiles: Vec::new(),
+    })
+}
+
+/// The file op of a COPY or ADD step (a merge for `--link`), or an op of our own where
+/// BuildKit's key depends on what we do not model.
+fn copy_op(
+    step: &Step,
+    copy: &CopyOp,
+    scratch: bool,
+    has_src: bool,
+    add_hosts: &[(String, String)],
+    mounts_key: &[u8],
+) -> Option<StepOp> {
+    let base = if scratch { -1 } else { 0 };
+    let paths: Vec<&String> = copy
+        .sources
+        .iter()
+        .filter_map(|s| match s {
+            CopySource::Path(p) => Some(p),
+            CopySource::Inline { .. } => None,
+        })
+        .collect();
+    let dest_path = relative_to_workdir(&step.workdir, &copy.dest);
+    let (dest, src) = match (scratch, has_src) {
+        (true, true) => (None, Some(0)),
+        (true, false) => (None, None),
+        (false, true) => (Some(0), Some(1)),
+        (false, false) => (Some(0), None),
+    };
+    let n_inputs = usize::from(dest.is_some()) + usize::from(src.is_some());
+    let mut actions = Vec::new();
+    for (i, source) in paths.iter().enumerate() {
+        let mut action = if copy.parents {
+            // `COPY --parents`: the directory before the `/./` pivot (or the root),
+            // filtered by the rest as an include pattern.
+            let split = ParentsSource::of(source);
+            let mut action = Copy::dockerfile(&clean_source(&split.dir), &dest_path);
+            action.include_patterns = vec![split.pattern];
+            action.required_paths = split.required.into_iter().collect();
+            action
+        } else {
+            Copy::dockerfile(&clean_source(source), &dest_path)
+        };
+        action.exclude_patterns = copy.exclude.clone();
+        action.owner = copy.chown.as_deref().map(|u| chown_opt(u, base));
+        if let Some(mode) = copy.chmod {
+            action.mode = mode as i32;
+        }
+        // Downloads are never unpacked (BuildKit's ADD <url> without --unpack).
+        action.attempt_unpack_docker_compatibility = copy.is_add && copy.downloads.is_empty();
+        let input = if i == 0 {
+            base
+        } else {
+            (n_inputs + i - 1) as i64
+        };
+        actions.push(FileAction {
+            input,
+            secondary_input: src.map_or(-1, |s| s as i64),
+            output: if i + 1 == paths.len() { 0 } else { -1 },
+            action: Action::Copy(action),
+        });
+    }
+    let op = FileOp { actions };
+    let map = op.cache_map(n_inputs);
+    let inline = paths.len() != copy.sources.len();
+    if paths.is_empty() && !copy.link && copy.exclude.is_empty() {
+        return Some(heredoc_copy(copy, &dest_path, scratch));
+    }
+    // Heredocs mixed with paths, or with `--link`; `--exclude` with a wildcard source
+    // (BuildKit's content key then matches the patterns below each match, not by name).
+    let wildcard_excluding = !copy.exclude.is_empty()
+        && op.actions.iter().any(|a| match &a.action {
+            Action::Copy(c) => c.src.contains(['*', '?', '[']),
+            _ => false,
+        });
+    if inline || paths.is_empty() || wildcard_excluding {
+        let mut own = own_op("copy", &map.json, scratch);
+        let inline: Vec<String> = copy
+            .sources
+            .iter()
+            .filter_map(|s| match s {
+                CopySource::Inline { name, content } => Some(format!("{name}\0{content}")),
+                CopySource::Path(_) => None,
+            })
+            .collect();
+        own.map = cache_llb::own_cache_map(
+            OWN_KEY_VERSION,
+            &[own.map.json.as_slice(), inline.join("\0").as_bytes()].concat(),
+            n_inputs,
+        );
+        own.src = src;
+        own.dest = dest;
+        return Some(own);
+    }
+    if copy.link && copy.chmod.is_none() && !scratch {
+        // `COPY --link`: the copy runs on scratch and is merged onto the stage (on
+        // scratch, BuildKit's merge of scratch and the copy is the copy itself).
+        let on_scratch = step_op(step, true, has_src, add_hosts, mounts_key)?;
+        let merge = cache_llb::MergeOp { inputs: vec![0, 1] };
+        return Some(StepOp {
+            map: merge.cache_map(),
+            dest: Some(0),
+            src: None,
+            buildkit: true,
+            linked_copy: Some(on_scratch.map),
+            mount_inputs: Vec::new(),
+            mkfiles: Vec::new(),
+        });
+    }
+    Some(StepOp {
+        map,
+        dest,
+        src,
+        buildkit: true,
+        linked_copy: None,
+        mount_inputs: Vec::new(),
+        mkfiles: Vec::new(),
+    })
 }
 
 /// The key of one planned step, as [`plan_cache_maps`] gives it.
@@ -472,44 +522,7 @@ fn add_mounts(
                 if c.from.is_some() {
                     return None;
                 }
-                // An owner or mode: the cache starts as BuildKit's mkdir of /cache on scratch.
-                let owned = c.mode.is_some() || c.uid.is_some() || c.gid.is_some();
-                let source = owned.then(|| {
-                    MountSource::Mkdir(Mkdir {
-                        path: "/cache".to_owned(),
-                        mode: c.mode.unwrap_or(0o755) as i32,
-                        make_parents: false,
-                        owner: Some(ChownOpt {
-                            user: Some(UserOpt::ById(c.uid.unwrap_or(0))),
-                            group: Some(UserOpt::ById(c.gid.unwrap_or(0))),
-                        }),
-                        timestamp: -1,
-                    })
-                });
-                sorted.push((
-                    Mount {
-                        input: -1,
-                        selector: if owned {
-                            "/cache".to_owned()
-                        } else {
-                            String::new()
-                        },
-                        dest: c.target.clone(),
-                        output: -1,
-                        readonly: c.read_only,
-                        mount_type: MountType::Cache,
-                        cache_opt: Some(CacheOpt {
-                            id: c.llb_id(),
-                            sharing: match c.sharing {
-                                Sharing::Shared => 0,
-                                Sharing::Private => 1,
-                                Sharing::Locked => 2,
-                            },
-                        }),
-                        ..Mount::default()
-                    },
-                    source,
-                ));
+                sorted.push(cache_mount(c));
             }
             RunMount::Tmpfs(t) => sorted.push((
                 Mount {
@@ -532,35 +545,9 @@ fn add_mounts(
                         optional: !sec.required,
                     });
                 }
-                if let Some(target) = &sec.target {
-                    secrets.push(Mount {
-                        input: -1,
-                        dest: target.clone(),
-                        mount_type: MountType::Secret,
-                        secret_opt: Some(SecretOpt {
-                            id: sec.id.clone(),
-                            uid: sec.uid,
-                            gid: sec.gid,
-                            mode: sec.mode,
-                            optional: !sec.required,
-                        }),
-                        ..Mount::default()
-                    });
-                }
+                secrets.extend(secret_mount(sec));
             }
-            RunMount::Ssh(s) => ssh.push(Mount {
-                input: -1,
-                dest: s.target.clone(),
-                mount_type: MountType::Ssh,
-                ssh_opt: Some(SecretOpt {
-                    id: s.id.clone().unwrap_or_default(),
-                    uid: s.uid,
-                    gid: s.gid,
-                    mode: s.mode,
-                    optional: !s.required,
-                }),
-                ..Mount::default()
-            }),
+            RunMount::Ssh(s) => ssh.push(ssh_mount(s)),
         }
     }
     sorted.extend(exec.mounts.drain(..).map(|m| (m, None)));
@@ -575,39 +562,7 @@ fn add_mounts(
         match source {
             None => {}
             Some(MountSource::Pipe(heredoc)) => {
-                let path = clean_source(&heredoc.name);
-                let op = FileOp {
-                    actions: vec![FileAction {
-                        input: -1,
-                        secondary_input: -1,
-                        output: 0,
-                        action: Action::Mkfile(Mkfile {
-                            path: path.clone(),
-                            mode: 0o755,
-                            data: heredoc.content.as_bytes().to_vec(),
-                            owner: None,
-                            timestamp: -1,
-                        }),
-                    }],
-                };
-                let map = op.cache_map(0);
-                let mut stat = contenthash::Stat::new(contenthash::Kind::File, 0o755);
-                stat.size = heredoc.content.len() as u64;
-                // A snapshot's root: its real stat (0755, root), found in a BuildKit export.
-                let root = contenthash::Stat::new(contenthash::Kind::Dir, 0o755);
-                let mut tree = Tree::new(contenthash::entry_digest(&root, b""));
-                tree.insert(
-                    &path,
-                    contenthash::Kind::File,
-                    "",
-                    contenthash::entry_digest(&stat, heredoc.content.as_bytes()),
-                );
-                pipes.push(MkfileInput {
-                    index: next,
-                    record: record_digest(&map.digest, 0),
-                    map,
-                    tree,
-                });
+                pipes.push(pipe_file(&heredoc, next));
                 mount.input = next as i64;
             }
             Some(MountSource::From(from)) => {
@@ -636,41 +591,8 @@ fn add_mounts(
                 let input = match mkdirs.iter().find(|(m, _)| *m == mkdir) {
                     Some((_, made)) => made.index,
                     None => {
-                        let op = FileOp {
-                            actions: vec![FileAction {
-                                input: -1,
-                                secondary_input: -1,
-                                output: 0,
-                                action: Action::Mkdir(mkdir.clone()),
-                            }],
-                        };
-                        let map = op.cache_map(0);
-                        let mut stat =
-                            contenthash::Stat::new(contenthash::Kind::Dir, mkdir.mode as u32);
-                        if let Some(ChownOpt {
-                            user: Some(UserOpt::ById(uid)),
-                            group: Some(UserOpt::ById(gid)),
-                        }) = &mkdir.owner
-                        {
-                            stat.uid = *uid;
-                            stat.gid = *gid;
-                        }
-                        let mut tree = Tree::new(contenthash::local_root_header());
-                        tree.insert(
-                            &mkdir.path,
-                            contenthash::Kind::Dir,
-                            "",
-                            contenthash::entry_digest(&stat, b""),
-                        );
-                        mkdirs.push((
-                            mkdir,
-                            MkfileInput {
-                                index: next,
-                                record: record_digest(&map.digest, 0),
-                                map,
-                                tree,
-                            },
-                        ));
+                        let made = mkdir_file(&mkdir, next);
+                        mkdirs.push((mkdir, made));
                         next
                     }
                 };
@@ -687,6 +609,155 @@ fn add_mounts(
     made.extend(pipes);
     made.sort_by_key(|m| m.index);
     Some((inputs, made))
+}
+
+/// A secret mounted as a file (`target`), if it is one.
+fn secret_mount(sec: &SecretMount) -> Option<Mount> {
+    let target = sec.target.as_ref()?;
+    Some(Mount {
+        input: -1,
+        dest: target.clone(),
+        mount_type: MountType::Secret,
+        secret_opt: Some(SecretOpt {
+            id: sec.id.clone(),
+            uid: sec.uid,
+            gid: sec.gid,
+            mode: sec.mode,
+            optional: !sec.required,
+        }),
+        ..Mount::default()
+    })
+}
+
+/// An SSH agent socket mount.
+fn ssh_mount(s: &SshMount) -> Mount {
+    Mount {
+        input: -1,
+        dest: s.target.clone(),
+        mount_type: MountType::Ssh,
+        ssh_opt: Some(SecretOpt {
+            id: s.id.clone().unwrap_or_default(),
+            uid: s.uid,
+            gid: s.gid,
+            mode: s.mode,
+            optional: !s.required,
+        }),
+        ..Mount::default()
+    }
+}
+
+/// A cache mount as BuildKit marshals it, with the mkdir its owner or mode needs.
+fn cache_mount(c: &CacheMount) -> (Mount, Option<MountSource>) {
+    // An owner or mode: the cache starts as BuildKit's mkdir of /cache on scratch.
+    let owned = c.mode.is_some() || c.uid.is_some() || c.gid.is_some();
+    let source = owned.then(|| {
+        MountSource::Mkdir(Mkdir {
+            path: "/cache".to_owned(),
+            mode: c.mode.unwrap_or(0o755) as i32,
+            make_parents: false,
+            owner: Some(ChownOpt {
+                user: Some(UserOpt::ById(c.uid.unwrap_or(0))),
+                group: Some(UserOpt::ById(c.gid.unwrap_or(0))),
+            }),
+            timestamp: -1,
+        })
+    });
+    (
+        Mount {
+            input: -1,
+            selector: if owned {
+                "/cache".to_owned()
+            } else {
+                String::new()
+            },
+            dest: c.target.clone(),
+            output: -1,
+            readonly: c.read_only,
+            mount_type: MountType::Cache,
+            cache_opt: Some(CacheOpt {
+                id: c.llb_id(),
+                sharing: match c.sharing {
+                    Sharing::Shared => 0,
+                    Sharing::Private => 1,
+                    Sharing::Locked => 2,
+                },
+            }),
+            ..Mount::default()
+        },
+        source,
+    )
+}
+
+/// The mkfile on scratch that makes the file of a `#!` heredoc RUN, as input `index`.
+fn pipe_file(heredoc: &Heredoc, index: usize) -> MkfileInput {
+    let path = clean_source(&heredoc.name);
+    let op = FileOp {
+        actions: vec![FileAction {
+            input: -1,
+            secondary_input: -1,
+            output: 0,
+            action: Action::Mkfile(Mkfile {
+                path: path.clone(),
+                mode: 0o755,
+                data: heredoc.content.as_bytes().to_vec(),
+                owner: None,
+                timestamp: -1,
+            }),
+        }],
+    };
+    let map = op.cache_map(0);
+    let mut stat = contenthash::Stat::new(contenthash::Kind::File, 0o755);
+    stat.size = heredoc.content.len() as u64;
+    // A snapshot's root: its real stat (0755, root), found in a BuildKit export.
+    let root = contenthash::Stat::new(contenthash::Kind::Dir, 0o755);
+    let mut tree = Tree::new(contenthash::entry_digest(&root, b""));
+    tree.insert(
+        &path,
+        contenthash::Kind::File,
+        "",
+        contenthash::entry_digest(&stat, heredoc.content.as_bytes()),
+    );
+    MkfileInput {
+        index,
+        record: record_digest(&map.digest, 0),
+        map,
+        tree,
+    }
+}
+
+/// BuildKit's mkdir on scratch for a cache mount with an owner or mode, as input `index`.
+fn mkdir_file(mkdir: &Mkdir, index: usize) -> MkfileInput {
+    let op = FileOp {
+        actions: vec![FileAction {
+            input: -1,
+            secondary_input: -1,
+            output: 0,
+            action: Action::Mkdir(mkdir.clone()),
+        }],
+    };
+    let map = op.cache_map(0);
+    let mut stat = contenthash::Stat::new(contenthash::Kind::Dir, mkdir.mode as u32);
+    if let Some(ChownOpt {
+        user: Some(UserOpt::ById(uid)),
+        group: Some(UserOpt::ById(gid)),
+    }) = &mkdir.owner
+    {
+        stat.uid = *uid;
+        stat.gid = *gid;
+    }
+    let mut tree = Tree::new(contenthash::local_root_header());
+    tree.insert(
+        &mkdir.path,
+        contenthash::Kind::Dir,
+        "",
+        contenthash::entry_digest(&stat, b""),
+    );
+    MkfileInput {
+        index,
+        record: record_digest(&map.digest, 0),
+        map,
+        tree,
+    }
 }
 
 /// Where a RUN mount's files come from.
