@@ -411,12 +411,7 @@ fn heredoc_copy(copy: &crate::dockerfile::CopyOp, dest_path: &str, scratch: bool
             contenthash::entry_digest(&stat, content.as_bytes()),
         );
         let map = mkfile.cache_map(0);
-        mkfiles.push(MkfileInput {
-            index: first + i,
-            record: record_digest(&map.digest, 0),
-            map,
-            tree,
-        });
+        mkfiles.push(MkfileInput::new(first + i, map, tree));
         let mut action = Copy::dockerfile(&path, dest_path);
         action.follow_symlink = false;
         action.dir_copy_contents = false;
@@ -459,6 +454,18 @@ pub(super) struct MkfileInput {
     pub(super) map: CacheMap,
     /// What the mkfile op makes, for the copy's content key.
     pub(super) tree: Tree,
+}
+
+impl MkfileInput {
+    /// The file op `map` on scratch, making `tree`, as input `index`.
+    fn new(index: usize, map: CacheMap, tree: Tree) -> Self {
+        MkfileInput {
+            index,
+            record: record_digest(&map.digest, 0),
+            map,
+            tree,
+        }
+    }
 }
 
 /// An input a RUN bind mount reads: where from, and the paths mounted from it.
@@ -717,12 +724,7 @@ fn pipe_file(heredoc: &Heredoc, index: usize) -> MkfileInput {
         "",
         contenthash::entry_digest(&stat, heredoc.content.as_bytes()),
     );
-    MkfileInput {
-        index,
-        record: record_digest(&map.digest, 0),
-        map,
-        tree,
-    }
+    MkfileInput::new(index, map, tree)
 }
 
 /// BuildKit's mkdir on scratch for a cache mount with an owner or mode, as input `index`.
@@ -752,12 +754,7 @@ fn mkdir_file(mkdir: &Mkdir, index: usize) -> MkfileInput {
         "",
         contenthash::entry_digest(&stat, b""),
     );
-    MkfileInput {
-        index,
-        record: record_digest(&map.digest, 0),
-        map,
-        tree,
-    }
+    MkfileInput::new(index, map, tree)
 }
 
 /// Where a RUN mount's files come from.
