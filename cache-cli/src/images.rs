@@ -10,7 +10,8 @@ use anyhow::Context as _;
 use cache_build::engine::{self, BlobStore, Event, ImageResolver, Progress, ResolvedImage};
 use cache_build::image;
 use cache_core::descriptor::{annotation, media_type};
-use cache_core::{Backend, Blob, Descriptor, IndexRef};
+use cache_core::transfer::{self, BlobCopy, BlobSource, InMemory, Moved};
+use cache_core::{Backend, Descriptor, IndexRef, MountSource};
 use cache_local::LayoutDir;
 use cache_registry::Registry;
 use futures_util::future::BoxFuture;
@@ -232,40 +233,39 @@ fn mount_candidates(desc: &Descriptor, host: &str, known: &Sources, skip: &str) 
     out
 }
 
-/// How a blob reached the registry.
-enum Pushed {
-    Present,
-    Mounted(String),
-    Uploaded,
-}
-
-/// Makes `desc` present in `registry`: nothing if it is there, a cross-repository mount if a
-/// repository of the same registry is known to hold it, else an upload from `open`.
-async fn push_blob<F, Fut>(
+/// Makes `desc` present in `registry` (`transfer::copy_blob`): nothing if it is there, a
+/// cross-repository mount if a repository of the same registry is known to hold it, else an
+/// upload from `src`.
+async fn push_blob<S: BlobSource>(
     registry: &Registry,
     desc: &Descriptor,
     known: &Sources,
-    open: F,
-) -> anyhow::Result<Pushed>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Blob>>,
-{
-    if registry.stat_blob(&desc.digest).await?.is_some() {
-        return Ok(Pushed::Present);
-    }
+    src: &S,
+) -> anyhow::Result<Moved> {
     let reference = registry.reference();
-    for from in mount_candidates(desc, reference.registry(), known, reference.repository()) {
-        if registry.mount_blob(&desc.digest, &from).await? {
-            return Ok(Pushed::Mounted(from));
-        }
-    }
+    let host = reference.registry();
+    let mount_from: Vec<MountSource> = mount_candidates(desc, host, known, reference.repository())
+        .into_iter()
+        .map(|repository| MountSource {
+            registry: host.to_owned(),
+            repository,
+        })
+        .collect();
     // The annotations were used above; the upload itself needs none.
     let mut upload = desc.clone();
     upload.annotations.clear();
-    cache_core::backend::write_blob_restarting(registry, &upload, open, anyhow::Error::from)
-        .await?;
-    Ok(Pushed::Uploaded)
+    let how = BlobCopy {
+        mount_from: &mount_from,
+        ..BlobCopy::default()
+    };
+    match transfer::copy_blob(registry, src, &upload, &how).await {
+        Ok(moved) => Ok(moved),
+        Err(transfer::Error::Missing { digest }) => {
+            Err(anyhow::format_err!("layer {digest} is in no store"))
+        }
+        Err(transfer::Error::Backend { source, .. }) => Err(source.into()),
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// Pushes the built image to `name`: layers (skipped when present, mounted when this root
@@ -338,19 +338,13 @@ async fn push_image(
     }
     let (registry, known, status) = (&registry, &known, &status);
     let pushes = layers.iter().map(|desc| async move {
-        let how = push_blob(registry, desc, known, || async {
-            outcome
-                .blobs
-                .open(&desc.digest)
-                .await?
-                .ok_or_else(|| anyhow::format_err!("layer {} is in no store", desc.digest))
-        })
-        .await
-        .with_context(|| format!("pushing layer {}", desc.digest))?;
+        let how = push_blob(registry, desc, known, &outcome.blobs)
+            .await
+            .with_context(|| format!("pushing layer {}", desc.digest))?;
         match how {
-            Pushed::Present => {}
-            Pushed::Mounted(from) => status(format!("mounted layer {} from {from}", desc.digest)),
-            Pushed::Uploaded => status(format!("pushed layer {}", desc.digest)),
+            Moved::Present => {}
+            Moved::Mounted(from) => status(format!("mounted layer {} from {from}", desc.digest)),
+            Moved::Copied => status(format!("pushed layer {}", desc.digest)),
         }
         anyhow::Ok(desc.digest.to_string())
     });
@@ -362,9 +356,12 @@ async fn push_image(
         pushed.entry(digest).or_default().insert(here.clone());
     }
     let (config_desc, config_bytes) = &outcome.image.config;
-    push_blob(registry, config_desc, known, || async {
-        Ok(Blob::from_bytes(config_bytes.clone()))
-    })
+    push_blob(
+        registry,
+        config_desc,
+        known,
+        &InMemory(config_bytes.clone().into()),
+    )
     .await
     .with_context(|| format!("pushing config {}", config_desc.digest))?;
     pushed

@@ -9,7 +9,8 @@ use cache_core::config::CacheConfig;
 use cache_core::limits::Limits;
 use cache_core::manifest::{self, CacheManifest};
 use cache_core::spec::{self, ExportSpec, ImportSpec};
-use cache_core::{Backend, CacheGraph, Descriptor, Digest, IndexRef, RawIndex};
+use cache_core::transfer::{self, BlobCopy, FromBackend, Moved, Step};
+use cache_core::{Backend, CacheGraph, Descriptor, Digest, IndexRef, MountSource, RawIndex};
 use cache_local::{DropReason, GcOptions, LayoutDir, PruneOptions, PruneReport, Usage};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -878,13 +879,6 @@ struct Copied {
     bytes_present: u64,
 }
 
-/// How one blob reached the destination.
-enum Moved {
-    Present,
-    Mounted,
-    Copied,
-}
-
 async fn copy(from: &str, to: &str, format: OutputFormat, limits: &Limits) -> anyhow::Result<()> {
     let from_spec = parse_source(from)?;
     let to_spec = parse_destination(to)?;
@@ -916,9 +910,8 @@ async fn copy(from: &str, to: &str, format: OutputFormat, limits: &Limits) -> an
             blobs.push(desc);
         }
     }
-    let mount_from = mount_source(&source, &destination);
     let moved: Vec<anyhow::Result<(u64, Moved)>> = futures_util::stream::iter(blobs.clone())
-        .map(|desc| copy_blob(&source, &destination, desc, mount_from.as_deref()))
+        .map(|desc| copy_blob(&source, &destination, desc))
         .buffer_unordered(PARALLEL_BLOBS)
         .collect()
         .await;
@@ -930,7 +923,7 @@ async fn copy(from: &str, to: &str, format: OutputFormat, limits: &Limits) -> an
                 copied.blobs_present += 1;
                 copied.bytes_present += size;
             }
-            Moved::Mounted => {
+            Moved::Mounted(_) => {
                 copied.blobs_mounted += 1;
                 copied.bytes_mounted += size;
             }
@@ -1018,62 +1011,41 @@ async fn copy(from: &str, to: &str, format: OutputFormat, limits: &Limits) -> an
     Ok(())
 }
 
-/// The repository blobs can be mounted from: both are registries on the same host, in different
-/// repositories.
-fn mount_source(source: &AnyBackend, destination: &AnyBackend) -> Option<String> {
-    match (source, destination) {
-        (AnyBackend::Registry(from), AnyBackend::Registry(to))
-            if from.reference().registry() == to.reference().registry()
-                && from.reference().repository() != to.reference().repository() =>
-        {
-            Some(from.reference().repository().to_owned())
-        }
-        _ => None,
-    }
-}
-
-/// Makes blob `desc` present in `destination`: already there, mounted, or streamed with its
-/// digest checked on the way.
+/// Makes blob `desc` present in `destination`: already there, mounted from the source's
+/// repository, or streamed with its digest checked on the way.
 async fn copy_blob(
     source: &AnyBackend,
     destination: &AnyBackend,
     desc: &Descriptor,
-    mount_from: Option<&str>,
 ) -> anyhow::Result<(u64, Moved)> {
-    let digest = &desc.digest;
-    if let Some(found) = destination
-        .stat_blob(digest)
-        .await
-        .with_context(|| format!("checking blob {digest} in {}", destination.info()))?
-        && found.size == desc.size
-    {
-        return Ok((desc.size, Moved::Present));
+    let mount_from: Vec<MountSource> = source.mount_source().into_iter().collect();
+    let how = BlobCopy {
+        mount_from: &mount_from,
+        verify: true,
+        ..BlobCopy::default()
+    };
+    match transfer::copy_blob(destination, &FromBackend(source), desc, &how).await {
+        Ok(moved) => Ok((desc.size, moved)),
+        Err(transfer::Error::Missing { digest }) => Err(anyhow::format_err!(
+            "blob {digest} is missing from {}: the source cache is incomplete (run \
+             `buildcache cache verify` on it)",
+            source.info()
+        )),
+        Err(transfer::Error::Backend {
+            step,
+            digest,
+            source: err,
+        }) => {
+            let context = match step {
+                Step::Checking => format!("checking blob {digest} in {}", destination.info()),
+                Step::Mounting(from) => format!("mounting blob {digest} from {from}"),
+                Step::Reading => format!("reading blob {digest} from {}", source.info()),
+                Step::Writing => format!("writing blob {digest} to {}", destination.info()),
+            };
+            Err(anyhow::Error::new(err).context(context))
+        }
+        Err(err) => Err(err.into()),
     }
-    if let (Some(repository), AnyBackend::Registry(registry)) = (mount_from, destination)
-        && registry
-            .mount_blob(digest, repository)
-            .await
-            .with_context(|| format!("mounting blob {digest} from {repository}"))?
-    {
-        return Ok((desc.size, Moved::Mounted));
-    }
-    let blob = source
-        .read_blob(digest)
-        .await
-        .with_context(|| format!("reading blob {digest} from {}", source.info()))?
-        .ok_or_else(|| {
-            anyhow::format_err!(
-                "blob {digest} is missing from {}: the source cache is incomplete (run \
-                 `buildcache cache verify` on it)",
-                source.info()
-            )
-        })?;
-    let blob = blob.verified(digest.clone());
-    destination
-        .write_blob(desc, blob)
-        .await
-        .with_context(|| format!("writing blob {digest} to {}", destination.info()))?;
-    Ok((desc.size, Moved::Copied))
 }
 
 #[cfg(test)]

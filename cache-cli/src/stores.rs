@@ -206,4 +206,22 @@ impl Backend for AnyBackend {
             AnyBackend::Registry(b) => b.write_index(tag, index).await,
         }
     }
+
+    fn mount_source(&self) -> Option<cache_core::MountSource> {
+        match self {
+            AnyBackend::Local(b) => b.mount_source(),
+            AnyBackend::Registry(b) => b.mount_source(),
+        }
+    }
+
+    async fn mount_blob_from(
+        &self,
+        desc: &Descriptor,
+        from: &cache_core::MountSource,
+    ) -> Result<bool> {
+        match self {
+            AnyBackend::Local(b) => b.mount_blob_from(desc, from).await,
+            AnyBackend::Registry(b) => b.mount_blob_from(desc, from).await,
+        }
+    }
 }

@@ -207,6 +207,21 @@ pub struct Capabilities {
     pub max_blob_size: Option<u64>,
 }
 
+/// A repository blobs can be mounted from: a registry host and a repository on it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct MountSource {
+    /// The registry host, as references name it (`127.0.0.1:5000`, `docker.io`).
+    pub registry: String,
+    /// The repository on that registry.
+    pub repository: String,
+}
+
+impl fmt::Display for MountSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.repository)
+    }
+}
+
 /// Content-addressed blobs plus tags naming top-level manifests.
 ///
 /// Every method is explicit: wrappers (retry, read-only, logging) must forward each one.
@@ -257,6 +272,22 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// - atomic: a reader sees the old or the new manifest, never a mix;
     /// - other tags are kept.
     fn write_index(&self, tag: &str, index: &RawIndex) -> impl Future<Output = Result<()>> + Send;
+
+    /// Where another backend could mount this one's blobs from (a registry repository), or
+    /// `None` when they cannot be mounted.
+    fn mount_source(&self) -> Option<MountSource>;
+
+    /// Makes blob `desc` present by mounting it from `from`, without sending its bytes.
+    ///
+    /// Behavior:
+    /// - `Ok(true)`: mounted; `Ok(false)`: not possible (another registry, the same repository,
+    ///   the blob is not there, the registry refused), and nothing changed;
+    /// - a backend without `cross_repo_mount` capability returns `Ok(false)` and sends nothing.
+    fn mount_blob_from(
+        &self,
+        desc: &Descriptor,
+        from: &MountSource,
+    ) -> impl Future<Output = Result<bool>> + Send;
 }
 
 /// Reads blob `digest`, turning absence into [`ErrorKind::NotFound`].
@@ -270,37 +301,8 @@ pub async fn require_blob<B: Backend>(backend: &B, digest: &Digest) -> Result<Bl
     }
 }
 
-/// How many times [`write_blob_restarting`] tries one blob.
+/// How many times [`crate::transfer::write_blob_restarting`] tries one blob by default.
 pub const WRITE_ATTEMPTS: u32 = 5;
-
-/// Writes the blob `open` yields to `backend`, opening it again and restarting the write
-/// while it fails with a temporary error, at most [`WRITE_ATTEMPTS`] times in all.
-///
-/// A backend can retry a write on its own only until it has read the body; this restarts
-/// the whole write with a fresh body (a registry checks first whether an earlier attempt
-/// landed, and waits its backoff before returning a temporary error). Errors of `open` end
-/// it at once; errors of the write are mapped by `write_error`.
-pub async fn write_blob_restarting<B, E, F, Fut>(
-    backend: &B,
-    desc: &Descriptor,
-    mut open: F,
-    write_error: impl FnOnce(Error) -> E,
-) -> std::result::Result<(), E>
-where
-    B: Backend,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = std::result::Result<Blob, E>>,
-{
-    let mut attempt = 1;
-    loop {
-        let blob = open().await?;
-        match backend.write_blob(desc, blob).await {
-            Ok(()) => return Ok(()),
-            Err(err) if err.is_temporary() && attempt < WRITE_ATTEMPTS => attempt += 1,
-            Err(err) => return Err(write_error(err)),
-        }
-    }
-}
 
 /// The kind of a backend failure.
 #[non_exhaustive]

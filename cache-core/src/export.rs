@@ -4,37 +4,20 @@
 //! leaves the previous cache of the tag in place.
 
 use std::collections::HashSet;
-use std::future::Future;
 
 use futures_util::StreamExt;
 
-use crate::backend::{self, Backend, Blob, IndexRef, RawIndex};
+use crate::backend::{self, Backend, IndexRef, RawIndex};
 use crate::descriptor::{Descriptor, media_type};
 use crate::digest::{self, Digest};
 use crate::graph::CacheGraph;
 use crate::manifest::{self, ManifestForm};
+use crate::transfer::{self, BlobCopy, InMemory, Moved};
 
 /// BuildKit refuses to import a config or manifest larger than this (spec §9.1).
 pub const BUILDKIT_IMPORT_LIMIT: u64 = 1024 * 1024;
 
-/// Where export reads layer blobs from: the build's own store, or an imported cache.
-pub trait BlobSource: Send + Sync {
-    /// The bytes of the blob `desc` names, or `None` if this source does not have it.
-    fn open_blob(
-        &self,
-        desc: &Descriptor,
-    ) -> impl Future<Output = backend::Result<Option<Blob>>> + Send;
-}
-
-/// Any backend is a blob source.
-#[derive(Debug)]
-pub struct FromBackend<'a, B>(pub &'a B);
-
-impl<B: Backend> BlobSource for FromBackend<'_, B> {
-    async fn open_blob(&self, desc: &Descriptor) -> backend::Result<Option<Blob>> {
-        self.0.read_blob(&desc.digest).await
-    }
-}
+pub use crate::transfer::{BlobSource, FromBackend};
 
 /// Knobs of an export.
 #[derive(Debug, Clone)]
@@ -200,6 +183,22 @@ pub async fn export<B: Backend, S: BlobSource>(
             source,
         }
     };
+    // The messages export has always given: "checking layer sha256:…" and so on.
+    let blob_error = |err: transfer::Error, what: &str| match err {
+        transfer::Error::Missing { digest } => Error::MissingBlob { digest },
+        transfer::Error::Backend {
+            step,
+            digest,
+            source,
+        } => {
+            let verb = match step {
+                transfer::Step::Checking => "checking",
+                transfer::Step::Reading => "reading",
+                transfer::Step::Mounting(_) | transfer::Step::Writing => "writing",
+            };
+            backend_err(format!("{verb} {what} {digest}"))(source)
+        }
+    };
     let (config, layers) = graph.to_config();
     let mut report = Report {
         layers: layers.len() as u64,
@@ -250,34 +249,11 @@ pub async fn export<B: Backend, S: BlobSource>(
         .collect();
     let results: Vec<Result<(u64, bool), Error>> = futures_util::stream::iter(unique)
         .map(|desc| async move {
-            let skipped = if options.known_present.contains(&desc.digest) {
-                true
-            } else {
-                // Present counts only with the right size.
-                backend
-                    .stat_blob(&desc.digest)
+            let skipped = options.known_present.contains(&desc.digest)
+                || transfer::copy_blob(backend, source, desc, &BlobCopy::default())
                     .await
-                    .map_err(backend_err(format!("checking layer {}", desc.digest)))?
-                    .is_some_and(|found| found.size == desc.size)
-            };
-            if !skipped {
-                let open = || async {
-                    source
-                        .open_blob(desc)
-                        .await
-                        .map_err(backend_err(format!("reading layer {}", desc.digest)))?
-                        .ok_or_else(|| Error::MissingBlob {
-                            digest: desc.digest.clone(),
-                        })
-                };
-                backend::write_blob_restarting(
-                    backend,
-                    desc,
-                    open,
-                    backend_err(format!("writing layer {}", desc.digest)),
-                )
-                .await?;
-            }
+                    .map_err(|err| blob_error(err, "layer"))?
+                    == Moved::Present;
             on_event(Event::Layer {
                 digest: desc.digest.clone(),
                 size: desc.size,
@@ -299,26 +275,15 @@ pub async fn export<B: Backend, S: BlobSource>(
         }
     }
 
-    let config_present = backend
-        .stat_blob(&config_desc.digest)
-        .await
-        .map_err(backend_err(format!(
-            "checking config {}",
-            config_desc.digest
-        )))?
-        .is_some_and(|found| found.size == config_desc.size);
-    if config_present {
+    let config_source = InMemory(bytes::Bytes::from(config_bytes));
+    let config_moved =
+        transfer::copy_blob(backend, &config_source, &config_desc, &BlobCopy::default())
+            .await
+            .map_err(|err| blob_error(err, "config"))?;
+    if config_moved == Moved::Present {
         report.blobs_skipped += 1;
         report.bytes_skipped += config_desc.size;
     } else {
-        let config_bytes = bytes::Bytes::from(config_bytes);
-        backend::write_blob_restarting(
-            backend,
-            &config_desc,
-            || async { Ok(Blob::from_bytes(config_bytes.clone())) },
-            backend_err(format!("writing config {}", config_desc.digest)),
-        )
-        .await?;
         report.blobs_written += 1;
         report.bytes_written += config_desc.size;
     }

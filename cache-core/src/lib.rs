@@ -46,8 +46,9 @@ pub mod layout;
 pub mod limits;
 pub mod manifest;
 pub mod spec;
+pub mod transfer;
 
-pub use backend::{Backend, Blob, Error, ErrorKind, IndexRef, RawIndex, Result};
+pub use backend::{Backend, Blob, Error, ErrorKind, IndexRef, MountSource, RawIndex, Result};
 pub use descriptor::Descriptor;
 pub use digest::Digest;
 pub use graph::{CacheGraph, Mode};

@@ -146,6 +146,19 @@ impl Backend for LayoutDir {
         }
     }
 
+    /// A directory holds no repository: its blobs are copied, never mounted.
+    fn mount_source(&self) -> Option<cache_core::MountSource> {
+        None
+    }
+
+    async fn mount_blob_from(
+        &self,
+        _desc: &Descriptor,
+        _from: &cache_core::MountSource,
+    ) -> Result<bool> {
+        Ok(false)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             write: true,

@@ -37,7 +37,7 @@
 //! retried with exponential backoff and jitter in one place. A streamed upload is retried only
 //! if no byte of its body was read; otherwise its error stays temporary and comes back after
 //! the backoff, so the caller, who can re-create the body, restarts `write_blob` (see
-//! `cache_core::backend::write_blob_restarting`), which first checks whether the lost attempt
+//! `cache_core::transfer::write_blob_restarting`), which first checks whether the lost attempt
 //! landed. A chunked upload resumes a broken `PATCH` from the registry's `Range`; a broken
 //! download resumes with `Range`. Authentication is learnt from the first 401 (no ping);
 //! Bearer tokens are cached per scope set and renewed before they expire or on a 401.

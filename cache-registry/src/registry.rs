@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cache_core::backend::{BackendInfo, Capabilities};
-use cache_core::{Backend, Blob, Descriptor, Digest, Error, ErrorKind, IndexRef, RawIndex};
+use cache_core::{
+    Backend, Blob, Descriptor, Digest, Error, ErrorKind, IndexRef, MountSource, RawIndex,
+};
 use reqwest::Url;
 
 use crate::auth::Credentials;
@@ -297,6 +299,25 @@ impl Backend for Registry {
             delete: false,
             max_blob_size: None,
         }
+    }
+
+    /// This repository on this registry.
+    fn mount_source(&self) -> Option<MountSource> {
+        Some(MountSource {
+            registry: self.reference.registry().to_owned(),
+            repository: self.reference.repository().to_owned(),
+        })
+    }
+
+    /// A cross-repository mount ([`Registry::mount_blob`]) when `from` is another repository
+    /// of this registry; nothing is sent otherwise.
+    async fn mount_blob_from(&self, desc: &Descriptor, from: &MountSource) -> Result<bool, Error> {
+        if from.registry != self.reference.registry()
+            || from.repository == self.reference.repository()
+        {
+            return Ok(false);
+        }
+        self.mount_blob(&desc.digest, &from.repository).await
     }
 
     /// `HEAD` on the blob: its size, with an empty media type.

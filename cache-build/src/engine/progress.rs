@@ -130,14 +130,5 @@ pub async fn track_transfer<T>(
 
 /// Counts the bytes of `blob`'s body into `counter` as they are read.
 pub fn counted(blob: cache_core::Blob, counter: std::sync::Arc<AtomicU64>) -> cache_core::Blob {
-    use futures_util::StreamExt;
-    let body = blob.body.inspect(move |chunk| {
-        if let Ok(bytes) = chunk {
-            counter.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        }
-    });
-    cache_core::Blob {
-        size: blob.size,
-        body: Box::pin(body),
-    }
+    cache_core::transfer::counted(blob, counter)
 }

@@ -1,62 +1,15 @@
 //! Blob stores the build reads from and writes to: the machine's root store and imported caches.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use cache_core::export::BlobSource;
-use cache_core::{Backend, Blob, Descriptor, Digest, ErrorKind};
+use cache_core::transfer::{self, BlobCopy, BlobSource, Moved};
+use cache_core::{Blob, Descriptor, Digest, ErrorKind};
 use futures_util::TryStreamExt;
-use futures_util::future::BoxFuture;
 
-/// A blob store behind a trait object: any [`Backend`] is one.
-pub trait BlobStore: Send + Sync + fmt::Debug {
-    /// Names the store for messages.
-    fn describe(&self) -> String;
-    /// Whether asking the store costs a network round trip (a registry), so that a blob its
-    /// manifest lists is trusted until it is actually read.
-    fn is_remote(&self) -> bool;
-    /// The descriptor of `digest`, or `None`.
-    fn stat<'a>(
-        &'a self,
-        digest: &'a Digest,
-    ) -> BoxFuture<'a, cache_core::Result<Option<Descriptor>>>;
-    /// The bytes of `digest`, or `None`; verified while streaming.
-    fn read<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, cache_core::Result<Option<Blob>>>;
-    /// Stores a blob (idempotent, verified).
-    fn write<'a>(
-        &'a self,
-        desc: &'a Descriptor,
-        blob: Blob,
-    ) -> BoxFuture<'a, cache_core::Result<()>>;
-}
-
-impl<B: Backend> BlobStore for B {
-    fn describe(&self) -> String {
-        self.info().to_string()
-    }
-    fn is_remote(&self) -> bool {
-        self.info().scheme == "registry"
-    }
-    fn stat<'a>(
-        &'a self,
-        digest: &'a Digest,
-    ) -> BoxFuture<'a, cache_core::Result<Option<Descriptor>>> {
-        Box::pin(self.stat_blob(digest))
-    }
-    fn read<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, cache_core::Result<Option<Blob>>> {
-        Box::pin(self.read_blob(digest))
-    }
-    fn write<'a>(
-        &'a self,
-        desc: &'a Descriptor,
-        blob: Blob,
-    ) -> BoxFuture<'a, cache_core::Result<()>> {
-        Box::pin(self.write_blob(desc, blob))
-    }
-}
+pub use cache_core::transfer::BlobStore;
 
 /// An imported cache: its name as the user typed it, the blobs its manifest lists, and its store.
 #[derive(Clone, Debug)]
@@ -143,18 +96,24 @@ impl Blobs {
         desc: &Descriptor,
         counter: &Arc<AtomicU64>,
     ) -> cache_core::Result<bool> {
-        if self.root.stat(&desc.digest).await?.is_some() {
-            return Ok(false);
-        }
-        let blob = self.open(&desc.digest).await?.ok_or_else(|| {
-            cache_core::Error::new(
+        let how = BlobCopy {
+            verify: true,
+            counter: Some(counter.clone()),
+            attempts: 1,
+            ..BlobCopy::default()
+        };
+        match transfer::copy_blob(&*self.root, self, desc, &how).await {
+            Ok(moved) => Ok(moved != Moved::Present),
+            Err(transfer::Error::Missing { digest }) => Err(cache_core::Error::new(
                 ErrorKind::NotFound,
-                format!("layer blob {} is in no cache source", desc.digest),
-            )
-        })?;
-        let blob = super::counted(blob, counter.clone()).verified(desc.digest.clone());
-        self.root.write(desc, blob).await?;
-        Ok(true)
+                format!("layer blob {digest} is in no cache source"),
+            )),
+            Err(transfer::Error::Backend { source, .. }) => Err(source),
+            Err(err) => Err(cache_core::Error::new(
+                ErrorKind::Unexpected,
+                err.to_string(),
+            )),
+        }
     }
 }
 

@@ -6,4 +6,5 @@ mod crash;
 mod fixtures;
 mod gc;
 mod layout;
+mod transfer;
 mod util;
