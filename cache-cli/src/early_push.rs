@@ -137,18 +137,18 @@ async fn push_one<B: Backend>(
     root: &LayoutDir,
     desc: &Descriptor,
 ) -> cache_core::Result<bool> {
-    let found = registry.stat_blob(&desc.digest).await?;
-    if found.is_some_and(|found| found.size == desc.size) {
-        return Ok(false);
+    let source = cache_core::transfer::FromBackend(root);
+    let how = cache_core::transfer::BlobCopy::default();
+    match cache_core::transfer::copy_blob(registry, &source, desc, &how).await {
+        Ok(moved) => Ok(moved != cache_core::transfer::Moved::Present),
+        Err(cache_core::transfer::Error::Missing { digest }) => Err(cache_core::Error::new(
+            cache_core::ErrorKind::NotFound,
+            format!("layer {digest} left the root store"),
+        )),
+        Err(cache_core::transfer::Error::Backend { source, .. }) => Err(source),
+        Err(err) => Err(cache_core::Error::new(
+            cache_core::ErrorKind::Unexpected,
+            err.to_string(),
+        )),
     }
-    let open = || async {
-        root.read_blob(&desc.digest).await?.ok_or_else(|| {
-            cache_core::Error::new(
-                cache_core::ErrorKind::NotFound,
-                format!("layer {} left the root store", desc.digest),
-            )
-        })
-    };
-    cache_core::backend::write_blob_restarting(registry, desc, open, |err| err).await?;
-    Ok(true)
 }
