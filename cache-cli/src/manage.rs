@@ -1,25 +1,20 @@
 //! `buildcache cache du | prune | copy | verify`: managing exported caches, ours and BuildKit's.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-use cache_core::config::CacheConfig;
 use cache_core::limits::Limits;
-use cache_core::manifest::{self, CacheManifest};
+use cache_core::manifest;
 use cache_core::spec::{self, ExportSpec, ImportSpec};
-use cache_core::transfer::{self, BlobCopy, FromBackend, Moved, Step};
-use cache_core::{Backend, CacheGraph, Descriptor, Digest, IndexRef, MountSource, RawIndex};
+use cache_core::transfer::{self, Step};
+use cache_core::{Backend, IndexRef};
 use cache_local::{DropReason, GcOptions, LayoutDir, PruneOptions, PruneReport, Usage};
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use crate::inspect::human_bytes;
 use crate::stores::AnyBackend;
-
-/// How many blobs `copy` and `verify` move or read at once.
-const PARALLEL_BLOBS: usize = 4;
 
 /// Cache management subcommands.
 #[derive(clap::Subcommand, Debug)]
@@ -546,18 +541,6 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 // ----- verify -----
 
-/// What `verify` found for one cache.
-#[derive(Debug, Default)]
-struct Verified {
-    reference: String,
-    manifest: Option<String>,
-    blobs_checked: u64,
-    bytes_checked: u64,
-    results: usize,
-    incomplete_results: usize,
-    problems: Vec<String>,
-}
-
 async fn verify(
     source: &str,
     all_tags: bool,
@@ -591,7 +574,7 @@ async fn verify(
     };
     let mut reports = Vec::new();
     for reference in &references {
-        let mut report = verify_cache(&backend, reference, limits).await;
+        let mut report = transfer::verify(&backend, reference, limits).await;
         if report.manifest.is_none()
             && let Some(layout) = &layout
         {
@@ -662,222 +645,7 @@ async fn verify(
     Ok(())
 }
 
-/// Checks the cache `reference` names: manifest, config, every blob's digest and size, and the
-/// layer chain of every result. Never fails: what is wrong goes into `problems`.
-async fn verify_cache<B: Backend>(backend: &B, reference: &IndexRef, limits: &Limits) -> Verified {
-    let mut report = Verified {
-        reference: reference.to_string(),
-        ..Verified::default()
-    };
-    let raw = match backend.read_index(reference).await {
-        Ok(Some(raw)) => raw,
-        Ok(None) => {
-            report
-                .problems
-                .push(format!("no cache for {reference} in {}", backend.info()));
-            return report;
-        }
-        Err(err) => {
-            report
-                .problems
-                .push(format!("reading the manifest of {reference}: {err}"));
-            return report;
-        }
-    };
-    report.manifest = Some(raw.digest.to_string());
-    report.blobs_checked += 1;
-    report.bytes_checked += raw.bytes.len() as u64;
-    let manifest_name = || format!("cache manifest {} from {}", raw.digest, backend.info());
-    if let Err(exceeded) = limits.check("config-size", &manifest_name, raw.bytes.len() as u64) {
-        report.problems.push(exceeded.to_string());
-        return report;
-    }
-    let cache = match manifest::read(&raw) {
-        Ok(cache) => cache,
-        Err(err) => {
-            report.problems.push(err.to_string());
-            return report;
-        }
-    };
-    if let Err(exceeded) = limits.check("config-layers", &manifest_name, cache.layers.len() as u64)
-    {
-        report.problems.push(exceeded.to_string());
-        return report;
-    }
-    let config = match read_config(backend, &cache, limits).await {
-        Ok(config) => Some(config),
-        Err(problem) => {
-            report.problems.push(problem);
-            None
-        }
-    };
-    report.blobs_checked += 1;
-    report.bytes_checked += cache.config.size;
-
-    // Every layer the manifest lists, read through and checked.
-    let mut unique: Vec<&Descriptor> = Vec::new();
-    let mut seen = HashSet::new();
-    for layer in &cache.layers {
-        if seen.insert(layer.digest.clone()) {
-            unique.push(layer);
-        }
-    }
-    let checks: Vec<(Digest, Result<u64, String>)> = futures_util::stream::iter(unique)
-        .map(|desc| async move { (desc.digest.clone(), check_blob(backend, desc).await) })
-        .buffer_unordered(PARALLEL_BLOBS)
-        .collect()
-        .await;
-    let mut bad: HashMap<Digest, String> = HashMap::new();
-    for (digest, check) in checks {
-        report.blobs_checked += 1;
-        match check {
-            Ok(size) => report.bytes_checked += size,
-            Err(problem) => {
-                bad.insert(digest, problem);
-            }
-        }
-    }
-
-    // The layer chain of every result: each blob listed by the manifest, present and intact.
-    let mut affected: HashMap<Digest, usize> = HashMap::new();
-    if let Some(config) = &config {
-        let listed: HashSet<&Digest> = cache.layers.iter().map(|l| &l.digest).collect();
-        for record in &config.records {
-            let chains = record
-                .layers
-                .iter()
-                .map(|result| config.chain_blobs(result.layer))
-                .chain(
-                    record
-                        .chains
-                        .iter()
-                        .map(|chain| chain.layers.iter().map(|&l| config.layer_blob(l)).collect()),
-                );
-            for chain in chains {
-                report.results += 1;
-                let mut complete = true;
-                for blob in chain {
-                    match blob {
-                        Some(digest) if listed.contains(&digest) && !bad.contains_key(&digest) => {}
-                        Some(digest) if !listed.contains(&digest) => {
-                            complete = false;
-                            let message = format!(
-                                "blob {digest} is in the layer chain of record {} but the \
-                                 manifest does not list it",
-                                record.digest
-                            );
-                            bad.entry(digest.clone()).or_insert(message);
-                            *affected.entry(digest).or_default() += 1;
-                        }
-                        Some(digest) => {
-                            complete = false;
-                            *affected.entry(digest).or_default() += 1;
-                        }
-                        None => {
-                            complete = false;
-                            report.problems.push(format!(
-                                "record {} has a result whose layer chain is invalid",
-                                record.digest
-                            ));
-                        }
-                    }
-                }
-                if !complete {
-                    report.incomplete_results += 1;
-                }
-            }
-        }
-    }
-    let mut bad: Vec<(Digest, String)> = bad.into_iter().collect();
-    bad.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
-    for (digest, problem) in bad {
-        let n = affected.get(&digest).copied().unwrap_or(0);
-        report
-            .problems
-            .push(format!("{problem} (in the layer chain of {n} results)"));
-    }
-    report
-}
-
-/// Reads, checks and parses the config of `cache`; a problem description on failure.
-async fn read_config<B: Backend>(
-    backend: &B,
-    cache: &CacheManifest,
-    limits: &Limits,
-) -> Result<CacheConfig, String> {
-    let digest = &cache.config.digest;
-    let config_name = || format!("cache config {digest} from {}", backend.info());
-    limits
-        .check("config-size", &config_name, cache.config.size)
-        .map_err(|exceeded| exceeded.to_string())?;
-    let blob = match backend.read_blob(digest).await {
-        Ok(Some(blob)) => blob,
-        Ok(None) => return Err(format!("cache config {digest} is missing")),
-        Err(err) => return Err(format!("reading cache config {digest}: {err}")),
-    };
-    if blob.size != cache.config.size {
-        return Err(format!(
-            "cache config {digest} is {} bytes but the manifest says {}",
-            blob.size, cache.config.size
-        ));
-    }
-    let bytes = blob
-        .verified(digest.clone())
-        .into_bytes(limits.config_size)
-        .await
-        .map_err(|err| format!("cache config {digest} is corrupt: {err}"))?;
-    let config = CacheConfig::from_json(&bytes)
-        .map_err(|err| format!("cache config {digest} is invalid: {err}"))?;
-    limits
-        .check_config(&config_name, &config)
-        .map_err(|exceeded| exceeded.to_string())?;
-    let listed: HashMap<Digest, Descriptor> = cache
-        .layers
-        .iter()
-        .map(|d| (d.digest.clone(), d.clone()))
-        .collect();
-    CacheGraph::from_config(&config, &|d| listed.get(d).cloned(), 0)
-        .map_err(|err| format!("cache config {digest} is invalid: {err}"))?;
-    Ok(config)
-}
-
-/// Reads blob `desc` through, checking digest and size; its size, or a problem description.
-async fn check_blob<B: Backend>(backend: &B, desc: &Descriptor) -> Result<u64, String> {
-    let digest = &desc.digest;
-    let blob = match backend.read_blob(digest).await {
-        Ok(Some(blob)) => blob,
-        Ok(None) => return Err(format!("blob {digest} is missing")),
-        Err(err) => return Err(format!("reading blob {digest}: {err}")),
-    };
-    if blob.size != desc.size {
-        return Err(format!(
-            "blob {digest} is {} bytes but the manifest says {}",
-            blob.size, desc.size
-        ));
-    }
-    let mut body = blob.verified(digest.clone()).body;
-    let mut n_bytes = 0u64;
-    while let Some(chunk) = body.next().await {
-        match chunk {
-            Ok(chunk) => n_bytes += chunk.len() as u64,
-            Err(err) => return Err(format!("blob {digest} is corrupt: {err}")),
-        }
-    }
-    Ok(n_bytes)
-}
-
 // ----- copy -----
-
-/// What `copy` did.
-#[derive(Debug, Default)]
-struct Copied {
-    blobs_copied: u64,
-    bytes_copied: u64,
-    blobs_mounted: u64,
-    bytes_mounted: u64,
-    blobs_present: u64,
-    bytes_present: u64,
-}
 
 async fn copy(from: &str, to: &str, format: OutputFormat, limits: &Limits) -> anyhow::Result<()> {
     let from_spec = parse_source(from)?;
@@ -885,87 +653,23 @@ async fn copy(from: &str, to: &str, format: OutputFormat, limits: &Limits) -> an
     existing_layout(&from_spec)?;
     let (source, reference) = AnyBackend::for_import(&from_spec.source)?;
     let (destination, tag) = AnyBackend::for_export(&to_spec.target)?;
-    let raw = source
-        .read_index(&reference)
-        .await
-        .with_context(|| format!("reading the cache manifest of {from}"))?
-        .ok_or_else(|| anyhow::format_err!("no cache found for {reference} in {from}"))?;
-    let cache = manifest::read(&raw).with_context(|| format!("reading the cache of {from}"))?;
-    // The manifest travels as its exact bytes; only a missing media type is filled in.
-    let raw = RawIndex {
-        media_type: raw.media_type.clone().or(Some(cache.media_type.clone())),
-        ..raw
-    };
-    let guard = match &destination {
-        AnyBackend::Local(layout) => {
+    let guard = match destination.local() {
+        Some(layout) => {
             let layout = layout.clone();
             Some(blocking(move || layout.writer()).await?)
         }
-        AnyBackend::Registry(_) => None,
+        None => None,
     };
-    let mut blobs: Vec<&Descriptor> = Vec::new();
-    let mut seen = HashSet::new();
-    for desc in cache.layers.iter().chain(std::iter::once(&cache.config)) {
-        if seen.insert(desc.digest.clone()) {
-            blobs.push(desc);
-        }
-    }
-    let moved: Vec<anyhow::Result<(u64, Moved)>> = futures_util::stream::iter(blobs.clone())
-        .map(|desc| copy_blob(&source, &destination, desc))
-        .buffer_unordered(PARALLEL_BLOBS)
-        .collect()
-        .await;
-    let mut copied = Copied::default();
-    for result in moved {
-        let (size, how) = result?;
-        match how {
-            Moved::Present => {
-                copied.blobs_present += 1;
-                copied.bytes_present += size;
-            }
-            Moved::Mounted(_) => {
-                copied.blobs_mounted += 1;
-                copied.bytes_mounted += size;
-            }
-            Moved::Copied => {
-                copied.blobs_copied += 1;
-                copied.bytes_copied += size;
-            }
-        }
-    }
-    // Every blob is in place with its size before the tag names it.
-    for desc in &blobs {
-        let stat = destination
-            .stat_blob(&desc.digest)
-            .await
-            .with_context(|| format!("checking blob {} in {to}", desc.digest))?;
-        match stat {
-            Some(found) if found.size == desc.size => {}
-            Some(found) => anyhow::bail!(
-                "copy to {to} is incomplete: blob {} is {} bytes there, expected {}; the tag \
-                 was not written",
-                desc.digest,
-                found.size,
-                desc.size
-            ),
-            None => anyhow::bail!(
-                "copy to {to} is incomplete: blob {} is missing there; the tag was not written",
-                desc.digest
-            ),
-        }
-    }
-    read_config(&destination, &cache, limits)
+    let copied = transfer::copy_cache(&source, &reference, &destination, &tag, limits)
         .await
-        .map_err(|problem| {
-            anyhow::format_err!("copy to {to}: {problem}; the tag was not written")
-        })?;
-    destination
-        .write_index(&tag, &raw)
-        .await
-        .with_context(|| format!("writing tag {tag} in {to}"))?;
+        .map_err(|err| copy_error(err, from, to, &tag, &source, &destination))?;
     drop(guard);
+    let raw = copied
+        .manifest
+        .clone()
+        .expect("a finished copy names its manifest");
     let mut collected = None;
-    if let AnyBackend::Local(layout) = &destination
+    if let Some(layout) = destination.local()
         && to_spec.gc
     {
         let layout = layout.clone();
@@ -1011,27 +715,32 @@ async fn copy(from: &str, to: &str, format: OutputFormat, limits: &Limits) -> an
     Ok(())
 }
 
-/// Makes blob `desc` present in `destination`: already there, mounted from the source's
-/// repository, or streamed with its digest checked on the way.
-async fn copy_blob(
+/// `cache copy`'s words for what went wrong.
+fn copy_error(
+    err: transfer::CopyError,
+    from: &str,
+    to: &str,
+    tag: &str,
     source: &AnyBackend,
     destination: &AnyBackend,
-    desc: &Descriptor,
-) -> anyhow::Result<(u64, Moved)> {
-    let mount_from: Vec<MountSource> = source.mount_source().into_iter().collect();
-    let how = BlobCopy {
-        mount_from: &mount_from,
-        verify: true,
-        ..BlobCopy::default()
-    };
-    match transfer::copy_blob(destination, &FromBackend(source), desc, &how).await {
-        Ok(moved) => Ok((desc.size, moved)),
-        Err(transfer::Error::Missing { digest }) => Err(anyhow::format_err!(
+) -> anyhow::Error {
+    use transfer::CopyError;
+    match err {
+        CopyError::ReadManifest(err) => {
+            anyhow::Error::new(err).context(format!("reading the cache manifest of {from}"))
+        }
+        CopyError::NoCache(reference) => {
+            anyhow::format_err!("no cache found for {reference} in {from}")
+        }
+        CopyError::Manifest(err) => {
+            anyhow::Error::new(err).context(format!("reading the cache of {from}"))
+        }
+        CopyError::Blob(transfer::Error::Missing { digest }) => anyhow::format_err!(
             "blob {digest} is missing from {}: the source cache is incomplete (run \
              `buildcache cache verify` on it)",
             source.info()
-        )),
-        Err(transfer::Error::Backend {
+        ),
+        CopyError::Blob(transfer::Error::Backend {
             step,
             digest,
             source: err,
@@ -1042,9 +751,29 @@ async fn copy_blob(
                 Step::Reading => format!("reading blob {digest} from {}", source.info()),
                 Step::Writing => format!("writing blob {digest} to {}", destination.info()),
             };
-            Err(anyhow::Error::new(err).context(context))
+            anyhow::Error::new(err).context(context)
         }
-        Err(err) => Err(err.into()),
+        CopyError::Check { digest, source } => {
+            anyhow::Error::new(source).context(format!("checking blob {digest} in {to}"))
+        }
+        CopyError::Incomplete {
+            digest,
+            found: Some(found),
+            expected,
+        } => anyhow::format_err!(
+            "copy to {to} is incomplete: blob {digest} is {found} bytes there, expected \
+             {expected}; the tag was not written"
+        ),
+        CopyError::Incomplete { digest, .. } => anyhow::format_err!(
+            "copy to {to} is incomplete: blob {digest} is missing there; the tag was not written"
+        ),
+        CopyError::Config(problem) => {
+            anyhow::format_err!("copy to {to}: {problem}; the tag was not written")
+        }
+        CopyError::WriteTag(err) => {
+            anyhow::Error::new(err).context(format!("writing tag {tag} in {to}"))
+        }
+        err => anyhow::Error::new(err).context(format!("copying {from} to {to}")),
     }
 }
 

@@ -63,12 +63,17 @@ impl AnyBackend {
         }
     }
 
-    /// The directory of a local backend.
-    pub fn local_dir(&self) -> Option<PathBuf> {
+    /// The layout of a local backend (its writer lock and collection are the caller's).
+    pub fn local(&self) -> Option<&LayoutDir> {
         match self {
-            AnyBackend::Local(dir) => Some(dir.root().to_path_buf()),
+            AnyBackend::Local(dir) => Some(dir),
             AnyBackend::Registry(_) => None,
         }
+    }
+
+    /// The directory of a local backend.
+    pub fn local_dir(&self) -> Option<PathBuf> {
+        self.local().map(|dir| dir.root().to_path_buf())
     }
 }
 
