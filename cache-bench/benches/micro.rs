@@ -1,5 +1,5 @@
 //! Criterion micro benchmarks: cache config parse/write/merge/lookup, context hashing, layer
-//! compression, local export and registry push/pull, each with the standard tool that bounds it.
+//! compression, layer extraction, local export and registry push/pull, each with the standard tool that bounds it.
 //!
 //! Inputs come from a fixed seed. Registry cases run only when `CACHE_TEST_REGISTRY` is set.
 
@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::process::Command;
 
-use cache_build::layer::{Compression, Snapshot, diff, write_layer};
+use cache_build::layer::{Compression, LayerLimits, Snapshot, apply_layer, diff, write_layer};
 use cache_core::config::CacheConfig;
 use cache_core::export::{self, FromBackend};
 use cache_core::graph::{CacheGraph, CacheResult, Link};
@@ -310,6 +310,73 @@ fn compression_benches(c: &mut Criterion) {
     }
 }
 
+/// A tree like a toolchain base: 2000 files of 1 to 64 KiB in 100 directories, plus four of
+/// 8 MiB (compilers, libraries): about 96 MiB in all.
+fn many_files_tree(dir: &Path) {
+    let mut rng = Rng(11);
+    let mut buf = vec![0u8; 8 << 20];
+    for i in 0..2000u64 {
+        let sub = dir.join(format!("usr/lib/d{:03}", i / 20));
+        if i % 20 == 0 {
+            std::fs::create_dir_all(&sub).expect("mkdir");
+        }
+        let len = 1024 * (1 + (rng.next() % 64) as usize);
+        rng.fill(&mut buf[..len]);
+        std::fs::write(sub.join(format!("f{i}.so")), &buf[..len]).expect("write");
+    }
+    std::fs::create_dir_all(dir.join("usr/bin")).expect("mkdir");
+    for i in 0..4 {
+        rng.fill(&mut buf);
+        std::fs::write(dir.join(format!("usr/bin/tool{i}")), &buf).expect("write");
+    }
+}
+
+/// `apply_layer` of a gzip layer of many files into an empty directory, against `tar -xzf` of
+/// the same blob.
+fn apply_benches(c: &mut Criterion) {
+    let work = tempfile::tempdir().expect("tempdir");
+    let tree = work.path().join("tree");
+    many_files_tree(&tree);
+    let empty = work.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    let changes = diff(&Snapshot::capture(&empty).expect("snapshot"), &tree).expect("diff");
+    let mut blob = Vec::new();
+    let info =
+        write_layer(&tree, &changes, Compression::Gzip { level: 1 }, &mut blob).expect("layer");
+    let blob_path = work.path().join("layer.tar.gz");
+    std::fs::write(&blob_path, &blob).expect("write");
+    let out = work.path().join("out");
+    let fresh_out = || {
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir(&out).expect("mkdir");
+    };
+    let size = "2004-files";
+    let mut group = c.benchmark_group("cache-build/layer-apply");
+    group.throughput(Throughput::Bytes(info.uncompressed_size));
+    group.bench_function(BenchmarkId::from_parameter(size), |b| {
+        b.iter_batched(
+            fresh_out,
+            |()| {
+                black_box(apply_layer(&blob[..], LAYER_TYPE, &out, &LayerLimits::NONE))
+                    .expect("apply")
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+    let mut group = c.benchmark_group("limit/tar-xzf");
+    group.throughput(Throughput::Bytes(info.uncompressed_size));
+    let script = format!("tar -xzf {} -C {}", blob_path.display(), out.display());
+    group.bench_function(BenchmarkId::from_parameter(size), |b| {
+        b.iter_batched(
+            fresh_out,
+            |()| sh(&script),
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
 /// `BLOBS` blobs of `DATA_BYTES / BLOBS` bytes in an OCI layout, and a graph naming them.
 fn blob_source(dir: &Path) -> (LayoutDir, CacheGraph, Vec<Descriptor>) {
     let layout = LayoutDir::open(dir);
@@ -524,6 +591,6 @@ fn registry_benches(c: &mut Criterion) {
 criterion_group! {
     name = micro;
     config = Criterion::default().sample_size(10);
-    targets = config_benches, hostile_config_benches, hostile_dockerfile_benches, context_benches, compression_benches, export_benches, registry_benches
+    targets = config_benches, hostile_config_benches, hostile_dockerfile_benches, context_benches, compression_benches, apply_benches, export_benches, registry_benches
 }
 criterion_main!(micro);

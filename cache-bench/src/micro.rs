@@ -1,5 +1,6 @@
 //! Criterion results: reading `target/criterion/**/new/{benchmark,estimates}.json` and pairing
-//! each throughput benchmark with the tool that bounds it (`gzip -1`, `zstd -3`, `cp`, `skopeo`).
+//! each throughput benchmark with the tool that bounds it (`gzip -1`, `zstd -3`, `tar -xzf`,
+//! `cp`, `skopeo`).
 
 use std::fs;
 use std::path::Path;
@@ -44,6 +45,11 @@ pub const LIMITS: &[(&str, &str, &str)] = &[
         "cache-build/layer-tar-zstd",
         "limit/zstd-3",
         "layer tar + zstd (level 3, 2 workers) vs `tar | zstd -3 -T0`",
+    ),
+    (
+        "cache-build/layer-apply",
+        "limit/tar-xzf",
+        "apply of a gzip layer of 2004 files vs `tar -xzf`",
     ),
     (
         "cache-local/export",

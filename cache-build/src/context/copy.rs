@@ -565,17 +565,8 @@ impl Copier<'_> {
                     ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
                 )
                 .map_err(|err| Error::io("open source", self.src_root.join(&src_rel), err))?;
-                let out = rustix::fs::openat(
-                    parent,
-                    name,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .map_err(|err| self.io_dest("create", dest, err))?;
+                let out = crate::layer::create_new_file(parent, name)
+                    .map_err(|err| self.io_dest("create", dest, err))?;
                 let mut src_file = File::from(src);
                 let mut out_file = File::from(out);
                 let n_bytes = std::io::copy(&mut src_file, &mut out_file)

@@ -7,17 +7,19 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps};
 use rustix::io::Errno;
 use sha2::{Digest as _, Sha256};
 use tar::EntryType;
 
 use super::fsops::{
-    Root, clean_name, file_type, list_dir, open_dir_nofollow, remove_all_at, split, stat_at,
+    Root, clean_name, create_new_file, file_type, list_dir, open_dir_nofollow, remove_all_at,
+    split, stat_at,
 };
 use super::write::{OPAQUE_MARKER, WHITEOUT_PREFIX};
-use super::{Compression, Error};
+use super::{Compression, Error, pipe};
 use cache_core::limits::Limits;
 
 /// Bounds on what one layer may unpack to, from `--limit` and the blob's compressed size: a
@@ -77,28 +79,19 @@ pub struct ApplyStats {
     pub skipped_devices: u64,
 }
 
-/// A reader that hashes and counts what passes through it, and fails once more than `cap`
-/// bytes went through.
+/// A reader that hashes and counts what passes through it.
 struct HashReader<R> {
     inner: R,
     hasher: Sha256,
     n_bytes: u64,
-    cap: u64,
-    exceeded: bool,
 }
 
 impl<R: Read> HashReader<R> {
     fn new(inner: R) -> Self {
-        Self::capped(inner, u64::MAX)
-    }
-
-    fn capped(inner: R, cap: u64) -> Self {
         HashReader {
             inner,
             hasher: Sha256::new(),
             n_bytes: 0,
-            cap,
-            exceeded: false,
         }
     }
 
@@ -108,6 +101,23 @@ impl<R: Read> HashReader<R> {
 }
 
 impl<R: Read> Read for HashReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n_bytes += n as u64;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// A reader that fails once more than `cap` bytes went through it.
+struct Capped<R> {
+    inner: R,
+    n_bytes: u64,
+    cap: u64,
+    exceeded: bool,
+}
+
+impl<R: Read> Read for Capped<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.exceeded {
             return Err(io::Error::other("layer size limit exceeded"));
@@ -121,7 +131,6 @@ impl<R: Read> Read for HashReader<R> {
             self.exceeded = true;
             return Err(io::Error::other("layer size limit exceeded"));
         }
-        self.hasher.update(&buf[..n]);
         Ok(n)
     }
 }
@@ -152,16 +161,10 @@ fn detect(head: &[u8]) -> Magic {
 
 /// Reads up to `buf.len()` bytes, stopping early only at end of stream.
 fn read_head(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(err),
-        }
+    match pipe::fill(reader, buf) {
+        (_, Some(err)) => Err(err),
+        (filled, None) => Ok(filled),
     }
-    Ok(filled)
 }
 
 /// Wraps `source` in the decoder its first bytes call for.
@@ -171,7 +174,10 @@ fn decoder<'a>(
     what: &str,
 ) -> Result<Box<dyn Read + 'a>, Error> {
     Ok(match magic {
-        Magic::Gzip => Box::new(flate2::read::MultiGzDecoder::new(source)),
+        // Large reads of the compressed stream: flate2's own buffer is 32 KiB.
+        Magic::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(
+            io::BufReader::with_capacity(256 << 10, source),
+        )),
         Magic::Zstd => {
             Box::new(
                 zstd::stream::read::Decoder::new(source).map_err(|err| Error::Corrupt {
@@ -242,32 +248,52 @@ pub fn apply_layer(
         );
     }
 
-    let mut stats = ApplyStats::default();
-    {
-        let source = io::Cursor::new(&head[..n_head]).chain(&mut blob);
-        let mut tar_stream = HashReader::capped(decoder(magic, source, "layer")?, limits.max_size);
-        let mut extractor = Extractor::new(root, true, limits.max_entries);
-        let ran = extractor.run(&mut tar_stream).and_then(|()| {
+    // This thread reads, hashes and inflates the blob; another parses the tar and writes the
+    // files (and hashes the diffID), so decompression overlaps with file writing.
+    let mut tar_stream = Capped {
+        inner: decoder(
+            magic,
+            io::Cursor::new(&head[..n_head]).chain(&mut blob),
+            "layer",
+        )?,
+        n_bytes: 0,
+        cap: limits.max_size,
+        exceeded: false,
+    };
+    let (sender, mut input) = pipe::pipe();
+    let max_entries = limits.max_entries;
+    let (pumped, extracted) = std::thread::scope(|scope| {
+        let extract = scope.spawn(move || {
+            let mut extractor = Extractor::new(root, true, max_entries);
+            extractor.run(&mut input)?;
             // Hash whatever follows the end-of-archive marker too.
-            io::copy(&mut tar_stream, &mut io::sink())
-                .map(drop)
-                .map_err(|err| Error::Corrupt {
-                    context: "after the end of the tar archive".to_string(),
-                    source: err,
-                })
+            io::copy(&mut input, &mut io::sink()).map_err(|err| Error::Corrupt {
+                context: "after the end of the tar archive".to_string(),
+                source: err,
+            })?;
+            Ok::<_, Error>(ApplyStats {
+                diff_id: input.digest(),
+                uncompressed_size: input.n_bytes,
+                entries: extractor.entries,
+                skipped_devices: extractor.skipped_devices,
+                ..ApplyStats::default()
+            })
         });
-        if tar_stream.exceeded {
-            return Err(Error::Limit {
-                limit: limits.size_limit,
-                detail: format!("it unpacks to more than {} bytes", limits.max_size),
-            });
-        }
-        ran?;
-        stats.entries = extractor.entries;
-        stats.skipped_devices = extractor.skipped_devices;
-        stats.diff_id = tar_stream.digest();
-        stats.uncompressed_size = tar_stream.n_bytes;
+        let pumped = sender.pump(&mut tar_stream);
+        let extracted = extract
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (pumped, extracted)
+    });
+    if tar_stream.exceeded {
+        return Err(Error::Limit {
+            limit: limits.size_limit,
+            detail: format!("it unpacks to more than {} bytes", limits.max_size),
+        });
     }
+    let mut stats = extracted?;
+    drop(tar_stream);
+    debug_assert!(pumped, "the extraction read to the end");
     io::copy(&mut blob, &mut io::sink()).map_err(|err| Error::Corrupt {
         context: "after the end of the compressed stream".to_string(),
         source: err,
@@ -425,7 +451,15 @@ struct Extractor {
     entries: u64,
     max_entries: u64,
     skipped_devices: u64,
+    /// The directory of the previous entry: consecutive entries of one directory resolve it
+    /// once. Forgotten whenever anything is removed, so it never names a replaced directory.
+    last_dir: Option<(PathBuf, Arc<OwnedFd>)>,
+    /// File contents pass through here: few, large writes.
+    buf: Vec<u8>,
 }
+
+/// Bytes per write of file contents.
+const WRITE_CHUNK: usize = 1 << 20;
 
 fn corrupt(err: io::Error, entry: &[u8]) -> Error {
     Error::Corrupt {
@@ -445,6 +479,61 @@ impl Extractor {
             entries: 0,
             max_entries,
             skipped_devices: 0,
+            last_dir: None,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The directory `parent` (created if missing), resolved inside the root.
+    fn parent_dir(&mut self, parent: &Path) -> Result<Arc<OwnedFd>, Error> {
+        if let Some((path, fd)) = &self.last_dir
+            && path == parent
+        {
+            return Ok(Arc::clone(fd));
+        }
+        let fd = Arc::new(
+            self.root
+                .open_dir(parent, true)?
+                .expect("open_dir with create returns a directory"),
+        );
+        self.last_dir = Some((parent.to_path_buf(), Arc::clone(&fd)));
+        Ok(fd)
+    }
+
+    /// Runs `create`; if it fails because `name` exists, removes what is there (a directory
+    /// with all it holds) and runs it once more.
+    fn replacing<T>(
+        &mut self,
+        dir: &OwnedFd,
+        name: &OsStr,
+        rel: &Path,
+        mut create: impl FnMut() -> Result<T, Errno>,
+    ) -> Result<Result<T, Errno>, Error> {
+        match create() {
+            Err(Errno::EXIST) => {
+                self.last_dir = None;
+                remove_all_at(dir, name).map_err(|err| self.io_err("replace", rel, err))?;
+                Ok(create())
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Copies an entry's contents to `file` in writes of up to [`WRITE_CHUNK`] bytes.
+    fn copy_data(&mut self, entry: &mut impl Read, file: &mut File) -> io::Result<()> {
+        use std::io::Write as _;
+        if self.buf.is_empty() {
+            self.buf = vec![0; WRITE_CHUNK];
+        }
+        loop {
+            let filled = read_head(entry, &mut self.buf)?;
+            if filled == 0 {
+                return Ok(());
+            }
+            file.write_all(&self.buf[..filled])?;
+            if filled < self.buf.len() {
+                return Ok(());
+            }
         }
     }
 
@@ -524,24 +613,26 @@ impl Extractor {
         };
         let xattrs = pax.xattrs;
 
-        let dir = self
-            .root
-            .open_dir(&parent, true)?
-            .expect("open_dir with create returns a directory");
-        let existing = stat_at(&dir, &name).map_err(|err| self.io_err("stat", &rel, err))?;
+        let dir = self.parent_dir(&parent)?;
 
+        // Each kind is created first and what was there is looked at only if that fails with
+        // `EEXIST`: on a fresh root most entries cost no `lstat`.
         match kind {
             EntryType::Directory => {
-                let is_dir = existing
-                    .as_ref()
-                    .is_some_and(|st| file_type(st) == FileType::Directory);
-                if !is_dir {
-                    if existing.is_some() {
-                        remove_all_at(&dir, &name)
-                            .map_err(|err| self.io_err("replace", &rel, err))?;
+                match rustix::fs::mkdirat(&*dir, &name, Mode::from_raw_mode(0o755)) {
+                    Ok(()) => {}
+                    Err(Errno::EXIST) => {
+                        let is_dir = stat_at(&*dir, &name)
+                            .map_err(|err| self.io_err("stat", &rel, err))?
+                            .is_some_and(|st| file_type(&st) == FileType::Directory);
+                        if !is_dir {
+                            self.replacing(&dir, &name, &rel, || {
+                                rustix::fs::mkdirat(&*dir, &name, Mode::from_raw_mode(0o755))
+                            })?
+                            .map_err(|err| self.io_err("create directory", &rel, err))?;
+                        }
                     }
-                    rustix::fs::mkdirat(&dir, &name, Mode::from_raw_mode(0o755))
-                        .map_err(|err| self.io_err("create directory", &rel, err))?;
+                    Err(err) => return Err(self.io_err("create directory", &rel, err)),
                 }
                 self.set_owner(&dir, &name, &rel, owner)?;
                 if !xattrs.is_empty() {
@@ -553,22 +644,12 @@ impl Extractor {
                 self.dirs.insert(rel, (mode, mtime));
             }
             EntryType::Regular | EntryType::Continuous => {
-                if existing.is_some() {
-                    remove_all_at(&dir, &name).map_err(|err| self.io_err("replace", &rel, err))?;
-                }
-                let fd = rustix::fs::openat(
-                    &dir,
-                    &name,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .map_err(|err| self.io_err("create file", &rel, err))?;
+                let fd = self
+                    .replacing(&dir, &name, &rel, || create_new_file(&*dir, &name))?
+                    .map_err(|err| self.io_err("create file", &rel, err))?;
                 let mut file = File::from(fd);
-                io::copy(entry, &mut file).map_err(|err| corrupt(err, &raw))?;
+                self.copy_data(entry, &mut file)
+                    .map_err(|err| corrupt(err, &raw))?;
                 if self.chown {
                     rustix::fs::fchown(
                         &file,
@@ -589,11 +670,10 @@ impl Extractor {
                     .map(|t| t.into_owned())
                     .filter(|t| !t.is_empty() && !t.contains(&0))
                     .ok_or_else(|| Error::refused(&raw, "symlink without a valid target"))?;
-                if existing.is_some() {
-                    remove_all_at(&dir, &name).map_err(|err| self.io_err("replace", &rel, err))?;
-                }
-                rustix::fs::symlinkat(OsStr::from_bytes(&target), &dir, &name)
-                    .map_err(|err| self.io_err("create symlink", &rel, err))?;
+                self.replacing(&dir, &name, &rel, || {
+                    rustix::fs::symlinkat(OsStr::from_bytes(&target), &*dir, &name)
+                })?
+                .map_err(|err| self.io_err("create symlink", &rel, err))?;
                 self.set_owner(&dir, &name, &rel, owner)?;
                 rustix::fs::utimensat(&dir, &name, &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|err| self.io_err("set mtime of", &rel, err))?;
@@ -622,10 +702,10 @@ impl Extractor {
                 let tdir = self.root.open_dir(tparent, false)?.ok_or_else(|| {
                     Error::refused(&raw, format!("hard link target {target:?} does not exist"))
                 })?;
-                if existing.is_some() {
-                    remove_all_at(&dir, &name).map_err(|err| self.io_err("replace", &rel, err))?;
-                }
-                rustix::fs::linkat(&tdir, tname, &dir, &name, AtFlags::empty()).map_err(|err| {
+                self.replacing(&dir, &name, &rel, || {
+                    rustix::fs::linkat(&tdir, tname, &*dir, &name, AtFlags::empty())
+                })?
+                .map_err(|err| {
                     Error::refused(
                         &raw,
                         format!("cannot link to {target:?}: {}", io::Error::from(err)),
@@ -633,9 +713,6 @@ impl Extractor {
                 })?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                if existing.is_some() {
-                    remove_all_at(&dir, &name).map_err(|err| self.io_err("replace", &rel, err))?;
-                }
                 let (ft, dev) = match kind {
                     EntryType::Fifo => (FileType::Fifo, 0),
                     _ => {
@@ -655,7 +732,10 @@ impl Extractor {
                         (ft, rustix::fs::makedev(major, minor))
                     }
                 };
-                match rustix::fs::mknodat(&dir, &name, ft, Mode::from_raw_mode(0o600), dev) {
+                let made = self.replacing(&dir, &name, &rel, || {
+                    rustix::fs::mknodat(&*dir, &name, ft, Mode::from_raw_mode(0o600), dev)
+                })?;
+                match made {
                     Ok(()) => {}
                     Err(Errno::PERM) | Err(Errno::ACCESS) if ft != FileType::Fifo => {
                         tracing::warn!(path = %rel.display(), "skipping device node: no permission to create it");
@@ -724,6 +804,7 @@ impl Extractor {
             return Err(Error::refused(raw, "whiteout of an invalid name"));
         }
         let rel = parent.join(target);
+        self.last_dir = None;
         let Some(dir) = self.root.open_dir(parent, false)? else {
             return Ok(());
         };
@@ -745,6 +826,7 @@ impl Extractor {
 
     /// `.wh..wh..opq` in `dir_rel`: remove everything lower layers had there.
     fn opaque(&mut self, dir_rel: &Path, _raw: &[u8]) -> Result<(), Error> {
+        self.last_dir = None;
         let Some(dir) = self.root.open_dir(dir_rel, false)? else {
             return Ok(());
         };

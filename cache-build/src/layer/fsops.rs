@@ -216,6 +216,17 @@ pub(crate) fn file_type(st: &rustix::fs::Stat) -> FileType {
     FileType::from_raw_mode(st.st_mode)
 }
 
+/// Creates the regular file `name` in `dir` for writing, with mode 0600; fails with `EEXIST`
+/// if anything (a symlink included) is there.
+pub(crate) fn create_new_file(dir: impl AsFd, name: &OsStr) -> Result<OwnedFd, Errno> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+}
+
 /// Opens a directory entry for listing, never following a symlink.
 pub(crate) fn open_dir_nofollow(dir: impl AsFd, name: &OsStr) -> Result<OwnedFd, Errno> {
     rustix::fs::openat(

@@ -27,6 +27,8 @@ mod apply;
 mod clone;
 mod fsops;
 pub mod overlay;
+pub(crate) use fsops::create_new_file;
+mod pipe;
 mod snapshot;
 mod write;
 
