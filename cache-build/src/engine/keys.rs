@@ -109,7 +109,7 @@ fn run_op(
     let base = if scratch { -1 } else { 0 };
     let shebang_heredoc = matches!(command, RunCommand::Shell(c) if c.starts_with("/dev/pipes/"))
         && !heredocs.is_empty();
-    let args = super::run_argv(step, command);
+    let args = super::execute::run_argv(step, command);
     let exec = ExecOp {
         meta: Meta {
             args,
