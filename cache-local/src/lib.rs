@@ -1,17 +1,19 @@
 //! An OCI image layout directory as a build-cache backend: `--cache-to type=local,dest=DIR` and
 //! `--cache-from type=local,src=DIR`, readable and writable by BuildKit.
 //!
-//! ```no_run
-//! # async fn example() -> Result<(), cache_core::Error> {
-//! use cache_core::{Backend, IndexRef};
+//! ```
+//! use cache_core::{Backend, Blob, Descriptor, digest};
 //! use cache_local::LayoutDir;
 //!
-//! let cache = LayoutDir::open("/tmp/buildcache");
-//! if let Some(manifest) = cache.read_index(&IndexRef::Tag("latest".into())).await? {
-//!     println!("cache manifest {}", manifest.digest);
-//! }
-//! # Ok(())
-//! # }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let dir = tempfile::tempdir().unwrap();
+//! let cache = LayoutDir::open(dir.path().join("cache"));
+//! let bytes = b"layer bytes".to_vec();
+//! let desc = Descriptor::new("application/vnd.oci.image.layer.v1.tar", digest::sha256(&bytes), 11);
+//! cache.write_blob(&desc, Blob::from_bytes(bytes)).await?;
+//! // The blob is visible once verified and synced, at blobs/sha256/<hex>.
+//! assert_eq!(cache.stat_blob(&desc.digest).await?.map(|d| d.size), Some(11));
+//! # Ok::<(), cache_core::Error>(()) }).unwrap();
 //! ```
 //!
 //! # Layout

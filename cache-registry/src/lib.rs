@@ -4,6 +4,21 @@
 //! over the distribution API on reqwest with rustls: blob `HEAD`/`GET`/upload/mount and
 //! manifest `GET`/`HEAD`/`PUT`, with anonymous, Basic and Bearer token authentication.
 //!
+//! A [`Registry`] is made from a reference with Docker's grammar (no request is made yet):
+//!
+//! ```
+//! use cache_registry::{Options, Registry};
+//!
+//! let registry = Registry::new("127.0.0.1:5000/team/app:cache", Options::new())?;
+//! assert_eq!(registry.reference().registry(), "127.0.0.1:5000");
+//! assert_eq!(registry.reference().repository(), "team/app");
+//! assert_eq!(registry.reference().tag(), Some("cache"));
+//! assert!(Registry::new("127.0.0.1:5000/App:cache", Options::new()).is_err(), "uppercase");
+//! # Ok::<(), cache_core::Error>(())
+//! ```
+//!
+//! Against a running registry, blobs and cache manifests go through [`cache_core::Backend`]:
+//!
 //! ```no_run
 //! use cache_core::{Backend, Blob, IndexRef, digest};
 //! use cache_registry::{Options, Registry};

@@ -70,6 +70,16 @@ pub(crate) fn check(root: &Path) -> anyhow::Result<Vec<Violation>> {
                 }
             }
         }
+        let lib = crate_dir.join("src/lib.rs");
+        if lib.exists() && !has_runnable_crate_example(&read(&lib)?) {
+            violations.push(Violation {
+                path: relative(&lib),
+                line: Some(1),
+                rule: "a library crate's `//!` docs need an example that runs as a doctest \
+                       (a fence not marked no_run, ignore or text)"
+                    .to_owned(),
+            });
+        }
         if PURE_CRATES.contains(&package.name.as_str()) {
             for file in rust_files(&crate_dir.join("src"))? {
                 for (line, rule) in io_constructs(&package.name, &read(&file)?) {
@@ -202,6 +212,35 @@ fn rust_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     }
     files.sort();
     Ok(files)
+}
+
+/// Whether the crate docs (`//!` lines) open a code fence that rustdoc runs.
+fn has_runnable_crate_example(text: &str) -> bool {
+    let mut inside = false;
+    for line in text
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("//!"))
+    {
+        let Some(info) = line.trim().strip_prefix("```") else {
+            continue;
+        };
+        if !inside {
+            let skipped = [
+                "no_run",
+                "ignore",
+                "text",
+                "compile_fail",
+                "sh",
+                "toml",
+                "json",
+            ];
+            if !info.split(',').any(|word| skipped.contains(&word.trim())) {
+                return true;
+            }
+        }
+        inside = !inside;
+    }
+    false
 }
 
 fn starts_with_module_doc(text: &str) -> bool {
@@ -447,6 +486,21 @@ fn check_layering(package: &Package, ws_names: &BTreeSet<&str>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_crate_example_must_run() {
+        assert!(has_runnable_crate_example(
+            "//! A crate.\n//! ```\n//! assert!(true);\n//! ```\n"
+        ));
+        assert!(has_runnable_crate_example("//! ```rust\n//! ```\n"));
+        assert!(!has_runnable_crate_example(
+            "//! ```no_run\n//! x\n//! ```\n"
+        ));
+        assert!(!has_runnable_crate_example(
+            "//! ```text\n//! ```\n/// ```\nfn f() {}\n"
+        ));
+        assert!(!has_runnable_crate_example("//! No example.\n"));
+    }
 
     #[test]
     fn pure_crates_may_not_do_io_outside_tests() {
