@@ -218,11 +218,19 @@ fn outcome_of(target: &str, seconds: u64, log: &str, success: bool) -> Outcome {
         .filter_map(|line| line.strip_prefix("stat::number_of_executed_units:"))
         .find_map(|n| n.trim().parse().ok())
         .unwrap_or(0);
+    // libFuzzer also writes `slow-unit-*` files for inputs over 10 s (a loaded machine makes
+    // them); they are no failure: only crash-, timeout-, oom- and leak- inputs are.
     let written = log
         .lines()
         .rev()
-        .find_map(|line| line.split_once("Test unit written to "))
-        .map(|(_, path)| path.trim().to_owned());
+        .filter_map(|line| line.split_once("Test unit written to "))
+        .map(|(_, path)| path.trim().to_owned())
+        .find(|path| {
+            let name = path.rsplit('/').next().unwrap_or(path);
+            ["crash-", "timeout-", "oom-", "leak-"]
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+        });
     let crash = match (success, written) {
         (true, None) => None,
         (_, Some(path)) => Some(path),
@@ -339,6 +347,15 @@ mod tests {
             outcome_of("layer", 20, "error: could not compile", false)
                 .crash
                 .is_some()
+        );
+        // A slow unit (an input over 10 s on a loaded machine) is written too, but the run
+        // went on and ended well: no crash.
+        let slow = "Test unit written to a/slow-unit-1f\nDone 9 runs in 3601 second(s)\nstat::number_of_executed_units: 9\n";
+        assert_eq!(outcome_of("spec", 3600, slow, true).crash, None);
+        let timeout = "Test unit written to a/slow-unit-1f\nTest unit written to a/timeout-2e\n";
+        assert_eq!(
+            outcome_of("spec", 3600, timeout, false).crash.as_deref(),
+            Some("a/timeout-2e")
         );
     }
 }
