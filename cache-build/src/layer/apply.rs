@@ -262,8 +262,11 @@ pub fn apply_layer(
     };
     let (sender, mut input) = pipe::pipe();
     let max_entries = limits.max_entries;
+    // Warnings from the extracting thread keep the caller's span.
+    let span = tracing::Span::current();
     let (pumped, extracted) = std::thread::scope(|scope| {
         let extract = scope.spawn(move || {
+            let _span = span.enter();
             let mut extractor = Extractor::new(root, true, max_entries);
             extractor.run(&mut input)?;
             // Hash whatever follows the end-of-archive marker too.
