@@ -75,6 +75,7 @@ mod auth;
 mod blob;
 mod client;
 mod error;
+pub mod image;
 mod manifest;
 mod reference;
 mod registry;
