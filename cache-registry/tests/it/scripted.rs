@@ -742,3 +742,56 @@ async fn issue_14_a_registry_that_accepts_everything_is_not_believed() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn copy_blob_mounts_only_from_another_repository_of_the_same_registry() {
+    use cache_core::MountSource;
+    use cache_core::transfer::{self, BlobCopy, InMemory, Moved};
+    let bytes = b"layer".to_vec();
+    let desc = Descriptor::new(
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        digest::sha256(&bytes),
+        bytes.len() as u64,
+    );
+    let fake = Fake::start(|_addr| {
+        move |req: &Req| match (req.method.as_str(), req.path()) {
+            ("HEAD", _) => Reply::status(404),
+            ("POST", "/v2/app/blobs/uploads/") if req.target.contains("from=src") => {
+                Reply::status(201)
+            }
+            _ => Reply::status(500),
+        }
+    })
+    .await;
+    let registry = open(&fake, "app", options());
+    let host = registry.reference().registry().to_owned();
+    let hints = [
+        // Not this registry, then this very repository: neither is asked.
+        MountSource {
+            registry: "elsewhere.example".to_owned(),
+            repository: "src".to_owned(),
+        },
+        MountSource {
+            registry: host.clone(),
+            repository: "app".to_owned(),
+        },
+        MountSource {
+            registry: host,
+            repository: "src".to_owned(),
+        },
+    ];
+    let how = BlobCopy {
+        mount_from: &hints,
+        ..BlobCopy::default()
+    };
+    let moved = transfer::copy_blob(&registry, &InMemory(bytes.into()), &desc, &how)
+        .await
+        .expect("copy");
+    assert_eq!(moved, Moved::Mounted(hints[2].clone()));
+    let methods: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .map(|req| req.method.clone())
+        .collect();
+    assert_eq!(methods, ["HEAD", "POST"], "one check, one mount, no upload");
+}
