@@ -310,7 +310,7 @@ impl Engine<'_> {
             },
         )
         .await?
-        .map_err(|err| Error::other(format!("writing a layer: {err}")))?;
+        .map_err(Error::layer("writing a layer"))?;
         let digest: Digest = info.digest.parse().map_err(|_| {
             Error::other(format!(
                 "layer writer gave an invalid digest {}",
@@ -324,14 +324,15 @@ impl Engine<'_> {
         );
         desc.annotations
             .insert(annotation::UNCOMPRESSED.to_owned(), info.diff_id.clone());
-        let blob = file_blob(file.path()).await.map_err(|err| {
-            Error::other(format!("reading layer {}: {err}", file.path().display()))
-        })?;
+        let blob = file_blob(file.path()).await.map_err(Error::io(format!(
+            "reading layer {}",
+            file.path().display()
+        )))?;
         self.blobs
             .root
             .write(&desc, blob)
             .await
-            .map_err(|err| Error::other(format!("storing layer {}: {err}", desc.digest)))?;
+            .map_err(Error::store(format!("storing layer {}", desc.digest)))?;
         self.announce_layer(&desc);
         Ok(desc)
     }
@@ -428,5 +429,5 @@ pub(super) async fn snapshot(dir: &Path) -> Result<Snapshot, Error> {
     let dir = dir.to_path_buf();
     blocking(move || Snapshot::capture(&dir))
         .await?
-        .map_err(|err| Error::other(format!("reading the filesystem: {err}")))
+        .map_err(Error::layer("reading the filesystem"))
 }

@@ -35,7 +35,7 @@ impl Engine<'_> {
             exclude.as_ref(),
             &mut self.hashes,
         )
-        .map_err(|err| Error::other(format!("{what}: {err}")))
+        .map_err(Error::context(what))
     }
 
     /// The best usable result among `records`: newest first, skipping local results whose
@@ -618,7 +618,7 @@ impl Engine<'_> {
             &mut self.hashes,
             true,
         )
-        .map_err(|err| Error::other(format!("{name}: {err}")))?;
+        .map_err(Error::context(name))?;
         parents_found(copy, &selection).map_err(|err| step_error(name, step.line, err))?;
         let selectors = match (&sop.linked_copy, sop.src) {
             (Some(copy), _) => copy.deps[0].content.as_ref(),
@@ -757,7 +757,7 @@ impl Engine<'_> {
             .collect();
         let ignore = use_ignore.then_some(&self.ignore);
         let selection = context::select_with(&dir, &sources, ignore, None, &mut self.hashes, true)
-            .map_err(|err| Error::other(format!("{name}: --mount source: {err}")))?;
+            .map_err(Error::context(format!("{name}: --mount source")))?;
         let checksums = keys::content_checksums(&selection, selectors, true)
             .map_err(|err| Error::other(format!("{name}: {err}")))?;
         let record = self.root_record(keys::content_record(&checksums));

@@ -48,7 +48,7 @@ impl Engine<'_> {
         let (sel, src, dst) = (selection.clone(), dir.to_path_buf(), rootfs.clone());
         blocking(move || context::copy_into(&sel, &src, &dst, "/", &opts))
             .await?
-            .map_err(|err| Error::other(format!("build context {name}: {err}")))?;
+            .map_err(Error::context(format!("build context {name}")))?;
         let record = match found.first() {
             Some(&r) => r,
             None => self.graph.add_record(digest, vec![vec![link(content)]]),
@@ -223,7 +223,7 @@ impl Engine<'_> {
             );
             blocking(move || lay_over(&top, &dest, &tmp))
                 .await?
-                .map_err(|err| Error::other(format!("writing the output: {err}")))?;
+                .map_err(Error::layer("writing the output"))?;
         }
         self.progress().event(Event::Done {
             vertex,
@@ -293,7 +293,7 @@ impl Engine<'_> {
                 let to = dir.to_path_buf();
                 blocking(move || std::fs::rename(&pristine, &to))
                     .await?
-                    .map_err(|err| Error::other(format!("moving an unpacked base: {err}")))?;
+                    .map_err(Error::io("moving an unpacked base"))?;
                 "reusing the base unpacked for another stage"
             };
             self.status_done(vertex, text, started);
@@ -407,7 +407,7 @@ impl Engine<'_> {
                 .root
                 .read(&desc.digest)
                 .await
-                .map_err(|err| Error::other(format!("reading layer {}: {err}", desc.digest)))?
+                .map_err(Error::store(format!("reading layer {}", desc.digest)))?
                 .ok_or_else(|| {
                     Error::other(format!(
                         "layer {} vanished from the root store",
@@ -455,7 +455,7 @@ pub(super) fn lay_over(top: &Path, root: &Path, tmp_dir: &Path) -> Result<(), la
 pub(super) async fn clone_unpacked(from: PathBuf, to: PathBuf) -> Result<(), Error> {
     blocking(move || layer::clone_tree(&from, &to))
         .await?
-        .map_err(|err| Error::other(format!("copying an unpacked base: {err}")))
+        .map_err(Error::layer("copying an unpacked base"))
 }
 
 /// Removes a directory of the work directory, after taking down the overlays mounted in it.
@@ -483,12 +483,12 @@ pub async fn unpack_chain(
         blobs
             .fetch_to_root(desc)
             .await
-            .map_err(|err| Error::other(format!("fetching layer {}: {err}", desc.digest)))?;
+            .map_err(Error::store(format!("fetching layer {}", desc.digest)))?;
         let blob = blobs
             .root
             .read(&desc.digest)
             .await
-            .map_err(|err| Error::other(format!("reading layer {}: {err}", desc.digest)))?
+            .map_err(Error::store(format!("reading layer {}", desc.digest)))?
             .ok_or_else(|| {
                 Error::other(format!(
                     "layer {} is missing from the root store",
@@ -501,7 +501,7 @@ pub async fn unpack_chain(
         let limits = layer::LayerLimits::for_blob(limits, desc.size);
         blocking(move || layer::apply_layer(reader, &media_type, &root, &limits))
             .await?
-            .map_err(|err| Error::other(format!("extracting layer {}: {err}", desc.digest)))?;
+            .map_err(Error::layer(format!("extracting layer {}", desc.digest)))?;
     }
     Ok(())
 }

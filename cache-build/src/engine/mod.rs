@@ -102,7 +102,7 @@ pub enum NamedContext {
 
 impl NamedContext {
     /// Parses `oci-layout://DIR[:TAG|@sha256:…]` or a directory path.
-    pub fn parse(value: &str) -> Result<NamedContext, String> {
+    pub fn parse(value: &str) -> Result<NamedContext, NamedContextError> {
         if let Some(rest) = value.strip_prefix("oci-layout://") {
             let (dir, reference) = if let Some((dir, digest)) = rest.split_once('@') {
                 (dir, digest.to_owned())
@@ -110,7 +110,10 @@ impl NamedContext {
                 match rest.rsplit_once(':') {
                     Some((dir, tag)) if !tag.contains('/') => {
                         cache_core::spec::check_tag(tag).map_err(|message| {
-                            format!("{value:?}: the tag of oci-layout://DIR:TAG: {message}")
+                            NamedContextError::BadTag {
+                                value: value.to_owned(),
+                                message,
+                            }
                         })?;
                         (dir, tag.to_owned())
                     }
@@ -118,9 +121,9 @@ impl NamedContext {
                 }
             };
             if dir.is_empty() {
-                return Err(format!(
-                    "{value:?}: the OCI layout directory is missing (oci-layout://DIR[:TAG])"
-                ));
+                return Err(NamedContextError::MissingDir {
+                    value: value.to_owned(),
+                });
             }
             return Ok(NamedContext::OciLayout {
                 dir: PathBuf::from(dir),
@@ -128,12 +131,38 @@ impl NamedContext {
             });
         }
         if value.contains("://") {
-            return Err(format!(
-                "{value:?}: only directories and oci-layout://DIR[:TAG] build contexts are supported"
-            ));
+            return Err(NamedContextError::Unsupported {
+                value: value.to_owned(),
+            });
         }
         Ok(NamedContext::Dir(PathBuf::from(value)))
     }
+}
+
+/// Why a `--build-context` value is refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NamedContextError {
+    /// The tag of `oci-layout://DIR:TAG` is not a valid tag.
+    #[error("{value:?}: the tag of oci-layout://DIR:TAG: {message}")]
+    BadTag {
+        /// The value given.
+        value: String,
+        /// What is wrong with the tag.
+        message: String,
+    },
+    /// `oci-layout://` without a directory.
+    #[error("{value:?}: the OCI layout directory is missing (oci-layout://DIR[:TAG])")]
+    MissingDir {
+        /// The value given.
+        value: String,
+    },
+    /// A URL scheme other than `oci-layout://`.
+    #[error("{value:?}: only directories and oci-layout://DIR[:TAG] build contexts are supported")]
+    Unsupported {
+        /// The value given.
+        value: String,
+    },
 }
 
 /// An image resolved for `FROM` or `COPY --from`.
@@ -266,6 +295,54 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// A file or directory of the build could not be read or written.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, on what.
+        context: String,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing, applying or copying a layer (or a snapshot of a filesystem) failed.
+    #[error("{context}: {source}")]
+    Layer {
+        /// What was being done, on what.
+        context: String,
+        /// The failure.
+        #[source]
+        source: layer::Error,
+    },
+    /// Selecting, hashing or copying files of a context, stage or image failed.
+    #[error("{context}: {source}")]
+    Context {
+        /// The step or build context at fault.
+        context: String,
+        /// The failure.
+        #[source]
+        source: context::Error,
+    },
+    /// Reading an image from an OCI layout or assembling the final image failed.
+    #[error("{context}: {source}")]
+    Image {
+        /// What was being done, on what.
+        context: String,
+        /// The failure.
+        #[source]
+        source: image::Error,
+    },
+    /// A blob store (the root, a cache, an image's registry) failed.
+    #[error("{context}: {source}")]
+    Store {
+        /// What was being done, on which blob.
+        context: String,
+        /// The failure.
+        #[source]
+        source: cache_core::Error,
+    },
+    /// A blocking worker thread panicked or was cancelled.
+    #[error("a worker thread failed: {0}")]
+    Worker(#[source] tokio::task::JoinError),
     /// Anything else, with context.
     #[error("{0}")]
     Other(String),
@@ -274,6 +351,31 @@ pub enum Error {
 impl Error {
     fn other(message: impl Into<String>) -> Self {
         Error::Other(message.into())
+    }
+
+    fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+
+    fn layer(context: impl Into<String>) -> impl FnOnce(layer::Error) -> Self {
+        let context = context.into();
+        move |source| Error::Layer { context, source }
+    }
+
+    fn context(context: impl Into<String>) -> impl FnOnce(context::Error) -> Self {
+        let context = context.into();
+        move |source| Error::Context { context, source }
+    }
+
+    fn image(context: impl Into<String>) -> impl FnOnce(image::Error) -> Self {
+        let context = context.into();
+        move |source| Error::Image { context, source }
+    }
+
+    fn store(context: impl Into<String>) -> impl FnOnce(cache_core::Error) -> Self {
+        let context = context.into();
+        move |source| Error::Store { context, source }
     }
 }
 
@@ -511,12 +613,10 @@ pub async fn build(
             .map_err(|err| Error::other(format!("{}: {err}", ignore_path.display())))?,
         Err(_) => dockerfile::IgnoreMatcher::empty(),
     };
-    std::fs::create_dir_all(&request.work_dir).map_err(|err| {
-        Error::other(format!(
-            "creating work directory {}: {err}",
-            request.work_dir.display()
-        ))
-    })?;
+    std::fs::create_dir_all(&request.work_dir).map_err(Error::io(format!(
+        "creating work directory {}",
+        request.work_dir.display()
+    )))?;
     let mut engine = Engine {
         request,
         services,
@@ -674,7 +774,7 @@ fn assemble_image(
         layers: chain.to_vec(),
         annotations: annotations.clone(),
     };
-    image::assemble(&spec).map_err(|err| Error::other(format!("assembling the image: {err}")))
+    image::assemble(&spec).map_err(Error::image("assembling the image"))
 }
 
 /// The runtime config of an image from a stage's config.
@@ -817,8 +917,7 @@ impl Engine<'_> {
             .work_dir
             .join(format!("{what}-{}", self.n_dirs));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)
-            .map_err(|err| Error::other(format!("creating {}: {err}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
         Ok(dir)
     }
 
@@ -891,12 +990,10 @@ impl Engine<'_> {
         else {
             return Ok(None);
         };
-        let img = image::read_layout_image(dir, reference).map_err(|err| {
-            Error::other(format!(
-                "build context {name}=oci-layout://{}:{reference}: {err}",
-                dir.display()
-            ))
-        })?;
+        let img = image::read_layout_image(dir, reference).map_err(Error::image(format!(
+            "build context {name}=oci-layout://{}:{reference}",
+            dir.display()
+        )))?;
         let store = (self.services.open_layout)(dir);
         self.note_image_layers(&img.layers, &format!("build context {name}"));
         self.blobs.imports.push(ImportedSource {
@@ -1032,9 +1129,7 @@ enum Target {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|err| Error::other(format!("a worker thread failed: {err}")))
+    tokio::task::spawn_blocking(f).await.map_err(Error::Worker)
 }
 
 /// The part of `graph` worth keeping in the root store: results whose blobs are all in the root
