@@ -190,8 +190,18 @@ fn os(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
 }
 
+/// Removes `dir`, whoever else is removing parts of it (a build hands its work directory to a
+/// background removal that may still run): tries again until nothing is left.
 fn clean(dir: &Path) {
-    let _ = fs::remove_dir_all(dir);
+    for _ in 0..20 {
+        match fs::remove_dir_all(dir) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound && dir.exists() => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            _ if dir.exists() => {}
+            _ => return,
+        }
+    }
 }
 
 struct Ctx<'a> {
