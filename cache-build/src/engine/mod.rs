@@ -588,24 +588,7 @@ pub async fn build(
             word_size: usize::try_from(request.limits.word_size).unwrap_or(usize::MAX),
         },
     };
-    for name in &request.no_cache_filter {
-        let lower = name.to_lowercase();
-        if !df
-            .stages
-            .iter()
-            .any(|s| s.name.as_deref() == Some(lower.as_str()))
-        {
-            let names: Vec<&str> = df.stages.iter().filter_map(|s| s.name.as_deref()).collect();
-            return Err(Error::other(format!(
-                "--no-cache-filter {name}: the Dockerfile has no stage named {name} (its named stages: {})",
-                if names.is_empty() {
-                    "none".to_owned()
-                } else {
-                    names.join(", ")
-                }
-            )));
-        }
-    }
+    check_no_cache_filter(&df, &request.no_cache_filter)?;
     let first = dockerfile::plan(&df, &options).map_err(df_err)?;
     let ignore_path = request.context.join(".dockerignore");
     let ignore = match std::fs::read_to_string(&ignore_path) {
@@ -617,38 +600,7 @@ pub async fn build(
         "creating work directory {}",
         request.work_dir.display()
     )))?;
-    let mut engine = Engine {
-        request,
-        services,
-        blobs: services.blobs.clone(),
-        graph,
-        hashes: match &request.hash_cache {
-            Some(path) => HashCache::load(path),
-            None => HashCache::in_memory(),
-        },
-        ignore,
-        plan: first.clone(),
-        stages: Vec::new(),
-        slots: BTreeMap::new(),
-        images: Vec::new(),
-        image_index: BTreeMap::new(),
-        reports: Vec::new(),
-        n_dirs: 0,
-        unpacked: std::collections::HashMap::new(),
-        overlays: None,
-        blobs_fetched: 0,
-        last_hit_source: None,
-        bad_blobs: HashSet::new(),
-        available: std::collections::HashMap::new(),
-        active: None,
-        n_source_records: 0,
-        source_facts: None,
-        facts: FactsMap::new(),
-        last_unusable: None,
-        image_layers: std::collections::HashMap::new(),
-        caches_off: false,
-    };
-    engine.n_source_records = engine.graph.records().len();
+    let mut engine = Engine::new(request, services, graph, ignore, first.clone());
     // Resolve image and context bases first, to plan with their configs.
     let mut base_configs = BTreeMap::new();
     let mut base_images: BTreeMap<String, ResolvedImage> = BTreeMap::new();
@@ -668,79 +620,158 @@ pub async fn build(
     }
     engine.plan =
         dockerfile::plan_with_base_configs(&df, &options, &base_configs).map_err(df_err)?;
-    let mut restarts = 0;
-    loop {
-        let result = engine.run(&base_images).await;
-        engine.cleanup();
-        match result {
-            Err(Error::BadBlob { digest, message })
-                if restarts < 2 * MAX_RESTARTS
-                    && !engine.bad_blobs.contains(&digest)
-                    && !engine.image_layers.contains_key(&digest)
-                    && engine
-                        .graph
-                        .layers()
-                        .iter()
-                        .any(|l| l.blob.digest == digest) =>
-            {
-                restarts += 1;
-                services.progress.event(Event::Warning(format!(
-                    "cache blob {digest} from {} is unusable ({message}): the steps that need it are rebuilt",
-                    engine.blob_source(&digest)
-                )));
-                engine.bad_blobs.insert(digest);
-                if restarts >= MAX_RESTARTS && !engine.caches_off {
-                    // A cache with many bad blobs must not make the build restart once per
-                    // blob, nor fail it: go on with this build's own results only.
-                    engine.caches_off = true;
-                    services.progress.event(Event::Warning(format!(
-                        "{restarts} cache blobs were unusable: the build goes on without its caches"
-                    )));
+    engine.run_restarting(&base_images).await?;
+    engine.finish()
+}
+
+/// Refuses a `--no-cache-filter` naming no stage of the Dockerfile.
+fn check_no_cache_filter(df: &dockerfile::Dockerfile, names: &[String]) -> Result<(), Error> {
+    for name in names {
+        let lower = name.to_lowercase();
+        if !df
+            .stages
+            .iter()
+            .any(|s| s.name.as_deref() == Some(lower.as_str()))
+        {
+            let names: Vec<&str> = df.stages.iter().filter_map(|s| s.name.as_deref()).collect();
+            return Err(Error::other(format!(
+                "--no-cache-filter {name}: the Dockerfile has no stage named {name} (its named stages: {})",
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
                 }
-                engine.reset();
-            }
-            Err(Error::BadBlob { digest, message })
-                if engine.image_layers.contains_key(&digest) =>
-            {
-                return Err(Error::other(format!(
-                    "layer {digest} of {} is unusable: {message}",
-                    engine.image_layers[&digest]
-                )));
-            }
-            other => {
-                other?;
-                break;
-            }
+            )));
         }
     }
-    if let Err(err) = engine.hashes.save() {
-        services
-            .progress
-            .event(Event::Warning(format!("saving context hashes: {err}")));
+    Ok(())
+}
+
+impl<'a> Engine<'a> {
+    /// An engine for `plan` over the caches in `graph`, before any stage is resolved.
+    fn new(
+        request: &'a BuildRequest,
+        services: &'a Services<'a>,
+        graph: CacheGraph,
+        ignore: dockerfile::IgnoreMatcher,
+        plan: dockerfile::Plan,
+    ) -> Self {
+        let mut engine = Engine {
+            request,
+            services,
+            blobs: services.blobs.clone(),
+            graph,
+            hashes: match &request.hash_cache {
+                Some(path) => HashCache::load(path),
+                None => HashCache::in_memory(),
+            },
+            ignore,
+            plan,
+            stages: Vec::new(),
+            slots: BTreeMap::new(),
+            images: Vec::new(),
+            image_index: BTreeMap::new(),
+            reports: Vec::new(),
+            n_dirs: 0,
+            unpacked: std::collections::HashMap::new(),
+            overlays: None,
+            blobs_fetched: 0,
+            last_hit_source: None,
+            bad_blobs: HashSet::new(),
+            available: std::collections::HashMap::new(),
+            active: None,
+            n_source_records: 0,
+            source_facts: None,
+            facts: FactsMap::new(),
+            last_unusable: None,
+            image_layers: std::collections::HashMap::new(),
+            caches_off: false,
+        };
+        engine.n_source_records = engine.graph.records().len();
+        engine
     }
-    if !engine.bad_blobs.is_empty() {
-        // Exports and the local cache must not hand a refused blob on.
-        engine.graph.drop_results_using(&engine.bad_blobs);
+
+    /// Runs the build, restarting it without a cache blob found unusable (up to
+    /// [`MAX_RESTARTS`] times, then without the caches at all); an unusable layer of a base
+    /// image fails the build.
+    async fn run_restarting(
+        &mut self,
+        base_images: &BTreeMap<String, ResolvedImage>,
+    ) -> Result<(), Error> {
+        let mut restarts = 0;
+        loop {
+            let result = self.run(base_images).await;
+            self.cleanup();
+            match result {
+                Err(Error::BadBlob { digest, message })
+                    if restarts < 2 * MAX_RESTARTS
+                        && !self.bad_blobs.contains(&digest)
+                        && !self.image_layers.contains_key(&digest)
+                        && self.graph.layers().iter().any(|l| l.blob.digest == digest) =>
+                {
+                    restarts += 1;
+                    self.progress().event(Event::Warning(format!(
+                        "cache blob {digest} from {} is unusable ({message}): the steps that need it are rebuilt",
+                        self.blob_source(&digest)
+                    )));
+                    self.bad_blobs.insert(digest);
+                    if restarts >= MAX_RESTARTS && !self.caches_off {
+                        // A cache with many bad blobs must not make the build restart once per
+                        // blob, nor fail it: go on with this build's own results only.
+                        self.caches_off = true;
+                        self.progress().event(Event::Warning(format!(
+                            "{restarts} cache blobs were unusable: the build goes on without its caches"
+                        )));
+                    }
+                    self.reset();
+                }
+                Err(Error::BadBlob { digest, message })
+                    if self.image_layers.contains_key(&digest) =>
+                {
+                    return Err(Error::other(format!(
+                        "layer {digest} of {} is unusable: {message}",
+                        self.image_layers[&digest]
+                    )));
+                }
+                other => {
+                    other?;
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
-    let mut facts = engine.source_facts().clone();
-    facts.extend(std::mem::take(&mut engine.facts));
-    let target = engine.plan.target;
-    let stage = &engine.plan.stages[target];
-    let state = &engine.stages[target];
-    let chain = state.fs.chain.clone();
-    let image = assemble_image(stage, state, &chain, &request.annotations)?;
-    Ok(BuildOutcome {
-        targets: state.fs.records.clone(),
-        graph: engine.graph,
-        image,
-        chain,
-        steps: engine.reports,
-        blobs: engine.blobs,
-        unused_build_args: engine.plan.unused_build_args.clone(),
-        cache_mounts: run_mounts::cache_mount_ids(&engine.plan),
-        blobs_fetched: engine.blobs_fetched,
-        facts,
-    })
+
+    /// The outcome of a finished build: the target's image and chain, the records to keep.
+    fn finish(mut self) -> Result<BuildOutcome, Error> {
+        if let Err(err) = self.hashes.save() {
+            self.progress()
+                .event(Event::Warning(format!("saving context hashes: {err}")));
+        }
+        if !self.bad_blobs.is_empty() {
+            // Exports and the local cache must not hand a refused blob on.
+            self.graph.drop_results_using(&self.bad_blobs);
+        }
+        let mut facts = self.source_facts().clone();
+        facts.extend(std::mem::take(&mut self.facts));
+        let target = self.plan.target;
+        let stage = &self.plan.stages[target];
+        let state = &self.stages[target];
+        let chain = state.fs.chain.clone();
+        let image = assemble_image(stage, state, &chain, &self.request.annotations)?;
+        Ok(BuildOutcome {
+            targets: state.fs.records.clone(),
+            graph: self.graph,
+            image,
+            chain,
+            steps: self.reports,
+            blobs: self.blobs,
+            unused_build_args: self.plan.unused_build_args.clone(),
+            cache_mounts: run_mounts::cache_mount_ids(&self.plan),
+            blobs_fetched: self.blobs_fetched,
+            facts,
+        })
+    }
 }
 
 /// The image config and history of the target stage over `chain`.
