@@ -402,26 +402,10 @@ impl Engine<'_> {
                 }
             }
             self.announce_layer(desc);
-            let blob = self
-                .blobs
-                .root
-                .read(&desc.digest)
-                .await
-                .map_err(Error::store(format!("reading layer {}", desc.digest)))?
-                .ok_or_else(|| {
-                    Error::other(format!(
-                        "layer {} vanished from the root store",
-                        desc.digest
-                    ))
-                })?;
             let started = Instant::now();
-            let reader = blocking_reader(blob.verified(desc.digest.clone()));
-            let media_type = desc.media_type.clone();
-            let root = dir.to_path_buf();
-            let limits = layer::LayerLimits::for_blob(&self.request.limits, desc.size);
             // Every failure (garbage, a refused entry, a limit) makes the blob unusable: a
             // cache's results that need it become misses, an image's layer fails the build.
-            blocking(move || layer::apply_layer(reader, &media_type, &root, &limits))
+            apply_from_root(&self.blobs, desc, dir, &self.request.limits)
                 .await?
                 .map_err(|err| Error::BadBlob {
                     digest: desc.digest.clone(),
@@ -484,24 +468,35 @@ pub async fn unpack_chain(
             .fetch_to_root(desc)
             .await
             .map_err(Error::store(format!("fetching layer {}", desc.digest)))?;
-        let blob = blobs
-            .root
-            .read(&desc.digest)
-            .await
-            .map_err(Error::store(format!("reading layer {}", desc.digest)))?
-            .ok_or_else(|| {
-                Error::other(format!(
-                    "layer {} is missing from the root store",
-                    desc.digest
-                ))
-            })?;
-        let reader = blocking_reader(blob.verified(desc.digest.clone()));
-        let media_type = desc.media_type.clone();
-        let root = dest.to_path_buf();
-        let limits = layer::LayerLimits::for_blob(limits, desc.size);
-        blocking(move || layer::apply_layer(reader, &media_type, &root, &limits))
+        apply_from_root(blobs, desc, dest, limits)
             .await?
             .map_err(Error::layer(format!("extracting layer {}", desc.digest)))?;
     }
     Ok(())
+}
+
+/// Applies layer `desc` from the root store onto `dest`, verifying its digest on the way: the
+/// outer error is the store's, the inner one the layer's own (which makes the blob unusable).
+async fn apply_from_root(
+    blobs: &Blobs,
+    desc: &Descriptor,
+    dest: &Path,
+    limits: &cache_core::limits::Limits,
+) -> Result<Result<(), layer::Error>, Error> {
+    let blob = blobs
+        .root
+        .read(&desc.digest)
+        .await
+        .map_err(Error::store(format!("reading layer {}", desc.digest)))?
+        .ok_or_else(|| {
+            Error::other(format!(
+                "layer {} is missing from the root store",
+                desc.digest
+            ))
+        })?;
+    let reader = blocking_reader(blob.verified(desc.digest.clone()));
+    let media_type = desc.media_type.clone();
+    let root = dest.to_path_buf();
+    let limits = layer::LayerLimits::for_blob(limits, desc.size);
+    blocking(move || layer::apply_layer(reader, &media_type, &root, &limits).map(|_| ())).await
 }
