@@ -103,27 +103,7 @@ impl Engine<'_> {
                 let prepared = self
                     .prepare_run(step, run_mounts, *network, *security, name)
                     .await?;
-                // `RUN <<EOF` with a `#!` body runs the body as a file, as BuildKit does.
-                let mut mounts = Vec::new();
-                for heredoc in heredocs {
-                    let Some(target) = &heredoc.mount_path else {
-                        continue;
-                    };
-                    let dir = self.new_dir("heredoc")?;
-                    let file = dir.join(&heredoc.name);
-                    write_executable(&file, &heredoc.content).map_err(|err| {
-                        step_error(
-                            name,
-                            step.line,
-                            format!("writing heredoc {}: {err}", heredoc.name),
-                        )
-                    })?;
-                    mounts.push(sandbox::Mount {
-                        target: target.clone(),
-                        kind: sandbox::MountKind::Bind { source: file },
-                        readonly: true,
-                    });
-                }
+                let mut mounts = self.heredoc_mounts(step, heredocs, name)?;
                 mounts.extend(prepared.mounts.iter().cloned());
                 let mut env = step.env.clone();
                 env.extend(prepared.env.iter().cloned());
@@ -178,96 +158,135 @@ impl Engine<'_> {
                 res.map_err(|err| step_error(name, step.line, err.to_string()))?;
                 Ok(())
             }
-            Op::Copy(copy) => {
-                let opts = CopyOptions {
-                    chown: copy.chown.clone(),
-                    // BuildKit keeps the owners of what COPY --from copies; the build context's
-                    // files belong to 0:0.
-                    keep_owner: matches!(extra, Extra::Stage(_) | Extra::Image(_)),
-                    chmod: copy.chmod,
-                    extract_archives: copy.is_add && copy.downloads.is_empty(),
-                    workdir: step.workdir.clone(),
-                };
-                // COPY --link copies onto an empty filesystem, then lays that over the stage, as
-                // BuildKit's merge does: missing parents are created afresh (with the copy's owner)
-                // and nothing of the stage (an existing directory, a symlink) steers the copy.
-                let link_dir = if copy.link {
-                    Some(self.new_dir("link")?)
-                } else {
-                    None
-                };
-                let copy_root = link_dir.clone().unwrap_or_else(|| dir.to_path_buf());
-                let n_sources = copy.sources.len();
-                let dest = if n_sources > 1 && !copy.dest.ends_with('/') {
-                    format!("{}/", copy.dest)
-                } else {
-                    copy.dest.clone()
-                };
-                let src = match extra {
-                    Extra::None => None,
-                    Extra::Content {
-                        src_root,
-                        selection,
-                        ..
-                    } => Some((src_root.clone(), selection.clone())),
-                    Extra::Stage(j) => {
-                        let src_root = self.ensure_fs(Target::Stage(*j)).await?;
-                        let sel = self.copy_selection(&src_root, copy, name, step.line)?;
-                        Some((src_root, sel))
-                    }
-                    Extra::Image(i) => {
-                        let src_root = self.ensure_fs(Target::Image(*i)).await?;
-                        let sel = self.copy_selection(&src_root, copy, name, step.line)?;
-                        Some((src_root, sel))
-                    }
-                };
-                if let Some((src_root, selection)) = src {
-                    let (root, dest, opts) = (copy_root.clone(), dest.clone(), opts.clone());
-                    blocking(move || {
-                        context::copy_into(&selection, &src_root, &root, &dest, &opts)
-                    })
-                    .await?
-                    .map_err(|err| step_error(name, step.line, err.to_string()))?;
-                }
-                let inline: Vec<(&String, &String)> = copy
-                    .sources
-                    .iter()
-                    .filter_map(|s| match s {
-                        CopySource::Inline { name, content } => Some((name, content)),
-                        CopySource::Path(_) => None,
-                    })
-                    .collect();
-                if !inline.is_empty() {
-                    let tmp = self.new_dir("heredoc")?;
-                    let mut names = Vec::new();
-                    for (file, content) in inline {
-                        std::fs::write(tmp.join(file), content).map_err(|err| {
-                            step_error(name, step.line, format!("writing heredoc {file}: {err}"))
-                        })?;
-                        names.push(file.clone());
-                    }
-                    let selection =
-                        context::select(&tmp, &names, None, &mut HashCache::in_memory())
-                            .map_err(|err| step_error(name, step.line, err.to_string()))?;
-                    let root = copy_root.clone();
-                    let opts = CopyOptions {
-                        keep_owner: false,
-                        ..opts
-                    };
-                    let res =
-                        blocking(move || context::copy_into(&selection, &tmp, &root, &dest, &opts))
-                            .await?;
-                    res.map_err(|err| step_error(name, step.line, err.to_string()))?;
-                }
-                if let Some(link_dir) = link_dir {
-                    let (root, tmp_dir) = (dir.to_path_buf(), self.request.work_dir.clone());
-                    blocking(move || lay_over(&link_dir, &root, &tmp_dir))
-                        .await?
-                        .map_err(|err| step_error(name, step.line, err.to_string()))?;
-                }
-                Ok(())
-            }
+            Op::Copy(copy) => self.copy_step(step, copy, extra, dir, name).await,
         }
+    }
+
+    /// The files of a RUN's heredocs with a mount path, written into the work directory and
+    /// bind-mounted read-only: `RUN <<EOF` with a `#!` body runs the body as a file, as
+    /// BuildKit does.
+    fn heredoc_mounts(
+        &mut self,
+        step: &Step,
+        heredocs: &[dockerfile::Heredoc],
+        name: &str,
+    ) -> Result<Vec<sandbox::Mount>, Error> {
+        let mut mounts = Vec::new();
+        for heredoc in heredocs {
+            let Some(target) = &heredoc.mount_path else {
+                continue;
+            };
+            let dir = self.new_dir("heredoc")?;
+            let file = dir.join(&heredoc.name);
+            write_executable(&file, &heredoc.content).map_err(|err| {
+                step_error(
+                    name,
+                    step.line,
+                    format!("writing heredoc {}: {err}", heredoc.name),
+                )
+            })?;
+            mounts.push(sandbox::Mount {
+                target: target.clone(),
+                kind: sandbox::MountKind::Bind { source: file },
+                readonly: true,
+            });
+        }
+        Ok(mounts)
+    }
+
+    /// Runs a COPY or ADD step onto `dir`: from the context, a stage or an image, then its
+    /// heredocs; with `--link`, onto an empty directory laid over `dir` afterwards.
+    async fn copy_step(
+        &mut self,
+        step: &Step,
+        copy: &dockerfile::CopyOp,
+        extra: &Extra,
+        dir: &Path,
+        name: &str,
+    ) -> Result<(), Error> {
+        let opts = CopyOptions {
+            chown: copy.chown.clone(),
+            // BuildKit keeps the owners of what COPY --from copies; the build context's
+            // files belong to 0:0.
+            keep_owner: matches!(extra, Extra::Stage(_) | Extra::Image(_)),
+            chmod: copy.chmod,
+            extract_archives: copy.is_add && copy.downloads.is_empty(),
+            workdir: step.workdir.clone(),
+        };
+        // COPY --link copies onto an empty filesystem, then lays that over the stage, as
+        // BuildKit's merge does: missing parents are created afresh (with the copy's owner)
+        // and nothing of the stage (an existing directory, a symlink) steers the copy.
+        let link_dir = if copy.link {
+            Some(self.new_dir("link")?)
+        } else {
+            None
+        };
+        let copy_root = link_dir.clone().unwrap_or_else(|| dir.to_path_buf());
+        let n_sources = copy.sources.len();
+        let dest = if n_sources > 1 && !copy.dest.ends_with('/') {
+            format!("{}/", copy.dest)
+        } else {
+            copy.dest.clone()
+        };
+        let src = match extra {
+            Extra::None => None,
+            Extra::Content {
+                src_root,
+                selection,
+                ..
+            } => Some((src_root.clone(), selection.clone())),
+            Extra::Stage(j) => {
+                let src_root = self.ensure_fs(Target::Stage(*j)).await?;
+                let sel = self.copy_selection(&src_root, copy, name, step.line)?;
+                Some((src_root, sel))
+            }
+            Extra::Image(i) => {
+                let src_root = self.ensure_fs(Target::Image(*i)).await?;
+                let sel = self.copy_selection(&src_root, copy, name, step.line)?;
+                Some((src_root, sel))
+            }
+        };
+        if let Some((src_root, selection)) = src {
+            let (root, dest, opts) = (copy_root.clone(), dest.clone(), opts.clone());
+            blocking(move || context::copy_into(&selection, &src_root, &root, &dest, &opts))
+                .await?
+                .map_err(|err| step_error(name, step.line, err.to_string()))?;
+        }
+        let inline: Vec<(&String, &String)> = copy
+            .sources
+            .iter()
+            .filter_map(|s| match s {
+                CopySource::Inline { name, content } => Some((name, content)),
+                CopySource::Path(_) => None,
+            })
+            .collect();
+        if !inline.is_empty() {
+            let tmp = self.new_dir("heredoc")?;
+            let mut names = Vec::new();
+            for (file, content) in inline {
+                std::fs::write(tmp.join(file), content).map_err(|err| {
+                    step_error(name, step.line, format!("writing heredoc {file}: {err}"))
+                })?;
+                names.push(file.clone());
+            }
+            let selection = context::select(&tmp, &names, None, &mut HashCache::in_memory())
+                .map_err(|err| step_error(name, step.line, err.to_string()))?;
+            let root = copy_root.clone();
+            let opts = CopyOptions {
+                keep_owner: false,
+                ..opts
+            };
+            let res =
+                blocking(move || context::copy_into(&selection, &tmp, &root, &dest, &opts)).await?;
+            res.map_err(|err| step_error(name, step.line, err.to_string()))?;
+        }
+        if let Some(link_dir) = link_dir {
+            let (root, tmp_dir) = (dir.to_path_buf(), self.request.work_dir.clone());
+            blocking(move || lay_over(&link_dir, &root, &tmp_dir))
+                .await?
+                .map_err(|err| step_error(name, step.line, err.to_string()))?;
+        }
+        Ok(())
     }
 
     pub(super) fn copy_selection(
