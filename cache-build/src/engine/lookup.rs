@@ -369,68 +369,7 @@ impl Engine<'_> {
         let extra = self.step_extra(step, &name, &sop).await?;
         let digest = keys::record_digest(&sop.map.digest, 0);
         tracing::debug!(step = %name, record = %digest, buildkit = sop.buildkit, "step key");
-        let selector = |i: usize| {
-            sop.map.deps[i]
-                .selector
-                .as_ref()
-                .map(|d| d.to_string())
-                .unwrap_or_default()
-        };
-        let mut inputs: Vec<Vec<Link>> = vec![Vec::new(); sop.map.deps.len()];
-        if let Some(d) = sop.dest {
-            inputs[d] = self.stages[si]
-                .fs
-                .records
-                .iter()
-                .map(|&record| Link {
-                    selector: selector(d),
-                    record,
-                })
-                .collect();
-        }
-        if let Some(src) = sop.src {
-            inputs[src] = self.source_links(&extra, selector(src));
-        }
-        for input in &sop.mount_inputs {
-            inputs[input.index] = self
-                .mount_input_links(input, &sop.map.deps[input.index], &name)
-                .await?;
-        }
-        for mkfile in &sop.mkfiles {
-            let record = self.root_record(mkfile.record.clone());
-            let mut links = vec![Link {
-                selector: selector(mkfile.index),
-                record,
-            }];
-            if let Some(selectors) = &sop.map.deps[mkfile.index].content {
-                let mut tree = mkfile.tree.clone();
-                let checksums = selectors
-                    .iter()
-                    .map(|sel| tree.checksum(sel))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|err| step_error(&name, step.line, err.to_string()))?;
-                links.push(link(self.root_record(keys::content_record(&checksums))));
-            }
-            inputs[mkfile.index] = links;
-        }
-        let mut linked_copies = Vec::new();
-        if let Some(copy_map) = &sop.linked_copy {
-            // COPY --link: the copy's own record (found, or made without a result), then the
-            // merge links to it.
-            let copy_selector = copy_map.deps[0]
-                .selector
-                .as_ref()
-                .map(|d| d.to_string())
-                .unwrap_or_default();
-            let copy_inputs = vec![self.source_links(&extra, copy_selector)];
-            let copy_digest = keys::record_digest(&copy_map.digest, 0);
-            let mut copies = self.graph.find_links(&copy_digest, &copy_inputs);
-            if copies.is_empty() {
-                copies.push(self.graph.add_record(copy_digest, copy_inputs));
-            }
-            inputs[1] = copies.iter().copied().map(link).collect();
-            linked_copies = copies;
-        }
+        let (mut inputs, linked_copies) = self.step_inputs(si, step, &sop, &extra, &name).await?;
         let found = self.graph.find_links(&digest, &inputs);
         self.record_facts(step, &digest, &extra);
         let no_cache = self.request.no_cache
@@ -491,35 +430,8 @@ impl Engine<'_> {
             reported: false,
             miss: None,
         };
-        if let Some((record, chain, source)) = hit {
-            slot.state = SlotState::Hit(source);
-            slot.records = vec![record];
-            slot.reported = true;
-            self.last_hit_source = Some(source);
-            let vertex = format!("step:{si}:{k}");
-            self.progress().event(Event::Start {
-                vertex: vertex.clone(),
-                name: name.clone(),
-            });
-            self.progress().event(Event::Cached { vertex });
-            self.reports.push(StepReport {
-                name,
-                cached: true,
-                cache_source: Some(self.source_name(source)),
-                duration_ms: started.elapsed().as_millis() as u64,
-                finished_at: Instant::now(),
-                miss: None,
-                key: Some(slot.digest.clone()),
-            });
-            let fs = &mut self.stages[si].fs;
-            fs.records = vec![record];
-            fs.records.extend(also_records);
-            fs.chain = chain;
-            fs.pending.clear();
-            if let Some(dir) = fs.rootfs.take() {
-                remove_dir(&dir);
-            }
-            self.slots.insert((si, k), slot);
+        if let Some(hit) = hit {
+            self.take_hit(si, k, slot, hit, also_records, started);
             return Ok(());
         }
         if hit.is_none() {
@@ -555,6 +467,123 @@ impl Engine<'_> {
         self.slots.insert((si, k), slot);
         self.ensure_fs(Target::Stage(si)).await?;
         Ok(())
+    }
+
+    /// The links of a step's inputs, by input index: the stage's records, the sources of a
+    /// COPY, the inputs of RUN mounts and the files made on scratch; for `COPY --link`, also
+    /// the copy's own records (found, or made without a result), which the merge links to.
+    async fn step_inputs(
+        &mut self,
+        si: usize,
+        step: &Step,
+        sop: &keys::StepOp,
+        extra: &Extra,
+        name: &str,
+    ) -> Result<(Vec<Vec<Link>>, Vec<RecordIdx>), Error> {
+        let selector = |i: usize| {
+            sop.map.deps[i]
+                .selector
+                .as_ref()
+                .map(|d| d.to_string())
+                .unwrap_or_default()
+        };
+        let mut inputs: Vec<Vec<Link>> = vec![Vec::new(); sop.map.deps.len()];
+        if let Some(d) = sop.dest {
+            inputs[d] = self.stages[si]
+                .fs
+                .records
+                .iter()
+                .map(|&record| Link {
+                    selector: selector(d),
+                    record,
+                })
+                .collect();
+        }
+        if let Some(src) = sop.src {
+            inputs[src] = self.source_links(extra, selector(src));
+        }
+        for input in &sop.mount_inputs {
+            inputs[input.index] = self
+                .mount_input_links(input, &sop.map.deps[input.index], name)
+                .await?;
+        }
+        for mkfile in &sop.mkfiles {
+            let record = self.root_record(mkfile.record.clone());
+            let mut links = vec![Link {
+                selector: selector(mkfile.index),
+                record,
+            }];
+            if let Some(selectors) = &sop.map.deps[mkfile.index].content {
+                let mut tree = mkfile.tree.clone();
+                let checksums = selectors
+                    .iter()
+                    .map(|sel| tree.checksum(sel))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|err| step_error(name, step.line, err.to_string()))?;
+                links.push(link(self.root_record(keys::content_record(&checksums))));
+            }
+            inputs[mkfile.index] = links;
+        }
+        let mut linked_copies = Vec::new();
+        if let Some(copy_map) = &sop.linked_copy {
+            // COPY --link: the copy's own record (found, or made without a result), then the
+            // merge links to it.
+            let copy_selector = copy_map.deps[0]
+                .selector
+                .as_ref()
+                .map(|d| d.to_string())
+                .unwrap_or_default();
+            let copy_inputs = vec![self.source_links(extra, copy_selector)];
+            let copy_digest = keys::record_digest(&copy_map.digest, 0);
+            let mut copies = self.graph.find_links(&copy_digest, &copy_inputs);
+            if copies.is_empty() {
+                copies.push(self.graph.add_record(copy_digest, copy_inputs));
+            }
+            inputs[1] = copies.iter().copied().map(link).collect();
+            linked_copies = copies;
+        }
+        Ok((inputs, linked_copies))
+    }
+
+    /// Takes a hit for slot `(si, k)`: the stage's filesystem becomes the hit's chain (its
+    /// unpacked directory, if any, goes) and the step is reported cached.
+    fn take_hit(
+        &mut self,
+        si: usize,
+        k: usize,
+        mut slot: Slot,
+        (record, chain, source): (RecordIdx, Vec<Descriptor>, SourceId),
+        also_records: Vec<RecordIdx>,
+        started: Instant,
+    ) {
+        slot.state = SlotState::Hit(source);
+        slot.records = vec![record];
+        slot.reported = true;
+        self.last_hit_source = Some(source);
+        let vertex = format!("step:{si}:{k}");
+        self.progress().event(Event::Start {
+            vertex: vertex.clone(),
+            name: slot.name.clone(),
+        });
+        self.progress().event(Event::Cached { vertex });
+        self.reports.push(StepReport {
+            name: slot.name.clone(),
+            cached: true,
+            cache_source: Some(self.source_name(source)),
+            duration_ms: started.elapsed().as_millis() as u64,
+            finished_at: Instant::now(),
+            miss: None,
+            key: Some(slot.digest.clone()),
+        });
+        let fs = &mut self.stages[si].fs;
+        fs.records = vec![record];
+        fs.records.extend(also_records);
+        fs.chain = chain;
+        fs.pending.clear();
+        if let Some(dir) = fs.rootfs.take() {
+            remove_dir(&dir);
+        }
+        self.slots.insert((si, k), slot);
     }
 
     /// What a COPY reads besides the stage's filesystem: for the context or a directory, the
