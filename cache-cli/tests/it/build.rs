@@ -1212,12 +1212,37 @@ fn a_killed_build_leaves_no_overlay_mounted() {
         !host.contains(&root_text),
         "a mount under the root outlived the build:\n{host}"
     );
+    // The next build on the root collects what the killed one left (its own directory goes
+    // afterwards, in the background: a_build_leaves_its_work_directory_to_a_background_removal).
+    let killed: Vec<_> = fs::read_dir(root.join("tmp"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .collect();
+    assert!(!killed.is_empty(), "the killed build had a work directory");
+    // Its sandbox processes die with it (a parent-death signal) but may hold a copy of its lock
+    // for a moment after it was reaped: the next build collects only what no process holds.
+    for lock in killed
+        .iter()
+        .filter(|path| path.extension().is_some_and(|e| e == "lock"))
+    {
+        let file = fs::File::open(lock).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while file.try_lock().is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} stays locked",
+                lock.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
     let quick = busybox_context("FROM scratch\nCOPY busybox /bin/busybox\n").unwrap();
     build_ok(quick.path(), &root, &[]);
-    let left = support::work_dirs_left(&root);
+    let left: Vec<_> = killed.iter().filter(|path| path.exists()).collect();
     assert!(
         left.is_empty(),
-        "work directories left in the root: {left:?}"
+        "the killed build's work directory outlived the next build: {left:?}"
     );
 }
 
