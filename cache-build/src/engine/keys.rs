@@ -387,31 +387,8 @@ fn heredoc_copy(copy: &crate::dockerfile::CopyOp, dest_path: &str, scratch: bool
             continue;
         };
         let path = clean_source(name);
-        let mkfile = FileOp {
-            actions: vec![FileAction {
-                input: -1,
-                secondary_input: -1,
-                output: 0,
-                action: Action::Mkfile(Mkfile {
-                    path: path.clone(),
-                    mode: 0o644,
-                    data: content.as_bytes().to_vec(),
-                    owner: None,
-                    timestamp: -1,
-                }),
-            }],
-        };
-        let mut stat = contenthash::Stat::new(contenthash::Kind::File, 0o644);
-        stat.size = content.len() as u64;
-        let mut tree = Tree::new(contenthash::local_root_header());
-        tree.insert(
-            &path,
-            contenthash::Kind::File,
-            "",
-            contenthash::entry_digest(&stat, content.as_bytes()),
-        );
-        let map = mkfile.cache_map(0);
-        mkfiles.push(MkfileInput::new(first + i, map, tree));
+        let tree = Tree::new(contenthash::local_root_header());
+        mkfiles.push(mkfile_input(first + i, &path, 0o644, content, tree));
         let mut action = Copy::dockerfile(&path, dest_path);
         action.follow_symlink = false;
         action.dir_copy_contents = false;
@@ -698,33 +675,38 @@ fn cache_mount(c: &CacheMount) -> (Mount, Option<MountSource>) {
 /// The mkfile on scratch that makes the file of a `#!` heredoc RUN, as input `index`.
 fn pipe_file(heredoc: &Heredoc, index: usize) -> MkfileInput {
     let path = clean_source(&heredoc.name);
+    // A snapshot's root: its real stat (0755, root), found in a BuildKit export.
+    let root = contenthash::Stat::new(contenthash::Kind::Dir, 0o755);
+    let tree = Tree::new(contenthash::entry_digest(&root, b""));
+    mkfile_input(index, &path, 0o755, &heredoc.content, tree)
+}
+
+/// A one-file mkfile on scratch (`path` with `mode` and `content`) as input `index`: its op's
+/// cache map and the content checksum of the file in `tree` (empty, with the root's header).
+fn mkfile_input(index: usize, path: &str, mode: u16, content: &str, mut tree: Tree) -> MkfileInput {
     let op = FileOp {
         actions: vec![FileAction {
             input: -1,
             secondary_input: -1,
             output: 0,
             action: Action::Mkfile(Mkfile {
-                path: path.clone(),
-                mode: 0o755,
-                data: heredoc.content.as_bytes().to_vec(),
+                path: path.to_owned(),
+                mode: i32::from(mode),
+                data: content.as_bytes().to_vec(),
                 owner: None,
                 timestamp: -1,
             }),
         }],
     };
-    let map = op.cache_map(0);
-    let mut stat = contenthash::Stat::new(contenthash::Kind::File, 0o755);
-    stat.size = heredoc.content.len() as u64;
-    // A snapshot's root: its real stat (0755, root), found in a BuildKit export.
-    let root = contenthash::Stat::new(contenthash::Kind::Dir, 0o755);
-    let mut tree = Tree::new(contenthash::entry_digest(&root, b""));
+    let mut stat = contenthash::Stat::new(contenthash::Kind::File, u32::from(mode));
+    stat.size = content.len() as u64;
     tree.insert(
-        &path,
+        path,
         contenthash::Kind::File,
         "",
-        contenthash::entry_digest(&stat, heredoc.content.as_bytes()),
+        contenthash::entry_digest(&stat, content.as_bytes()),
     );
-    MkfileInput::new(index, map, tree)
+    MkfileInput::new(index, op.cache_map(0), tree)
 }
 
 /// BuildKit's mkdir on scratch for a cache mount with an owner or mode, as input `index`.

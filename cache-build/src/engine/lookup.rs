@@ -796,27 +796,19 @@ impl Engine<'_> {
     /// Links to what a COPY reads: a content record without selector, or a stage's or image's
     /// records with `selector`.
     pub(super) fn source_links(&self, extra: &Extra, selector: String) -> Vec<Link> {
-        match extra {
-            Extra::None => Vec::new(),
-            Extra::Content { record, .. } => vec![link(*record)],
-            Extra::Stage(j) => self.stages[*j]
-                .fs
-                .records
-                .iter()
-                .map(|&record| Link {
-                    selector: selector.clone(),
-                    record,
-                })
-                .collect(),
-            Extra::Image(i) => self.images[*i]
-                .records
-                .iter()
-                .map(|&record| Link {
-                    selector: selector.clone(),
-                    record,
-                })
-                .collect(),
-        }
+        let records = match extra {
+            Extra::None => return Vec::new(),
+            Extra::Content { record, .. } => return vec![link(*record)],
+            Extra::Stage(j) => &self.stages[*j].fs.records,
+            Extra::Image(i) => &self.images[*i].records,
+        };
+        records
+            .iter()
+            .map(|&record| Link {
+                selector: selector.clone(),
+                record,
+            })
+            .collect()
     }
 
     /// Reports a step that changes nothing and has no op (`WORKDIR /`) as done from cache.
