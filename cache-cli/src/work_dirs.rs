@@ -84,24 +84,28 @@ impl Drop for WorkDir {
     /// flock belongs to the open file, so the child holds it on), so no collector deletes
     /// the directory meanwhile. Without a child, the directory goes here.
     fn drop(&mut self) {
-        let handed = self.hand_over.then(std::env::current_exe);
-        let handed = handed.unwrap_or_else(|| Err(io::Error::other("not handed over")));
-        let handed = handed.and_then(|exe| {
-            std::process::Command::new(exe)
-                .arg(REMOVE_COMMAND)
-                .arg(&self.path)
-                .arg(&self.lock_path)
-                .stdin(self._lock.try_clone()?)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .process_group(0)
-                .spawn()
-        });
-        if let Err(err) = handed {
-            tracing::debug!("removing {} here: {err}", self.path.display());
-            remove_work_dir(&self.path);
-            let _ = fs::remove_file(&self.lock_path);
+        if self.hand_over {
+            match self.spawn_remover() {
+                Ok(_) => return,
+                Err(err) => tracing::debug!("removing {} here: {err}", self.path.display()),
+            }
         }
+        remove_handed_over(&self.path, &self.lock_path);
+    }
+}
+
+impl WorkDir {
+    /// Starts `buildcache __remove-work-dir DIR LOCK`, detached, with the lock as its stdin.
+    fn spawn_remover(&self) -> io::Result<std::process::Child> {
+        std::process::Command::new(std::env::current_exe()?)
+            .arg(REMOVE_COMMAND)
+            .arg(&self.path)
+            .arg(&self.lock_path)
+            .stdin(self._lock.try_clone()?)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
     }
 }
 
