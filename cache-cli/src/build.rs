@@ -340,8 +340,8 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
     let (plan, request) = plan(&args)?;
     let root = Root::open(&plan.root_dir).await?;
     let imported = import_caches(&plan, &root, &display).await;
-    // Layers go to `mode=max` registry caches while the build runs; the build's layers are
-    // made with the first export's compression.
+    // Layers go to registry caches while the build runs (for `mode=min` those of the final
+    // image); the build's layers are made with the first export's compression.
     let early = crate::early_push::EarlyPush::start(&plan.exports, &root.layout, |spec| {
         spec.compression == plan.exports[0].compression
     });
@@ -375,7 +375,7 @@ pub async fn run(args: BuildArgs) -> anyhow::Result<()> {
         &root.layout,
         &plan.root_dir,
         &display,
-        early.finish().await,
+        early.finish(),
     )
     .await;
     // Exports read blobs from the root: clean it only after them.
@@ -703,11 +703,11 @@ async fn build(
     let open_layout = |dir: &Path| Arc::new(LayoutDir::open(dir)) as Arc<dyn BlobStore>;
     let resolver = crate::images::RegistryImages::new();
     let downloads = crate::images::HttpDownloads::new();
-    let announce = |desc: &cache_core::Descriptor| early.announce(desc);
+    let announce = |desc: &cache_core::Descriptor, role| early.announce(desc, role);
     let services = Services {
         on_layer: early
             .is_active()
-            .then_some(&announce as &(dyn Fn(&_) + Send + Sync)),
+            .then_some(&announce as &engine::OnLayer<'_>),
         blobs,
         progress: display,
         images: Some(&resolver),
@@ -779,12 +779,12 @@ async fn export_caches(
     root: &Arc<LayoutDir>,
     root_dir: &Path,
     display: &Display,
-    mut early: HashMap<String, crate::early_push::Pushed>,
+    mut early: HashMap<String, crate::early_push::Pending>,
 ) -> Exported {
     let mut reports = Vec::new();
     let mut mount_tars = crate::root_mounts::MountTars::new(root.clone(), root_dir.join("mounts"));
     for spec in exports {
-        let pushed = early.remove(&spec.raw).unwrap_or_default();
+        let pushed = early.remove(&spec.raw);
         match export_one(spec, outcome, loaded, display, &mut mount_tars, pushed).await {
             Ok(report) => reports.push(report),
             Err(err) if spec.ignore_error => {
@@ -1055,13 +1055,15 @@ async fn import_one(
     }))
 }
 
+/// Writes the build's cache to one `--cache-to` destination, after the layers pushed there
+/// while the build ran, within the export budget; the JSON report for the metadata file.
 async fn export_one(
     spec: &ExportSpec,
     outcome: &engine::BuildOutcome,
     loaded: &[Import],
     display: &Display,
     mount_tars: &mut crate::root_mounts::MountTars,
-    pushed: crate::early_push::Pushed,
+    early: Option<crate::early_push::Pending>,
 ) -> anyhow::Result<serde_json::Value> {
     let started = Instant::now();
     let (backend, tag) = AnyBackend::for_export(&spec.target)?;
@@ -1074,45 +1076,28 @@ async fn export_one(
         vertex: vertex.clone(),
         name: name.to_owned(),
     });
-    if pushed.blobs_written > 0 || !pushed.present.is_empty() {
-        display.event(Event::Status {
-            vertex: vertex.clone(),
-            text: format!(
-                "{} layers pushed while the build ran ({} written, {} bytes)",
-                pushed.present.len(),
-                pushed.blobs_written,
-                pushed.bytes_written
-            ),
-            done: Some(pushed.waited),
-        });
-    }
+    // The budget covers waiting for the layers pushed early, then the export.
+    let budget = crate::stores::export_budget()?;
+    let deadline = tokio::time::Instant::now() + budget;
+    let pushed = match early {
+        Some(pending) => match tokio::time::timeout_at(deadline, pending.wait()).await {
+            Ok(pushed) => pushed,
+            Err(_) => return Err(export_timed_out(display, vertex, budget)),
+        },
+        None => crate::early_push::Pushed::default(),
+    };
+    report_pushed_early(display, &vertex, &pushed);
     let selected = outcome.graph.select(&outcome.targets, spec.mode);
     display.event(Event::Status {
         vertex: vertex.clone(),
         text: "preparing build cache for export".into(),
         done: Some(started.elapsed()),
     });
-    // Blobs listed by a manifest imported from this very destination need no check.
-    let mut known_present = HashSet::new();
-    for import in loaded {
-        let same = match (&import.spec.source, &spec.target) {
-            (
-                ImportSource::Registry { reference: a, .. },
-                ExportTarget::Registry { reference: b, .. },
-            ) => a == b,
-            _ => false,
-        };
-        if same {
-            known_present.extend(import.layers.iter().cloned());
-        }
-    }
-    // Layers pushed while the build ran are there; the export counts them as written.
-    known_present.extend(pushed.present.iter().cloned());
     let options = export::Options {
         tag,
         form: spec.form,
         max_parallel: 4,
-        known_present,
+        known_present: known_present(spec, loaded, &pushed),
         extra_blobs: if spec.cache_mounts {
             let seeds = crate::root_mounts::seeds(loaded.iter().map(|l| &l.mount_blobs));
             mount_tars.blobs_for(spec, outcome, &seeds, display).await
@@ -1121,57 +1106,21 @@ async fn export_one(
         },
         config_annotations: facts_annotations(&outcome.facts, &selected),
     };
-    let progress: &dyn Progress = display;
-    let vertex_for_events = vertex.clone();
-    let on_event = move |event: export::Event| {
-        let text = match event {
-            export::Event::Layer { digest, .. } => format!("writing layer {digest}"),
-            export::Event::Config { digest } => format!("writing config {digest}"),
-            export::Event::Manifest { digest, form } => match form {
-                cache_core::manifest::ManifestForm::ImageManifest => {
-                    format!("writing cache image manifest {digest}")
-                }
-                _ => format!("writing cache manifest {digest}"),
-            },
-            export::Event::EmptyResult => "skipping cache export for empty result".into(),
-            export::Event::Unchanged { digest } => {
-                format!("cache manifest {digest} is unchanged: nothing to write")
-            }
-            export::Event::Warning(text) => {
-                progress.event(Event::Warning(text));
-                return;
-            }
-        };
-        progress.event(Event::Status {
-            vertex: vertex_for_events.clone(),
-            text,
-            done: None,
-        });
-    };
+    let on_event = |event| export_event(display, &vertex, event);
     let guard = match &backend {
-        AnyBackend::Local(dir) => {
-            std::fs::create_dir_all(dir.root())
-                .with_context(|| format!("creating {}", dir.root().display()))?;
-            let dir = dir.clone();
-            Some(
-                tokio::task::spawn_blocking(move || dir.writer())
-                    .await
-                    .map_err(|e| anyhow::format_err!("locking the cache directory: {e}"))??,
-            )
-        }
+        AnyBackend::Local(dir) => Some(lock_cache_dir(dir).await?),
         AnyBackend::Registry(_) => None,
     };
     let source = CountingSource {
         inner: &outcome.blobs,
         counters: std::sync::Mutex::new(Vec::new()),
     };
-    let budget = crate::stores::export_budget()?;
     let result = report_transfers(
         display,
         &vertex,
         &source,
-        tokio::time::timeout(
-            budget,
+        tokio::time::timeout_at(
+            deadline,
             export::export(&backend, &source, &selected, &options, &on_event),
         ),
     )
@@ -1186,48 +1135,19 @@ async fn export_one(
             });
             return Err(err.into());
         }
-        Err(_) => {
-            // The tag is written last: the previous cache stays in place.
-            let message = format!(
-                "not finished within {:.1} s, the previous cache is left in place (set \
-                 BUILDCACHE_EXPORT_TIMEOUT to wait longer)",
-                budget.as_secs_f64()
-            );
-            display.event(Event::Error {
-                vertex,
-                message: message.clone(),
-            });
-            return Err(anyhow::format_err!(message));
-        }
+        Err(_) => return Err(export_timed_out(display, vertex, budget)),
     };
     display.event(Event::Done {
         vertex,
         duration: started.elapsed(),
     });
+    // Layers pushed while the build ran count as written by this export.
     report.blobs_written += pushed.blobs_written;
     report.bytes_written += pushed.bytes_written;
     report.blobs_skipped = report.blobs_skipped.saturating_sub(pushed.blobs_written);
     report.bytes_skipped = report.bytes_skipped.saturating_sub(pushed.bytes_written);
     let gc = match &backend {
-        AnyBackend::Local(dir) if spec.gc => {
-            let dir = Arc::new(dir.clone());
-            let gc = collect_garbage(&dir).await?;
-            if gc.deleted_blobs > 0 {
-                display.event(Event::Status {
-                    vertex: "gc".into(),
-                    text: format!(
-                        "removed {} unreferenced blobs ({} bytes) from {}",
-                        gc.deleted_blobs,
-                        gc.deleted_bytes,
-                        dir.root().display()
-                    ),
-                    done: None,
-                });
-            }
-            Some(
-                json!({"busy": gc.busy, "deleted_blobs": gc.deleted_blobs, "deleted_bytes": gc.deleted_bytes, "live_blobs": gc.live_blobs, "live_bytes": gc.live_bytes}),
-            )
-        }
+        AnyBackend::Local(dir) if spec.gc => Some(collect_exported_garbage(dir, display).await?),
         _ => None,
     };
     Ok(json!({
@@ -1245,6 +1165,127 @@ async fn export_one(
         "config_digest": report.config_digest.as_ref().map(|d| d.to_string()),
         "duration_ms": started.elapsed().as_millis() as u64,
     }))
+}
+
+/// The export on `vertex` ran out of its `budget`: reported, and the error to return.
+fn export_timed_out(
+    display: &Display,
+    vertex: String,
+    budget: std::time::Duration,
+) -> anyhow::Error {
+    // The tag is written last: the previous cache stays in place.
+    let message = format!(
+        "not finished within {:.1} s, the previous cache is left in place (set \
+         BUILDCACHE_EXPORT_TIMEOUT to wait longer)",
+        budget.as_secs_f64()
+    );
+    display.event(Event::Error {
+        vertex,
+        message: message.clone(),
+    });
+    anyhow::format_err!(message)
+}
+
+/// Shows what the early push of an export achieved, if anything.
+fn report_pushed_early(display: &Display, vertex: &str, pushed: &crate::early_push::Pushed) {
+    if pushed.blobs_written > 0 || !pushed.present.is_empty() {
+        display.event(Event::Status {
+            vertex: vertex.to_owned(),
+            text: format!(
+                "{} layers pushed while the build ran ({} written, {} bytes)",
+                pushed.present.len(),
+                pushed.blobs_written,
+                pushed.bytes_written
+            ),
+            done: Some(pushed.waited),
+        });
+    }
+}
+
+/// The blobs an export to `spec` need not check: those listed by a manifest imported from this
+/// very destination, and the layers pushed there while the build ran.
+fn known_present(
+    spec: &ExportSpec,
+    loaded: &[Import],
+    pushed: &crate::early_push::Pushed,
+) -> HashSet<Digest> {
+    let mut known = HashSet::new();
+    for import in loaded {
+        let same = match (&import.spec.source, &spec.target) {
+            (
+                ImportSource::Registry { reference: a, .. },
+                ExportTarget::Registry { reference: b, .. },
+            ) => a == b,
+            _ => false,
+        };
+        if same {
+            known.extend(import.layers.iter().cloned());
+        }
+    }
+    known.extend(pushed.present.iter().cloned());
+    known
+}
+
+/// Shows one event of the export on `vertex`.
+fn export_event(display: &Display, vertex: &str, event: export::Event) {
+    let text = match event {
+        export::Event::Layer { digest, .. } => format!("writing layer {digest}"),
+        export::Event::Config { digest } => format!("writing config {digest}"),
+        export::Event::Manifest { digest, form } => match form {
+            cache_core::manifest::ManifestForm::ImageManifest => {
+                format!("writing cache image manifest {digest}")
+            }
+            _ => format!("writing cache manifest {digest}"),
+        },
+        export::Event::EmptyResult => "skipping cache export for empty result".into(),
+        export::Event::Unchanged { digest } => {
+            format!("cache manifest {digest} is unchanged: nothing to write")
+        }
+        export::Event::Warning(text) => {
+            display.event(Event::Warning(text));
+            return;
+        }
+    };
+    display.event(Event::Status {
+        vertex: vertex.to_owned(),
+        text,
+        done: None,
+    });
+}
+
+/// Takes the writer lock of a local cache directory (made if missing) for an export.
+async fn lock_cache_dir(dir: &LayoutDir) -> anyhow::Result<cache_local::WriterGuard> {
+    std::fs::create_dir_all(dir.root())
+        .with_context(|| format!("creating {}", dir.root().display()))?;
+    let dir = dir.clone();
+    tokio::task::spawn_blocking(move || dir.writer())
+        .await
+        .map_err(|e| anyhow::format_err!("locking the cache directory: {e}"))?
+        .map_err(Into::into)
+}
+
+/// Collects the garbage of a local cache after an export (`gc=true`): the report's JSON.
+async fn collect_exported_garbage(
+    dir: &LayoutDir,
+    display: &Display,
+) -> anyhow::Result<serde_json::Value> {
+    let dir = Arc::new(dir.clone());
+    let gc = collect_garbage(&dir).await?;
+    if gc.deleted_blobs > 0 {
+        display.event(Event::Status {
+            vertex: "gc".into(),
+            text: format!(
+                "removed {} unreferenced blobs ({} bytes) from {}",
+                gc.deleted_blobs,
+                gc.deleted_bytes,
+                dir.root().display()
+            ),
+            done: None,
+        });
+    }
+    Ok(
+        json!({"busy": gc.busy, "deleted_blobs": gc.deleted_blobs, "deleted_bytes": gc.deleted_bytes, "live_blobs": gc.live_blobs, "live_bytes": gc.live_bytes}),
+    )
 }
 
 /// The build's blobs as an export source, counting the bytes of each blob read.

@@ -1,17 +1,20 @@
 //! Pushing layers to a registry cache while the build still runs.
 //!
-//! A `mode=max` export writes every layer the build used or made. Each of them is known as soon
-//! as it lands in the root store (a base layer once fetched, a step's layer once written), so
-//! the upload need not wait for the last step: here each `--cache-to type=registry,mode=max`
-//! gets a task that checks and uploads layers as the engine announces them, beside the steps
-//! that still run. The export afterwards skips what was pushed and writes the rest, then the
+//! A `mode=max` export writes every layer the build used or made, a `mode=min` export the layers
+//! of the final image. Each of them is known as soon as it lands in the root store (a base
+//! layer once fetched, a step's layer once written), and the engine says whether it is in the
+//! target's chain, so the upload need not wait for the last step: here each
+//! `--cache-to type=registry` gets a task that checks and uploads the layers its mode exports
+//! as the engine announces them, beside the steps that still run. The export afterwards skips what was pushed and writes the rest, then the
 //! config and the manifest; the tag is still written last, so a failed build or export leaves
 //! the previous cache in place (blobs pushed early are then unreferenced, as after any failed
-//! push). A failed early push is only logged: the export tries that blob again.
+//! push). A failed early push is only logged: the export tries that blob again. Waiting for
+//! the queue after the build counts against the export's time budget.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use cache_build::engine::LayerUse;
 use cache_core::Mode;
 use cache_core::spec::{ExportSpec, ExportTarget};
 use cache_core::{Backend, Descriptor, Digest};
@@ -35,14 +38,14 @@ pub struct Pushed {
 
 /// The running early pushes of a build, one per eligible export.
 pub struct EarlyPush {
-    /// Emptied by [`EarlyPush::finish`]: the pushers end when their queue is drained.
-    senders: Mutex<Vec<mpsc::UnboundedSender<Descriptor>>>,
+    /// Emptied by [`EarlyPush::finish`]: the pushers end when their queue is drained. Each
+    /// with whether it takes only the target's layers (`mode=min`).
+    senders: Mutex<Vec<(bool, mpsc::UnboundedSender<Descriptor>)>>,
     tasks: Mutex<Vec<(String, JoinHandle<Pushed>)>>,
 }
 
 impl EarlyPush {
-    /// Starts a pusher for each registry export in `mode=max` whose layers are the ones the
-    /// build writes (`same_compression` says whether the export asks for the build's own
+    /// Starts a pusher for each registry export whose layers are the ones the build writes (`same_compression` says whether the export asks for the build's own
     /// compression; another one is converted at export time, so pushing early would be waste).
     pub fn start(
         exports: &[ExportSpec],
@@ -52,9 +55,8 @@ impl EarlyPush {
         let mut senders = Vec::new();
         let mut tasks = Vec::new();
         for spec in exports {
-            let eligible = matches!(spec.target, ExportTarget::Registry { .. })
-                && spec.mode == Mode::Max
-                && same_compression(spec);
+            let eligible =
+                matches!(spec.target, ExportTarget::Registry { .. }) && same_compression(spec);
             if !eligible {
                 continue;
             }
@@ -63,7 +65,7 @@ impl EarlyPush {
                 continue;
             };
             let (tx, rx) = mpsc::unbounded_channel();
-            senders.push(tx);
+            senders.push((spec.mode == Mode::Min, tx));
             let task = tokio::spawn(push_all(registry, root.clone(), rx));
             tasks.push((spec.raw.clone(), task));
         }
@@ -78,29 +80,53 @@ impl EarlyPush {
         !self.tasks.lock().expect("early push lock").is_empty()
     }
 
-    /// A layer is in the root store: queue it for every pusher.
-    pub fn announce(&self, desc: &Descriptor) {
-        for sender in self.senders.lock().expect("early push lock").iter() {
-            let _ = sender.send(desc.clone());
+    /// A layer is in the root store: queue it for every pusher whose mode exports it.
+    pub fn announce(&self, desc: &Descriptor, role: LayerUse) {
+        for (only_target, sender) in self.senders.lock().expect("early push lock").iter() {
+            if !only_target || role == LayerUse::Target {
+                let _ = sender.send(desc.clone());
+            }
         }
     }
 
-    /// Waits for the queued pushes to end; the results by export (its `raw` value).
-    pub async fn finish(&self) -> HashMap<String, Pushed> {
+    /// Ends the queues (the build is over): the pushes still running by export (its `raw`
+    /// value), for each export to wait for within its own time budget.
+    pub fn finish(&self) -> HashMap<String, Pending> {
         self.senders.lock().expect("early push lock").clear();
         let tasks = std::mem::take(&mut *self.tasks.lock().expect("early push lock"));
-        let mut done = HashMap::new();
+        tasks
+            .into_iter()
+            .map(|(raw, task)| (raw, Pending { task }))
+            .collect()
+    }
+}
+
+/// The early push of one export, draining its queue; dropped unfinished (an export out of
+/// time), it stops.
+pub struct Pending {
+    task: JoinHandle<Pushed>,
+}
+
+impl Pending {
+    /// Waits for the queued layers to be pushed.
+    pub async fn wait(mut self) -> Pushed {
         let started = std::time::Instant::now();
-        for (raw, task) in tasks {
-            match task.await {
-                Ok(mut pushed) => {
-                    pushed.waited = started.elapsed();
-                    done.insert(raw, pushed);
-                }
-                Err(err) => tracing::debug!("early push to {raw} ended: {err}"),
+        match (&mut self.task).await {
+            Ok(mut pushed) => {
+                pushed.waited = started.elapsed();
+                pushed
+            }
+            Err(err) => {
+                tracing::debug!("early push ended: {err}");
+                Pushed::default()
             }
         }
-        done
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

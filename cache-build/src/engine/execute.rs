@@ -8,8 +8,8 @@ use cache_core::{Descriptor, Digest};
 
 use super::materialize::lay_over;
 use super::{
-    Engine, Error, Event, Extra, SlotState, StepReport, Target, blocking, cut_command, file_blob,
-    step_error,
+    Engine, Error, Event, Extra, LayerUse, SlotState, StepReport, Target, blocking, cut_command,
+    file_blob, step_error,
 };
 use crate::context::{self, CopyOptions, HashCache};
 use crate::dockerfile::{self, CopySource, Op, RunCommand, Step};
@@ -55,7 +55,8 @@ impl Engine<'_> {
         }
         // Every step that runs adds a layer, an empty one when nothing changed, as in BuildKit,
         // whose history marks every RUN, COPY, ADD and WORKDIR as a layer.
-        let desc = self.make_layer(dir, before).await?;
+        let role = LayerUse::of_stage(&self.plan, si);
+        let desc = self.make_layer(dir, before, role).await?;
         let fs = self.fs_mut(target);
         fs.chain.push(desc);
         let chain = fs.chain.clone();
@@ -313,11 +314,12 @@ impl Engine<'_> {
     }
 
     /// Writes the layer of what changed in `dir` since `before` into the root store (an empty
-    /// layer when nothing did).
+    /// layer when nothing did) and announces it as `role`.
     pub(super) async fn make_layer(
         &mut self,
         dir: &Path,
         before: Snapshot,
+        role: LayerUse,
     ) -> Result<Descriptor, Error> {
         let root = dir.to_path_buf();
         let tmp_dir = self.request.work_dir.clone();
@@ -352,14 +354,23 @@ impl Engine<'_> {
             .write(&desc, blob)
             .await
             .map_err(Error::store(format!("storing layer {}", desc.digest)))?;
+        if role == LayerUse::Target {
+            self.target_layers.insert(desc.digest.clone());
+        }
         self.announce_layer(&desc);
         Ok(desc)
     }
 
-    /// Tells [`Services::on_layer`] that `desc` is in the root store.
+    /// Tells [`Services::on_layer`] that `desc` is in the root store, and whether it is known
+    /// to be in the target's chain.
     pub(super) fn announce_layer(&self, desc: &Descriptor) {
         if let Some(on_layer) = self.services.on_layer {
-            on_layer(desc);
+            let role = if self.target_layers.contains(&desc.digest) {
+                LayerUse::Target
+            } else {
+                LayerUse::Other
+            };
+            on_layer(desc, role);
         }
     }
 }

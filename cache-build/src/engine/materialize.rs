@@ -10,8 +10,8 @@ use futures_util::future::BoxFuture;
 
 use super::execute::snapshot;
 use super::{
-    Blobs, Engine, Error, Event, Fs, SlotState, Target, blocking, blocking_reader, keys, link,
-    track_transfer,
+    Blobs, Engine, Error, Event, Fs, LayerUse, SlotState, Target, blocking, blocking_reader, keys,
+    link, track_transfer,
 };
 use crate::context::{self, CopyOptions};
 use crate::dockerfile::{self};
@@ -19,7 +19,12 @@ use crate::layer::{self, Snapshot};
 
 impl Engine<'_> {
     /// `FROM <directory context>`: the directory's files as one layer on an empty base.
-    pub(super) async fn dir_base(&mut self, name: &str, dir: &Path) -> Result<Fs, Error> {
+    pub(super) async fn dir_base(
+        &mut self,
+        name: &str,
+        dir: &Path,
+        role: LayerUse,
+    ) -> Result<Fs, Error> {
         let selection = self.select(dir, &[".".to_owned()], false, &[], name)?;
         // BuildKit's key of a local source is session-scoped: a key of our own.
         let content = self.root_record(keys::record_digest(&selection.checksum, -1));
@@ -53,7 +58,7 @@ impl Engine<'_> {
             Some(&r) => r,
             None => self.graph.add_record(digest, vec![vec![link(content)]]),
         };
-        let chain = vec![self.make_layer(&rootfs, before).await?];
+        let chain = vec![self.make_layer(&rootfs, before, role).await?];
         self.add_result(record, &chain);
         Ok(Fs {
             records: vec![record],

@@ -210,8 +210,23 @@ pub struct Services<'a> {
     /// miss to explain it.
     pub facts: Vec<String>,
     /// Told of every layer as soon as it is in the root store (a layer fetched to be unpacked,
-    /// a step's new layer), so that an export can send it while the build goes on.
-    pub on_layer: Option<&'a (dyn Fn(&Descriptor) + Send + Sync)>,
+    /// a step's new layer), and of what it is for, so that an export can send it while the
+    /// build goes on.
+    pub on_layer: Option<&'a OnLayer<'a>>,
+}
+
+/// The hook of [`Services::on_layer`].
+pub type OnLayer<'a> = dyn Fn(&Descriptor, LayerUse) + Send + Sync + 'a;
+
+/// What an announced layer is for, as far as the engine knows when it announces it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerUse {
+    /// A layer of the target's own chain: a layer of the base image of the target or of a
+    /// stage the target is built `FROM`, or a layer made by a step of one of those stages.
+    /// A `mode=min` export holds exactly these (those of the final image).
+    Target,
+    /// Any other layer: a stage only copied from, an image only copied from.
+    Other,
 }
 
 /// One step of the build as reported in the metadata file.
@@ -487,6 +502,8 @@ struct Engine<'a> {
     image_layers: std::collections::HashMap<Digest, String>,
     /// After [`MAX_RESTARTS`] unusable cache blobs: only results this build made are hits.
     caches_off: bool,
+    /// The layers known to be in the target's chain (see [`LayerUse::Target`]).
+    target_layers: HashSet<Digest>,
 }
 
 /// The most bytes of a command that a step's name or a message shows. BuildKit's plain
@@ -686,6 +703,7 @@ impl<'a> Engine<'a> {
             last_unusable: None,
             image_layers: std::collections::HashMap::new(),
             caches_off: false,
+            target_layers: HashSet::new(),
         };
         engine.n_source_records = engine.graph.records().len();
         engine
@@ -880,6 +898,43 @@ fn image_to_plan_config(config: &image::ParsedConfig) -> dockerfile::ImageConfig
     }
 }
 
+impl LayerUse {
+    /// The use of a layer made for stage `si`: [`LayerUse::Target`] when `si` is the target or
+    /// a stage the target is built `FROM` (directly or not), the stages whose layers make the
+    /// final image.
+    fn of_stage(plan: &dockerfile::Plan, si: usize) -> LayerUse {
+        let mut cur = plan.target;
+        loop {
+            if cur == si {
+                return LayerUse::Target;
+            }
+            match plan.stages[cur].base {
+                Base::Stage(parent) => cur = parent,
+                _ => return LayerUse::Other,
+            }
+        }
+    }
+}
+
+/// The layers of the base image under the target's chain (the base of the first stage of
+/// that chain), known before any step runs.
+fn target_base_layers(
+    plan: &dockerfile::Plan,
+    base_images: &BTreeMap<String, ResolvedImage>,
+) -> HashSet<Digest> {
+    let mut cur = plan.target;
+    while let Base::Stage(parent) = plan.stages[cur].base {
+        cur = parent;
+    }
+    match &plan.stages[cur].base {
+        Base::Image(r) | Base::Context(r) => base_images
+            .get(r)
+            .map(|img| img.layers.iter().map(|l| l.digest.clone()).collect())
+            .unwrap_or_default(),
+        _ => HashSet::new(),
+    }
+}
+
 fn from_display_with_digest(stage: &PlannedStage, img: &ResolvedImage) -> String {
     match &stage.base {
         Base::Image(_) if !stage.from_display.contains('@') => {
@@ -920,6 +975,7 @@ impl Engine<'_> {
 
     async fn run(&mut self, base_images: &BTreeMap<String, ResolvedImage>) -> Result<(), Error> {
         let plan = self.plan.clone();
+        self.target_layers = target_base_layers(&plan, base_images);
         for (si, stage) in plan.stages.iter().enumerate() {
             self.start_stage(si, stage, base_images).await?;
             for (k, step) in stage.steps.iter().enumerate() {
@@ -1101,7 +1157,8 @@ impl Engine<'_> {
                         name: format!("{} {}", stage.progress_prefix(1), stage.from_display),
                     });
                     let dir = dir.clone();
-                    state.fs = self.dir_base(r, &dir).await?;
+                    let role = LayerUse::of_stage(&self.plan, si);
+                    state.fs = self.dir_base(r, &dir, role).await?;
                 } else {
                     return Err(Error::other(format!(
                         "stage {}: base {r} could not be resolved",

@@ -493,33 +493,46 @@ fn reexporting_an_unchanged_cache_writes_nothing() {
     assert!(puts.is_empty(), "the unchanged export wrote: {puts:#?}");
 }
 
-/// With `mode=max` every layer is sent while later steps still run (the export then writes
-/// only the config and the manifest); `mode=min` waits for the export, which chooses.
+/// A build stage whose layer is not in the final image: `mode=min` does not export it.
+const TWO_STAGE_DOCKERFILE: &str = "FROM scratch AS base\n\
+    COPY busybox /bin/busybox\n\
+    RUN [\"/bin/busybox\",\"--install\",\"-s\",\"/bin\"]\n\
+    FROM base AS build\n\
+    RUN echo built > /built.txt\n\
+    FROM base AS final\n\
+    COPY --from=build /built.txt /copied.txt\n";
+
+/// Each registry export gets the layers its mode exports while later steps still run (the
+/// export then writes only the config and the manifest): `mode=max` all four, `mode=min` the
+/// three of the final image and not the build stage's.
 #[test]
-fn a_max_export_pushes_layers_while_the_build_runs() {
+fn exports_push_the_layers_of_their_mode_while_the_build_runs() {
     let Some(reg) = registry() else { return };
     let s = Scratch::new();
-    let ctx = s.context("ctx", APP_DOCKERFILE);
-    let max_ref = format!("{}/{}:cache", reg.addr, unique_repo("early"));
+    let ctx = s.context("ctx", TWO_STAGE_DOCKERFILE);
+    let max_ref = format!("{}/{}:cache", reg.addr, unique_repo("early-max"));
     let max = format!("type=registry,ref={max_ref},mode=max");
-    let min = format!(
-        "type=registry,ref={}/{}:cache",
-        reg.addr,
-        unique_repo("late")
-    );
+    let min_ref = format!("{}/{}:cache", reg.addr, unique_repo("early-min"));
+    let min = format!("type=registry,ref={min_ref},mode=min");
     let run = s
         .build("a", &ctx, &["--cache-to", &max, "--cache-to", &min])
         .success();
-    let (early, late) = (run.export(0), run.export(1));
-    assert_eq!(early["blobs_pushed_early"], 3, "{early:#}");
-    // The three layers early, the config by the export.
-    assert_eq!(early["blobs_written"], 4, "{early:#}");
-    assert_eq!(late["blobs_pushed_early"], 0, "{late:#}");
-    assert!(late["blobs_written"].as_u64() > Some(0), "{late:#}");
+    let (max_report, min_report) = (run.export(0), run.export(1));
+    assert_eq!(max_report["blobs_pushed_early"], 4, "{max_report:#}");
+    assert_eq!(max_report["blobs_written"], 5, "{max_report:#}");
+    // Had the build stage's layer gone up early, min would count four early pushes.
+    assert_eq!(min_report["blobs_pushed_early"], 3, "{min_report:#}");
+    assert_eq!(min_report["blobs_written"], 4, "{min_report:#}");
+    assert_eq!(min_report["layers"], 3, "{min_report:#}");
     // What was pushed early makes a whole cache.
     let from = format!("type=registry,ref={max_ref}");
     let warm = s.build("b", &ctx, &["--cache-from", &from]).success();
     warm.assert_all_cached_from(&from);
+    let from_min = format!("type=registry,ref={min_ref}");
+    let inspected: Value =
+        serde_json::from_str(&s.inspect(&from_min, true)).expect("inspect --format json is JSON");
+    let layers = inspected["layer_details"].as_array().expect("layers");
+    assert_eq!(layers.len(), 3, "{inspected:#}");
 }
 
 #[test]
