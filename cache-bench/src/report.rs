@@ -504,6 +504,21 @@ pub fn render(
     out.push_str("## Headline\n\n");
     out.push_str(&headline(results));
     out.push('\n');
+    machine_section(&mut out, results, machine);
+    method_section(&mut out, results);
+    scenarios_section(&mut out, results);
+    out.push_str("## Micro benchmarks\n\n");
+    match micro {
+        Err(why) => {
+            let _ = writeln!(out, "Not run: {why}.\n");
+        }
+        Ok(list) => micro_section(&mut out, list),
+    }
+    out
+}
+
+/// Where the figures were taken: CPU, OS, commit, the peers and the registry.
+fn machine_section(out: &mut String, results: &Results, machine: &Machine) {
     out.push_str("## Machine\n\n");
     let _ = writeln!(
         out,
@@ -538,7 +553,10 @@ pub fn render(
         }
     );
     out.push_str("- registry: Debian's `docker-registry` (distribution 2.8) on 127.0.0.1, started by `cargo xtask bench`; filesystem storage on the same disk\n\n");
+}
 
+/// How each figure is measured and compared.
+fn method_section(out: &mut String, results: &Results) {
     out.push_str("## How the figures are taken\n\n");
     let _ = writeln!(
         out,
@@ -554,7 +572,10 @@ pub fn render(
     out.push_str(
         "- Ratios are ours / the peer's medians: below 1 means buildcache is faster or smaller.\n\n",
     );
+}
 
+/// A table per project and cache mode, the commands behind it, and the failed expectations.
+fn scenarios_section(out: &mut String, results: &Results) {
     out.push_str("## Scenarios\n\n");
     for (i, project) in results.projects.iter().enumerate() {
         let letter = ["a", "b", "c", "d", "e", "f"]
@@ -569,7 +590,7 @@ pub fn render(
             let _ = writeln!(out, "No buildah figures for this project: {why}.\n");
         }
         for (mode, figures) in &project.modes {
-            mode_table(&mut out, project, mode, figures);
+            mode_table(out, project, mode, figures);
         }
         out.push_str("<details><summary>Commands (first run of each figure; paths are per run)</summary>\n\n```sh\n");
         for (mode, figures) in &project.modes {
@@ -596,15 +617,6 @@ pub fn render(
         }
         out.push('\n');
     }
-
-    out.push_str("## Micro benchmarks\n\n");
-    match micro {
-        Err(why) => {
-            let _ = writeln!(out, "Not run: {why}.\n");
-        }
-        Ok(list) => micro_section(&mut out, list),
-    }
-    out
 }
 
 fn rate(r: &MicroResult) -> String {

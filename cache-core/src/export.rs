@@ -175,30 +175,6 @@ pub async fn export<B: Backend, S: BlobSource>(
     on_event: &(dyn Fn(Event) + Send + Sync),
 ) -> Result<Report, Error> {
     let destination = backend.info().to_string();
-    let backend_err = |what: String| {
-        let destination = destination.clone();
-        move |source: backend::Error| Error::Backend {
-            what,
-            destination,
-            source,
-        }
-    };
-    // The messages export has always given: "checking layer sha256:…" and so on.
-    let blob_error = |err: transfer::Error, what: &str| match err {
-        transfer::Error::Missing { digest } => Error::MissingBlob { digest },
-        transfer::Error::Backend {
-            step,
-            digest,
-            source,
-        } => {
-            let verb = match step {
-                transfer::Step::Checking => "checking",
-                transfer::Step::Reading => "reading",
-                transfer::Step::Mounting(_) | transfer::Step::Writing => "writing",
-            };
-            backend_err(format!("{verb} {what} {digest}"))(source)
-        }
-    };
     let (config, layers) = graph.to_config();
     let mut report = Report {
         layers: layers.len() as u64,
@@ -242,6 +218,44 @@ pub async fn export<B: Backend, S: BlobSource>(
         return Ok(report);
     }
 
+    write_layers(backend, source, &layers, options, on_event, &mut report).await?;
+    let config_source = InMemory(bytes::Bytes::from(config_bytes));
+    let config_moved =
+        transfer::copy_blob(backend, &config_source, &config_desc, &BlobCopy::default())
+            .await
+            .map_err(|err| blob_error(err, "config", &destination))?;
+    report.count(config_desc.size, config_moved == Moved::Present);
+    on_event(Event::Config {
+        digest: config_desc.digest.clone(),
+    });
+    backend
+        .write_index(&options.tag, &raw)
+        .await
+        .map_err(|source| Error::Backend {
+            what: format!("writing cache manifest {}", raw.digest),
+            destination,
+            source,
+        })?;
+    on_event(Event::Manifest {
+        digest: raw.digest.clone(),
+        form: options.form,
+    });
+    report.manifest = Some(raw);
+    Ok(report)
+}
+
+/// Copies each distinct blob of `layers` that `options.known_present` does not name to
+/// `backend`, `options.max_parallel` at a time, and counts them in `report`.
+async fn write_layers<B: Backend, S: BlobSource>(
+    backend: &B,
+    source: &S,
+    layers: &[Descriptor],
+    options: &Options,
+    on_event: &(dyn Fn(Event) + Send + Sync),
+    report: &mut Report,
+) -> Result<(), Error> {
+    let destination = backend.info().to_string();
+    let destination = destination.as_str();
     let mut seen = HashSet::new();
     let unique: Vec<&Descriptor> = layers
         .iter()
@@ -252,7 +266,7 @@ pub async fn export<B: Backend, S: BlobSource>(
             let skipped = options.known_present.contains(&desc.digest)
                 || transfer::copy_blob(backend, source, desc, &BlobCopy::default())
                     .await
-                    .map_err(|err| blob_error(err, "layer"))?
+                    .map_err(|err| blob_error(err, "layer", destination))?
                     == Moved::Present;
             on_event(Event::Layer {
                 digest: desc.digest.clone(),
@@ -266,41 +280,44 @@ pub async fn export<B: Backend, S: BlobSource>(
         .await;
     for result in results {
         let (size, skipped) = result?;
+        report.count(size, skipped);
+    }
+    Ok(())
+}
+
+impl Report {
+    /// Counts a blob of `size` bytes as skipped (already present) or written.
+    fn count(&mut self, size: u64, skipped: bool) {
         if skipped {
-            report.blobs_skipped += 1;
-            report.bytes_skipped += size;
+            self.blobs_skipped += 1;
+            self.bytes_skipped += size;
         } else {
-            report.blobs_written += 1;
-            report.bytes_written += size;
+            self.blobs_written += 1;
+            self.bytes_written += size;
         }
     }
+}
 
-    let config_source = InMemory(bytes::Bytes::from(config_bytes));
-    let config_moved =
-        transfer::copy_blob(backend, &config_source, &config_desc, &BlobCopy::default())
-            .await
-            .map_err(|err| blob_error(err, "config"))?;
-    if config_moved == Moved::Present {
-        report.blobs_skipped += 1;
-        report.bytes_skipped += config_desc.size;
-    } else {
-        report.blobs_written += 1;
-        report.bytes_written += config_desc.size;
+/// A failed copy of a `what` ("layer", "config") to `destination`, with the messages export
+/// has always given: "checking layer sha256:…" and so on.
+fn blob_error(err: transfer::Error, what: &str, destination: &str) -> Error {
+    match err {
+        transfer::Error::Missing { digest } => Error::MissingBlob { digest },
+        transfer::Error::Backend {
+            step,
+            digest,
+            source,
+        } => {
+            let verb = match step {
+                transfer::Step::Checking => "checking",
+                transfer::Step::Reading => "reading",
+                transfer::Step::Mounting(_) | transfer::Step::Writing => "writing",
+            };
+            Error::Backend {
+                what: format!("{verb} {what} {digest}"),
+                destination: destination.to_owned(),
+                source,
+            }
+        }
     }
-    on_event(Event::Config {
-        digest: config_desc.digest.clone(),
-    });
-    backend
-        .write_index(&options.tag, &raw)
-        .await
-        .map_err(backend_err(format!(
-            "writing cache manifest {}",
-            raw.digest
-        )))?;
-    on_event(Event::Manifest {
-        digest: raw.digest.clone(),
-        form: options.form,
-    });
-    report.manifest = Some(raw);
-    Ok(report)
 }

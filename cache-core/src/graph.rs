@@ -473,113 +473,13 @@ impl CacheGraph {
         blob: &dyn Fn(&Digest) -> Option<Descriptor>,
         source: SourceId,
     ) -> Result<CacheGraph, ParseError> {
-        let n_layers = config.layers.len();
-        let n_records = config.records.len();
-        let layer_index = |index: i64, place: &dyn Fn() -> String| -> Result<usize, ParseError> {
-            usize::try_from(index)
-                .ok()
-                .filter(|&i| i < n_layers)
-                .ok_or_else(|| ParseError::InvalidLayerIndex {
-                    index,
-                    place: place(),
-                    n_layers,
-                })
-        };
-        // Layer parents: validate and detect loops.
-        let mut parents = Vec::with_capacity(n_layers);
-        for (i, layer) in config.layers.iter().enumerate() {
-            parents.push(if layer.parent == -1 {
-                None
-            } else {
-                Some(layer_index(layer.parent, &|| {
-                    format!("parent of layer {i}")
-                })?)
-            });
-        }
-        check_layer_loops(&parents)?;
-        // Records: digests, links, empty inputs, loops.
-        let mut digests = Vec::with_capacity(n_records);
-        for (i, record) in config.records.iter().enumerate() {
-            digests.push(Some(digest::parse_sha256(&record.digest).map_err(
-                |_| ParseError::RecordDigest {
-                    record: i,
-                    digest: record.digest.clone(),
-                },
-            )?));
-            for (input, links) in record.inputs.iter().enumerate() {
-                if links.is_empty() {
-                    return Err(ParseError::EmptyInput { record: i, input });
-                }
-                for link in links {
-                    if usize::try_from(link.link).map_or(true, |l| l >= n_records) {
-                        return Err(ParseError::InvalidRecordId {
-                            record: i,
-                            input,
-                            link: link.link,
-                            n_records,
-                        });
-                    }
-                }
-            }
-            for result in &record.layers {
-                layer_index(result.layer, &|| format!("result of record {i}"))?;
-            }
-            for chain in &record.chains {
-                for &layer in &chain.layers {
-                    layer_index(layer, &|| format!("chain of record {i}"))?;
-                }
-            }
-        }
+        let parents = layer_parents(config)?;
+        let mut digests = checked_record_digests(config)?;
         let order = topological_order(&config.records)?;
 
-        // Sized up front: growing maps of a million entries rehashes every key several times.
-        let mut graph = CacheGraph {
-            layers: Vec::with_capacity(n_layers),
-            records: Vec::with_capacity(n_records),
-            layer_ids: HashMap::with_capacity(n_layers),
-            by_digest: HashMap::with_capacity(n_records),
-            next_same_digest: Vec::with_capacity(n_records),
-            by_shape: HashMap::new(),
-            hasher: RandomState::new(),
-        };
-        // Config layer index -> graph layer, or None when a blob of its chain is not listed.
-        let mut layer_map: Vec<Option<Option<LayerIdx>>> = vec![None; n_layers];
-        // Each config layer is mapped once: a chain is walked down only to the first layer
-        // already mapped, so resolving every layer of a deep chain stays linear.
-        let mut resolve = |graph: &mut CacheGraph, top: usize| -> Option<LayerIdx> {
-            let mut unmapped = Vec::new();
-            let mut cur = Some(top);
-            let mut below: Option<LayerIdx> = None;
-            while let Some(idx) = cur {
-                match layer_map[idx] {
-                    Some(done) => {
-                        below = Some(done?);
-                        break;
-                    }
-                    None => {
-                        unmapped.push(idx);
-                        cur = parents[idx];
-                    }
-                }
-            }
-            // Map the unmapped part bottom first; `unmapped` is top first.
-            for (pos, &idx) in unmapped.iter().enumerate().rev() {
-                let layer = &config.layers[idx];
-                let desc = layer.blob.parse::<Digest>().ok().and_then(|d| blob(&d));
-                let mapped = desc.map(|desc| graph.add_layer(desc, below));
-                layer_map[idx] = Some(mapped);
-                if mapped.is_none() {
-                    // Every layer above a blob the manifest lacks is unusable too.
-                    for &above in &unmapped[..pos] {
-                        layer_map[above] = Some(None);
-                    }
-                    return None;
-                }
-                below = mapped;
-            }
-            below
-        };
-        let mut record_map = vec![usize::MAX; n_records];
+        let mut graph = CacheGraph::with_capacity(config.layers.len(), config.records.len());
+        let mut layers = LayerMap::new(config, &parents, blob);
+        let mut record_map = vec![usize::MAX; config.records.len()];
         for i in order {
             let record = &config.records[i];
             let inputs = record
@@ -598,36 +498,24 @@ impl CacheGraph {
             let digest = digests[i].take().expect("each record is visited once");
             let idx = graph.add_record(digest, inputs);
             record_map[i] = idx;
-            let mut results = Vec::with_capacity(record.layers.len());
-            for result in &record.layers {
-                if let Some(top) = resolve(&mut graph, result.layer as usize) {
-                    results.push(CacheResult {
-                        layer: top,
-                        created_at: result.created_at,
-                        source,
-                    });
-                }
-            }
-            for chain in &record.chains {
-                let blobs: Option<Vec<Descriptor>> = chain
-                    .layers
-                    .iter()
-                    .map(|&l| {
-                        let d = config.layers[l as usize].blob.parse::<Digest>().ok()?;
-                        blob(&d)
-                    })
-                    .collect();
-                if let Some(top) = blobs.and_then(|blobs| graph.add_chain(blobs)) {
-                    results.push(CacheResult {
-                        layer: top,
-                        created_at: chain.created_at,
-                        source,
-                    });
-                }
-            }
+            let results = layers.results(&mut graph, record, source);
             graph.add_results(idx, results);
         }
         Ok(graph)
+    }
+
+    /// An empty graph with room for a config's layers and records.
+    fn with_capacity(n_layers: usize, n_records: usize) -> CacheGraph {
+        // Sized up front: growing maps of a million entries rehashes every key several times.
+        CacheGraph {
+            layers: Vec::with_capacity(n_layers),
+            records: Vec::with_capacity(n_records),
+            layer_ids: HashMap::with_capacity(n_layers),
+            by_digest: HashMap::with_capacity(n_records),
+            next_same_digest: Vec::with_capacity(n_records),
+            by_shape: HashMap::new(),
+            hasher: RandomState::new(),
+        }
     }
 
     /// Writes the graph as a config in BuildKit's form (spec §1.5, §1.6).
@@ -1060,6 +948,183 @@ fn compare_results(a: &CacheResult, b: &CacheResult) -> Ordering {
         .cmp(&a.created_at)
         .then_with(|| a.source.cmp(&b.source))
         .then_with(|| a.layer.cmp(&b.layer))
+}
+
+/// `index` as a layer index of a config with `n_layers` layers; `place` names where it was read.
+fn layer_index(
+    index: i64,
+    n_layers: usize,
+    place: impl FnOnce() -> String,
+) -> Result<usize, ParseError> {
+    usize::try_from(index)
+        .ok()
+        .filter(|&i| i < n_layers)
+        .ok_or_else(|| ParseError::InvalidLayerIndex {
+            index,
+            place: place(),
+            n_layers,
+        })
+}
+
+/// Each config layer's parent, validated and checked for loops.
+fn layer_parents(config: &CacheConfig) -> Result<Vec<Option<usize>>, ParseError> {
+    let n_layers = config.layers.len();
+    let mut parents = Vec::with_capacity(n_layers);
+    for (i, layer) in config.layers.iter().enumerate() {
+        parents.push(if layer.parent == -1 {
+            None
+        } else {
+            Some(layer_index(layer.parent, n_layers, || {
+                format!("parent of layer {i}")
+            })?)
+        });
+    }
+    check_layer_loops(&parents)?;
+    Ok(parents)
+}
+
+/// Each config record's digest, after checking its links, inputs and layer indexes (loops
+/// are `topological_order`'s to find).
+fn checked_record_digests(config: &CacheConfig) -> Result<Vec<Option<Digest>>, ParseError> {
+    let n_layers = config.layers.len();
+    let n_records = config.records.len();
+    let mut digests = Vec::with_capacity(n_records);
+    for (i, record) in config.records.iter().enumerate() {
+        digests.push(Some(digest::parse_sha256(&record.digest).map_err(
+            |_| ParseError::RecordDigest {
+                record: i,
+                digest: record.digest.clone(),
+            },
+        )?));
+        for (input, links) in record.inputs.iter().enumerate() {
+            if links.is_empty() {
+                return Err(ParseError::EmptyInput { record: i, input });
+            }
+            for link in links {
+                if usize::try_from(link.link).map_or(true, |l| l >= n_records) {
+                    return Err(ParseError::InvalidRecordId {
+                        record: i,
+                        input,
+                        link: link.link,
+                        n_records,
+                    });
+                }
+            }
+        }
+        for result in &record.layers {
+            layer_index(result.layer, n_layers, || format!("result of record {i}"))?;
+        }
+        for chain in &record.chains {
+            for &layer in &chain.layers {
+                layer_index(layer, n_layers, || format!("chain of record {i}"))?;
+            }
+        }
+    }
+    Ok(digests)
+}
+
+/// A validated config's layers as they are mapped into a graph, each once: a chain is walked
+/// down only to the first layer already mapped, so resolving every layer of a deep chain stays
+/// linear.
+struct LayerMap<'a> {
+    config: &'a CacheConfig,
+    parents: &'a [Option<usize>],
+    blob: &'a dyn Fn(&Digest) -> Option<Descriptor>,
+    /// Config layer index -> graph layer, or `Some(None)` when a blob of its chain is not listed.
+    mapped: Vec<Option<Option<LayerIdx>>>,
+}
+
+impl<'a> LayerMap<'a> {
+    fn new(
+        config: &'a CacheConfig,
+        parents: &'a [Option<usize>],
+        blob: &'a dyn Fn(&Digest) -> Option<Descriptor>,
+    ) -> Self {
+        LayerMap {
+            config,
+            parents,
+            blob,
+            mapped: vec![None; config.layers.len()],
+        }
+    }
+
+    /// The graph layer of config layer `top`, mapping it and the layers below it as needed;
+    /// `None` when the manifest lacks a blob of its chain.
+    fn resolve(&mut self, graph: &mut CacheGraph, top: usize) -> Option<LayerIdx> {
+        let mut unmapped = Vec::new();
+        let mut cur = Some(top);
+        let mut below: Option<LayerIdx> = None;
+        while let Some(idx) = cur {
+            match self.mapped[idx] {
+                Some(done) => {
+                    below = Some(done?);
+                    break;
+                }
+                None => {
+                    unmapped.push(idx);
+                    cur = self.parents[idx];
+                }
+            }
+        }
+        // Map the unmapped part bottom first; `unmapped` is top first.
+        for (pos, &idx) in unmapped.iter().enumerate().rev() {
+            let layer = &self.config.layers[idx];
+            let desc = layer
+                .blob
+                .parse::<Digest>()
+                .ok()
+                .and_then(|d| (self.blob)(&d));
+            let mapped = desc.map(|desc| graph.add_layer(desc, below));
+            self.mapped[idx] = Some(mapped);
+            if mapped.is_none() {
+                // Every layer above a blob the manifest lacks is unusable too.
+                for &above in &unmapped[..pos] {
+                    self.mapped[above] = Some(None);
+                }
+                return None;
+            }
+            below = mapped;
+        }
+        below
+    }
+
+    /// The results of a config record (its layer results, then its chains) whose blobs the
+    /// manifest lists, tagged `source`.
+    fn results(
+        &mut self,
+        graph: &mut CacheGraph,
+        record: &CacheRecord,
+        source: SourceId,
+    ) -> Vec<CacheResult> {
+        let mut results = Vec::with_capacity(record.layers.len());
+        for result in &record.layers {
+            if let Some(top) = self.resolve(graph, result.layer as usize) {
+                results.push(CacheResult {
+                    layer: top,
+                    created_at: result.created_at,
+                    source,
+                });
+            }
+        }
+        for chain in &record.chains {
+            let blobs: Option<Vec<Descriptor>> = chain
+                .layers
+                .iter()
+                .map(|&l| {
+                    let d = self.config.layers[l as usize].blob.parse::<Digest>().ok()?;
+                    (self.blob)(&d)
+                })
+                .collect();
+            if let Some(top) = blobs.and_then(|blobs| graph.add_chain(blobs)) {
+                results.push(CacheResult {
+                    layer: top,
+                    created_at: chain.created_at,
+                    source,
+                });
+            }
+        }
+        results
+    }
 }
 
 /// Fails if following layer parents ever comes back to a layer: one pass over all layers, each

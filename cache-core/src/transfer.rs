@@ -330,41 +330,9 @@ pub async fn verify<B: Backend>(backend: &B, reference: &IndexRef, limits: &Limi
         reference: reference.to_string(),
         ..Verified::default()
     };
-    let raw = match backend.read_index(reference).await {
-        Ok(Some(raw)) => raw,
-        Ok(None) => {
-            report
-                .problems
-                .push(format!("no cache for {reference} in {}", backend.info()));
-            return report;
-        }
-        Err(err) => {
-            report
-                .problems
-                .push(format!("reading the manifest of {reference}: {err}"));
-            return report;
-        }
-    };
-    report.manifest = Some(raw.digest.to_string());
-    report.blobs_checked += 1;
-    report.bytes_checked += raw.bytes.len() as u64;
-    let manifest_name = || format!("cache manifest {} from {}", raw.digest, backend.info());
-    if let Err(exceeded) = limits.check("config-size", &manifest_name, raw.bytes.len() as u64) {
-        report.problems.push(exceeded.to_string());
+    let Some(cache) = verify_manifest(backend, reference, limits, &mut report).await else {
         return report;
-    }
-    let cache = match manifest::read(&raw) {
-        Ok(cache) => cache,
-        Err(err) => {
-            report.problems.push(err.to_string());
-            return report;
-        }
     };
-    if let Err(exceeded) = limits.check("config-layers", &manifest_name, cache.layers.len() as u64)
-    {
-        report.problems.push(exceeded.to_string());
-        return report;
-    }
     let config = match read_config(backend, &cache, limits).await {
         Ok(config) => Some(config),
         Err(problem) => {
@@ -375,10 +343,78 @@ pub async fn verify<B: Backend>(backend: &B, reference: &IndexRef, limits: &Limi
     report.blobs_checked += 1;
     report.bytes_checked += cache.config.size;
 
-    // Every layer the manifest lists, read through and checked.
+    let mut bad = verify_listed_blobs(backend, &cache.layers, &mut report).await;
+    let affected = config
+        .as_ref()
+        .map(|config| verify_chains(config, &cache.layers, &mut bad, &mut report))
+        .unwrap_or_default();
+    let mut bad: Vec<(Digest, String)> = bad.into_iter().collect();
+    bad.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+    for (digest, problem) in bad {
+        let n = affected.get(&digest).copied().unwrap_or(0);
+        report
+            .problems
+            .push(format!("{problem} (in the layer chain of {n} results)"));
+    }
+    report
+}
+
+/// Reads and parses the manifest `reference` names, within `limits`, counting it in `report`;
+/// `None` with the problem in `report` when there is none or it is unusable.
+async fn verify_manifest<B: Backend>(
+    backend: &B,
+    reference: &IndexRef,
+    limits: &Limits,
+    report: &mut Verified,
+) -> Option<CacheManifest> {
+    let raw = match backend.read_index(reference).await {
+        Ok(Some(raw)) => raw,
+        Ok(None) => {
+            report
+                .problems
+                .push(format!("no cache for {reference} in {}", backend.info()));
+            return None;
+        }
+        Err(err) => {
+            report
+                .problems
+                .push(format!("reading the manifest of {reference}: {err}"));
+            return None;
+        }
+    };
+    report.manifest = Some(raw.digest.to_string());
+    report.blobs_checked += 1;
+    report.bytes_checked += raw.bytes.len() as u64;
+    let manifest_name = || format!("cache manifest {} from {}", raw.digest, backend.info());
+    if let Err(exceeded) = limits.check("config-size", &manifest_name, raw.bytes.len() as u64) {
+        report.problems.push(exceeded.to_string());
+        return None;
+    }
+    let cache = match manifest::read(&raw) {
+        Ok(cache) => cache,
+        Err(err) => {
+            report.problems.push(err.to_string());
+            return None;
+        }
+    };
+    if let Err(exceeded) = limits.check("config-layers", &manifest_name, cache.layers.len() as u64)
+    {
+        report.problems.push(exceeded.to_string());
+        return None;
+    }
+    Some(cache)
+}
+
+/// Every layer the manifest lists, read through and checked, counted in `report`; the broken
+/// ones with what is wrong with each.
+async fn verify_listed_blobs<B: Backend>(
+    backend: &B,
+    layers: &[Descriptor],
+    report: &mut Verified,
+) -> HashMap<Digest, String> {
     let mut unique: Vec<&Descriptor> = Vec::new();
     let mut seen = HashSet::new();
-    for layer in &cache.layers {
+    for layer in layers {
         if seen.insert(layer.digest.clone()) {
             unique.push(layer);
         }
@@ -398,66 +434,66 @@ pub async fn verify<B: Backend>(backend: &B, reference: &IndexRef, limits: &Limi
             }
         }
     }
+    bad
+}
 
-    // The layer chain of every result: each blob listed by the manifest, present and intact.
+/// The layer chain of every result of `config`: each blob `listed` by the manifest, present and
+/// intact (not in `bad`). Adds blobs missing from the manifest to `bad`, counts results in
+/// `report` and returns, per bad blob, how many results' chains hold it.
+fn verify_chains(
+    config: &CacheConfig,
+    listed: &[Descriptor],
+    bad: &mut HashMap<Digest, String>,
+    report: &mut Verified,
+) -> HashMap<Digest, usize> {
     let mut affected: HashMap<Digest, usize> = HashMap::new();
-    if let Some(config) = &config {
-        let listed: HashSet<&Digest> = cache.layers.iter().map(|l| &l.digest).collect();
-        for record in &config.records {
-            let chains = record
-                .layers
-                .iter()
-                .map(|result| config.chain_blobs(result.layer))
-                .chain(
-                    record
-                        .chains
-                        .iter()
-                        .map(|chain| chain.layers.iter().map(|&l| config.layer_blob(l)).collect()),
-                );
-            for chain in chains {
-                report.results += 1;
-                let mut complete = true;
-                for blob in chain {
-                    match blob {
-                        Some(digest) if listed.contains(&digest) && !bad.contains_key(&digest) => {}
-                        Some(digest) if !listed.contains(&digest) => {
-                            complete = false;
-                            let message = format!(
-                                "blob {digest} is in the layer chain of record {} but the \
-                                 manifest does not list it",
-                                record.digest
-                            );
-                            bad.entry(digest.clone()).or_insert(message);
-                            *affected.entry(digest).or_default() += 1;
-                        }
-                        Some(digest) => {
-                            complete = false;
-                            *affected.entry(digest).or_default() += 1;
-                        }
-                        None => {
-                            complete = false;
-                            report.problems.push(format!(
-                                "record {} has a result whose layer chain is invalid",
-                                record.digest
-                            ));
-                        }
+    let listed: HashSet<&Digest> = listed.iter().map(|l| &l.digest).collect();
+    for record in &config.records {
+        let chains = record
+            .layers
+            .iter()
+            .map(|result| config.chain_blobs(result.layer))
+            .chain(
+                record
+                    .chains
+                    .iter()
+                    .map(|chain| chain.layers.iter().map(|&l| config.layer_blob(l)).collect()),
+            );
+        for chain in chains {
+            report.results += 1;
+            let mut complete = true;
+            for blob in chain {
+                match blob {
+                    Some(digest) if listed.contains(&digest) && !bad.contains_key(&digest) => {}
+                    Some(digest) if !listed.contains(&digest) => {
+                        complete = false;
+                        let message = format!(
+                            "blob {digest} is in the layer chain of record {} but the \
+                             manifest does not list it",
+                            record.digest
+                        );
+                        bad.entry(digest.clone()).or_insert(message);
+                        *affected.entry(digest).or_default() += 1;
+                    }
+                    Some(digest) => {
+                        complete = false;
+                        *affected.entry(digest).or_default() += 1;
+                    }
+                    None => {
+                        complete = false;
+                        report.problems.push(format!(
+                            "record {} has a result whose layer chain is invalid",
+                            record.digest
+                        ));
                     }
                 }
-                if !complete {
-                    report.incomplete_results += 1;
-                }
+            }
+            if !complete {
+                report.incomplete_results += 1;
             }
         }
     }
-    let mut bad: Vec<(Digest, String)> = bad.into_iter().collect();
-    bad.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
-    for (digest, problem) in bad {
-        let n = affected.get(&digest).copied().unwrap_or(0);
-        report
-            .problems
-            .push(format!("{problem} (in the layer chain of {n} results)"));
-    }
-    report
+    affected
 }
 
 /// Reads, checks and parses the config of `cache`; a problem description on failure.

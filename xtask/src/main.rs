@@ -29,7 +29,7 @@ tasks:
                                      dockerfile2llb derives from each corpus Dockerfile
   demo                               the main job: build examples/multistage cold with --cache-to type=local,
                                      then warm on an empty root with --cache-from, and print both times
-  tidy                               check docs, banned constructs, manifests and crate layering
+  tidy                               check docs, banned constructs, function length, manifests and layering
   bench [--quick] [--runs N] [--no-peer] [--no-micro] [--only IDS]
                                      scenario benchmarks (vs buildah) and criterion micro benchmarks
                                      into BENCHMARKS.md; --quick is the smoke test of `test`
