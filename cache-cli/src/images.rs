@@ -6,13 +6,14 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 
-use cache_build::engine::{self, BlobStore, Event, ImageResolver, Progress, ResolvedImage};
+use cache_build::engine::{
+    self, BlobStore, Event, FetchError, ImageResolver, Progress, ResolveError, ResolvedImage,
+};
 use cache_build::image;
 use cache_core::Descriptor;
 use cache_core::descriptor::annotation;
 use cache_core::transfer::Moved;
 use cache_local::LayoutDir;
-use cache_registry::Registry;
 use cache_registry::image::{ImageToPush, MountSources};
 use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
@@ -30,22 +31,22 @@ impl RegistryImages {
     }
 }
 
-fn open(reference: &str) -> Result<Registry, String> {
-    crate::stores::open_registry(reference, false).map_err(|e| e.to_string())
-}
-
-async fn resolve(reference: &str) -> Result<ResolvedImage, String> {
-    let registry = open(reference)?;
+async fn resolve(reference: &str) -> Result<ResolvedImage, ResolveError> {
+    let registry =
+        crate::stores::open_registry(reference, false).map_err(ResolveError::Registry)?;
     let resolved = cache_registry::image::resolve(&registry, reference, "linux", "amd64")
         .await
-        .map_err(|e| e.to_string())?;
-    let config = image::parse_config(&resolved.config).map_err(|e| format!("{reference}: {e}"))?;
+        .map_err(ResolveError::Registry)?;
+    let config = image::parse_config(&resolved.config).map_err(|source| ResolveError::Config {
+        reference: reference.to_owned(),
+        source,
+    })?;
     if config.diff_ids.len() != resolved.layers.len() {
-        return Err(format!(
-            "{reference}: the config lists {} diff IDs for {} layers",
-            config.diff_ids.len(),
-            resolved.layers.len()
-        ));
+        return Err(ResolveError::LayerCount {
+            reference: reference.to_owned(),
+            n_diff_ids: config.diff_ids.len(),
+            n_layers: resolved.layers.len(),
+        });
     }
     let layers = resolved
         .layers
@@ -84,7 +85,7 @@ impl HttpDownloads {
         HttpDownloads::default()
     }
 
-    async fn fetch(&self, url: &str, dest: &Path) -> Result<(), String> {
+    async fn fetch(&self, url: &str, dest: &Path) -> Result<(), FetchError> {
         use tokio::io::AsyncWriteExt as _;
         let response = self
             .client
@@ -92,36 +93,49 @@ impl HttpDownloads {
             .get(url)
             .send()
             .await
-            .map_err(|err| format!("request failed: {err}"))?;
+            .map_err(|err| FetchError::Request(err.into()))?;
         let status = response.status();
         if !status.is_success() {
-            return Err(format!("the server answered {status}"));
+            return Err(FetchError::Status {
+                code: status.as_u16(),
+                reason: status
+                    .canonical_reason()
+                    .unwrap_or("<unknown status code>")
+                    .to_owned(),
+            });
         }
-        let mut file = tokio::fs::File::create(dest)
-            .await
-            .map_err(|err| format!("creating {}: {err}", dest.display()))?;
+        let writing = |source| FetchError::Write {
+            path: dest.to_owned(),
+            source,
+        };
+        let mut file =
+            tokio::fs::File::create(dest)
+                .await
+                .map_err(|source| FetchError::Create {
+                    path: dest.to_owned(),
+                    source,
+                })?;
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|err| format!("reading the body: {err}"))?;
-            file.write_all(&chunk)
-                .await
-                .map_err(|err| format!("writing {}: {err}", dest.display()))?;
+            let chunk = chunk.map_err(|err| FetchError::Body(err.into()))?;
+            file.write_all(&chunk).await.map_err(writing)?;
         }
-        file.flush()
-            .await
-            .map_err(|err| format!("writing {}: {err}", dest.display()))?;
+        file.flush().await.map_err(writing)?;
         Ok(())
     }
 }
 
 impl engine::UrlFetcher for HttpDownloads {
-    fn fetch<'a>(&'a self, url: &'a str, dest: &'a Path) -> BoxFuture<'a, Result<(), String>> {
+    fn fetch<'a>(&'a self, url: &'a str, dest: &'a Path) -> BoxFuture<'a, Result<(), FetchError>> {
         Box::pin(HttpDownloads::fetch(self, url, dest))
     }
 }
 
 impl ImageResolver for RegistryImages {
-    fn resolve<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<ResolvedImage, String>> {
+    fn resolve<'a>(
+        &'a self,
+        reference: &'a str,
+    ) -> BoxFuture<'a, Result<ResolvedImage, ResolveError>> {
         Box::pin(resolve(reference))
     }
 }

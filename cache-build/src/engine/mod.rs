@@ -183,13 +183,82 @@ pub struct ResolvedImage {
 /// Resolves image references (registry pulls); provided by the caller.
 pub trait ImageResolver: Send + Sync {
     /// Resolves `reference` (normalized, e.g. `docker.io/library/busybox:latest`).
-    fn resolve<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<ResolvedImage, String>>;
+    fn resolve<'a>(
+        &'a self,
+        reference: &'a str,
+    ) -> BoxFuture<'a, Result<ResolvedImage, ResolveError>>;
+}
+
+/// Why an [`ImageResolver`] could not resolve an image.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResolveError {
+    /// The registry could not be reached, refused, or does not hold the image.
+    #[error("{0}")]
+    Registry(#[source] cache_core::Error),
+    /// The image's config is not a valid image config.
+    #[error("{reference}: {source}")]
+    Config {
+        /// The image reference.
+        reference: String,
+        /// What is wrong with the config.
+        #[source]
+        source: image::Error,
+    },
+    /// The config's diff IDs do not pair up with the manifest's layers.
+    #[error("{reference}: the config lists {n_diff_ids} diff IDs for {n_layers} layers")]
+    LayerCount {
+        /// The image reference.
+        reference: String,
+        /// Diff IDs in the config.
+        n_diff_ids: usize,
+        /// Layers in the manifest.
+        n_layers: usize,
+    },
 }
 
 /// Downloads `ADD <url>` sources; provided by the caller.
 pub trait UrlFetcher: Send + Sync {
     /// Downloads `url` into the new file `dest`. Errors say what failed (status, connection).
-    fn fetch<'a>(&'a self, url: &'a str, dest: &'a Path) -> BoxFuture<'a, Result<(), String>>;
+    fn fetch<'a>(&'a self, url: &'a str, dest: &'a Path) -> BoxFuture<'a, Result<(), FetchError>>;
+}
+
+/// Why a [`UrlFetcher`] could not download a URL.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The request could not be sent or got no answer (connection, TLS, redirects).
+    #[error("request failed: {0}")]
+    Request(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The server answered with a status other than success.
+    #[error("the server answered {code} {reason}")]
+    Status {
+        /// The HTTP status code.
+        code: u16,
+        /// Its reason phrase (`Not Found`).
+        reason: String,
+    },
+    /// The body broke off while being read.
+    #[error("reading the body: {0}")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The destination file could not be created.
+    #[error("creating {}: {source}", path.display())]
+    Create {
+        /// The file.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The destination file could not be written.
+    #[error("writing {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What the engine needs from its caller besides the request.
@@ -354,6 +423,15 @@ pub enum Error {
         /// The failure.
         #[source]
         source: cache_core::Error,
+    },
+    /// A `FROM` or `COPY --from` image could not be resolved.
+    #[error("resolving image {reference}: {source}")]
+    Resolve {
+        /// The image reference.
+        reference: String,
+        /// The failure (boxed: it is rare and large).
+        #[source]
+        source: Box<ResolveError>,
     },
     /// A blocking worker thread panicked or was cancelled.
     #[error("a worker thread failed: {0}")]
@@ -1060,7 +1138,10 @@ impl Engine<'_> {
         let resolved = resolver
             .resolve(reference)
             .await
-            .map_err(|err| Error::other(format!("resolving image {reference}: {err}")))?;
+            .map_err(|source| Error::Resolve {
+                reference: reference.to_owned(),
+                source: Box::new(source),
+            })?;
         self.note_image_layers(&resolved.layers, &format!("image {reference}"));
         self.blobs.imports.push(ImportedSource {
             name: format!("image {reference}"),
