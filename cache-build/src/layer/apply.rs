@@ -461,6 +461,60 @@ struct Extractor {
     buf: Vec<u8>,
 }
 
+/// Where an entry goes: its directory, opened inside the root, and its name there.
+struct Place {
+    dir: Arc<OwnedFd>,
+    name: OsString,
+    /// The entry's path relative to the root, for messages and bookkeeping.
+    rel: PathBuf,
+}
+
+/// What an entry's header (and its PAX records, which win) says about what it creates.
+struct Attrs {
+    /// Permission bits, `0o7777` at most.
+    mode: u32,
+    /// Uid and gid.
+    owner: (u32, u32),
+    mtime: i64,
+    xattrs: Vec<(OsString, Vec<u8>)>,
+}
+
+impl Attrs {
+    fn read(entry: &mut tar::Entry<'_, &mut dyn Read>, raw: &[u8]) -> Result<Attrs, Error> {
+        let header = entry.header().clone();
+        let pax = pax_info(entry).map_err(|err| corrupt(err, raw))?;
+        let old = header.as_old();
+        let mode = numeric(header.mode().map(u64::from), &old.mode)
+            .map_err(|err| corrupt(err, raw))? as u32
+            & 0o7777;
+        let uid = match pax.uid {
+            Some(uid) => uid,
+            None => numeric(header.uid(), &old.uid).map_err(|err| corrupt(err, raw))?,
+        };
+        let gid = match pax.gid {
+            Some(gid) => gid,
+            None => numeric(header.gid(), &old.gid).map_err(|err| corrupt(err, raw))?,
+        };
+        let mtime = match pax.mtime {
+            Some(mtime) => mtime,
+            None => {
+                i64::try_from(numeric(header.mtime(), &old.mtime).map_err(|err| corrupt(err, raw))?)
+                    .unwrap_or(i64::MAX)
+            }
+        };
+        let owner = match (u32::try_from(uid), u32::try_from(gid)) {
+            (Ok(uid), Ok(gid)) => (uid, gid),
+            _ => return Err(Error::refused(raw, "uid or gid does not fit in 32 bits")),
+        };
+        Ok(Attrs {
+            mode,
+            owner,
+            mtime,
+            xattrs: pax.xattrs,
+        })
+    }
+}
+
 /// Bytes per write of file contents.
 const WRITE_CHUNK: usize = 1 << 20;
 
@@ -589,178 +643,202 @@ impl Extractor {
         }
 
         self.touch(&rel);
-        let header = entry.header().clone();
-        let pax = pax_info(entry).map_err(|err| corrupt(err, &raw))?;
-        let old = header.as_old();
-        let mode = numeric(header.mode().map(u64::from), &old.mode)
-            .map_err(|err| corrupt(err, &raw))? as u32
-            & 0o7777;
-        let uid = match pax.uid {
-            Some(uid) => uid,
-            None => numeric(header.uid(), &old.uid).map_err(|err| corrupt(err, &raw))?,
+        let attrs = Attrs::read(entry, &raw)?;
+        let place = Place {
+            dir: self.parent_dir(&parent)?,
+            name,
+            rel,
         };
-        let gid = match pax.gid {
-            Some(gid) => gid,
-            None => numeric(header.gid(), &old.gid).map_err(|err| corrupt(err, &raw))?,
-        };
-        let mtime = match pax.mtime {
-            Some(mtime) => mtime,
-            None => i64::try_from(
-                numeric(header.mtime(), &old.mtime).map_err(|err| corrupt(err, &raw))?,
-            )
-            .unwrap_or(i64::MAX),
-        };
-        let owner = match (u32::try_from(uid), u32::try_from(gid)) {
-            (Ok(uid), Ok(gid)) => (uid, gid),
-            _ => return Err(Error::refused(&raw, "uid or gid does not fit in 32 bits")),
-        };
-        let xattrs = pax.xattrs;
-
-        let dir = self.parent_dir(&parent)?;
 
         // Each kind is created first and what was there is looked at only if that fails with
         // `EEXIST`: on a fresh root most entries cost no `lstat`.
         match kind {
-            EntryType::Directory => {
-                match rustix::fs::mkdirat(&*dir, &name, Mode::from_raw_mode(0o755)) {
-                    Ok(()) => {}
-                    Err(Errno::EXIST) => {
-                        let is_dir = stat_at(&*dir, &name)
-                            .map_err(|err| self.io_err("stat", &rel, err))?
-                            .is_some_and(|st| file_type(&st) == FileType::Directory);
-                        if !is_dir {
-                            self.replacing(&dir, &name, &rel, || {
-                                rustix::fs::mkdirat(&*dir, &name, Mode::from_raw_mode(0o755))
-                            })?
-                            .map_err(|err| self.io_err("create directory", &rel, err))?;
-                        }
-                    }
-                    Err(err) => return Err(self.io_err("create directory", &rel, err)),
-                }
-                self.set_owner(&dir, &name, &rel, owner)?;
-                if !xattrs.is_empty() {
-                    match open_dir_nofollow(&dir, &name) {
-                        Ok(fd) => self.set_xattrs(&fd, &rel, &xattrs),
-                        Err(err) => return Err(self.io_err("open directory", &rel, err)),
-                    }
-                }
-                self.dirs.insert(rel, (mode, mtime));
-            }
+            EntryType::Directory => self.make_dir(place, attrs),
             EntryType::Regular | EntryType::Continuous => {
-                let fd = self
-                    .replacing(&dir, &name, &rel, || create_new_file(&*dir, &name))?
-                    .map_err(|err| self.io_err("create file", &rel, err))?;
-                let mut file = File::from(fd);
-                self.copy_data(entry, &mut file)
-                    .map_err(|err| corrupt(err, &raw))?;
-                if self.chown {
-                    rustix::fs::fchown(
-                        &file,
-                        Some(rustix::fs::Uid::from_raw(owner.0)),
-                        Some(rustix::fs::Gid::from_raw(owner.1)),
-                    )
-                    .map_err(|err| self.io_err("change owner of", &rel, err))?;
-                }
-                rustix::fs::fchmod(&file, Mode::from_raw_mode(mode))
-                    .map_err(|err| self.io_err("change mode of", &rel, err))?;
-                self.set_xattrs(&file, &rel, &xattrs);
-                rustix::fs::futimens(&file, &times(mtime))
-                    .map_err(|err| self.io_err("set mtime of", &rel, err))?;
+                self.make_file(entry, &place, &attrs, &raw)
             }
-            EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .filter(|t| !t.is_empty() && !t.contains(&0))
-                    .ok_or_else(|| Error::refused(&raw, "symlink without a valid target"))?;
-                self.replacing(&dir, &name, &rel, || {
-                    rustix::fs::symlinkat(OsStr::from_bytes(&target), &*dir, &name)
-                })?
-                .map_err(|err| self.io_err("create symlink", &rel, err))?;
-                self.set_owner(&dir, &name, &rel, owner)?;
-                rustix::fs::utimensat(&dir, &name, &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|err| self.io_err("set mtime of", &rel, err))?;
-            }
-            EntryType::Link => {
-                let target_raw = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .ok_or_else(|| Error::refused(&raw, "hard link without a target"))?;
-                let target = clean_name(&target_raw).map_err(|_| {
-                    Error::refused(
-                        &raw,
-                        format!(
-                            "hard link target {:?} is outside the root",
-                            String::from_utf8_lossy(&target_raw)
-                        ),
-                    )
-                })?;
-                if target.as_os_str().is_empty() {
-                    return Err(Error::refused(&raw, "hard link to the root directory"));
-                }
-                if target == rel {
-                    return Ok(());
-                }
-                let (tparent, tname) = split(&target);
-                let tdir = self.root.open_dir(tparent, false)?.ok_or_else(|| {
-                    Error::refused(&raw, format!("hard link target {target:?} does not exist"))
-                })?;
-                self.replacing(&dir, &name, &rel, || {
-                    rustix::fs::linkat(&tdir, tname, &*dir, &name, AtFlags::empty())
-                })?
-                .map_err(|err| {
-                    Error::refused(
-                        &raw,
-                        format!("cannot link to {target:?}: {}", io::Error::from(err)),
-                    )
-                })?;
-            }
+            EntryType::Symlink => self.make_symlink(entry, &place, &attrs, &raw),
+            EntryType::Link => self.make_hard_link(entry, &place, &raw),
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                let (ft, dev) = match kind {
-                    EntryType::Fifo => (FileType::Fifo, 0),
-                    _ => {
-                        let major = header
-                            .device_major()
-                            .map_err(|err| corrupt(err, &raw))?
-                            .unwrap_or(0);
-                        let minor = header
-                            .device_minor()
-                            .map_err(|err| corrupt(err, &raw))?
-                            .unwrap_or(0);
-                        let ft = if kind == EntryType::Char {
-                            FileType::CharacterDevice
-                        } else {
-                            FileType::BlockDevice
-                        };
-                        (ft, rustix::fs::makedev(major, minor))
-                    }
-                };
-                let made = self.replacing(&dir, &name, &rel, || {
-                    rustix::fs::mknodat(&*dir, &name, ft, Mode::from_raw_mode(0o600), dev)
-                })?;
-                match made {
-                    Ok(()) => {}
-                    Err(Errno::PERM) | Err(Errno::ACCESS) if ft != FileType::Fifo => {
-                        tracing::warn!(path = %rel.display(), "skipping device node: no permission to create it");
-                        self.skipped_devices += 1;
-                        return Ok(());
-                    }
-                    Err(err) => return Err(self.io_err("create node", &rel, err)),
-                }
-                self.set_owner(&dir, &name, &rel, owner)?;
-                rustix::fs::chmodat(&dir, &name, Mode::from_raw_mode(mode), AtFlags::empty())
-                    .map_err(|err| self.io_err("change mode of", &rel, err))?;
-                rustix::fs::utimensat(&dir, &name, &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|err| self.io_err("set mtime of", &rel, err))?;
+                self.make_node(entry.header(), &place, &attrs, &raw)
             }
-            EntryType::GNUSparse => {
-                return Err(Error::refused(&raw, "sparse files are not supported"));
-            }
+            EntryType::GNUSparse => Err(Error::refused(&raw, "sparse files are not supported")),
             other => {
                 tracing::warn!(entry = %String::from_utf8_lossy(&raw), kind = ?other, "skipping tar entry of unsupported type");
+                Ok(())
             }
         }
+    }
+
+    fn make_dir(&mut self, place: Place, attrs: Attrs) -> Result<(), Error> {
+        let Place { dir, name, rel } = place;
+        match rustix::fs::mkdirat(&*dir, &name, Mode::from_raw_mode(0o755)) {
+            Ok(()) => {}
+            Err(Errno::EXIST) => {
+                let is_dir = stat_at(&*dir, &name)
+                    .map_err(|err| self.io_err("stat", &rel, err))?
+                    .is_some_and(|st| file_type(&st) == FileType::Directory);
+                if !is_dir {
+                    self.replacing(&dir, &name, &rel, || {
+                        rustix::fs::mkdirat(&*dir, &name, Mode::from_raw_mode(0o755))
+                    })?
+                    .map_err(|err| self.io_err("create directory", &rel, err))?;
+                }
+            }
+            Err(err) => return Err(self.io_err("create directory", &rel, err)),
+        }
+        self.set_owner(&dir, &name, &rel, attrs.owner)?;
+        if !attrs.xattrs.is_empty() {
+            match open_dir_nofollow(&dir, &name) {
+                Ok(fd) => self.set_xattrs(&fd, &rel, &attrs.xattrs),
+                Err(err) => return Err(self.io_err("open directory", &rel, err)),
+            }
+        }
+        self.dirs.insert(rel, (attrs.mode, attrs.mtime));
         Ok(())
+    }
+
+    fn make_file(
+        &mut self,
+        entry: &mut impl Read,
+        place: &Place,
+        attrs: &Attrs,
+        raw: &[u8],
+    ) -> Result<(), Error> {
+        let Place { dir, name, rel } = place;
+        let fd = self
+            .replacing(dir, name, rel, || create_new_file(&**dir, name))?
+            .map_err(|err| self.io_err("create file", rel, err))?;
+        let mut file = File::from(fd);
+        self.copy_data(entry, &mut file)
+            .map_err(|err| corrupt(err, raw))?;
+        if self.chown {
+            rustix::fs::fchown(
+                &file,
+                Some(rustix::fs::Uid::from_raw(attrs.owner.0)),
+                Some(rustix::fs::Gid::from_raw(attrs.owner.1)),
+            )
+            .map_err(|err| self.io_err("change owner of", rel, err))?;
+        }
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(attrs.mode))
+            .map_err(|err| self.io_err("change mode of", rel, err))?;
+        self.set_xattrs(&file, rel, &attrs.xattrs);
+        rustix::fs::futimens(&file, &times(attrs.mtime))
+            .map_err(|err| self.io_err("set mtime of", rel, err))
+    }
+
+    fn make_symlink(
+        &mut self,
+        entry: &tar::Entry<'_, &mut dyn Read>,
+        place: &Place,
+        attrs: &Attrs,
+        raw: &[u8],
+    ) -> Result<(), Error> {
+        let Place { dir, name, rel } = place;
+        let target = entry
+            .link_name_bytes()
+            .map(|t| t.into_owned())
+            .filter(|t| !t.is_empty() && !t.contains(&0))
+            .ok_or_else(|| Error::refused(raw, "symlink without a valid target"))?;
+        self.replacing(dir, name, rel, || {
+            rustix::fs::symlinkat(OsStr::from_bytes(&target), &**dir, name)
+        })?
+        .map_err(|err| self.io_err("create symlink", rel, err))?;
+        self.set_owner(dir, name, rel, attrs.owner)?;
+        rustix::fs::utimensat(dir, name, &times(attrs.mtime), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|err| self.io_err("set mtime of", rel, err))
+    }
+
+    /// Links to an entry the layer (or a lower one) already wrote; the target is resolved
+    /// inside the root like any entry's path.
+    fn make_hard_link(
+        &mut self,
+        entry: &tar::Entry<'_, &mut dyn Read>,
+        place: &Place,
+        raw: &[u8],
+    ) -> Result<(), Error> {
+        let Place { dir, name, rel } = place;
+        let target_raw = entry
+            .link_name_bytes()
+            .map(|t| t.into_owned())
+            .ok_or_else(|| Error::refused(raw, "hard link without a target"))?;
+        let target = clean_name(&target_raw).map_err(|_| {
+            Error::refused(
+                raw,
+                format!(
+                    "hard link target {:?} is outside the root",
+                    String::from_utf8_lossy(&target_raw)
+                ),
+            )
+        })?;
+        if target.as_os_str().is_empty() {
+            return Err(Error::refused(raw, "hard link to the root directory"));
+        }
+        if target == *rel {
+            return Ok(());
+        }
+        let (tparent, tname) = split(&target);
+        let tdir = self.root.open_dir(tparent, false)?.ok_or_else(|| {
+            Error::refused(raw, format!("hard link target {target:?} does not exist"))
+        })?;
+        self.replacing(dir, name, rel, || {
+            rustix::fs::linkat(&tdir, tname, &**dir, name, AtFlags::empty())
+        })?
+        .map_err(|err| {
+            Error::refused(
+                raw,
+                format!("cannot link to {target:?}: {}", io::Error::from(err)),
+            )
+        })?;
+        Ok(())
+    }
+
+    /// A character or block device or a FIFO; devices are skipped with a warning where this
+    /// process may not create them.
+    fn make_node(
+        &mut self,
+        header: &tar::Header,
+        place: &Place,
+        attrs: &Attrs,
+        raw: &[u8],
+    ) -> Result<(), Error> {
+        let Place { dir, name, rel } = place;
+        let (ft, dev) = match header.entry_type() {
+            EntryType::Fifo => (FileType::Fifo, 0),
+            kind => {
+                let major = header
+                    .device_major()
+                    .map_err(|err| corrupt(err, raw))?
+                    .unwrap_or(0);
+                let minor = header
+                    .device_minor()
+                    .map_err(|err| corrupt(err, raw))?
+                    .unwrap_or(0);
+                let ft = if kind == EntryType::Char {
+                    FileType::CharacterDevice
+                } else {
+                    FileType::BlockDevice
+                };
+                (ft, rustix::fs::makedev(major, minor))
+            }
+        };
+        let made = self.replacing(dir, name, rel, || {
+            rustix::fs::mknodat(&**dir, name, ft, Mode::from_raw_mode(0o600), dev)
+        })?;
+        match made {
+            Ok(()) => {}
+            Err(Errno::PERM) | Err(Errno::ACCESS) if ft != FileType::Fifo => {
+                tracing::warn!(path = %rel.display(), "skipping device node: no permission to create it");
+                self.skipped_devices += 1;
+                return Ok(());
+            }
+            Err(err) => return Err(self.io_err("create node", rel, err)),
+        }
+        self.set_owner(dir, name, rel, attrs.owner)?;
+        rustix::fs::chmodat(dir, name, Mode::from_raw_mode(attrs.mode), AtFlags::empty())
+            .map_err(|err| self.io_err("change mode of", rel, err))?;
+        rustix::fs::utimensat(dir, name, &times(attrs.mtime), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|err| self.io_err("set mtime of", rel, err))
     }
 
     fn io_err(&self, op: &'static str, rel: &Path, err: Errno) -> Error {

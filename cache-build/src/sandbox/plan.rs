@@ -126,28 +126,110 @@ pub(crate) fn plan(
     exec_user: &user::ExecUser,
     created: &mut Vec<Created>,
 ) -> Result<(Steps, tempfile::TempDir), Error> {
-    let mut ensure = |rel: &str, kind: Kind| -> Result<Option<CString>, Error> {
-        let ensured = root
-            .ensure(rel, kind, created)
-            .map_err(|source| Error::Rootfs {
-                path: root.path().join(rel.trim_start_matches('/')),
-                source,
-            })?;
-        match ensured {
-            Ensured::At(path) => Ok(Some(c_path(&path)?)),
-            Ensured::DanglingSymlink => {
-                tracing::warn!(path = rel, rootfs = %root.path().display(), "not mounting over a dangling symbolic link");
-                Ok(None)
-            }
-        }
+    let MountPoints {
+        proc,
+        sys,
+        dev,
+        hosts,
+        resolv,
+        mut extra,
+        under_dev,
+    } = mount_points(mounts, root, created)?;
+    let hostname = if spec.hostname.is_empty() {
+        DEFAULT_HOSTNAME
+    } else {
+        spec.hostname.as_str()
     };
-    let proc_dir = ensure("/proc", Kind::Dir)?;
-    let sys_dir = ensure("/sys", Kind::Dir)?;
-    let dev_dir = ensure("/dev", Kind::Dir)?;
+    let etc = write_etc_files(spec, hostname)?;
+
+    let rootfs = c_path(root.path())?;
+    let is_root_mode = matches!(mode, Mode::Root);
+    let mut steps = Steps::default();
+    namespace_steps(&mut steps, spec, hostname, &rootfs);
+    if let Some(target) = &proc {
+        steps.push(
+            Op::Mount {
+                fstype: c"proc".to_owned(),
+                target: target.clone(),
+                flags: MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+                data: c"".to_owned(),
+            },
+            "mounting /proc",
+            if is_root_mode {
+                HINT_PRIVILEGE
+            } else {
+                HINT_PROC
+            },
+        );
+    }
+    if let Some(target) = &sys {
+        sys_steps(&mut steps, target, is_root_mode)?;
+    }
+    if let Some(dev) = &dev {
+        dev_steps(&mut steps, dev, is_root_mode)?;
+        under_dev_steps(&mut steps, dev, under_dev, &mut extra)?;
+    }
+    if !spec.insecure {
+        mask_steps(&mut steps, proc.as_ref(), sys.as_ref())?;
+    }
+    for (target, source, shown) in [
+        (hosts, &etc.hosts, "/etc/hosts"),
+        (resolv, &etc.resolv, "/etc/resolv.conf"),
+    ] {
+        if let Some(target) = target {
+            etc_file_steps(&mut steps, target, source, shown)?;
+        }
+    }
+    for (mount, target) in extra {
+        extra_mount_steps(&mut steps, mount, target)?;
+    }
+    steps.push(
+        Op::PivotRoot { root: rootfs },
+        "switching to the root filesystem (pivot_root)",
+        HINT_PRIVILEGE,
+    );
+    steps.push(
+        Op::Chdir {
+            path: c_string(spec.cwd.as_bytes(), "working directory")?,
+        },
+        format!("changing to the working directory {}", spec.cwd),
+        "",
+    );
+    steps.push(Op::Umask { mode: UMASK }, "setting the umask", "");
+    credential_steps(&mut steps, exec_user, is_root_mode, spec.insecure);
+    Ok((steps, etc.dir))
+}
+
+/// The mount points made (or found) in the root; `None` where a dangling symbolic link is in the
+/// way.
+struct MountPoints<'m> {
+    proc: Option<CString>,
+    sys: Option<CString>,
+    dev: Option<CString>,
+    hosts: Option<CString>,
+    resolv: Option<CString>,
+    /// `RUN --mount`s with their mount point in the root.
+    extra: Vec<(&'m Mount, CString)>,
+    /// `RUN --mount`s under `/dev`, with their path below it and the kind of their mount point:
+    /// made in the sandbox's `/dev` tmpfs once it is mounted.
+    under_dev: Vec<(&'m Mount, String, Kind)>,
+}
+
+/// Makes the mount points of the sandbox's filesystems and of `mounts` in the root, refusing a
+/// mount target that is not absolute.
+fn mount_points<'m>(
+    mounts: &'m [Mount],
+    root: &Root,
+    created: &mut Vec<Created>,
+) -> Result<MountPoints<'m>, Error> {
+    let mut ensure = |rel: &str, kind: Kind| ensure_mount_point(root, created, rel, kind);
+    let proc = ensure("/proc", Kind::Dir)?;
+    let sys = ensure("/sys", Kind::Dir)?;
+    let dev = ensure("/dev", Kind::Dir)?;
     let hosts = ensure("/etc/hosts", Kind::File)?;
     let resolv = ensure("/etc/resolv.conf", Kind::File)?;
     let mut extra = Vec::with_capacity(mounts.len());
-    let mut dev_extra = Vec::new();
+    let mut under_dev = Vec::new();
     for mount in mounts {
         if !mount.target.starts_with('/') {
             return Err(Error::InvalidSpec {
@@ -160,43 +242,80 @@ pub(crate) fn plan(
         };
         // Targets under /dev live in the sandbox's /dev tmpfs, made after it is mounted
         // (BuildKit's `RUN <<EOF` with a `#!` body runs /dev/pipes/EOF).
-        if let (Some(rest), Some(_)) = (mount.target.strip_prefix("/dev/"), &dev_dir) {
-            dev_extra.push((mount, rest.to_owned(), kind));
+        if let (Some(rest), Some(_)) = (mount.target.strip_prefix("/dev/"), &dev) {
+            under_dev.push((mount, rest.to_owned(), kind));
             continue;
         }
         if let Some(target) = ensure(&mount.target, kind)? {
             extra.push((mount, target));
         }
     }
+    Ok(MountPoints {
+        proc,
+        sys,
+        dev,
+        hosts,
+        resolv,
+        extra,
+        under_dev,
+    })
+}
 
-    let hostname = if spec.hostname.is_empty() {
-        DEFAULT_HOSTNAME
-    } else {
-        spec.hostname.as_str()
-    };
-    let files = tempfile::Builder::new()
+/// Makes `rel` in the root as a `kind`, giving its path, or `None` (with a warning) where a
+/// dangling symbolic link is in the way.
+fn ensure_mount_point(
+    root: &Root,
+    created: &mut Vec<Created>,
+    rel: &str,
+    kind: Kind,
+) -> Result<Option<CString>, Error> {
+    let ensured = root
+        .ensure(rel, kind, created)
+        .map_err(|source| Error::Rootfs {
+            path: root.path().join(rel.trim_start_matches('/')),
+            source,
+        })?;
+    match ensured {
+        Ensured::At(path) => Ok(Some(c_path(&path)?)),
+        Ensured::DanglingSymlink => {
+            tracing::warn!(path = rel, rootfs = %root.path().display(), "not mounting over a dangling symbolic link");
+            Ok(None)
+        }
+    }
+}
+
+/// The generated `/etc/hosts` and `/etc/resolv.conf`, in a directory that must outlive the run.
+struct EtcFiles {
+    dir: tempfile::TempDir,
+    hosts: PathBuf,
+    resolv: PathBuf,
+}
+
+fn write_etc_files(spec: &RunSpec, hostname: &str) -> Result<EtcFiles, Error> {
+    let dir = tempfile::Builder::new()
         .prefix("buildcache-run-")
         // An unprivileged sandbox must reach the files through the host's permissions.
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .tempdir()
         .map_err(io_error("creating a temporary directory for /etc/hosts"))?;
-    let hosts_file = files.path().join("hosts");
+    let hosts = dir.path().join("hosts");
     let mut hosts_text =
         format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     for (host, ip) in &spec.extra_hosts {
         hosts_text.push_str(&format!("{ip}\t{host}\n"));
     }
-    std::fs::write(&hosts_file, hosts_text)
-        .map_err(io_error(format!("writing {}", hosts_file.display())))?;
+    std::fs::write(&hosts, hosts_text).map_err(io_error(format!("writing {}", hosts.display())))?;
     // With the host's network, the host's resolver configuration applies as it is.
-    let resolv_file = files.path().join("resolv.conf");
+    let resolv = dir.path().join("resolv.conf");
     let resolv_text = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-    std::fs::write(&resolv_file, resolv_text)
-        .map_err(io_error(format!("writing {}", resolv_file.display())))?;
+    std::fs::write(&resolv, resolv_text)
+        .map_err(io_error(format!("writing {}", resolv.display())))?;
+    Ok(EtcFiles { dir, hosts, resolv })
+}
 
-    let rootfs = c_path(root.path())?;
-    let is_root_mode = matches!(mode, Mode::Root);
-    let mut steps = Steps::default();
+/// The new namespaces' own setup: loopback (without network), hostname, private mounts, and
+/// the root filesystem bound onto itself (for `pivot_root`).
+fn namespace_steps(steps: &mut Steps, spec: &RunSpec, hostname: &str, rootfs: &CString) {
     if spec.network == super::Network::None {
         steps.push(
             Op::LoopbackUp,
@@ -226,101 +345,73 @@ pub(crate) fn plan(
         "bind-mounting the root filesystem onto itself",
         HINT_PRIVILEGE,
     );
-    if let Some(target) = &proc_dir {
-        steps.push(
-            Op::Mount {
-                fstype: c"proc".to_owned(),
-                target: target.clone(),
-                flags: MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-                data: c"".to_owned(),
-            },
-            "mounting /proc",
-            if is_root_mode {
-                HINT_PRIVILEGE
-            } else {
-                HINT_PROC
-            },
-        );
-    }
-    if let Some(target) = &sys_dir {
-        sys_steps(&mut steps, target, is_root_mode)?;
-    }
-    if let Some(dev) = &dev_dir {
-        dev_steps(&mut steps, dev, is_root_mode)?;
-        let dev_path = path_of(dev);
-        for (mount, rest, kind) in dev_extra {
-            let rel = Path::new(&rest);
-            let mut cur = dev_path.clone();
-            if let Some(parent) = rel.parent() {
-                for component in parent.components() {
-                    cur.push(component);
-                    steps.push(
-                        Op::Mkdir {
-                            path: c_path(&cur)?,
-                            mode: 0o755,
-                        },
-                        format!("creating {} in /dev", cur.display()),
-                        "",
-                    );
-                }
+}
+
+/// Makes the mount points of the `RUN --mount`s under `/dev` in the sandbox's `/dev` (`dev`),
+/// adding them to `extra`.
+fn under_dev_steps<'m>(
+    steps: &mut Steps,
+    dev: &CString,
+    under_dev: Vec<(&'m Mount, String, Kind)>,
+    extra: &mut Vec<(&'m Mount, CString)>,
+) -> Result<(), Error> {
+    let dev_path = path_of(dev);
+    for (mount, rest, kind) in under_dev {
+        let rel = Path::new(&rest);
+        let mut cur = dev_path.clone();
+        if let Some(parent) = rel.parent() {
+            for component in parent.components() {
+                cur.push(component);
+                steps.push(
+                    Op::Mkdir {
+                        path: c_path(&cur)?,
+                        mode: 0o755,
+                    },
+                    format!("creating {} in /dev", cur.display()),
+                    "",
+                );
             }
-            let target = c_path(&dev_path.join(rel))?;
-            let op = match kind {
-                Kind::File => Op::CreateFile {
-                    path: target.clone(),
-                },
-                Kind::Dir => Op::Mkdir {
-                    path: target.clone(),
-                    mode: 0o755,
-                },
-            };
-            steps.push(op, format!("creating the mount point {}", mount.target), "");
-            extra.push((mount, target));
         }
-    }
-    if !spec.insecure {
-        mask_steps(&mut steps, proc_dir.as_ref(), sys_dir.as_ref())?;
-    }
-    for (target, source, shown) in [
-        (hosts, &hosts_file, "/etc/hosts"),
-        (resolv, &resolv_file, "/etc/resolv.conf"),
-    ] {
-        let Some(target) = target else { continue };
-        steps.push(
-            Op::Bind {
-                source: c_path(source)?,
-                target: target.clone(),
+        let target = c_path(&dev_path.join(rel))?;
+        let op = match kind {
+            Kind::File => Op::CreateFile {
+                path: target.clone(),
             },
-            format!("bind-mounting {shown}"),
-            HINT_PRIVILEGE,
-        );
-        steps.push(
-            Op::Remount {
-                target,
-                flags: read_only_remount_flags(source),
+            Kind::Dir => Op::Mkdir {
+                path: target.clone(),
+                mode: 0o755,
             },
-            format!("making {shown} read-only"),
-            HINT_PRIVILEGE,
-        );
+        };
+        steps.push(op, format!("creating the mount point {}", mount.target), "");
+        extra.push((mount, target));
     }
-    for (mount, target) in extra {
-        extra_mount_steps(&mut steps, mount, target)?;
-    }
+    Ok(())
+}
+
+/// Binds a generated `/etc` file (`source`) read-only over its mount point `target`.
+fn etc_file_steps(
+    steps: &mut Steps,
+    target: CString,
+    source: &Path,
+    shown: &str,
+) -> Result<(), Error> {
     steps.push(
-        Op::PivotRoot { root: rootfs },
-        "switching to the root filesystem (pivot_root)",
+        Op::Bind {
+            source: c_path(source)?,
+            target: target.clone(),
+        },
+        format!("bind-mounting {shown}"),
         HINT_PRIVILEGE,
     );
     steps.push(
-        Op::Chdir {
-            path: c_string(spec.cwd.as_bytes(), "working directory")?,
+        Op::Remount {
+            target,
+            flags: read_only_remount_flags(source),
         },
-        format!("changing to the working directory {}", spec.cwd),
-        "",
+        format!("making {shown} read-only"),
+        HINT_PRIVILEGE,
     );
-    steps.push(Op::Umask { mode: UMASK }, "setting the umask", "");
-    credential_steps(&mut steps, exec_user, is_root_mode, spec.insecure);
-    Ok((steps, files))
+    Ok(())
 }
 
 /// A `RUN --mount`: a recursive bind or a tmpfs, then read-only if asked.
