@@ -295,18 +295,11 @@ impl ShellWord<'_> {
         ))
     }
 
+    /// Expands a `$name` or `${...}` reference; the next character is the `$`.
     fn process_dollar(&mut self) -> Result<String, String> {
         self.next();
         if self.peek() != Some('{') {
-            let name = self.process_name();
-            if name.is_empty() {
-                return Ok("$".into());
-            }
-            return Ok(match self.lookup(&name) {
-                Some(value) => value,
-                None if self.lex.skip_unset_env => format!("${name}"),
-                None => String::new(),
-            });
+            return Ok(self.expand_bare());
         }
         self.next();
         match self.peek() {
@@ -315,147 +308,128 @@ impl ShellWord<'_> {
             Some(_) => {}
         }
         let name = self.process_name();
-        let Some(mut ch) = self.next() else {
-            return Err("syntax error: missing '}'".into());
-        };
-        let mut modifier = ch.to_string();
-        match ch {
-            '}' => Ok(match self.lookup(&name) {
+        match self.next() {
+            None => Err("syntax error: missing '}'".into()),
+            Some('}') => Ok(match self.lookup(&name) {
                 Some(value) => value,
                 None if self.lex.skip_unset_env => format!("${{{name}}}"),
                 None => String::new(),
             }),
-            ':' | '+' | '-' | '?' | '#' | '%' => {
-                let null_is_unset = ch == ':';
-                if null_is_unset {
-                    match self.next() {
-                        Some(next) => {
-                            ch = next;
-                            modifier.push(next);
-                        }
-                        None => return Err("syntax error: missing '}'".into()),
-                    }
-                }
-                let raw = ch == '#' || ch == '%';
-                // BuildKit has no `${V:#p}` or `${V:%p}`: the colon only modifies -, + and ?.
-                if null_is_unset && raw {
-                    return Err(format!("unsupported modifier ({modifier}) in substitution"));
-                }
-                let (word, _) = match self.process_stop_on(Some('}'), raw) {
-                    Ok(res) => res,
-                    Err(err) => {
-                        if self.peek().is_none() {
-                            return Err("syntax error: missing '}'".into());
-                        }
-                        return Err(err);
-                    }
-                };
-                let value = self.lookup(&name);
-                if self.lex.skip_unset_env && value.is_none() {
-                    return Ok(format!("${{{name}{modifier}{word}}}"));
-                }
-                let empty = value
-                    .as_deref()
-                    .is_none_or(|v| null_is_unset && v.is_empty());
-                match ch {
-                    '-' => Ok(if empty {
-                        word
-                    } else {
-                        value.unwrap_or_default()
-                    }),
-                    '+' => Ok(if empty { String::new() } else { word }),
-                    '?' => match value {
-                        None => Err(format!(
-                            "{name}: {}",
-                            if word.is_empty() {
-                                "is not allowed to be unset"
-                            } else {
-                                &word
-                            }
-                        )),
-                        Some(v) if null_is_unset && v.is_empty() => Err(format!(
-                            "{name}: {}",
-                            if word.is_empty() {
-                                "is not allowed to be empty"
-                            } else {
-                                &word
-                            }
-                        )),
-                        Some(v) => Ok(v),
-                    },
-                    '%' | '#' => {
-                        let mut pattern = word.as_str();
-                        let greedy = pattern.starts_with(ch);
-                        if greedy {
-                            pattern = &pattern[ch.len_utf8()..];
-                        }
-                        let value = value.unwrap_or_default();
-                        if ch == '%' {
-                            trim_suffix(pattern, &value, greedy)
-                        } else {
-                            trim_prefix(pattern, &value, greedy)
-                        }
-                    }
-                    _ => Err(format!("unsupported modifier ({modifier}) in substitution")),
-                }
-            }
-            '/' => {
-                let replace_all = self.peek() == Some('/');
-                if replace_all {
-                    self.next();
-                }
-                let (pattern, _) = match self.process_stop_on(Some('/'), true) {
-                    Ok(res) => res,
-                    Err(err) => {
-                        if self.peek().is_none() {
-                            return Err("syntax error: missing '/' in ${}".into());
-                        }
-                        return Err(err);
-                    }
-                };
-                let (replacement, _) = match self.process_stop_on(Some('}'), true) {
-                    Ok(res) => res,
-                    Err(err) => {
-                        if self.peek().is_none() {
-                            return Err("syntax error: missing '}'".into());
-                        }
-                        return Err(err);
-                    }
-                };
-                let Some(value) = self.lookup(&name) else {
-                    if self.lex.skip_unset_env {
-                        return Ok(format!("${{{name}/{pattern}/{replacement}}}"));
-                    }
-                    return Ok(String::new());
-                };
-                let re = shell_pattern_to_regex(&pattern, true, false)
-                    .map_err(|err| format!("invalid pattern ({pattern}) in substitution: {err}"))?;
-                // As in BuildKit: `//` expands `$0`, `$name`, `${name}` and `$$` in the replacement
-                // (Go's regexp template, which the regex crate's syntax matches), `/` does not.
-                if !replace_all {
-                    let replaced = re
-                        .replace(&value, regex::NoExpand(&replacement))
-                        .into_owned();
-                    self.check_size(replaced.len())?;
-                    return Ok(replaced);
-                }
-                // Replaced match by match, so that a replacement longer than what it replaces
-                // stops at the size limit instead of first filling memory.
-                let mut out = String::new();
-                let mut last = 0;
-                for caps in re.captures_iter(&value) {
-                    let whole = caps.get(0).expect("group 0 is the match");
-                    out.push_str(&value[last..whole.start()]);
-                    caps.expand(&replacement, &mut out);
-                    last = whole.end();
-                    self.check_size(out.len())?;
-                }
-                out.push_str(&value[last..]);
-                self.check_size(out.len())?;
-                Ok(out)
-            }
+            Some(op @ (':' | '+' | '-' | '?' | '#' | '%')) => self.expand_modifier(&name, op),
+            Some('/') => self.expand_replace(&name),
+            Some(other) => Err(format!("unsupported modifier ({other}) in substitution")),
+        }
+    }
+
+    /// `$name` without braces; a `$` followed by no name stays a `$`.
+    fn expand_bare(&mut self) -> String {
+        let name = self.process_name();
+        if name.is_empty() {
+            return "$".into();
+        }
+        match self.lookup(&name) {
+            Some(value) => value,
+            None if self.lex.skip_unset_env => format!("${name}"),
+            None => String::new(),
+        }
+    }
+
+    /// Expands the text up to `stop` (consumed); `missing` is the error when the word ends first.
+    fn read_until(&mut self, stop: char, raw: bool, missing: &str) -> Result<String, String> {
+        match self.process_stop_on(Some(stop), raw) {
+            Ok((word, _)) => Ok(word),
+            Err(_) if self.peek().is_none() => Err(missing.into()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// `${name<op>word}` for `-`, `+`, `?`, `#`, `%` (`##` and `%%` greedy), and `:-`, `:+`, `:?`
+    /// where the colon makes an empty value count as unset; `op` was just read.
+    fn expand_modifier(&mut self, name: &str, op: char) -> Result<String, String> {
+        let mut ch = op;
+        let mut modifier = op.to_string();
+        let null_is_unset = op == ':';
+        if null_is_unset {
+            ch = self
+                .next()
+                .ok_or_else(|| "syntax error: missing '}'".to_string())?;
+            modifier.push(ch);
+        }
+        let raw = ch == '#' || ch == '%';
+        // BuildKit has no `${V:#p}` or `${V:%p}`: the colon only modifies -, + and ?.
+        if null_is_unset && raw {
+            return Err(format!("unsupported modifier ({modifier}) in substitution"));
+        }
+        let word = self.read_until('}', raw, "syntax error: missing '}'")?;
+        let value = self.lookup(name);
+        if self.lex.skip_unset_env && value.is_none() {
+            return Ok(format!("${{{name}{modifier}{word}}}"));
+        }
+        let empty = value
+            .as_deref()
+            .is_none_or(|v| null_is_unset && v.is_empty());
+        match ch {
+            '-' => Ok(if empty {
+                word
+            } else {
+                value.unwrap_or_default()
+            }),
+            '+' => Ok(if empty { String::new() } else { word }),
+            '?' => required_value(name, value, null_is_unset, &word),
+            '%' | '#' => trim_pattern(ch, &word, &value.unwrap_or_default()),
             _ => Err(format!("unsupported modifier ({modifier}) in substitution")),
         }
+    }
+
+    /// `${name/pattern/replacement}` (first match) and `${name//pattern/replacement}` (every
+    /// match); the first `/` was just read.
+    fn expand_replace(&mut self, name: &str) -> Result<String, String> {
+        let replace_all = self.peek() == Some('/');
+        if replace_all {
+            self.next();
+        }
+        let pattern = self.read_until('/', true, "syntax error: missing '/' in ${}")?;
+        let replacement = self.read_until('}', true, "syntax error: missing '}'")?;
+        let Some(value) = self.lookup(name) else {
+            if self.lex.skip_unset_env {
+                return Ok(format!("${{{name}/{pattern}/{replacement}}}"));
+            }
+            return Ok(String::new());
+        };
+        let re = shell_pattern_to_regex(&pattern, true, false)
+            .map_err(|err| format!("invalid pattern ({pattern}) in substitution: {err}"))?;
+        // As in BuildKit: `//` expands `$0`, `$name`, `${name}` and `$$` in the replacement
+        // (Go's regexp template, which the regex crate's syntax matches), `/` does not.
+        if !replace_all {
+            let replaced = re
+                .replace(&value, regex::NoExpand(&replacement))
+                .into_owned();
+            self.check_size(replaced.len())?;
+            return Ok(replaced);
+        }
+        self.replace_every_match(&re, &value, &replacement)
+    }
+
+    /// Replaces match by match, so that a replacement longer than what it replaces stops at the
+    /// size limit instead of first filling memory.
+    fn replace_every_match(
+        &self,
+        re: &Regex,
+        value: &str,
+        replacement: &str,
+    ) -> Result<String, String> {
+        let mut out = String::new();
+        let mut last = 0;
+        for caps in re.captures_iter(value) {
+            let whole = caps.get(0).expect("group 0 is the match");
+            out.push_str(&value[last..whole.start()]);
+            caps.expand(replacement, &mut out);
+            last = whole.end();
+            self.check_size(out.len())?;
+        }
+        out.push_str(&value[last..]);
+        self.check_size(out.len())?;
+        Ok(out)
     }
 
     fn process_name(&mut self) -> String {
@@ -492,6 +466,39 @@ fn is_decimal_digit(ch: char) -> bool {
 fn is_letter(ch: char) -> bool {
     static L: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^\p{L}$").expect("valid regex"));
     ch.is_ascii_alphabetic() || (!ch.is_ascii() && L.is_match(ch.encode_utf8(&mut [0; 4])))
+}
+
+/// `${name?word}` and `${name:?word}`: the value, or an error naming the variable (`word` is
+/// the message if given).
+fn required_value(
+    name: &str,
+    value: Option<String>,
+    null_is_unset: bool,
+    word: &str,
+) -> Result<String, String> {
+    let problem = match value {
+        None => "is not allowed to be unset",
+        Some(v) if null_is_unset && v.is_empty() => "is not allowed to be empty",
+        Some(v) => return Ok(v),
+    };
+    Err(format!(
+        "{name}: {}",
+        if word.is_empty() { problem } else { word }
+    ))
+}
+
+/// `${name#pattern}`, `${name##pattern}` (`op` `#`) and `${name%pattern}`, `${name%%pattern}`
+/// (`op` `%`): `value` without its shortest (doubled: longest) matching prefix or suffix.
+fn trim_pattern(op: char, word: &str, value: &str) -> Result<String, String> {
+    let (pattern, greedy) = match word.strip_prefix(op) {
+        Some(rest) => (rest, true),
+        None => (word, false),
+    };
+    if op == '%' {
+        trim_suffix(pattern, value, greedy)
+    } else {
+        trim_prefix(pattern, value, greedy)
+    }
 }
 
 /// Converts a `${var%pattern}`-style pattern to a regex (no bracket expressions).

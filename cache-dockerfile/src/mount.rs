@@ -362,177 +362,217 @@ pub(crate) type Expander<'a> = &'a dyn Fn(&str) -> Result<String, String>;
 pub(crate) fn parse_mount(value: &str, expand: Option<Expander<'_>>) -> Result<RawMount, String> {
     let fields = csv_fields(value).map_err(|e| format!("failed to parse csv mounts: {e}"))?;
     let mut m = RawMount::default();
-    let mut ro_auto = true;
+    // Set by readonly/readwrite; when never given, the mount type decides.
+    let mut read_only = None;
     for field in fields {
         let (key, value) = match field.split_once('=') {
             Some((k, v)) => (k.to_lowercase(), Some(v.to_string())),
             None => (field.to_lowercase(), None),
         };
-        let Some(value) = value else {
-            if expand.is_none() {
-                continue;
-            }
-            match key.as_str() {
-                "readonly" | "ro" => {
-                    m.read_only = true;
-                    ro_auto = false;
+        match value {
+            None if expand.is_none() => {}
+            None => m.set_bare_key(&key, &field, &mut read_only)?,
+            Some(value) => {
+                if let Some(value) = option_value(&key, value, expand)? {
+                    m.set_key(&key, value, &field, &mut read_only)?;
                 }
-                "readwrite" | "rw" => {
-                    m.read_only = false;
-                    ro_auto = false;
-                }
-                "required" if matches!(m.kind, MountType::Secret | MountType::Ssh) => {
-                    m.required = true;
-                }
-                "required" => {
-                    return Err(format!(
-                        "unexpected key '{key}' for mount type '{}' (only secret and ssh mounts take it)",
-                        m.kind.as_str()
-                    ));
-                }
-                _ => return Err(format!("invalid field '{field}' must be a key=value pair")),
-            }
-            continue;
-        };
-        let value = match expand {
-            Some(expand) => expand(&value)?,
-            None if key == "from" => {
-                if value.find('$').is_some_and(|i| i != value.len() - 1) {
-                    return Err(format!(
-                        "'{key}' doesn't support variable expansion, define alias stage instead"
-                    ));
-                }
-                value
-            }
-            None => continue,
-        };
-        match key.as_str() {
-            "type" => {
-                m.kind = match value.to_lowercase().as_str() {
-                    "bind" => MountType::Bind,
-                    "cache" => MountType::Cache,
-                    "tmpfs" => MountType::Tmpfs,
-                    "secret" => MountType::Secret,
-                    "ssh" => MountType::Ssh,
-                    _ => {
-                        return Err(format!(
-                            "unsupported mount type {value:?} (use bind, cache, tmpfs, secret or ssh)"
-                        ));
-                    }
-                }
-            }
-            "from" => m.from = value,
-            "source" | "src" => m.source = value,
-            "target" | "dst" | "destination" => m.target = value,
-            "readonly" | "ro" => {
-                m.read_only = parse_bool(&key, &value)?;
-                ro_auto = false;
-            }
-            "readwrite" | "rw" => {
-                m.read_only = !parse_bool(&key, &value)?;
-                ro_auto = false;
-            }
-            "required" => {
-                if !matches!(m.kind, MountType::Secret | MountType::Ssh) {
-                    return Err(format!(
-                        "unexpected key '{key}' for mount type '{}' (only secret and ssh mounts take it)",
-                        m.kind.as_str()
-                    ));
-                }
-                m.required = parse_bool(&key, &value)?;
-            }
-            "size" => {
-                if m.kind != MountType::Tmpfs {
-                    return Err(format!(
-                        "unexpected key '{key}' for mount type '{}' (only tmpfs mounts take it)",
-                        m.kind.as_str()
-                    ));
-                }
-                m.size = ram_in_bytes(&value).ok_or_else(|| {
-                    format!("invalid value for {key}: {value} (use bytes or a size like 64m)")
-                })?;
-            }
-            "id" => m.id = value,
-            "sharing" => {
-                m.sharing = Some(match value.to_lowercase().as_str() {
-                    "shared" => Sharing::Shared,
-                    "private" => Sharing::Private,
-                    "locked" => Sharing::Locked,
-                    _ => {
-                        return Err(format!(
-                            "unsupported sharing value {value:?} (use shared, private or locked)"
-                        ));
-                    }
-                })
-            }
-            "mode" => {
-                m.mode = Some(u32::from_str_radix(&value, 8).map_err(|_| {
-                    format!("invalid value {value} for mode (use octal, e.g. 0755)")
-                })?)
-            }
-            "uid" => {
-                m.uid = Some(
-                    value
-                        .parse()
-                        .map_err(|_| format!("invalid value {value} for uid (use a number)"))?,
-                )
-            }
-            "gid" => {
-                m.gid = Some(
-                    value
-                        .parse()
-                        .map_err(|_| format!("invalid value {value} for gid (use a number)"))?,
-                )
-            }
-            "env" => m.env = Some(value),
-            _ => {
-                return Err(format!(
-                    "unexpected key '{key}' in '{field}' (the keys are: {ALL_KEYS})"
-                ));
             }
         }
     }
     if expand.is_none() {
         return Ok(m);
     }
-    let kind = m.kind.as_str();
-    if !matches!(
-        m.kind,
-        MountType::Secret | MountType::Ssh | MountType::Cache
-    ) {
-        for (name, set) in [
-            ("mode", m.mode.is_some()),
-            ("uid", m.uid.is_some()),
-            ("gid", m.gid.is_some()),
-        ] {
-            if set {
-                return Err(format!("{name} not allowed for \"{kind}\" type mounts"));
+    m.check_options_fit_type()?;
+    m.read_only = read_only.unwrap_or(!matches!(m.kind, MountType::Cache | MountType::Tmpfs));
+    m.check_secret_and_sharing()?;
+    Ok(m)
+}
+
+/// The value of `key=value` expanded, or without `expand` the raw value of `from` (checked to
+/// use no variable) and `None` for every other key.
+fn option_value(
+    key: &str,
+    value: String,
+    expand: Option<Expander<'_>>,
+) -> Result<Option<String>, String> {
+    match expand {
+        Some(expand) => expand(&value).map(Some),
+        None if key == "from" => {
+            if value.find('$').is_some_and(|i| i != value.len() - 1) {
+                return Err(format!(
+                    "'{key}' doesn't support variable expansion, define alias stage instead"
+                ));
+            }
+            Ok(Some(value))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The choice named by `value`, case-insensitively.
+fn choose<T: Copy>(value: &str, choices: &[(&str, T)]) -> Option<T> {
+    let lower = value.to_lowercase();
+    choices
+        .iter()
+        .find(|(name, _)| *name == lower)
+        .map(|&(_, choice)| choice)
+}
+
+impl MountType {
+    fn parse(value: &str) -> Result<MountType, String> {
+        use MountType::*;
+        let types = [
+            ("bind", Bind),
+            ("cache", Cache),
+            ("tmpfs", Tmpfs),
+            ("secret", Secret),
+            ("ssh", Ssh),
+        ];
+        choose(value, &types).ok_or_else(|| {
+            format!("unsupported mount type {value:?} (use bind, cache, tmpfs, secret or ssh)")
+        })
+    }
+}
+
+impl Sharing {
+    fn parse(value: &str) -> Result<Sharing, String> {
+        use Sharing::*;
+        let modes = [("shared", Shared), ("private", Private), ("locked", Locked)];
+        choose(value, &modes).ok_or_else(|| {
+            format!("unsupported sharing value {value:?} (use shared, private or locked)")
+        })
+    }
+}
+
+impl RawMount {
+    /// A key given without `=value`: only the booleans take that form.
+    fn set_bare_key(
+        &mut self,
+        key: &str,
+        field: &str,
+        read_only: &mut Option<bool>,
+    ) -> Result<(), String> {
+        match key {
+            "readonly" | "ro" => *read_only = Some(true),
+            "readwrite" | "rw" => *read_only = Some(false),
+            "required" => {
+                self.require_kind(key, &[MountType::Secret, MountType::Ssh], "secret and ssh")?;
+                self.required = true;
+            }
+            _ => return Err(format!("invalid field '{field}' must be a key=value pair")),
+        }
+        Ok(())
+    }
+
+    /// A `key=value` field, the value already expanded.
+    fn set_key(
+        &mut self,
+        key: &str,
+        value: String,
+        field: &str,
+        read_only: &mut Option<bool>,
+    ) -> Result<(), String> {
+        match key {
+            "type" => self.kind = MountType::parse(&value)?,
+            "from" => self.from = value,
+            "source" | "src" => self.source = value,
+            "target" | "dst" | "destination" => self.target = value,
+            "readonly" | "ro" => *read_only = Some(parse_bool(key, &value)?),
+            "readwrite" | "rw" => *read_only = Some(!parse_bool(key, &value)?),
+            "required" => {
+                self.require_kind(key, &[MountType::Secret, MountType::Ssh], "secret and ssh")?;
+                self.required = parse_bool(key, &value)?;
+            }
+            "size" => {
+                self.require_kind(key, &[MountType::Tmpfs], "tmpfs")?;
+                self.size = ram_in_bytes(&value).ok_or_else(|| {
+                    format!("invalid value for {key}: {value} (use bytes or a size like 64m)")
+                })?;
+            }
+            "id" => self.id = value,
+            "sharing" => self.sharing = Some(Sharing::parse(&value)?),
+            "mode" => {
+                self.mode = Some(u32::from_str_radix(&value, 8).map_err(|_| {
+                    format!("invalid value {value} for mode (use octal, e.g. 0755)")
+                })?)
+            }
+            "uid" => self.uid = Some(parse_id(key, &value)?),
+            "gid" => self.gid = Some(parse_id(key, &value)?),
+            "env" => self.env = Some(value),
+            _ => {
+                return Err(format!(
+                    "unexpected key '{key}' in '{field}' (the keys are: {ALL_KEYS})"
+                ));
             }
         }
+        Ok(())
     }
-    if ro_auto {
-        m.read_only = !matches!(m.kind, MountType::Cache | MountType::Tmpfs);
+
+    /// Fails unless the mount, as typed so far, is one of `kinds` (`which`, for the message).
+    fn require_kind(&self, key: &str, kinds: &[MountType], which: &str) -> Result<(), String> {
+        if kinds.contains(&self.kind) {
+            return Ok(());
+        }
+        Err(format!(
+            "unexpected key '{key}' for mount type '{}' (only {which} mounts take it)",
+            self.kind.as_str()
+        ))
     }
-    if m.kind == MountType::Secret {
-        if !m.from.is_empty() {
-            return Err("secret mount should not have a from".into());
+
+    /// `mode`, `uid` and `gid` are for secret, ssh and cache mounts only.
+    fn check_options_fit_type(&self) -> Result<(), String> {
+        if matches!(
+            self.kind,
+            MountType::Secret | MountType::Ssh | MountType::Cache
+        ) {
+            return Ok(());
         }
-        if m.sharing.is_some() {
-            return Err("secret mount should not define sharing".into());
+        for (name, set) in [
+            ("mode", self.mode.is_some()),
+            ("uid", self.uid.is_some()),
+            ("gid", self.gid.is_some()),
+        ] {
+            if set {
+                return Err(format!(
+                    "{name} not allowed for \"{}\" type mounts",
+                    self.kind.as_str()
+                ));
+            }
         }
-        if m.source.is_empty() && m.target.is_empty() && m.id.is_empty() {
-            return Err("invalid secret mount: one of id, source or target is required".into());
-        }
-        if !m.source.is_empty() && !m.id.is_empty() {
-            return Err("both source and id can't be set for a secret mount".into());
-        }
+        Ok(())
     }
-    if m.sharing.is_some() && m.kind != MountType::Cache {
-        return Err(format!(
-            "invalid cache sharing set for {kind} mount (only cache mounts take sharing)"
-        ));
+
+    /// What a secret mount must and must not have; `sharing` is for cache mounts only.
+    fn check_secret_and_sharing(&self) -> Result<(), String> {
+        if self.kind == MountType::Secret {
+            if !self.from.is_empty() {
+                return Err("secret mount should not have a from".into());
+            }
+            if self.sharing.is_some() {
+                return Err("secret mount should not define sharing".into());
+            }
+            if self.source.is_empty() && self.target.is_empty() && self.id.is_empty() {
+                return Err("invalid secret mount: one of id, source or target is required".into());
+            }
+            if !self.source.is_empty() && !self.id.is_empty() {
+                return Err("both source and id can't be set for a secret mount".into());
+            }
+        }
+        if self.sharing.is_some() && self.kind != MountType::Cache {
+            return Err(format!(
+                "invalid cache sharing set for {} mount (only cache mounts take sharing)",
+                self.kind.as_str()
+            ));
+        }
+        Ok(())
     }
-    Ok(m)
+}
+
+/// A numeric `uid` or `gid`.
+fn parse_id(key: &str, value: &str) -> Result<u32, String> {
+    value
+        .parse()
+        .map_err(|_| format!("invalid value {value} for {key} (use a number)"))
 }
 
 /// `path.Base` of Go.

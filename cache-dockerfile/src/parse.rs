@@ -768,58 +768,104 @@ fn can_contain_heredoc(cmd: &str, args: &str) -> bool {
 
 /// Parses a Dockerfile (syntax only); errors name the line.
 pub fn parse(text: &str) -> Result<Dockerfile, Error> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let lines: Vec<&str> = text.split_inclusive('\n').collect();
-    let mut escape = '\\';
-    let mut directives = DirectiveParser::default();
+    let mut reader = LineReader::new(text);
     let mut nodes = Vec::new();
-    let mut idx = 0;
-    let mut current_line = 0;
+    while let Some(node) = reader.next_node()? {
+        nodes.push(node);
+    }
+    if nodes.is_empty() {
+        return Err(Error::general("file with no instructions: add a FROM line"));
+    }
+    // Instructions are parsed with the escape character of the whole file, as BuildKit does.
+    let (global_args, stages) = group_into_stages(&nodes, reader.escape)?;
+    Ok(Dockerfile {
+        directives: reader.directives.directives,
+        escape: reader.escape,
+        global_args,
+        stages,
+    })
+}
 
-    let process_line = |directives: &mut DirectiveParser,
-                        raw: &str,
-                        strip: bool,
-                        line_no: usize,
-                        escape: &mut char| {
+/// Reads physical lines into instruction nodes: parser directives, comments, line
+/// continuations and heredoc bodies (BuildKit's `parser.Parse` loop).
+struct LineReader<'a> {
+    lines: Vec<&'a str>,
+    /// How many lines were read: also the 1-based number of the last one.
+    consumed: usize,
+    escape: char,
+    directives: DirectiveParser,
+}
+
+impl<'a> LineReader<'a> {
+    fn new(text: &'a str) -> Self {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        LineReader {
+            lines: text.split_inclusive('\n').collect(),
+            consumed: 0,
+            escape: '\\',
+            directives: DirectiveParser::default(),
+        }
+    }
+
+    /// The next physical line as written, with its 1-based number.
+    fn next_line(&mut self) -> Option<(&'a str, usize)> {
+        let raw = *self.lines.get(self.consumed)?;
+        self.consumed += 1;
+        Some((raw, self.consumed))
+    }
+
+    /// Looks for a parser directive on the line and blanks it if it is a comment.
+    fn process(&mut self, raw: &str, strip: bool, line_no: usize) -> Result<String, Error> {
         let mut token = trim_newline(raw);
         if strip {
             token = token.trim_start();
         }
-        if let Some(esc) = directives
+        if let Some(esc) = self
+            .directives
             .parse_line(token, line_no)
             .map_err(|e| Error::at(line_no, e))?
         {
-            *escape = esc;
+            self.escape = esc;
         }
-        Ok::<_, Error>(if is_comment(token) { "" } else { token }.to_string())
-    };
+        Ok(if is_comment(token) { "" } else { token }.to_string())
+    }
 
-    while idx < lines.len() {
-        let raw = lines[idx];
-        idx += 1;
-        let processed = process_line(&mut directives, raw, true, current_line + 1, &mut escape)?;
-        current_line += 1;
-        let start_line = current_line;
-        let (first, mut end) = trim_continuation(&processed, escape);
-        if end && first.is_empty() {
-            continue;
+    /// The next instruction, or `None` at the end of the file.
+    fn next_node(&mut self) -> Result<Option<RawNode>, Error> {
+        while let Some((raw, start_line)) = self.next_line() {
+            let processed = self.process(raw, true, start_line)?;
+            let (first, end) = trim_continuation(&processed, self.escape);
+            if end && first.is_empty() {
+                continue;
+            }
+            let joined = self.join_continuations(first.to_string(), end)?;
+            return self.node_from(&joined, start_line).map(Some);
         }
-        let mut buf = first.to_string();
-        while !end && idx < lines.len() {
-            let raw = lines[idx];
-            idx += 1;
-            let processed =
-                process_line(&mut directives, raw, false, current_line + 1, &mut escape)?;
-            current_line += 1;
+        Ok(None)
+    }
+
+    /// Appends continuation lines to `buf` until a line ends the instruction; comment and empty
+    /// lines in between are skipped.
+    fn join_continuations(&mut self, mut buf: String, mut end: bool) -> Result<String, Error> {
+        while !end {
+            let Some((raw, line_no)) = self.next_line() else {
+                break;
+            };
+            let processed = self.process(raw, false, line_no)?;
             if is_comment(raw) || processed.trim_start().is_empty() {
                 continue;
             }
-            let (part, e) = trim_continuation(&processed, escape);
+            let (part, e) = trim_continuation(&processed, self.escape);
             buf.push_str(part);
             end = e;
         }
+        Ok(buf)
+    }
 
-        let trimmed = buf.trim();
+    /// Splits the joined instruction line into keyword, flags and arguments, and reads the
+    /// bodies of the heredocs it opens.
+    fn node_from(&mut self, joined: &str, start_line: usize) -> Result<RawNode, Error> {
+        let trimmed = joined.trim();
         let (cmd_word, rest) = match trimmed.find([' ', '\t', '\u{b}', '\u{c}', '\r']) {
             Some(i) => (&trimmed[..i], &trimmed[i..]),
             None => (trimmed, ""),
@@ -827,77 +873,90 @@ pub fn parse(text: &str) -> Result<Dockerfile, Error> {
         let cmd = cmd_word.to_lowercase();
         let (args, flags) = extract_builder_flags(rest);
         let args = args.trim().to_string();
-
-        let mut heredocs = Vec::new();
-        if can_contain_heredoc(&cmd, &args) && buf.contains("<<") {
-            let docs = heredocs_from_line(&buf).map_err(|e| Error::at(start_line, e))?;
-            for mut doc in docs {
-                let mut terminated = false;
-                while idx < lines.len() {
-                    let raw = lines[idx];
-                    idx += 1;
-                    current_line += 1;
-                    let mut candidate = trim_newline(raw);
-                    if doc.chomp {
-                        candidate = candidate.trim_start_matches('\t');
-                    }
-                    if candidate == doc.name {
-                        terminated = true;
-                        break;
-                    }
-                    doc.content.push_str(raw);
-                }
-                if !terminated {
-                    return Err(Error::at(
-                        start_line,
-                        format!(
-                            "unterminated heredoc: no line with only {:?} ends it",
-                            doc.name
-                        ),
-                    ));
-                }
-                heredocs.push(doc);
-            }
-        }
-        nodes.push(RawNode {
+        let heredocs = if can_contain_heredoc(&cmd, &args) && joined.contains("<<") {
+            self.read_heredocs(joined, start_line)?
+        } else {
+            Vec::new()
+        };
+        Ok(RawNode {
             line: start_line,
-            end_line: current_line,
+            end_line: self.consumed,
             cmd,
             original: trimmed.to_string(),
             flags,
             args,
             heredocs,
-        });
+        })
     }
 
-    if nodes.is_empty() {
-        return Err(Error::general("file with no instructions: add a FROM line"));
+    /// Reads, in order, the bodies of the heredocs opened on `line`.
+    fn read_heredocs(&mut self, line: &str, start_line: usize) -> Result<Vec<Heredoc>, Error> {
+        let mut docs = heredocs_from_line(line).map_err(|e| Error::at(start_line, e))?;
+        for doc in &mut docs {
+            if !self.read_heredoc_body(doc) {
+                return Err(Error::at(
+                    start_line,
+                    format!(
+                        "unterminated heredoc: no line with only {:?} ends it",
+                        doc.name
+                    ),
+                ));
+            }
+        }
+        Ok(docs)
     }
 
+    /// Appends lines to the heredoc's body up to its delimiter line; false if none came.
+    fn read_heredoc_body(&mut self, doc: &mut Heredoc) -> bool {
+        while let Some((raw, _)) = self.next_line() {
+            let mut candidate = trim_newline(raw);
+            if doc.chomp {
+                candidate = candidate.trim_start_matches('\t');
+            }
+            if candidate == doc.name {
+                return true;
+            }
+            doc.content.push_str(raw);
+        }
+        false
+    }
+}
+
+/// Parses every node and sorts the instructions into their stages; the ARGs before the first
+/// FROM become the global ARGs.
+fn group_into_stages(
+    nodes: &[RawNode],
+    escape: char,
+) -> Result<(Vec<ArgInstruction>, Vec<Stage>), Error> {
     let mut global_args = Vec::new();
     let mut stages: Vec<Stage> = Vec::new();
     for node in nodes {
-        let parsed = parse_node(&node, escape).map_err(|e| Error::at(node.line, e))?;
-        match parsed {
-            Parsed::From(stage) => stages.push(stage),
-            Parsed::Instruction(ins) => match stages.last_mut() {
-                Some(stage) => stage.instructions.push(ins),
-                None => match ins.kind {
-                    InstructionKind::Arg(args) => global_args.push(ArgInstruction {
-                        line: ins.line,
-                        args,
-                    }),
-                    _ => {
-                        return Err(Error::at(
-                            ins.line,
-                            format!(
-                                "no build stage in current context: {} must come after a FROM line (only ARG may precede the first FROM)",
-                                ins.keyword()
-                            ),
-                        ));
-                    }
-                },
-            },
+        let parsed = parse_node(node, escape).map_err(|e| Error::at(node.line, e))?;
+        let ins = match parsed {
+            Parsed::From(stage) => {
+                stages.push(stage);
+                continue;
+            }
+            Parsed::Instruction(ins) => ins,
+        };
+        if let Some(stage) = stages.last_mut() {
+            stage.instructions.push(ins);
+            continue;
+        }
+        match ins.kind {
+            InstructionKind::Arg(args) => global_args.push(ArgInstruction {
+                line: ins.line,
+                args,
+            }),
+            _ => {
+                return Err(Error::at(
+                    ins.line,
+                    format!(
+                        "no build stage in current context: {} must come after a FROM line (only ARG may precede the first FROM)",
+                        ins.keyword()
+                    ),
+                ));
+            }
         }
     }
     if stages.is_empty() {
@@ -905,12 +964,7 @@ pub fn parse(text: &str) -> Result<Dockerfile, Error> {
             "dockerfile contains no stages to build: add a FROM line",
         ));
     }
-    Ok(Dockerfile {
-        directives: directives.directives,
-        escape,
-        global_args,
-        stages,
-    })
+    Ok((global_args, stages))
 }
 
 static STAGE_NAME_RE: LazyLock<Regex> =
@@ -918,51 +972,63 @@ static STAGE_NAME_RE: LazyLock<Regex> =
 
 fn parse_node(node: &RawNode, escape: char) -> Result<Parsed, String> {
     let flags = parse_flags(&node.cmd, &node.flags)?;
-    let rest = node.args.as_str();
-    let kind = match node.cmd.as_str() {
-        "from" => {
-            let args = split_whitespace_words(rest);
-            let name = match args.len() {
-                3 if args[1].eq_ignore_ascii_case("as") => {
-                    let name = args[2].to_lowercase();
-                    if !STAGE_NAME_RE.is_match(&name) {
-                        return Err(format!(
-                            "invalid name for build stage: {:?}, name can't start with a number or contain symbols",
-                            args[2]
-                        ));
-                    }
-                    Some(name)
-                }
-                1 => None,
-                _ => {
-                    return Err(
-                        "FROM requires either one or three arguments (FROM image [AS name])".into(),
-                    );
-                }
-            };
-            let platform = flags
-                .iter()
-                .rev()
-                .find(|f| f.name == "platform")
-                .map(|f| f.value.clone());
-            return Ok(Parsed::From(Stage {
-                line: node.line,
-                original: node.original.clone(),
-                base: args[0].clone(),
-                name,
-                platform,
-                instructions: Vec::new(),
-            }));
+    if node.cmd == "from" {
+        return parse_from(node, &flags).map(Parsed::From);
+    }
+    Ok(Parsed::Instruction(Instruction {
+        line: node.line,
+        end_line: node.end_line,
+        original: node.original.clone(),
+        flags,
+        heredocs: node.heredocs.clone(),
+        kind: parse_kind(node, escape)?,
+    }))
+}
+
+/// `FROM image [AS name]`, with its `--platform`.
+fn parse_from(node: &RawNode, flags: &[Flag]) -> Result<Stage, String> {
+    let args = split_whitespace_words(&node.args);
+    let name = match args.len() {
+        3 if args[1].eq_ignore_ascii_case("as") => {
+            let name = args[2].to_lowercase();
+            if !STAGE_NAME_RE.is_match(&name) {
+                return Err(format!(
+                    "invalid name for build stage: {:?}, name can't start with a number or contain symbols",
+                    args[2]
+                ));
+            }
+            Some(name)
         }
+        1 => None,
+        _ => {
+            return Err(
+                "FROM requires either one or three arguments (FROM image [AS name])".into(),
+            );
+        }
+    };
+    let platform = flags
+        .iter()
+        .rev()
+        .find(|f| f.name == "platform")
+        .map(|f| f.value.clone());
+    Ok(Stage {
+        line: node.line,
+        original: node.original.clone(),
+        base: args[0].clone(),
+        name,
+        platform,
+        instructions: Vec::new(),
+    })
+}
+
+/// The arguments of every instruction but FROM, split as BuildKit splits them.
+fn parse_kind(node: &RawNode, escape: char) -> Result<InstructionKind, String> {
+    let rest = node.args.as_str();
+    Ok(match node.cmd.as_str() {
         "arg" => InstructionKind::Arg(parse_arg_decls(rest, escape)?),
         "env" => InstructionKind::Env(parse_name_val(rest, "ENV", escape)?),
         "label" => InstructionKind::Label(parse_name_val(rest, "LABEL", escape)?),
-        "maintainer" => {
-            if rest.is_empty() {
-                return Err("MAINTAINER requires exactly one argument".into());
-            }
-            InstructionKind::Maintainer(rest.to_string())
-        }
+        "maintainer" => InstructionKind::Maintainer(one_argument(rest, "MAINTAINER")?),
         "run" => {
             if rest.is_empty() {
                 return Err("RUN requires at least one argument".into());
@@ -971,73 +1037,13 @@ fn parse_node(node: &RawNode, escape: char) -> Result<Parsed, String> {
         }
         "cmd" => InstructionKind::Cmd(parse_maybe_json(rest)?),
         "entrypoint" => InstructionKind::Entrypoint(parse_maybe_json(rest)?),
-        "shell" => match parse_json(rest)? {
-            Some(args) if args.is_empty() => {
-                return Err("SHELL requires at least one argument".into());
-            }
-            Some(args) => InstructionKind::Shell(args),
-            None if rest.is_empty() => return Err("SHELL requires at least one argument".into()),
-            None => {
-                return Err(format!(
-                    "SHELL requires the arguments to be in JSON form, e.g. SHELL [\"/bin/bash\", \"-c\"], got: {}",
-                    node.original
-                ));
-            }
-        },
-        "copy" | "add" => {
-            let (args, _) = parse_maybe_json_to_list(rest)?;
-            let upper = node.cmd.to_uppercase();
-            if args.len() < 2 {
-                return Err(format!(
-                    "{upper} requires at least two arguments, but only one was provided. Destination could not be determined"
-                ));
-            }
-            if parse_heredoc(&args[args.len() - 1])
-                .ok()
-                .flatten()
-                .is_some()
-            {
-                return Err(format!("{upper} cannot accept a heredoc as a destination"));
-            }
-            if node.cmd == "copy" {
-                InstructionKind::Copy(args)
-            } else {
-                InstructionKind::Add(args)
-            }
-        }
-        "workdir" => {
-            if rest.is_empty() {
-                return Err("WORKDIR requires exactly one argument".into());
-            }
-            InstructionKind::Workdir(rest.to_string())
-        }
-        "user" => {
-            if rest.is_empty() {
-                return Err("USER requires exactly one argument".into());
-            }
-            InstructionKind::User(rest.to_string())
-        }
-        "stopsignal" => {
-            if rest.is_empty() {
-                return Err("STOPSIGNAL requires exactly one argument".into());
-            }
-            InstructionKind::StopSignal(rest.to_string())
-        }
-        "volume" => {
-            let (args, _) = parse_maybe_json_to_list(rest)?;
-            if args.is_empty() {
-                return Err("VOLUME requires at least one argument".into());
-            }
-            let mut volumes = Vec::new();
-            for v in args {
-                let v = v.trim();
-                if v.is_empty() {
-                    return Err("VOLUME specified can not be an empty string".into());
-                }
-                volumes.push(v.to_string());
-            }
-            InstructionKind::Volume(volumes)
-        }
+        "shell" => InstructionKind::Shell(parse_shell(rest, &node.original)?),
+        "copy" => InstructionKind::Copy(parse_copy_args(rest, "COPY")?),
+        "add" => InstructionKind::Add(parse_copy_args(rest, "ADD")?),
+        "workdir" => InstructionKind::Workdir(one_argument(rest, "WORKDIR")?),
+        "user" => InstructionKind::User(one_argument(rest, "USER")?),
+        "stopsignal" => InstructionKind::StopSignal(one_argument(rest, "STOPSIGNAL")?),
+        "volume" => InstructionKind::Volume(parse_volumes(rest)?),
         "expose" => {
             let mut ports = split_whitespace_words(rest);
             if ports.is_empty() {
@@ -1046,35 +1052,7 @@ fn parse_node(node: &RawNode, escape: char) -> Result<Parsed, String> {
             ports.sort();
             InstructionKind::Expose(ports)
         }
-        "healthcheck" => {
-            let (typ, cmd_rest) = match rest.find(char::is_whitespace) {
-                Some(i) => (&rest[..i], rest[i..].trim_start()),
-                None => (rest, ""),
-            };
-            if typ.is_empty() {
-                return Err("HEALTHCHECK requires at least one argument".into());
-            }
-            match typ.to_uppercase().as_str() {
-                "NONE" => {
-                    if !cmd_rest.is_empty() {
-                        return Err("HEALTHCHECK NONE takes no arguments".into());
-                    }
-                    InstructionKind::Healthcheck(HealthcheckSpec::None)
-                }
-                "CMD" => {
-                    let cmd = parse_maybe_json(cmd_rest)?;
-                    let empty = match &cmd {
-                        CommandLine::Shell(s) => s.is_empty(),
-                        CommandLine::Exec(v) => v.is_empty(),
-                    };
-                    if empty {
-                        return Err("Missing command after HEALTHCHECK CMD".into());
-                    }
-                    InstructionKind::Healthcheck(HealthcheckSpec::Cmd(cmd))
-                }
-                other => return Err(format!("Unknown type {other:?} in HEALTHCHECK (try CMD)")),
-            }
-        }
+        "healthcheck" => InstructionKind::Healthcheck(parse_healthcheck(rest)?),
         "onbuild" => {
             if rest.is_empty() {
                 return Err("ONBUILD requires at least one argument".into());
@@ -1091,15 +1069,88 @@ fn parse_node(node: &RawNode, escape: char) -> Result<Parsed, String> {
                     .to_uppercase()
             ));
         }
+    })
+}
+
+/// The whole argument text of MAINTAINER, WORKDIR, USER and STOPSIGNAL, which must not be empty.
+fn one_argument(rest: &str, keyword: &str) -> Result<String, String> {
+    if rest.is_empty() {
+        return Err(format!("{keyword} requires exactly one argument"));
+    }
+    Ok(rest.to_string())
+}
+
+/// `SHELL ["exe", "arg"]`: JSON form only.
+fn parse_shell(rest: &str, original: &str) -> Result<Vec<String>, String> {
+    match parse_json(rest)? {
+        Some(args) if args.is_empty() => Err("SHELL requires at least one argument".into()),
+        Some(args) => Ok(args),
+        None if rest.is_empty() => Err("SHELL requires at least one argument".into()),
+        None => Err(format!(
+            "SHELL requires the arguments to be in JSON form, e.g. SHELL [\"/bin/bash\", \"-c\"], got: {original}"
+        )),
+    }
+}
+
+/// The sources and destination of COPY or ADD; the destination can't be a heredoc.
+fn parse_copy_args(rest: &str, keyword: &str) -> Result<Vec<String>, String> {
+    let (args, _) = parse_maybe_json_to_list(rest)?;
+    if args.len() < 2 {
+        return Err(format!(
+            "{keyword} requires at least two arguments, but only one was provided. Destination could not be determined"
+        ));
+    }
+    if parse_heredoc(&args[args.len() - 1])
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        return Err(format!(
+            "{keyword} cannot accept a heredoc as a destination"
+        ));
+    }
+    Ok(args)
+}
+
+/// The paths of VOLUME, trimmed; none may be empty.
+fn parse_volumes(rest: &str) -> Result<Vec<String>, String> {
+    let (args, _) = parse_maybe_json_to_list(rest)?;
+    if args.is_empty() {
+        return Err("VOLUME requires at least one argument".into());
+    }
+    args.iter()
+        .map(|v| match v.trim() {
+            "" => Err("VOLUME specified can not be an empty string".into()),
+            v => Ok(v.to_string()),
+        })
+        .collect()
+}
+
+/// `HEALTHCHECK NONE` or `HEALTHCHECK CMD ...` (the flags are parsed apart).
+fn parse_healthcheck(rest: &str) -> Result<HealthcheckSpec, String> {
+    let (typ, cmd_rest) = match rest.find(char::is_whitespace) {
+        Some(i) => (&rest[..i], rest[i..].trim_start()),
+        None => (rest, ""),
     };
-    Ok(Parsed::Instruction(Instruction {
-        line: node.line,
-        end_line: node.end_line,
-        original: node.original.clone(),
-        flags,
-        heredocs: node.heredocs.clone(),
-        kind,
-    }))
+    if typ.is_empty() {
+        return Err("HEALTHCHECK requires at least one argument".into());
+    }
+    match typ.to_uppercase().as_str() {
+        "NONE" if !cmd_rest.is_empty() => Err("HEALTHCHECK NONE takes no arguments".into()),
+        "NONE" => Ok(HealthcheckSpec::None),
+        "CMD" => {
+            let cmd = parse_maybe_json(cmd_rest)?;
+            let empty = match &cmd {
+                CommandLine::Shell(s) => s.is_empty(),
+                CommandLine::Exec(v) => v.is_empty(),
+            };
+            if empty {
+                return Err("Missing command after HEALTHCHECK CMD".into());
+            }
+            Ok(HealthcheckSpec::Cmd(cmd))
+        }
+        other => Err(format!("Unknown type {other:?} in HEALTHCHECK (try CMD)")),
+    }
 }
 
 #[cfg(test)]
