@@ -3,9 +3,11 @@
 use std::collections::BTreeSet;
 
 use cache_core::config::go_time;
-use cache_core::descriptor::{annotation, media_type};
+use cache_core::descriptor::{Descriptor, annotation, media_type};
+use cache_core::import::Imported;
 use cache_core::spec;
 use serde::Serialize;
+use time::OffsetDateTime;
 
 use crate::stores::AnyBackend;
 
@@ -63,16 +65,100 @@ pub async fn run(
     let imported = cache_core::import::import(&backend, &reference, 0, limits)
         .await?
         .ok_or_else(|| anyhow::format_err!("no cache found for {reference} in {source}"))?;
-    let graph = &imported.graph;
-    let mut times = BTreeSet::new();
-    for record in &imported.config.records {
-        for result in &record.layers {
-            times.insert(result.created_at);
+    let report = Report::new(source, &imported);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        report.print();
+    }
+    Ok(())
+}
+
+impl Report {
+    /// What `imported`, read from `source`, holds.
+    fn new(source: &str, imported: &Imported) -> Report {
+        let graph = &imported.graph;
+        let mut times = BTreeSet::new();
+        for record in &imported.config.records {
+            for result in &record.layers {
+                times.insert(result.created_at);
+            }
+        }
+        let layer_details = layer_details(&imported.cache_manifest.layers, &mut times);
+        let total_size = layer_details.iter().map(|l| l.size).sum();
+        let total_uncompressed_size = layer_details.iter().map(|l| l.uncompressed_size).sum();
+        Report {
+            source: source.to_owned(),
+            manifest_digest: imported.manifest.digest.to_string(),
+            manifest_form: imported.cache_manifest.form.name(),
+            manifest_media_type: imported.cache_manifest.media_type.clone(),
+            manifest_size: imported.manifest.bytes.len() as u64,
+            config_digest: imported.cache_manifest.config.digest.to_string(),
+            config_size: imported.cache_manifest.config.size,
+            records: graph.records().len(),
+            records_with_results: graph
+                .records()
+                .iter()
+                .filter(|r| !r.results.is_empty())
+                .count(),
+            layers: imported.config.layers.len(),
+            total_size,
+            total_uncompressed_size,
+            created_at_min: times.first().map(go_time::format),
+            created_at_max: times.last().map(go_time::format),
+            layer_details,
         }
     }
-    let mut layer_details = Vec::new();
+
+    /// Prints the report as text.
+    fn print(&self) {
+        println!("source:    {}", self.source);
+        println!(
+            "manifest:  {} ({}, {}, {} bytes)",
+            self.manifest_digest, self.manifest_form, self.manifest_media_type, self.manifest_size
+        );
+        println!(
+            "config:    {} ({} bytes)",
+            self.config_digest, self.config_size
+        );
+        println!(
+            "records:   {} ({} with results)",
+            self.records, self.records_with_results
+        );
+        let uncompressed = self
+            .total_uncompressed_size
+            .map_or("unknown".to_owned(), human_bytes);
+        println!(
+            "layers:    {} ({} compressed, {} uncompressed)",
+            self.layers,
+            human_bytes(self.total_size),
+            uncompressed
+        );
+        for layer in &self.layer_details {
+            println!(
+                "  {}  {:>10}  {:>10}  {}{}",
+                layer.digest,
+                human_bytes(layer.size),
+                layer.uncompressed_size.map_or("-".to_owned(), human_bytes),
+                layer.media_type,
+                layer
+                    .cache_mount
+                    .as_ref()
+                    .map_or(String::new(), |id| format!("  (cache mount {id})"))
+            );
+        }
+        match (&self.created_at_min, &self.created_at_max) {
+            (Some(min), Some(max)) => println!("created:   {min} .. {max}"),
+            _ => println!("created:   unknown"),
+        }
+    }
+}
+
+/// Each distinct blob the manifest lists; their creation times go into `times`.
+fn layer_details(layers: &[Descriptor], times: &mut BTreeSet<OffsetDateTime>) -> Vec<LayerOut> {
+    let mut details = Vec::new();
     let mut seen = BTreeSet::new();
-    for desc in &imported.cache_manifest.layers {
+    for desc in layers {
         if !seen.insert(desc.digest.to_string()) {
             continue;
         }
@@ -85,7 +171,7 @@ pub async fn run(
             media_type::OCI_LAYER_TAR | media_type::DOCKER_LAYER_TAR
         )
         .then_some(desc.size);
-        layer_details.push(LayerOut {
+        details.push(LayerOut {
             digest: desc.digest.to_string(),
             media_type: desc.media_type.clone(),
             size: desc.size,
@@ -97,76 +183,7 @@ pub async fn run(
                 .map(str::to_owned),
         });
     }
-    let total_size = layer_details.iter().map(|l| l.size).sum();
-    let total_uncompressed_size = layer_details.iter().map(|l| l.uncompressed_size).sum();
-    let report = Report {
-        source: source.to_owned(),
-        manifest_digest: imported.manifest.digest.to_string(),
-        manifest_form: imported.cache_manifest.form.name(),
-        manifest_media_type: imported.cache_manifest.media_type.clone(),
-        manifest_size: imported.manifest.bytes.len() as u64,
-        config_digest: imported.cache_manifest.config.digest.to_string(),
-        config_size: imported.cache_manifest.config.size,
-        records: graph.records().len(),
-        records_with_results: graph
-            .records()
-            .iter()
-            .filter(|r| !r.results.is_empty())
-            .count(),
-        layers: imported.config.layers.len(),
-        total_size,
-        total_uncompressed_size,
-        created_at_min: times.first().map(go_time::format),
-        created_at_max: times.last().map(go_time::format),
-        layer_details,
-    };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
-    }
-    println!("source:    {}", report.source);
-    println!(
-        "manifest:  {} ({}, {}, {} bytes)",
-        report.manifest_digest,
-        report.manifest_form,
-        report.manifest_media_type,
-        report.manifest_size
-    );
-    println!(
-        "config:    {} ({} bytes)",
-        report.config_digest, report.config_size
-    );
-    println!(
-        "records:   {} ({} with results)",
-        report.records, report.records_with_results
-    );
-    let uncompressed = report
-        .total_uncompressed_size
-        .map_or("unknown".to_owned(), human_bytes);
-    println!(
-        "layers:    {} ({} compressed, {} uncompressed)",
-        report.layers,
-        human_bytes(report.total_size),
-        uncompressed
-    );
-    for layer in &report.layer_details {
-        println!(
-            "  {}  {:>10}  {:>10}  {}{}",
-            layer.digest,
-            human_bytes(layer.size),
-            layer.uncompressed_size.map_or("-".to_owned(), human_bytes),
-            layer.media_type,
-            layer
-                .cache_mount
-                .as_ref()
-                .map_or(String::new(), |id| format!("  (cache mount {id})"))
-        );
-    }
-    match (&report.created_at_min, &report.created_at_max) {
-        (Some(min), Some(max)) => println!("created:   {min} .. {max}"),
-        _ => println!("created:   unknown"),
-    }
-    Ok(())
+    details
 }
 
 /// Bytes in human units (B, KiB, MiB, GiB).

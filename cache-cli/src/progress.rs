@@ -60,6 +60,88 @@ impl Vertex {
     fn is_done(&self) -> bool {
         self.stopped.is_some()
     }
+
+    /// The vertex starts under `name` (only the first start counts).
+    fn start(&mut self, name: String, plain: bool) {
+        if self.name.is_none() {
+            self.started = Instant::now();
+            if plain {
+                eprintln!("#{} {}", self.number, plain_name(&name));
+            }
+            self.name = Some(name);
+        }
+    }
+
+    /// A status line, `done` when it took that long.
+    fn status(&mut self, text: &str, done: Option<Duration>, plain: bool) {
+        if plain {
+            match done {
+                Some(d) => eprintln!("#{} {text} {} done", self.number, secs(d)),
+                None => eprintln!("#{} {text}", self.number),
+            }
+            return;
+        }
+        let now = Instant::now();
+        // Statuses that are not done yet are replaced by the next one.
+        self.statuses
+            .retain(|s| s.stopped.is_some() || s.bytes.is_some());
+        self.statuses.push(StatusLine {
+            id: clean_log(text),
+            bytes: None,
+            started: done.map_or(now, |d| now - d),
+            stopped: done.map(|_| now),
+        });
+    }
+
+    /// Transfer `id` has moved `bytes` (current, total) so far, `done` when it took that long.
+    fn transfer(&mut self, id: String, bytes: (u64, u64), done: Option<Duration>, plain: bool) {
+        let (current, total) = bytes;
+        if plain {
+            if let Some(d) = done {
+                eprintln!(
+                    "#{} {id} {} / {} {} done",
+                    self.number,
+                    human(current),
+                    human(total),
+                    secs(d)
+                );
+            }
+            return;
+        }
+        let now = Instant::now();
+        match self.statuses.iter_mut().find(|s| s.id == id) {
+            Some(s) => {
+                s.bytes = Some(bytes);
+                s.stopped = done.map(|_| now);
+            }
+            None => self.statuses.push(StatusLine {
+                id,
+                bytes: Some(bytes),
+                started: done.map_or(now, |d| now - d),
+                stopped: done.map(|_| now),
+            }),
+        }
+    }
+
+    /// Output of the vertex: complete lines are printed (plain) and kept, the last 20 of them.
+    fn log(&mut self, bytes: &[u8], plain: bool) {
+        self.partial.extend_from_slice(bytes);
+        while let Some(pos) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=pos).collect();
+            let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+            if plain {
+                eprintln!(
+                    "#{} {:.3} {text}",
+                    self.number,
+                    self.started.elapsed().as_secs_f64()
+                );
+            }
+            self.logs.push_back(clean_log(&text));
+            if self.logs.len() > 20 {
+                self.logs.pop_front();
+            }
+        }
+    }
 }
 
 struct State {
@@ -552,35 +634,9 @@ impl Progress for Display {
             return;
         }
         match event {
-            Event::Start { vertex, name } => {
-                let v = state.vertex(&vertex);
-                if v.name.is_none() {
-                    v.started = Instant::now();
-                    if plain {
-                        eprintln!("#{} {}", v.number, plain_name(&name));
-                    }
-                    v.name = Some(name);
-                }
-            }
+            Event::Start { vertex, name } => state.vertex(&vertex).start(name, plain),
             Event::Status { vertex, text, done } => {
-                let v = state.vertex(&vertex);
-                if plain {
-                    match done {
-                        Some(d) => eprintln!("#{} {text} {} done", v.number, secs(d)),
-                        None => eprintln!("#{} {text}", v.number),
-                    }
-                    return;
-                }
-                let now = Instant::now();
-                // Statuses that are not done yet are replaced by the next one.
-                v.statuses
-                    .retain(|s| s.stopped.is_some() || s.bytes.is_some());
-                v.statuses.push(StatusLine {
-                    id: clean_log(&text),
-                    bytes: None,
-                    started: done.map_or(now, |d| now - d),
-                    stopped: done.map(|_| now),
-                });
+                state.vertex(&vertex).status(&text, done, plain);
             }
             Event::Transfer {
                 vertex,
@@ -588,53 +644,10 @@ impl Progress for Display {
                 current,
                 total,
                 done,
-            } => {
-                let v = state.vertex(&vertex);
-                if plain {
-                    if let Some(d) = done {
-                        eprintln!(
-                            "#{} {id} {} / {} {} done",
-                            v.number,
-                            human(current),
-                            human(total),
-                            secs(d)
-                        );
-                    }
-                    return;
-                }
-                let now = Instant::now();
-                match v.statuses.iter_mut().find(|s| s.id == id) {
-                    Some(s) => {
-                        s.bytes = Some((current, total));
-                        s.stopped = done.map(|_| now);
-                    }
-                    None => v.statuses.push(StatusLine {
-                        id,
-                        bytes: Some((current, total)),
-                        started: done.map_or(now, |d| now - d),
-                        stopped: done.map(|_| now),
-                    }),
-                }
-            }
-            Event::Log { vertex, bytes, .. } => {
-                let v = state.vertex(&vertex);
-                v.partial.extend_from_slice(&bytes);
-                while let Some(pos) = v.partial.iter().position(|&b| b == b'\n') {
-                    let line: Vec<u8> = v.partial.drain(..=pos).collect();
-                    let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-                    if plain {
-                        eprintln!(
-                            "#{} {:.3} {text}",
-                            v.number,
-                            v.started.elapsed().as_secs_f64()
-                        );
-                    }
-                    v.logs.push_back(clean_log(&text));
-                    if v.logs.len() > 20 {
-                        v.logs.pop_front();
-                    }
-                }
-            }
+            } => state
+                .vertex(&vertex)
+                .transfer(id, (current, total), done, plain),
+            Event::Log { vertex, bytes, .. } => state.vertex(&vertex).log(&bytes, plain),
             Event::Miss { vertex, reason } => {
                 let v = state.vertex(&vertex);
                 if plain {
