@@ -597,192 +597,22 @@ impl<'a> Planner<'a> {
         }
         let target = match &opts.target {
             None => stages.len() - 1,
-            Some(t) => stages
-                .iter()
-                .rposition(|s| s.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(t)))
-                .ok_or_else(|| {
-                    let names: Vec<&str> =
-                        stages.iter().filter_map(|s| s.name.as_deref()).collect();
-                    Error::general(format!(
-                        "target stage {t:?} could not be found; the stages are: {}",
-                        if names.is_empty() {
-                            "(none named; add AS <name> to a FROM)".to_string()
-                        } else {
-                            names.join(", ")
-                        }
-                    ))
-                })?,
+            Some(t) => target_stage(stages, t)?,
         };
         let target_name = stages[target].name.clone().unwrap_or_default();
-
-        // Global ARGs (BuildKit's buildMetaArgs): build args override defaults.
         let lex = Lex {
             max_word: opts.limits.word_size,
             ..Lex::new(df.escape)
         };
-        let mut globals = default_args(&target_name);
-        let defaults: Vec<(String, String)> = globals.to_vec();
-        for (k, _) in defaults {
-            if let Some(over) = opts.build_args.get(k.as_str()) {
-                globals.set(&k, over);
-            }
-        }
-        let mut declared_args = BTreeSet::new();
-        for ins in &df.global_args {
-            for decl in &ins.args {
-                declared_args.insert(decl.name.clone());
-                let value = match (opts.build_args.get(&decl.name), &decl.default) {
-                    (Some(v), _) => Some(v.clone()),
-                    (None, Some(default)) => Some(
-                        lex.process_word(default, &|n| lookup_in(&globals, n))
-                            .map_err(|e| Error::at(ins.line, e))?,
-                    ),
-                    (None, None) => None,
-                };
-                if let Some(value) = value {
-                    globals.set(&decl.name, &value);
-                }
-            }
-        }
+        let (globals, declared_args) = global_args(df, opts, &lex, &target_name)?;
 
         // Resolve every stage's base and COPY --from, like BuildKit does for all stages.
         let mut resolved = Vec::with_capacity(stages.len());
         let mut n_states = stages.len();
-        for (i, stage) in stages.iter().enumerate() {
-            let base_expanded = lex
-                .process_word(&stage.base, &|n| lookup_in(&globals, n))
-                .map_err(|e| Error::at(stage.line, e))?;
-            if base_expanded.is_empty() {
-                return Err(Error::at(
-                    stage.line,
-                    format!(
-                        "base name ({}) should not be blank: set the ARG it uses (--build-arg)",
-                        stage.base
-                    ),
-                ));
-            }
-            let platform = match &stage.platform {
-                None => None,
-                Some(p) => {
-                    let v = lex
-                        .process_word(p, &|n| lookup_in(&globals, n))
-                        .map_err(|e| {
-                            Error::at(
-                                stage.line,
-                                format!("failed to process arguments for platform {p}: {e}"),
-                            )
-                        })?;
-                    if v.is_empty() {
-                        return Err(Error::at(
-                            stage.line,
-                            format!("empty platform value from expression {p}"),
-                        ));
-                    }
-                    Some(v)
-                }
-            };
-            // Like BuildKit's name map, a later stage with the same name shadows an earlier one.
-            let previous = stages[..i].iter().rposition(|s| {
-                s.name
-                    .as_deref()
-                    .is_some_and(|n| n.eq_ignore_ascii_case(&base_expanded))
-            });
-            let base = if let Some(j) = previous {
-                RawBase::Stage(j)
-            } else if base_expanded == "scratch" {
-                RawBase::Scratch
-            } else if let Some(j) = base_expanded.parse::<usize>().ok().filter(|j| *j < i) {
-                RawBase::Stage(j)
-            } else if opts.named_contexts.contains(&base_expanded) {
-                RawBase::Context(base_expanded.clone())
-            } else {
-                RawBase::Image(base_expanded.clone())
-            };
-
-            let mut copy_from = BTreeMap::new();
-            let mut mount_from = BTreeMap::new();
-            for (idx, ins) in stage.instructions.iter().enumerate() {
-                if let InstructionKind::Run(_) = ins.kind {
-                    let froms = resolve_mount_froms(ins, i, stages, opts)?;
-                    // Like BuildKit, every mount not from a stage adds a source state.
-                    n_states += froms
-                        .iter()
-                        .filter(|f| !matches!(f, Some(RawFrom::Stage(_))))
-                        .count();
-                    if !froms.is_empty() {
-                        mount_from.insert(idx, froms);
-                    }
-                    continue;
-                }
-                let InstructionKind::Copy(_) = ins.kind else {
-                    continue;
-                };
-                let Some(from) = ins.flag("from") else {
-                    continue;
-                };
-                let from = from.to_string();
-                if from.contains(['$', '"', '\'', df.escape]) {
-                    return Err(Error::at(
-                        ins.line,
-                        "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround",
-                    ));
-                }
-                let this_name = stage.name.clone().unwrap_or_else(|| format!("stage-{i}"));
-                let found = match from.parse::<usize>() {
-                    Ok(j) if j < stages.len() => Some(j),
-                    Ok(j) => {
-                        return Err(Error::at(
-                            ins.line,
-                            format!(
-                                "invalid stage index {j} in --from: the Dockerfile has {} stages",
-                                stages.len()
-                            ),
-                        ));
-                    }
-                    Err(_) => stage_named(stages, &from),
-                };
-                let raw = match found {
-                    Some(j) if j >= i => {
-                        return Err(Error::at(
-                            ins.line,
-                            format!(
-                                "cannot copy from stage {from:?}, it needs to be defined before current stage {this_name:?}"
-                            ),
-                        ));
-                    }
-                    Some(j) => RawFrom::Stage(j),
-                    None if opts.named_contexts.contains(&from) => {
-                        n_states += 1;
-                        RawFrom::Context(from)
-                    }
-                    None => {
-                        n_states += 1;
-                        RawFrom::Image(from)
-                    }
-                };
-                copy_from.insert(idx, raw);
-            }
-            // Like BuildKit, a named context with the stage's name replaces the stage.
-            let replaced = stage
-                .name
-                .as_ref()
-                .is_some_and(|n| opts.named_contexts.contains(n));
-            let (base, copy_from, mount_from) = match (&stage.name, replaced) {
-                (Some(n), true) => (
-                    RawBase::Context(n.clone()),
-                    BTreeMap::new(),
-                    BTreeMap::new(),
-                ),
-                _ => (base, copy_from, mount_from),
-            };
-            resolved.push(Resolved {
-                base,
-                base_expanded,
-                platform,
-                copy_from,
-                mount_from,
-                replaced,
-            });
+        for i in 0..stages.len() {
+            let (stage, sources) = resolve_stage(df, i, opts, &lex, &globals)?;
+            n_states += sources;
+            resolved.push(stage);
         }
 
         Ok(Planner {
@@ -860,12 +690,88 @@ impl<'a> Planner<'a> {
         let name = stage.name.clone().unwrap_or_else(|| format!("stage-{i}"));
         let platform = match &resolved.platform {
             None => None,
-            Some(p) => Some(normalize_platform(p).ok_or_else(|| {
-                Error::at(stage.line, format!("unsupported platform {p:?}: buildcache builds only {PLATFORM}; drop --platform or use --platform={PLATFORM}"))
-            })?),
+            Some(p) => Some(supported_platform(stage.line, p)?),
         };
+        let (base, from_display, mut state) = self.base_state(i, plan_index, finals)?;
 
-        let (base, from_display, mut state) = match &resolved.base {
+        let from_counts = matches!(base, Base::Image(_) | Base::Context(_));
+        let instructions = if resolved.replaced {
+            &[][..]
+        } else {
+            &stage.instructions[..]
+        };
+        // The base's ONBUILD triggers run first, as BuildKit does; they do not carry over.
+        let triggers = if resolved.replaced {
+            Vec::new()
+        } else {
+            std::mem::take(&mut state.config.on_build)
+                .iter()
+                .map(|t| parse_trigger(t, stage.line))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let step_total = usize::from(from_counts && !resolved.replaced)
+            + numbered_steps(triggers.iter().chain(instructions));
+
+        let mut d = StageDispatch {
+            escape: self.df.escape,
+            opts: self.opts,
+            globals: &self.globals,
+            declared_args: &mut self.declared_args,
+            state: &mut state,
+            steps: Vec::new(),
+            history: Vec::new(),
+            cmd_index: usize::from(from_counts),
+            cmd_set: false,
+            mount_from: Vec::new(),
+        };
+        d.dispatch_triggers(&triggers)?;
+        for (idx, ins) in instructions.iter().enumerate() {
+            let from = match resolved.copy_from.get(&idx) {
+                None => CopyFrom::Context,
+                Some(raw) => copy_from_of(raw, ins, "--from=", plan_index)?,
+            };
+            d.mount_from = match resolved.mount_from.get(&idx) {
+                None => Vec::new(),
+                Some(froms) => froms
+                    .iter()
+                    .map(|f| {
+                        f.as_ref()
+                            .map(|raw| copy_from_of(raw, ins, "--mount from=", plan_index))
+                            .transpose()
+                    })
+                    .collect::<Result<_, _>>()?,
+            };
+            d.dispatch(ins, from).map_err(|e| e.or_line(ins.line))?;
+        }
+        let steps = d.steps;
+        let history = d.history;
+        let planned_stage = PlannedStage {
+            name: name.clone(),
+            progress_name: (!self.single_stage).then_some(name),
+            dockerfile_index: i,
+            base,
+            platform,
+            from_line: stage.line,
+            from_display,
+            step_total,
+            steps,
+            config: state.image_config(),
+            history,
+        };
+        Ok((planned_stage, state))
+    }
+
+    /// Dockerfile stage `i`'s base, the progress text of its FROM, and the state it starts from:
+    /// an earlier stage's final state, or an image's config (`base_configs`).
+    fn base_state(
+        &self,
+        i: usize,
+        plan_index: &BTreeMap<usize, usize>,
+        finals: &[State],
+    ) -> Result<(Base, String, State), Error> {
+        let stage = &self.df.stages[i];
+        let resolved = &self.resolved[i];
+        Ok(match &resolved.base {
             RawBase::Scratch => {
                 // BuildKit's empty image has `WorkingDir` "/" (`emptyImage`).
                 let mut state = self.initial_state(None);
@@ -895,102 +801,7 @@ impl<'a> Planner<'a> {
                 format!("FROM {c}"),
                 self.initial_state(self.base_configs.get(c)),
             ),
-        };
-
-        let from_counts = matches!(base, Base::Image(_) | Base::Context(_));
-        let instructions = if resolved.replaced {
-            &[][..]
-        } else {
-            &stage.instructions[..]
-        };
-        // The base's ONBUILD triggers run first, as BuildKit does; they do not carry over.
-        let triggers = if resolved.replaced {
-            Vec::new()
-        } else {
-            std::mem::take(&mut state.config.on_build)
-                .iter()
-                .map(|t| parse_trigger(t, stage.line))
-                .collect::<Result<Vec<_>, _>>()?
-        };
-        let step_total = usize::from(from_counts && !resolved.replaced)
-            + triggers
-                .iter()
-                .chain(instructions)
-                .filter(|ins| {
-                    matches!(
-                        ins.kind,
-                        InstructionKind::Run(_)
-                            | InstructionKind::Copy(_)
-                            | InstructionKind::Add(_)
-                            | InstructionKind::Workdir(_)
-                    )
-                })
-                .count();
-
-        let mut d = StageDispatch {
-            escape: self.df.escape,
-            opts: self.opts,
-            globals: &self.globals,
-            declared_args: &mut self.declared_args,
-            state: &mut state,
-            steps: Vec::new(),
-            history: Vec::new(),
-            cmd_index: usize::from(from_counts),
-            cmd_set: false,
-            mount_from: Vec::new(),
-        };
-        for ins in &triggers {
-            let n_steps = d.steps.len();
-            d.dispatch(ins, CopyFrom::Context)
-                .map_err(|e| e.or_line(ins.line))?;
-            for step in &mut d.steps[n_steps..] {
-                step.display = format!("ONBUILD {}", step.display);
-            }
-        }
-        let to_copy_from = |raw: &RawFrom, ins: &Instruction, flag: &str| match raw {
-            RawFrom::Stage(j) => Ok(CopyFrom::Stage(plan_index[j])),
-            RawFrom::Context(c) => Ok(CopyFrom::NamedContext(c.clone())),
-            RawFrom::Image(r) => {
-                normalize_image_ref(r).map_err(|e| {
-                    Error::at(ins.line, format!("{flag}{r} is neither a stage, a named context nor a valid image reference: {e}"))
-                })?;
-                Ok(CopyFrom::Image(r.clone()))
-            }
-        };
-        for (idx, ins) in instructions.iter().enumerate() {
-            let from = match resolved.copy_from.get(&idx) {
-                None => CopyFrom::Context,
-                Some(raw) => to_copy_from(raw, ins, "--from=")?,
-            };
-            d.mount_from = match resolved.mount_from.get(&idx) {
-                None => Vec::new(),
-                Some(froms) => froms
-                    .iter()
-                    .map(|f| {
-                        f.as_ref()
-                            .map(|raw| to_copy_from(raw, ins, "--mount from="))
-                            .transpose()
-                    })
-                    .collect::<Result<_, _>>()?,
-            };
-            d.dispatch(ins, from).map_err(|e| e.or_line(ins.line))?;
-        }
-        let steps = d.steps;
-        let history = d.history;
-        let planned_stage = PlannedStage {
-            name: name.clone(),
-            progress_name: (!self.single_stage).then_some(name),
-            dockerfile_index: i,
-            base,
-            platform,
-            from_line: stage.line,
-            from_display,
-            step_total,
-            steps,
-            config: state.image_config(),
-            history,
-        };
-        Ok((planned_stage, state))
+        })
     }
 
     fn initial_state(&self, config: Option<&ImageConfig>) -> State {
@@ -1009,6 +820,267 @@ impl<'a> Planner<'a> {
             build_args: Vec::new(),
         }
     }
+}
+
+/// A stage's `--platform` as the one platform buildcache builds, or an error.
+fn supported_platform(line: usize, platform: &str) -> Result<String, Error> {
+    normalize_platform(platform).ok_or_else(|| {
+        Error::at(line, format!("unsupported platform {platform:?}: buildcache builds only {PLATFORM}; drop --platform or use --platform={PLATFORM}"))
+    })
+}
+
+/// How many of `instructions` get a step number in progress (`[n/total]`), as BuildKit counts.
+fn numbered_steps<'i>(instructions: impl Iterator<Item = &'i Instruction>) -> usize {
+    instructions
+        .filter(|ins| {
+            matches!(
+                ins.kind,
+                InstructionKind::Run(_)
+                    | InstructionKind::Copy(_)
+                    | InstructionKind::Add(_)
+                    | InstructionKind::Workdir(_)
+            )
+        })
+        .count()
+}
+
+/// A resolved `--from=` or `--mount from=` (`flag`, for the message) in plan terms; an image
+/// reference must be valid.
+fn copy_from_of(
+    raw: &RawFrom,
+    ins: &Instruction,
+    flag: &str,
+    plan_index: &BTreeMap<usize, usize>,
+) -> Result<CopyFrom, Error> {
+    match raw {
+        RawFrom::Stage(j) => Ok(CopyFrom::Stage(plan_index[j])),
+        RawFrom::Context(c) => Ok(CopyFrom::NamedContext(c.clone())),
+        RawFrom::Image(r) => {
+            normalize_image_ref(r).map_err(|e| {
+                Error::at(ins.line, format!("{flag}{r} is neither a stage, a named context nor a valid image reference: {e}"))
+            })?;
+            Ok(CopyFrom::Image(r.clone()))
+        }
+    }
+}
+
+/// The stage `--target` names (the last of that name).
+fn target_stage(stages: &[super::Stage], target: &str) -> Result<usize, Error> {
+    stage_named(stages, target).ok_or_else(|| {
+        let names: Vec<&str> = stages.iter().filter_map(|s| s.name.as_deref()).collect();
+        Error::general(format!(
+            "target stage {target:?} could not be found; the stages are: {}",
+            if names.is_empty() {
+                "(none named; add AS <name> to a FROM)".to_string()
+            } else {
+                names.join(", ")
+            }
+        ))
+    })
+}
+
+/// The global ARGs (BuildKit's `buildMetaArgs`): the platform and target defaults, then the ARGs
+/// before the first FROM, build args overriding both; also the names those ARGs declare.
+fn global_args(
+    df: &Dockerfile,
+    opts: &PlanOptions,
+    lex: &Lex,
+    target_name: &str,
+) -> Result<(EnvList, BTreeSet<String>), Error> {
+    let mut globals = default_args(target_name);
+    let defaults: Vec<(String, String)> = globals.to_vec();
+    for (k, _) in defaults {
+        if let Some(over) = opts.build_args.get(k.as_str()) {
+            globals.set(&k, over);
+        }
+    }
+    let mut declared_args = BTreeSet::new();
+    for ins in &df.global_args {
+        for decl in &ins.args {
+            declared_args.insert(decl.name.clone());
+            let value = match (opts.build_args.get(&decl.name), &decl.default) {
+                (Some(v), _) => Some(v.clone()),
+                (None, Some(default)) => Some(
+                    lex.process_word(default, &|n| lookup_in(&globals, n))
+                        .map_err(|e| Error::at(ins.line, e))?,
+                ),
+                (None, None) => None,
+            };
+            if let Some(value) = value {
+                globals.set(&decl.name, &value);
+            }
+        }
+    }
+    Ok((globals, declared_args))
+}
+
+/// Resolves Dockerfile stage `i`: its base, platform, COPY `--from` and RUN `--mount from=`.
+/// Also returns how many source states (images, named contexts) its instructions add, which
+/// BuildKit counts to decide whether progress names the stage.
+fn resolve_stage(
+    df: &Dockerfile,
+    i: usize,
+    opts: &PlanOptions,
+    lex: &Lex,
+    globals: &EnvList,
+) -> Result<(Resolved, usize), Error> {
+    let stages = &df.stages;
+    let stage = &stages[i];
+    let base_expanded = lex
+        .process_word(&stage.base, &|n| lookup_in(globals, n))
+        .map_err(|e| Error::at(stage.line, e))?;
+    if base_expanded.is_empty() {
+        return Err(Error::at(
+            stage.line,
+            format!(
+                "base name ({}) should not be blank: set the ARG it uses (--build-arg)",
+                stage.base
+            ),
+        ));
+    }
+    let platform = match &stage.platform {
+        None => None,
+        Some(p) => Some(expand_platform(stage.line, p, lex, globals)?),
+    };
+    let base = stage_base(&stages[..i], &base_expanded, opts);
+
+    let mut sources = 0;
+    let mut copy_from = BTreeMap::new();
+    let mut mount_from = BTreeMap::new();
+    for (idx, ins) in stage.instructions.iter().enumerate() {
+        match ins.kind {
+            InstructionKind::Run(_) => {
+                let froms = resolve_mount_froms(ins, i, stages, opts)?;
+                // Like BuildKit, every mount not from a stage adds a source state.
+                sources += froms
+                    .iter()
+                    .filter(|f| !matches!(f, Some(RawFrom::Stage(_))))
+                    .count();
+                if !froms.is_empty() {
+                    mount_from.insert(idx, froms);
+                }
+            }
+            InstructionKind::Copy(_) => {
+                let Some(from) = ins.flag("from") else {
+                    continue;
+                };
+                let raw = resolve_copy_from(df, i, ins, from, opts)?;
+                sources += usize::from(!matches!(raw, RawFrom::Stage(_)));
+                copy_from.insert(idx, raw);
+            }
+            _ => {}
+        }
+    }
+    // Like BuildKit, a named context with the stage's name replaces the stage.
+    let replaced = stage
+        .name
+        .as_ref()
+        .is_some_and(|n| opts.named_contexts.contains(n));
+    let (base, copy_from, mount_from) = match (&stage.name, replaced) {
+        (Some(n), true) => (
+            RawBase::Context(n.clone()),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        ),
+        _ => (base, copy_from, mount_from),
+    };
+    let resolved = Resolved {
+        base,
+        base_expanded,
+        platform,
+        copy_from,
+        mount_from,
+        replaced,
+    };
+    Ok((resolved, sources))
+}
+
+/// A stage's `--platform`, expanded with the global ARGs; it may not come out empty.
+fn expand_platform(
+    line: usize,
+    platform: &str,
+    lex: &Lex,
+    globals: &EnvList,
+) -> Result<String, Error> {
+    let v = lex
+        .process_word(platform, &|n| lookup_in(globals, n))
+        .map_err(|e| {
+            Error::at(
+                line,
+                format!("failed to process arguments for platform {platform}: {e}"),
+            )
+        })?;
+    if v.is_empty() {
+        return Err(Error::at(
+            line,
+            format!("empty platform value from expression {platform}"),
+        ));
+    }
+    Ok(v)
+}
+
+/// What the expanded FROM of a stage names, given the stages `before` it: an earlier stage (by
+/// name, else by index), `scratch`, a named context, else an image.
+fn stage_base(before: &[super::Stage], base: &str, opts: &PlanOptions) -> RawBase {
+    if let Some(j) = stage_named(before, base) {
+        RawBase::Stage(j)
+    } else if base == "scratch" {
+        RawBase::Scratch
+    } else if let Some(j) = base.parse::<usize>().ok().filter(|j| *j < before.len()) {
+        RawBase::Stage(j)
+    } else if opts.named_contexts.contains(base) {
+        RawBase::Context(base.to_string())
+    } else {
+        RawBase::Image(base.to_string())
+    }
+}
+
+/// The `--from` of COPY `ins` in Dockerfile stage `current`: an earlier stage (by index or
+/// name), else a named context, else an image. Variables are not expanded in it, as in BuildKit.
+fn resolve_copy_from(
+    df: &Dockerfile,
+    current: usize,
+    ins: &Instruction,
+    from: &str,
+    opts: &PlanOptions,
+) -> Result<RawFrom, Error> {
+    let stages = &df.stages;
+    if from.contains(['$', '"', '\'', df.escape]) {
+        return Err(Error::at(
+            ins.line,
+            "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround",
+        ));
+    }
+    let found = match from.parse::<usize>() {
+        Ok(j) if j < stages.len() => Some(j),
+        Ok(j) => {
+            return Err(Error::at(
+                ins.line,
+                format!(
+                    "invalid stage index {j} in --from: the Dockerfile has {} stages",
+                    stages.len()
+                ),
+            ));
+        }
+        Err(_) => stage_named(stages, from),
+    };
+    Ok(match found {
+        Some(j) if j >= current => {
+            let this_name = stages[current]
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("stage-{current}"));
+            return Err(Error::at(
+                ins.line,
+                format!(
+                    "cannot copy from stage {from:?}, it needs to be defined before current stage {this_name:?}"
+                ),
+            ));
+        }
+        Some(j) => RawFrom::Stage(j),
+        None if opts.named_contexts.contains(from) => RawFrom::Context(from.to_string()),
+        None => RawFrom::Image(from.to_string()),
+    })
 }
 
 /// The last stage named `name` (case-insensitive): like BuildKit's name map, a later stage with
@@ -1467,6 +1539,19 @@ impl StageDispatch<'_> {
             ins.line,
             format!("{what} is not supported by buildcache: {hint}"),
         )
+    }
+
+    /// Dispatches the base's ONBUILD triggers; their steps show as `ONBUILD <instruction>`.
+    fn dispatch_triggers(&mut self, triggers: &[Instruction]) -> Result<(), Error> {
+        for ins in triggers {
+            let n_steps = self.steps.len();
+            self.dispatch(ins, CopyFrom::Context)
+                .map_err(|e| e.or_line(ins.line))?;
+            for step in &mut self.steps[n_steps..] {
+                step.display = format!("ONBUILD {}", step.display);
+            }
+        }
+        Ok(())
     }
 
     fn dispatch(&mut self, ins: &Instruction, from: CopyFrom) -> Result<(), Error> {
