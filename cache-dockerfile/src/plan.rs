@@ -1557,28 +1557,8 @@ impl StageDispatch<'_> {
     fn dispatch(&mut self, ins: &Instruction, from: CopyFrom) -> Result<(), Error> {
         match &ins.kind {
             InstructionKind::Arg(decls) => self.dispatch_arg(decls),
-            InstructionKind::Env(pairs) => {
-                let expanded = self.expand_pairs(pairs)?;
-                let mut msg = String::from("ENV");
-                for (k, v) in &expanded {
-                    self.state.env.set_last(k, v);
-                    self.state.config_env.set(k, v);
-                    msg.push_str(&format!(" {k}={v}"));
-                }
-                self.check_env_size()?;
-                self.commit(msg, None);
-                Ok(())
-            }
-            InstructionKind::Label(pairs) => {
-                let expanded = self.expand_pairs(pairs)?;
-                let mut msg = String::from("LABEL");
-                for (k, v) in expanded {
-                    msg.push_str(&format!(" {k}={v}"));
-                    self.state.config.labels.insert(k, v);
-                }
-                self.commit(msg, None);
-                Ok(())
-            }
+            InstructionKind::Env(pairs) => self.dispatch_env(pairs),
+            InstructionKind::Label(pairs) => self.dispatch_label(pairs),
             InstructionKind::Maintainer(m) => {
                 self.state.config.author = Some(m.clone());
                 self.commit(format!("MAINTAINER {m}"), None);
@@ -1587,78 +1567,16 @@ impl StageDispatch<'_> {
             InstructionKind::Run(cmd) => self.dispatch_run(ins, cmd),
             InstructionKind::Copy(args) => self.dispatch_copy(ins, args, from, false),
             InstructionKind::Add(args) => self.dispatch_copy(ins, args, CopyFrom::Context, true),
-            InstructionKind::Workdir(path) => {
-                let path = self.expand(path)?;
-                let current = self
-                    .state
-                    .config
-                    .workdir
-                    .clone()
-                    .unwrap_or_else(|| "/".into());
-                let wd = normalize_workdir(&current, &path);
-                self.state.config.workdir = Some(wd.clone());
-                if wd == "/" {
-                    self.commit(format!("WORKDIR {wd}"), None);
-                } else {
-                    let display = self.display(&ins.original, false);
-                    let idx = self.push_step(ins, display, Op::Workdir { path: wd.clone() });
-                    self.commit(format!("WORKDIR {wd}"), Some(idx));
-                }
-                Ok(())
-            }
+            InstructionKind::Workdir(path) => self.dispatch_workdir(ins, path),
             InstructionKind::User(user) => {
                 let user = self.expand(user)?;
                 self.commit(format!("USER {user}"), None);
                 self.state.config.user = Some(user);
                 Ok(())
             }
-            InstructionKind::StopSignal(sig) => {
-                let sig = self.expand(sig)?;
-                if !is_valid_signal(&sig) {
-                    return Err(Error::at(
-                        ins.line,
-                        format!("invalid signal: {sig} (use a name like SIGTERM or a number)"),
-                    ));
-                }
-                self.commit(format!("STOPSIGNAL {sig}"), None);
-                self.state.config.stop_signal = Some(sig);
-                Ok(())
-            }
-            InstructionKind::Volume(vols) => {
-                let mut expanded = Vec::new();
-                for v in vols {
-                    let v = self.expand(v)?;
-                    if v.is_empty() {
-                        return Err(Error::at(
-                            ins.line,
-                            "VOLUME specified can not be an empty string",
-                        ));
-                    }
-                    expanded.push(v);
-                }
-                self.commit(format!("VOLUME [{}]", expanded.join(" ")), None);
-                self.state.config.volumes.extend(expanded);
-                Ok(())
-            }
-            InstructionKind::Expose(ports) => {
-                let mut specs = Vec::new();
-                for p in ports {
-                    let state = &*self.state;
-                    let words = self
-                        .lex()
-                        .process_words(p, &|n| state.get(n))
-                        .map_err(Error::general)?;
-                    for w in words {
-                        specs.extend(
-                            parse_port_spec(&w)
-                                .map_err(|e| Error::at(ins.line, format!("EXPOSE {w}: {e}")))?,
-                        );
-                    }
-                }
-                self.commit(format!("EXPOSE [{}]", specs.join(" ")), None);
-                self.state.config.exposed_ports.extend(specs);
-                Ok(())
-            }
+            InstructionKind::StopSignal(sig) => self.dispatch_stopsignal(ins, sig),
+            InstructionKind::Volume(vols) => self.dispatch_volume(ins, vols),
+            InstructionKind::Expose(ports) => self.dispatch_expose(ins, ports),
             InstructionKind::Shell(shell) => {
                 self.commit(format!("SHELL [{}]", shell.join(" ")), None);
                 self.state.config.shell = Some(shell.clone());
@@ -1672,46 +1590,153 @@ impl StageDispatch<'_> {
                 Ok(())
             }
             InstructionKind::Entrypoint(cmd) => {
-                let args = match cmd {
-                    CommandLine::Exec(v) if v.is_empty() => None,
-                    other => Some(self.with_shell(other)),
-                };
-                self.commit(
-                    format!(
-                        "ENTRYPOINT {}",
-                        go_quote_list(args.as_deref().unwrap_or_default())
-                    ),
-                    None,
-                );
-                self.state.config.entrypoint = args;
-                if !self.cmd_set {
-                    self.state.config.cmd = None;
-                }
+                self.dispatch_entrypoint(cmd);
                 Ok(())
             }
-            InstructionKind::Healthcheck(spec) => {
-                let hc = self.healthcheck(ins, spec)?;
-                self.commit(
-                    format!(
-                        "HEALTHCHECK {{Test:[{}] Interval:{} Timeout:{} StartPeriod:{} StartInterval:{} Retries:{}}}",
-                        hc.test.join(" "),
-                        go_duration(hc.interval),
-                        go_duration(hc.timeout),
-                        go_duration(hc.start_period),
-                        go_duration(hc.start_interval),
-                        hc.retries
-                    ),
-                    None,
-                );
-                self.state.config.healthcheck = Some(hc);
-                Ok(())
-            }
+            InstructionKind::Healthcheck(spec) => self.dispatch_healthcheck(ins, spec),
             InstructionKind::Onbuild(trigger) => {
                 parse_trigger(trigger, ins.line)?;
                 self.state.config.on_build.push(trigger.clone());
                 Ok(())
             }
         }
+    }
+
+    fn dispatch_env(&mut self, pairs: &[(String, String)]) -> Result<(), Error> {
+        let expanded = self.expand_pairs(pairs)?;
+        let mut msg = String::from("ENV");
+        for (k, v) in &expanded {
+            self.state.env.set_last(k, v);
+            self.state.config_env.set(k, v);
+            msg.push_str(&format!(" {k}={v}"));
+        }
+        self.check_env_size()?;
+        self.commit(msg, None);
+        Ok(())
+    }
+
+    fn dispatch_label(&mut self, pairs: &[(String, String)]) -> Result<(), Error> {
+        let expanded = self.expand_pairs(pairs)?;
+        let mut msg = String::from("LABEL");
+        for (k, v) in expanded {
+            msg.push_str(&format!(" {k}={v}"));
+            self.state.config.labels.insert(k, v);
+        }
+        self.commit(msg, None);
+        Ok(())
+    }
+
+    /// WORKDIR is a step (it creates the directory) unless it is `/`.
+    fn dispatch_workdir(&mut self, ins: &Instruction, path: &str) -> Result<(), Error> {
+        let path = self.expand(path)?;
+        let current = self
+            .state
+            .config
+            .workdir
+            .clone()
+            .unwrap_or_else(|| "/".into());
+        let wd = normalize_workdir(&current, &path);
+        self.state.config.workdir = Some(wd.clone());
+        if wd == "/" {
+            self.commit(format!("WORKDIR {wd}"), None);
+        } else {
+            let display = self.display(&ins.original, false);
+            let idx = self.push_step(ins, display, Op::Workdir { path: wd.clone() });
+            self.commit(format!("WORKDIR {wd}"), Some(idx));
+        }
+        Ok(())
+    }
+
+    fn dispatch_stopsignal(&mut self, ins: &Instruction, sig: &str) -> Result<(), Error> {
+        let sig = self.expand(sig)?;
+        if !is_valid_signal(&sig) {
+            return Err(Error::at(
+                ins.line,
+                format!("invalid signal: {sig} (use a name like SIGTERM or a number)"),
+            ));
+        }
+        self.commit(format!("STOPSIGNAL {sig}"), None);
+        self.state.config.stop_signal = Some(sig);
+        Ok(())
+    }
+
+    fn dispatch_volume(&mut self, ins: &Instruction, vols: &[String]) -> Result<(), Error> {
+        let mut expanded = Vec::new();
+        for v in vols {
+            let v = self.expand(v)?;
+            if v.is_empty() {
+                return Err(Error::at(
+                    ins.line,
+                    "VOLUME specified can not be an empty string",
+                ));
+            }
+            expanded.push(v);
+        }
+        self.commit(format!("VOLUME [{}]", expanded.join(" ")), None);
+        self.state.config.volumes.extend(expanded);
+        Ok(())
+    }
+
+    /// EXPOSE: each word expands to words, each a port spec that may be a range.
+    fn dispatch_expose(&mut self, ins: &Instruction, ports: &[String]) -> Result<(), Error> {
+        let mut specs = Vec::new();
+        for p in ports {
+            let state = &*self.state;
+            let words = self
+                .lex()
+                .process_words(p, &|n| state.get(n))
+                .map_err(Error::general)?;
+            for w in words {
+                specs.extend(
+                    parse_port_spec(&w)
+                        .map_err(|e| Error::at(ins.line, format!("EXPOSE {w}: {e}")))?,
+                );
+            }
+        }
+        self.commit(format!("EXPOSE [{}]", specs.join(" ")), None);
+        self.state.config.exposed_ports.extend(specs);
+        Ok(())
+    }
+
+    /// ENTRYPOINT (`[]` clears it); it also clears a CMD inherited from the base.
+    fn dispatch_entrypoint(&mut self, cmd: &CommandLine) {
+        let args = match cmd {
+            CommandLine::Exec(v) if v.is_empty() => None,
+            other => Some(self.with_shell(other)),
+        };
+        self.commit(
+            format!(
+                "ENTRYPOINT {}",
+                go_quote_list(args.as_deref().unwrap_or_default())
+            ),
+            None,
+        );
+        self.state.config.entrypoint = args;
+        if !self.cmd_set {
+            self.state.config.cmd = None;
+        }
+    }
+
+    fn dispatch_healthcheck(
+        &mut self,
+        ins: &Instruction,
+        spec: &HealthcheckSpec,
+    ) -> Result<(), Error> {
+        let hc = self.healthcheck(ins, spec)?;
+        self.commit(
+            format!(
+                "HEALTHCHECK {{Test:[{}] Interval:{} Timeout:{} StartPeriod:{} StartInterval:{} Retries:{}}}",
+                hc.test.join(" "),
+                go_duration(hc.interval),
+                go_duration(hc.timeout),
+                go_duration(hc.start_period),
+                go_duration(hc.start_interval),
+                hc.retries
+            ),
+            None,
+        );
+        self.state.config.healthcheck = Some(hc);
+        Ok(())
     }
 
     fn expand_pairs(&self, pairs: &[(String, String)]) -> Result<Vec<(String, String)>, Error> {
