@@ -1445,6 +1445,15 @@ impl StageDispatch<'_> {
 
     /// Refuses an environment larger than the word-size limit: each value is bounded by it,
     /// but a hostile Dockerfile could otherwise set many variables to one huge value.
+    /// The working directory so far (`/` when none was set).
+    fn workdir(&self) -> String {
+        self.state
+            .config
+            .workdir
+            .clone()
+            .unwrap_or_else(|| "/".into())
+    }
+
     fn check_env_size(&self) -> Result<(), Error> {
         let limit = self.opts.limits.word_size;
         if self.state.env.bytes() <= limit && self.state.config_env.bytes() <= limit {
@@ -1521,12 +1530,7 @@ impl StageDispatch<'_> {
             display,
             op,
             env: self.state.env.to_vec(),
-            workdir: self
-                .state
-                .config
-                .workdir
-                .clone()
-                .unwrap_or_else(|| "/".into()),
+            workdir: self.workdir(),
             user: self.state.config.user.clone(),
             shell: self.shell(),
             platform: PLATFORM.into(),
@@ -1629,12 +1633,7 @@ impl StageDispatch<'_> {
     /// WORKDIR is a step (it creates the directory) unless it is `/`.
     fn dispatch_workdir(&mut self, ins: &Instruction, path: &str) -> Result<(), Error> {
         let path = self.expand(path)?;
-        let current = self
-            .state
-            .config
-            .workdir
-            .clone()
-            .unwrap_or_else(|| "/".into());
+        let current = self.workdir();
         let wd = normalize_workdir(&current, &path);
         self.state.config.workdir = Some(wd.clone());
         if wd == "/" {
@@ -1831,12 +1830,7 @@ impl StageDispatch<'_> {
                 "buildcache has no CDI devices; remove the flag",
             ));
         }
-        let workdir = self
-            .state
-            .config
-            .workdir
-            .clone()
-            .unwrap_or_else(|| "/".into());
+        let workdir = self.workdir();
         let namespace = self
             .opts
             .build_args
@@ -1985,6 +1979,71 @@ impl StageDispatch<'_> {
         is_add: bool,
     ) -> Result<(), Error> {
         let keyword = if is_add { "ADD" } else { "COPY" };
+        Self::check_copy_flags(ins, is_add)?;
+        let Some((dest_raw, srcs)) = args.split_last().filter(|(_, srcs)| !srcs.is_empty()) else {
+            return Err(Error::at(
+                ins.line,
+                format!("{keyword} requires at least two arguments: sources and a destination"),
+            ));
+        };
+        let sources = self.copy_sources(ins, srcs, is_add)?;
+        let dest_expanded = self.expand(dest_raw)?;
+        let dest = dest_path(&self.workdir(), &dest_expanded);
+        let chown = self.non_empty_flag(ins, "chown")?;
+        let chmod_raw = self.non_empty_flag(ins, "chmod")?;
+        let chmod = match &chmod_raw {
+            None => None,
+            Some(c) => Some(parse_chmod(ins.line, c)?),
+        };
+        let link = ins.flag("link") == Some("true");
+        let downloads = sources.downloads;
+        if !downloads.is_empty() && downloads.len() != sources.paths.len() {
+            return Err(Error::at(
+                ins.line,
+                "ADD mixing URLs with local files is not supported: split it into one ADD for the URLs and one for the files",
+            ));
+        }
+        let checksum = self.add_checksum(ins, !downloads.is_empty())?;
+        let exclude = self.copy_excludes(ins, keyword)?;
+        let parents = !is_add && ins.flag("parents") == Some("true");
+
+        let mut msg = String::from(keyword);
+        if parents {
+            msg.push_str(" --parents");
+        }
+        if let Some(c) = &chown {
+            msg.push_str(&format!(" --chown={c}"));
+        }
+        if let Some(c) = &chmod_raw {
+            msg.push_str(&format!(" --chmod={c}"));
+        }
+        msg.extend(sources.history);
+        msg.push_str(&format!(" {dest_expanded} # buildkit"));
+
+        let display = self.display(&ins.original, false);
+        let mut paths = sources.paths;
+        paths.extend(sources.inline);
+        let op = Op::Copy(CopyOp {
+            sources: paths,
+            dest,
+            from,
+            chown,
+            chmod,
+            link,
+            is_add,
+            exclude,
+            downloads,
+            checksum,
+            parents,
+        });
+        let idx = self.push_step(ins, display, op);
+        self.commit(msg, Some(idx));
+        Ok(())
+    }
+
+    /// The flags COPY and ADD take; any other is refused with the list.
+    fn check_copy_flags(ins: &Instruction, is_add: bool) -> Result<(), Error> {
+        let keyword = if is_add { "ADD" } else { "COPY" };
         for flag in &ins.flags {
             match flag.name.as_str() {
                 "from" | "chown" | "chmod" | "link" | "exclude" => {}
@@ -2003,59 +2062,32 @@ impl StageDispatch<'_> {
                 }
             }
         }
-        let Some((dest_raw, srcs)) = args.split_last().filter(|(_, srcs)| !srcs.is_empty()) else {
-            return Err(Error::at(
-                ins.line,
-                format!("{keyword} requires at least two arguments: sources and a destination"),
-            ));
-        };
-        let mut paths = Vec::new();
-        let mut inline = Vec::new();
-        let mut history_srcs = Vec::new();
-        let mut downloads = Vec::new();
+        Ok(())
+    }
+
+    /// The expanded sources of COPY or ADD `ins`: paths, URLs to download (ADD only; git and
+    /// COPY of a URL are refused) and heredoc bodies.
+    fn copy_sources(
+        &self,
+        ins: &Instruction,
+        srcs: &[String],
+        is_add: bool,
+    ) -> Result<CopySources, Error> {
+        let mut out = CopySources::default();
         for src in srcs {
             if let Some(h) = parse_heredoc(src).map_err(Error::general)? {
-                let body = ins
-                    .heredocs
-                    .iter()
-                    .find(|d| d.name == h.name)
-                    .map(|d| d.content.clone())
-                    .unwrap_or_default();
-                let body = if h.chomp { chomp_heredoc(&body) } else { body };
-                let content = if h.expand {
-                    let lex = Lex {
-                        skip_process_quotes: true,
-                        escape: '\\',
-                        ..self.lex()
-                    };
-                    let state = &*self.state;
-                    lex.process_word(&body, &|n| state.get(n))
-                        .map_err(Error::general)?
-                } else {
-                    body
-                };
-                inline.push(CopySource::Inline {
-                    name: h.name,
-                    content,
-                });
+                out.inline.push(self.heredoc_source(ins, h)?);
                 continue;
             }
             let path = self.expand(src)?;
             if is_add && is_url(&path) && !is_git(&path) {
-                // BuildKit names the file after the URL path's last element.
-                let url_path = path.split(['?', '#']).next().unwrap_or_default();
-                let base = url_path
-                    .splitn(4, '/')
-                    .nth(3)
-                    .and_then(|p| p.rsplit('/').next())
-                    .filter(|b| !b.is_empty() && *b != ".")
-                    .unwrap_or("__unnamed__");
-                history_srcs.push(format!(" {path}"));
-                downloads.push(Download {
-                    url: path.clone(),
-                    file_name: base.to_owned(),
+                let file_name = url_file_name(&path).to_owned();
+                out.history.push(format!(" {path}"));
+                out.paths.push(CopySource::Path(file_name.clone()));
+                out.downloads.push(Download {
+                    url: path,
+                    file_name,
                 });
-                paths.push(CopySource::Path(base.to_owned()));
                 continue;
             }
             if is_url(&path) || is_git(&path) {
@@ -2072,80 +2104,91 @@ impl StageDispatch<'_> {
                     ),
                 ));
             }
-            history_srcs.push(format!(" {path}"));
-            paths.push(CopySource::Path(path));
+            out.history.push(format!(" {path}"));
+            out.paths.push(CopySource::Path(path));
         }
-        for source in &inline {
+        for source in &out.inline {
             if let CopySource::Inline { name, .. } = source {
-                history_srcs.push(format!(" <<{name}"));
+                out.history.push(format!(" <<{name}"));
             }
         }
-        let dest_expanded = self.expand(dest_raw)?;
-        let workdir = self
-            .state
-            .config
-            .workdir
-            .clone()
-            .unwrap_or_else(|| "/".into());
-        let dest = dest_path(&workdir, &dest_expanded);
-        let chown = match ins.flag("chown") {
-            Some(c) if !c.is_empty() => Some(self.expand(c)?),
-            _ => None,
+        Ok(out)
+    }
+
+    /// A heredoc source's body: tabs chomped for `<<-`, variables expanded unless the
+    /// delimiter was quoted (quotes in the body are kept, as BuildKit does).
+    fn heredoc_source(&self, ins: &Instruction, h: Heredoc) -> Result<CopySource, Error> {
+        let body = ins
+            .heredocs
+            .iter()
+            .find(|d| d.name == h.name)
+            .map(|d| d.content.clone())
+            .unwrap_or_default();
+        let body = if h.chomp { chomp_heredoc(&body) } else { body };
+        let content = if h.expand {
+            let lex = Lex {
+                skip_process_quotes: true,
+                escape: '\\',
+                ..self.lex()
+            };
+            let state = &*self.state;
+            lex.process_word(&body, &|n| state.get(n))
+                .map_err(Error::general)?
+        } else {
+            body
         };
-        let chmod_raw = match ins.flag("chmod") {
-            Some(c) if !c.is_empty() => Some(self.expand(c)?),
-            _ => None,
+        Ok(CopySource::Inline {
+            name: h.name,
+            content,
+        })
+    }
+
+    /// The expanded value of flag `name`, `None` when absent or empty.
+    fn non_empty_flag(&self, ins: &Instruction, name: &str) -> Result<Option<String>, Error> {
+        match ins.flag(name) {
+            Some(c) if !c.is_empty() => Ok(Some(self.expand(c)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// ADD `--checksum`: only for URL sources, and only `sha256:<hex>`.
+    fn add_checksum(
+        &self,
+        ins: &Instruction,
+        has_downloads: bool,
+    ) -> Result<Option<String>, Error> {
+        let raw = match ins.flag("checksum") {
+            None | Some("") => return Ok(None),
+            Some(raw) => raw,
         };
-        let chmod = match &chmod_raw {
-            None => None,
-            Some(c) => match u32::from_str_radix(c, 8) {
-                Ok(mode) if mode <= 0o7777 => Some(mode),
-                _ => {
-                    return Err(Error::at(
-                        ins.line,
-                        format!(
-                            "invalid chmod parameter: '{c}'. it should be octal string and between 0 and 07777"
-                        ),
-                    ));
-                }
-            },
-        };
-        let link = ins.flag("link") == Some("true");
-        if !downloads.is_empty() && downloads.len() != paths.len() {
+        let value = self.expand(raw)?;
+        if !has_downloads {
             return Err(Error::at(
                 ins.line,
-                "ADD mixing URLs with local files is not supported: split it into one ADD for the URLs and one for the files",
+                format!(
+                    "ADD --checksum={value}: a checksum can only be given for an http(s) URL source"
+                ),
             ));
         }
-        let checksum = match ins.flag("checksum") {
-            None | Some("") => None,
-            Some(raw) => {
-                let value = self.expand(raw)?;
-                if downloads.is_empty() {
-                    return Err(Error::at(
-                        ins.line,
-                        format!(
-                            "ADD --checksum={value}: a checksum can only be given for an http(s) URL source"
-                        ),
-                    ));
-                }
-                let valid = value.strip_prefix("sha256:").is_some_and(|hex| {
-                    hex.len() == 64
-                        && hex
-                            .bytes()
-                            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-                });
-                if !valid {
-                    return Err(Error::at(
-                        ins.line,
-                        format!(
-                            "ADD --checksum={value}: use sha256:<64 lowercase hex digits> (the only algorithm BuildKit supports for URLs)"
-                        ),
-                    ));
-                }
-                Some(value)
-            }
-        };
+        let valid = value.strip_prefix("sha256:").is_some_and(|hex| {
+            hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        });
+        if !valid {
+            return Err(Error::at(
+                ins.line,
+                format!(
+                    "ADD --checksum={value}: use sha256:<64 lowercase hex digits> (the only algorithm BuildKit supports for URLs)"
+                ),
+            ));
+        }
+        Ok(Some(value))
+    }
+
+    /// The `--exclude` patterns, expanded; each must be a valid, non-empty pattern.
+    fn copy_excludes(&self, ins: &Instruction, keyword: &str) -> Result<Vec<String>, Error> {
         let mut exclude = Vec::new();
         for pattern in ins.flag_values("exclude") {
             let pattern = self.expand(pattern)?;
@@ -2163,39 +2206,44 @@ impl StageDispatch<'_> {
             }
             exclude.push(pattern);
         }
+        Ok(exclude)
+    }
+}
 
-        let parents = !is_add && ins.flag("parents") == Some("true");
-        let mut msg = String::from(keyword);
-        if parents {
-            msg.push_str(" --parents");
-        }
-        if let Some(c) = &chown {
-            msg.push_str(&format!(" --chown={c}"));
-        }
-        if let Some(c) = &chmod_raw {
-            msg.push_str(&format!(" --chmod={c}"));
-        }
-        msg.extend(history_srcs);
-        msg.push_str(&format!(" {dest_expanded} # buildkit"));
+/// The sources of one COPY or ADD, as its step and its history entry want them.
+#[derive(Default)]
+struct CopySources {
+    /// Context (or stage) paths; for ADD of URLs, the names of the downloaded files.
+    paths: Vec<CopySource>,
+    /// Heredoc bodies: they follow the paths.
+    inline: Vec<CopySource>,
+    /// The URLs ADD downloads.
+    downloads: Vec<Download>,
+    /// ` <source>` for each, paths first then `<<NAME`s, for the history entry.
+    history: Vec<String>,
+}
 
-        let display = self.display(&ins.original, false);
-        paths.extend(inline);
-        let op = Op::Copy(CopyOp {
-            sources: paths,
-            dest,
-            from,
-            chown,
-            chmod,
-            link,
-            is_add,
-            exclude,
-            downloads,
-            checksum,
-            parents,
-        });
-        let idx = self.push_step(ins, display, op);
-        self.commit(msg, Some(idx));
-        Ok(())
+/// BuildKit names a downloaded file after the URL path's last element.
+fn url_file_name(url: &str) -> &str {
+    let url_path = url.split(['?', '#']).next().unwrap_or_default();
+    url_path
+        .splitn(4, '/')
+        .nth(3)
+        .and_then(|p| p.rsplit('/').next())
+        .filter(|b| !b.is_empty() && *b != ".")
+        .unwrap_or("__unnamed__")
+}
+
+/// `--chmod`: an octal mode up to 07777.
+fn parse_chmod(line: usize, chmod: &str) -> Result<u32, Error> {
+    match u32::from_str_radix(chmod, 8) {
+        Ok(mode) if mode <= 0o7777 => Ok(mode),
+        _ => Err(Error::at(
+            line,
+            format!(
+                "invalid chmod parameter: '{chmod}'. it should be octal string and between 0 and 07777"
+            ),
+        )),
     }
 }
 
