@@ -118,6 +118,27 @@ pub(super) struct Prepared {
     _secrets: Option<tempfile::TempDir>,
 }
 
+/// Prepares a new cache mount instance `dir`: the files of its `from=` source (`seed`), then
+/// its owner and mode.
+fn init_cache_mount(
+    dir: &Path,
+    seed: Option<&Path>,
+    c: &dockerfile::CacheMount,
+) -> std::io::Result<()> {
+    if let Some(seed) = seed {
+        if seed.is_dir() {
+            copy_tree(seed, dir)?;
+        } else {
+            let name = seed.file_name().unwrap_or_default();
+            std::fs::copy(seed, dir.join(name))?;
+        }
+    }
+    if c.uid.is_some() || c.gid.is_some() {
+        chown(dir, c.uid.unwrap_or(0), c.gid.unwrap_or(0))?;
+    }
+    chmod(dir, c.mode.unwrap_or(0o755))
+}
+
 /// The directory secret files are written to: memory-backed `/dev/shm` when usable.
 fn secret_dir() -> std::io::Result<tempfile::TempDir> {
     let shm = Path::new("/dev/shm");
@@ -406,7 +427,6 @@ impl Engine<'_> {
             insecure,
             ..Prepared::default()
         };
-        let fail = |message: String| step_error(name, step.line, message);
         for mount in mounts {
             match mount {
                 Mount::Bind(b) => {
@@ -420,86 +440,7 @@ impl Engine<'_> {
                     });
                 }
                 Mount::Cache(c) => {
-                    let store = match &self.request.run.cache_mounts {
-                        Some(dir) => CacheMounts::new(dir),
-                        None => CacheMounts::new(self.request.work_dir.join("cache-mounts")),
-                    };
-                    let id = c.llb_id();
-                    let seed = match &c.from {
-                        Some(from) if !store.exists(&id) => {
-                            Some(self.materialize(from, &c.source, name, step.line).await?)
-                        }
-                        _ => None,
-                    };
-                    let imported = match self.request.run.cache_mount_seeds.get(&id) {
-                        Some(desc) if store.is_empty(&id) => {
-                            let limits = crate::layer::LayerLimits::for_blob(
-                                &self.request.limits,
-                                desc.size,
-                            );
-                            match self.fetch_mount_seed(desc, &id, name).await {
-                                Ok((file, media_type)) => Some((file, media_type, limits)),
-                                Err(err) => {
-                                    self.unusable_seed(&id, &desc.digest, &err.to_string());
-                                    None
-                                }
-                            }
-                        }
-                        _ => None,
-                    };
-                    // A seed from a cache that cannot be unpacked (garbage, a refused entry, a
-                    // limit) is left out, as any unusable cache blob: the mount starts empty.
-                    let refused = std::cell::RefCell::new(None);
-                    let fill = |dir: &Path| -> std::io::Result<()> {
-                        let Some((file, media_type, limits)) = &imported else {
-                            return Ok(());
-                        };
-                        let reader = std::fs::File::open(file.path())?;
-                        if let Err(err) = crate::mounts::fill(dir, reader, media_type, limits) {
-                            crate::mounts::clear(dir)?;
-                            *refused.borrow_mut() = Some(err.to_string());
-                        }
-                        Ok(())
-                    };
-                    let (mode, uid, gid) = (c.mode, c.uid, c.gid);
-                    let lease = tokio::task::block_in_place(|| {
-                        store.acquire(&id, c.sharing, &mut |dir| {
-                            if imported.is_some() {
-                                return fill(dir);
-                            }
-                            if let Some(seed) = &seed {
-                                if seed.is_dir() {
-                                    copy_tree(seed, dir)?;
-                                } else {
-                                    let name = seed.file_name().unwrap_or_default();
-                                    std::fs::copy(seed, dir.join(name))?;
-                                }
-                            }
-                            if uid.is_some() || gid.is_some() {
-                                chown(dir, uid.unwrap_or(0), gid.unwrap_or(0))?;
-                            }
-                            chmod(dir, mode.unwrap_or(0o755))
-                        })
-                    })
-                    .map_err(|err| {
-                        fail(format!(
-                            "cache mount {id} (under {}): {err}",
-                            store.dir().display()
-                        ))
-                    })?;
-                    // An instance that exists but is empty is filled in place.
-                    if !lease.created && imported.is_some() && store.is_empty(&id) {
-                        tokio::task::block_in_place(|| fill(&lease.path)).map_err(|err| {
-                            fail(format!(
-                                "filling cache mount {id} from the imported cache: {err}"
-                            ))
-                        })?;
-                    }
-                    if let (Some(reason), Some(desc)) =
-                        (refused.take(), self.request.run.cache_mount_seeds.get(&id))
-                    {
-                        self.unusable_seed(&id, &desc.digest, &reason);
-                    }
+                    let lease = self.cache_mount(c, name, step.line).await?;
                     prepared.mounts.push(sandbox::Mount {
                         target: c.target.clone(),
                         kind: sandbox::MountKind::Bind {
@@ -514,67 +455,182 @@ impl Engine<'_> {
                     kind: sandbox::MountKind::Tmpfs { size: t.size },
                     readonly: false,
                 }),
-                Mount::Secret(s) => {
-                    let Some(value) = self.secret_value(s, name, step.line)? else {
-                        continue;
-                    };
-                    if let Some(env) = &s.env {
-                        let text = String::from_utf8(value.clone()).map_err(|_| {
-                            fail(format!(
-                                "secret {} is not valid UTF-8 and cannot be given as env {env}; mount it as a file instead",
-                                s.id
-                            ))
-                        })?;
-                        prepared.env.push((env.clone(), text));
-                    }
-                    let Some(target) = &s.target else {
-                        continue;
-                    };
-                    if prepared._secrets.is_none() {
-                        prepared._secrets = Some(secret_dir().map_err(|err| {
-                            fail(format!("creating a directory for secret files: {err}"))
-                        })?);
-                    }
-                    let dir = prepared._secrets.as_ref().expect("created above").path();
-                    let file = dir.join(format!("{}", prepared.mounts.len()));
-                    let written = std::fs::write(&file, &value)
-                        .and_then(|()| chmod(&file, s.mode))
-                        .and_then(|()| chown(&file, s.uid, s.gid));
-                    written.map_err(|err| {
-                        fail(format!("preparing secret {} for {target}: {err}", s.id))
-                    })?;
-                    let target = if target.starts_with('/') {
-                        target.clone()
-                    } else {
-                        format!("/{target}")
-                    };
-                    prepared.mounts.push(sandbox::Mount {
-                        target,
-                        kind: sandbox::MountKind::Bind { source: file },
-                        readonly: true,
-                    });
-                }
+                Mount::Secret(s) => self.secret_mount(s, &mut prepared, name, step.line)?,
                 Mount::Ssh(s) => {
-                    let id = s.agent_id();
-                    let Some(socket) = self.request.run.ssh.get(id) else {
-                        if s.required {
-                            return Err(fail(format!(
-                                "SSH agent {id} is required by --mount=type=ssh: pass --ssh {id} (the agent of SSH_AUTH_SOCK) or --ssh {id}=/path/to/agent.sock"
-                            )));
-                        }
-                        continue;
-                    };
-                    prepared.mounts.push(sandbox::Mount {
-                        target: s.target.clone(),
-                        kind: sandbox::MountKind::Bind {
-                            source: socket.clone(),
-                        },
-                        readonly: false,
-                    });
+                    if let Some(mount) = self.ssh_mount(s, name, step.line)? {
+                        prepared.mounts.push(mount);
+                    }
                 }
             }
         }
         Ok(prepared)
+    }
+
+    /// Acquires the instance of cache mount `c`, filled when it is new: from the imported
+    /// caches' contents of the mount when there are any, else from its `from=` source.
+    async fn cache_mount(
+        &mut self,
+        c: &dockerfile::CacheMount,
+        name: &str,
+        line: usize,
+    ) -> Result<Lease, Error> {
+        let fail = |message: String| step_error(name, line, message);
+        let store = match &self.request.run.cache_mounts {
+            Some(dir) => CacheMounts::new(dir),
+            None => CacheMounts::new(self.request.work_dir.join("cache-mounts")),
+        };
+        let id = c.llb_id();
+        let seed = match &c.from {
+            Some(from) if !store.exists(&id) => {
+                Some(self.materialize(from, &c.source, name, line).await?)
+            }
+            _ => None,
+        };
+        let imported = self.imported_mount_contents(&store, &id, name).await;
+        // A seed from a cache that cannot be unpacked (garbage, a refused entry, a
+        // limit) is left out, as any unusable cache blob: the mount starts empty.
+        let refused = std::cell::RefCell::new(None);
+        let fill = |dir: &Path| -> std::io::Result<()> {
+            let Some((file, media_type, limits)) = &imported else {
+                return Ok(());
+            };
+            let reader = std::fs::File::open(file.path())?;
+            if let Err(err) = crate::mounts::fill(dir, reader, media_type, limits) {
+                crate::mounts::clear(dir)?;
+                *refused.borrow_mut() = Some(err.to_string());
+            }
+            Ok(())
+        };
+        let lease = tokio::task::block_in_place(|| {
+            store.acquire(&id, c.sharing, &mut |dir| {
+                if imported.is_some() {
+                    return fill(dir);
+                }
+                init_cache_mount(dir, seed.as_deref(), c)
+            })
+        })
+        .map_err(|err| {
+            fail(format!(
+                "cache mount {id} (under {}): {err}",
+                store.dir().display()
+            ))
+        })?;
+        // An instance that exists but is empty is filled in place.
+        if !lease.created && imported.is_some() && store.is_empty(&id) {
+            tokio::task::block_in_place(|| fill(&lease.path)).map_err(|err| {
+                fail(format!(
+                    "filling cache mount {id} from the imported cache: {err}"
+                ))
+            })?;
+        }
+        if let (Some(reason), Some(desc)) =
+            (refused.take(), self.request.run.cache_mount_seeds.get(&id))
+        {
+            self.unusable_seed(&id, &desc.digest, &reason);
+        }
+        Ok(lease)
+    }
+
+    /// The imported caches' contents of cache mount `id`, fetched, when its instance here is
+    /// empty; a blob that cannot be fetched is warned about and left out.
+    async fn imported_mount_contents(
+        &mut self,
+        store: &CacheMounts,
+        id: &str,
+        name: &str,
+    ) -> Option<(tempfile::NamedTempFile, String, crate::layer::LayerLimits)> {
+        let desc = self.request.run.cache_mount_seeds.get(id)?;
+        if !store.is_empty(id) {
+            return None;
+        }
+        let limits = crate::layer::LayerLimits::for_blob(&self.request.limits, desc.size);
+        match self.fetch_mount_seed(desc, id, name).await {
+            Ok((file, media_type)) => Some((file, media_type, limits)),
+            Err(err) => {
+                self.unusable_seed(id, &desc.digest, &err.to_string());
+                None
+            }
+        }
+    }
+
+    /// A `RUN --mount=type=secret`: its value as an env variable, a file, or both; nothing for
+    /// an optional secret that was not given.
+    fn secret_mount(
+        &self,
+        s: &dockerfile::SecretMount,
+        prepared: &mut Prepared,
+        name: &str,
+        line: usize,
+    ) -> Result<(), Error> {
+        let fail = |message: String| step_error(name, line, message);
+        let Some(value) = self.secret_value(s, name, line)? else {
+            return Ok(());
+        };
+        if let Some(env) = &s.env {
+            let text = String::from_utf8(value.clone()).map_err(|_| {
+                fail(format!(
+                    "secret {} is not valid UTF-8 and cannot be given as env {env}; mount it as a file instead",
+                    s.id
+                ))
+            })?;
+            prepared.env.push((env.clone(), text));
+        }
+        let Some(target) = &s.target else {
+            return Ok(());
+        };
+        if prepared._secrets.is_none() {
+            prepared._secrets =
+                Some(secret_dir().map_err(|err| {
+                    fail(format!("creating a directory for secret files: {err}"))
+                })?);
+        }
+        let dir = prepared._secrets.as_ref().expect("created above").path();
+        let file = dir.join(format!("{}", prepared.mounts.len()));
+        let written = std::fs::write(&file, &value)
+            .and_then(|()| chmod(&file, s.mode))
+            .and_then(|()| chown(&file, s.uid, s.gid));
+        written.map_err(|err| fail(format!("preparing secret {} for {target}: {err}", s.id)))?;
+        let target = if target.starts_with('/') {
+            target.clone()
+        } else {
+            format!("/{target}")
+        };
+        prepared.mounts.push(sandbox::Mount {
+            target,
+            kind: sandbox::MountKind::Bind { source: file },
+            readonly: true,
+        });
+        Ok(())
+    }
+
+    /// A `RUN --mount=type=ssh`: the agent's socket, or nothing for an optional agent that was
+    /// not given.
+    fn ssh_mount(
+        &self,
+        s: &dockerfile::SshMount,
+        name: &str,
+        line: usize,
+    ) -> Result<Option<sandbox::Mount>, Error> {
+        let id = s.agent_id();
+        let Some(socket) = self.request.run.ssh.get(id) else {
+            if s.required {
+                return Err(step_error(
+                    name,
+                    line,
+                    format!(
+                        "SSH agent {id} is required by --mount=type=ssh: pass --ssh {id} (the agent of SSH_AUTH_SOCK) or --ssh {id}=/path/to/agent.sock"
+                    ),
+                ));
+            }
+            return Ok(None);
+        };
+        Ok(Some(sandbox::Mount {
+            target: s.target.clone(),
+            kind: sandbox::MountKind::Bind {
+                source: socket.clone(),
+            },
+            readonly: false,
+        }))
     }
 
     /// Warns that the imported contents of cache mount `id` (blob `digest`) cannot be used.

@@ -212,10 +212,53 @@ pub fn write_layout_tar(
 /// - The manifest and config are checked against their digests; layer blobs must exist with the
 ///   size the manifest gives (their content is checked when they are read).
 pub fn read_layout_image(dir: &Path, reference: &str) -> Result<LayoutImage, Error> {
-    let layout_error = |reason: String| Error::Layout {
+    let layout_error = bad_layout(dir);
+    let index = read_index(dir)?;
+    let reference = if reference.is_empty() {
+        "latest"
+    } else {
+        reference
+    };
+    let desc = find_image(dir, &index, reference)?;
+    let (manifest, manifest_json) = read_manifest(dir, desc)?;
+    let config_descriptor = manifest_json
+        .config
+        .ok_or_else(|| layout_error(format!("manifest {} has no config", manifest.digest)))?;
+    check_config_type(dir, &config_descriptor, &manifest.digest)?;
+    let config_bytes = read_metadata_blob(dir, &config_descriptor)?;
+    let config = parse_config(&config_bytes)?;
+    if config.diff_ids.len() != manifest_json.layers.len() {
+        return Err(layout_error(format!(
+            "manifest {} has {} layers but its config lists {} diff_ids",
+            manifest.digest,
+            manifest_json.layers.len(),
+            config.diff_ids.len()
+        )));
+    }
+    let mut layers = manifest_json.layers;
+    let layer_paths = check_layers(dir, &mut layers, &config.diff_ids)?;
+    Ok(LayoutImage {
+        manifest_digest: manifest.digest.clone(),
+        manifest,
+        config_descriptor,
+        config_bytes,
+        config,
+        layers,
+        layer_paths,
+    })
+}
+
+/// Makes the error for what is wrong with the layout `dir`.
+fn bad_layout(dir: &Path) -> impl Fn(String) -> Error + '_ {
+    move |reason| Error::Layout {
         dir: dir.to_owned(),
         reason,
-    };
+    }
+}
+
+/// Reads and parses the `index.json` of the layout `dir`.
+fn read_index(dir: &Path) -> Result<OciIndex, Error> {
+    let layout_error = bad_layout(dir);
     let index_path = dir.join("index.json");
     let index_bytes = fs::read(&index_path).map_err(|source| {
         if source.kind() == io::ErrorKind::NotFound {
@@ -228,50 +271,54 @@ pub fn read_layout_image(dir: &Path, reference: &str) -> Result<LayoutImage, Err
             }
         }
     })?;
-    let index = OciIndex::from_json(&index_bytes)
-        .map_err(|err| layout_error(format!("index.json is not a valid image index: {err}")))?;
+    OciIndex::from_json(&index_bytes)
+        .map_err(|err| layout_error(format!("index.json is not a valid image index: {err}")))
+}
+
+/// The descriptor `reference` (a tag or a digest, see [`read_layout_image`]) names in `index`.
+fn find_image(dir: &Path, index: &OciIndex, reference: &str) -> Result<Descriptor, Error> {
+    let layout_error = bad_layout(dir);
     let entry_descriptor = |entry: &cache_core::layout::IndexEntry| {
         entry
             .descriptor()
             .map_err(|what| layout_error(format!("index.json has an entry with {what}")))
     };
-    let reference = if reference.is_empty() {
-        "latest"
-    } else {
-        reference
-    };
-    let mut desc = if reference.starts_with("sha256:") {
+    if reference.starts_with("sha256:") {
         let digest = cache_core::digest::parse_sha256(reference).map_err(&layout_error)?;
-        match index.find_digest(&digest) {
-            Some(entry) => entry_descriptor(entry)?,
-            None => Descriptor::new("", digest, 0),
-        }
-    } else {
-        // A familiar name (`app:1.0`) also matches its normalised form (`docker.io/library/app:1.0`).
-        let full = super::image_names(reference).ok().map(|name| name.full);
-        let entry = index
-            .find_image(reference, full.as_deref())
-            .ok_or_else(|| {
-                let mut tags: Vec<&str> = index
-                    .entries()
-                    .iter()
-                    .filter_map(cache_core::layout::IndexEntry::tag)
-                    .collect();
-                tags.dedup();
-                layout_error(format!(
-                    "no image tagged {reference:?} in index.json (tags: {})",
-                    if tags.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        tags.join(", ")
-                    }
-                ))
-            })?;
-        entry_descriptor(entry)?
-    };
+        return match index.find_digest(&digest) {
+            Some(entry) => entry_descriptor(entry),
+            None => Ok(Descriptor::new("", digest, 0)),
+        };
+    }
+    // A familiar name (`app:1.0`) also matches its normalised form (`docker.io/library/app:1.0`).
+    let full = super::image_names(reference).ok().map(|name| name.full);
+    let entry = index
+        .find_image(reference, full.as_deref())
+        .ok_or_else(|| {
+            let mut tags: Vec<&str> = index
+                .entries()
+                .iter()
+                .filter_map(cache_core::layout::IndexEntry::tag)
+                .collect();
+            tags.dedup();
+            layout_error(format!(
+                "no image tagged {reference:?} in index.json (tags: {})",
+                if tags.is_empty() {
+                    "none".to_owned()
+                } else {
+                    tags.join(", ")
+                }
+            ))
+        })?;
+    entry_descriptor(entry)
+}
 
+/// Reads the manifest `desc` names, following image indexes (to their `linux/amd64` image) at
+/// most [`MAX_INDEX_DEPTH`] levels deep.
+fn read_manifest(dir: &Path, mut desc: Descriptor) -> Result<(RawIndex, ManifestDoc), Error> {
+    let layout_error = bad_layout(dir);
     let mut depth = 0;
-    let (manifest, manifest_json) = loop {
+    loop {
         let bytes = read_metadata_blob(dir, &desc)?;
         let doc: ManifestDoc = serde_json::from_slice(&bytes).map_err(|err| {
             layout_error(format!(
@@ -289,14 +336,12 @@ pub fn read_layout_image(dir: &Path, reference: &str) -> Result<LayoutImage, Err
             || (kind.is_empty() && doc.manifests.is_some());
         if !is_index {
             let media = (!kind.is_empty()).then_some(kind);
-            break (
-                RawIndex {
-                    media_type: media,
-                    digest: desc.digest.clone(),
-                    bytes: bytes.into(),
-                },
-                doc,
-            );
+            let manifest = RawIndex {
+                media_type: media,
+                digest: desc.digest.clone(),
+                bytes: bytes.into(),
+            };
+            return Ok((manifest, doc));
         }
         depth += 1;
         if depth > MAX_INDEX_DEPTH {
@@ -317,39 +362,33 @@ pub fn read_layout_image(dir: &Path, reference: &str) -> Result<LayoutImage, Err
                 desc.digest
             ))
         })?;
-    };
+    }
+}
 
-    let config_descriptor = manifest_json
-        .config
-        .ok_or_else(|| layout_error(format!("manifest {} has no config", manifest.digest)))?;
-    match config_descriptor.media_type.as_str() {
-        media_type::OCI_IMAGE_CONFIG | media_type::DOCKER_IMAGE_CONFIG | "" => {}
-        media_type::CACHE_CONFIG => {
-            return Err(layout_error(format!(
-                "manifest {} is a BuildKit cache, not an image; use it with --cache-from type=local,src=DIR",
-                manifest.digest
-            )));
-        }
-        other => {
-            return Err(layout_error(format!(
-                "manifest {} has config type {other:?}, not an image config",
-                manifest.digest
-            )));
-        }
+/// Refuses a manifest whose config is not an image config (a BuildKit cache, an artifact).
+fn check_config_type(dir: &Path, config: &Descriptor, manifest: &Digest) -> Result<(), Error> {
+    let layout_error = bad_layout(dir);
+    match config.media_type.as_str() {
+        media_type::OCI_IMAGE_CONFIG | media_type::DOCKER_IMAGE_CONFIG | "" => Ok(()),
+        media_type::CACHE_CONFIG => Err(layout_error(format!(
+            "manifest {manifest} is a BuildKit cache, not an image; use it with --cache-from type=local,src=DIR"
+        ))),
+        other => Err(layout_error(format!(
+            "manifest {manifest} has config type {other:?}, not an image config"
+        ))),
     }
-    let config_bytes = read_metadata_blob(dir, &config_descriptor)?;
-    let config = parse_config(&config_bytes)?;
-    if config.diff_ids.len() != manifest_json.layers.len() {
-        return Err(layout_error(format!(
-            "manifest {} has {} layers but its config lists {} diff_ids",
-            manifest.digest,
-            manifest_json.layers.len(),
-            config.diff_ids.len()
-        )));
-    }
-    let mut layers = manifest_json.layers;
+}
+
+/// Annotates each layer with its diff ID and checks that its blob is in `blobs/` with the size
+/// the manifest gives; returns the blobs' paths.
+fn check_layers(
+    dir: &Path,
+    layers: &mut [Descriptor],
+    diff_ids: &[Digest],
+) -> Result<Vec<PathBuf>, Error> {
+    let layout_error = bad_layout(dir);
     let mut layer_paths = Vec::with_capacity(layers.len());
-    for (layer, diff_id) in layers.iter_mut().zip(&config.diff_ids) {
+    for (layer, diff_id) in layers.iter_mut().zip(diff_ids) {
         layer
             .annotations
             .insert(annotation::UNCOMPRESSED.into(), diff_id.to_string());
@@ -377,15 +416,7 @@ pub fn read_layout_image(dir: &Path, reference: &str) -> Result<LayoutImage, Err
         }
         layer_paths.push(path);
     }
-    Ok(LayoutImage {
-        manifest_digest: manifest.digest.clone(),
-        manifest,
-        config_descriptor,
-        config_bytes,
-        config,
-        layers,
-        layer_paths,
-    })
+    Ok(layer_paths)
 }
 
 /// The fields of a manifest or index that reading needs.
