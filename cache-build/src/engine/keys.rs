@@ -468,6 +468,35 @@ fn add_mounts(
     scratch: bool,
     pipe: Option<&Heredoc>,
 ) -> Option<(Vec<MountInput>, Vec<MkfileInput>)> {
+    let MountsByKind {
+        mut sorted,
+        secrets,
+        ssh,
+        secretenv,
+    } = mounts_by_kind(mounts, pipe)?;
+    sorted.extend(exec.mounts.drain(..).map(|m| (m, None)));
+    sorted.sort_by(|a, b| a.0.dest.cmp(&b.0.dest));
+    let (mut out, inputs, made) =
+        number_inputs(sorted, usize::from(!scratch), secrets.len() + ssh.len());
+    out.extend(secrets);
+    out.extend(ssh);
+    exec.mounts = out;
+    exec.secretenv = secretenv;
+    Some((inputs, made))
+}
+
+/// A RUN's mounts as the exec op orders them: those sorted by destination (with where their
+/// input comes from), then secrets, then SSH agents; and secrets given as env variables.
+struct MountsByKind {
+    sorted: Vec<(Mount, Option<MountSource>)>,
+    secrets: Vec<Mount>,
+    ssh: Vec<Mount>,
+    secretenv: Vec<SecretEnv>,
+}
+
+/// The exec op's mounts of `mounts` (and of the `#!` heredoc `pipe`), `None` for a cache mount
+/// seeded `from` another input (see [`add_mounts`]).
+fn mounts_by_kind(mounts: &[RunMount], pipe: Option<&Heredoc>) -> Option<MountsByKind> {
     let mut sorted: Vec<(Mount, Option<MountSource>)> = Vec::new();
     if let Some(heredoc) = pipe {
         // `RUN <<EOF` starting with `#!`: the file, made by a mkfile on scratch, is mounted
@@ -534,13 +563,27 @@ fn add_mounts(
             RunMount::Ssh(s) => ssh.push(ssh_mount(s)),
         }
     }
-    sorted.extend(exec.mounts.drain(..).map(|m| (m, None)));
-    sorted.sort_by(|a, b| a.0.dest.cmp(&b.0.dest));
+    Some(MountsByKind {
+        sorted,
+        secrets,
+        ssh,
+        secretenv,
+    })
+}
+
+/// Gives the `sorted` mounts their op input indexes from `first` on, in order: one input per
+/// source (a bind's `from`, shared by its mounts), per distinct mkdir, per heredoc file. Returns
+/// the mounts (with room for `more` after them), the bind inputs, and the mkfile inputs by
+/// index.
+fn number_inputs(
+    sorted: Vec<(Mount, Option<MountSource>)>,
+    first: usize,
+    more: usize,
+) -> (Vec<Mount>, Vec<MountInput>, Vec<MkfileInput>) {
     let mut inputs: Vec<MountInput> = Vec::new();
     let mut mkdirs: Vec<(Mkdir, MkfileInput)> = Vec::new();
     let mut pipes: Vec<MkfileInput> = Vec::new();
-    let first = usize::from(!scratch);
-    let mut out: Vec<Mount> = Vec::with_capacity(sorted.len() + secrets.len() + ssh.len());
+    let mut out: Vec<Mount> = Vec::with_capacity(sorted.len() + more);
     for (mut mount, source) in sorted {
         let next = first + inputs.len() + mkdirs.len() + pipes.len();
         match source {
@@ -585,14 +628,10 @@ fn add_mounts(
         }
         out.push(mount);
     }
-    out.extend(secrets);
-    out.extend(ssh);
-    exec.mounts = out;
-    exec.secretenv = secretenv;
     let mut made: Vec<MkfileInput> = mkdirs.into_iter().map(|(_, made)| made).collect();
     made.extend(pipes);
     made.sort_by_key(|m| m.index);
-    Some((inputs, made))
+    (out, inputs, made)
 }
 
 /// A secret mounted as a file (`target`), if it is one.

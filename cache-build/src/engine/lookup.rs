@@ -16,6 +16,9 @@ use super::{
 use crate::context;
 use crate::dockerfile::{self, Base, CopyFrom, CopySource, Op, PlannedStage, Step};
 
+/// A usable result found in a cache: the record, its layer chain and the source holding it.
+type Hit = (RecordIdx, Vec<Descriptor>, SourceId);
+
 impl Engine<'_> {
     pub(super) fn select(
         &mut self,
@@ -178,26 +181,8 @@ impl Engine<'_> {
         found: &[RecordIdx],
         no_cache: bool,
     ) -> String {
-        if self.request.no_cache {
-            return "--no-cache was given".to_owned();
-        }
-        if no_cache {
-            return format!("--no-cache-filter {} was given", stage.name);
-        }
-        if self.n_source_records == 0 {
-            return if self.services.source_names.len() <= 1 {
-                "no cache source given (and this machine has built nothing yet)".to_owned()
-            } else {
-                "the cache sources hold no records".to_owned()
-            };
-        }
-        if !found.is_empty() {
-            return match self.last_unusable.take() {
-                Some(blob) => format!(
-                    "the cache has this step, but its result's blob {blob} is missing or unusable"
-                ),
-                None => "the cache has this step's record but not its result (a mode=min export keeps only the final stage's results)".to_owned(),
-            };
+        if let Some(reason) = self.miss_before_comparing(stage, found, no_cache) {
+            return reason;
         }
         let n_sources = self.n_source_records;
         let from_sources = |r: &RecordIdx| *r < n_sources;
@@ -208,9 +193,57 @@ impl Engine<'_> {
                 _ => "the parent step missed".to_owned(),
             };
         }
-        // The records of the sources this step could have matched: those following the same
-        // parent, or on scratch those with the same key.
-        let siblings: Vec<RecordIdx> = (0..n_sources)
+        let siblings = self.sibling_records(&known_parents, digest);
+        if !sources.is_empty()
+            && !sources.iter().any(from_sources)
+            && let Some(reason) = self.explain_copy_source(sources[0], &siblings, digest)
+        {
+            return reason;
+        }
+        let candidates: Vec<RecordIdx> = if known_parents.is_empty() {
+            (0..n_sources).collect()
+        } else {
+            siblings
+        };
+        self.explain_by_nearest(digest, &candidates)
+    }
+
+    /// The reasons of a miss that need no comparison with the sources' records: `--no-cache`,
+    /// no records at all, or a record found without a usable result.
+    fn miss_before_comparing(
+        &mut self,
+        stage: &PlannedStage,
+        found: &[RecordIdx],
+        no_cache: bool,
+    ) -> Option<String> {
+        if self.request.no_cache {
+            return Some("--no-cache was given".to_owned());
+        }
+        if no_cache {
+            return Some(format!("--no-cache-filter {} was given", stage.name));
+        }
+        if self.n_source_records == 0 {
+            return Some(if self.services.source_names.len() <= 1 {
+                "no cache source given (and this machine has built nothing yet)".to_owned()
+            } else {
+                "the cache sources hold no records".to_owned()
+            });
+        }
+        if !found.is_empty() {
+            return Some(match self.last_unusable.take() {
+                Some(blob) => format!(
+                    "the cache has this step, but its result's blob {blob} is missing or unusable"
+                ),
+                None => "the cache has this step's record but not its result (a mode=min export keeps only the final stage's results)".to_owned(),
+            });
+        }
+        None
+    }
+
+    /// The records of the sources a step (key `digest`) could have matched: those following
+    /// one of `known_parents`, or without parents those with the same key.
+    fn sibling_records(&self, known_parents: &[RecordIdx], digest: &Digest) -> Vec<RecordIdx> {
+        (0..self.n_source_records)
             .filter(|&idx| {
                 let record = self.graph.record(idx);
                 if known_parents.is_empty() {
@@ -223,55 +256,67 @@ impl Engine<'_> {
                         .any(|l| known_parents.contains(&l.record))
                 }
             })
+            .collect()
+    }
+
+    /// Why a step whose copy source (record `source`) is in no cache source missed: the files
+    /// it copies differ from those of a sibling with the same instruction, or its source stage
+    /// or image changed. `None` when no sibling with the same instruction copied listed files.
+    fn explain_copy_source(
+        &mut self,
+        source: RecordIdx,
+        siblings: &[RecordIdx],
+        digest: &Digest,
+    ) -> Option<String> {
+        let same_op: Vec<RecordIdx> = siblings
+            .iter()
+            .copied()
+            .filter(|&r| &self.graph.record(r).digest == digest)
             .collect();
-        if !sources.is_empty() && !sources.iter().any(from_sources) {
-            let same_op: Vec<RecordIdx> = siblings
-                .iter()
-                .copied()
-                .filter(|&r| &self.graph.record(r).digest == digest)
-                .collect();
-            let ours = self.graph.record(sources[0]).digest.to_string();
-            match self.facts.get(&ours).cloned() {
-                // Same instruction, other files: name them.
-                Some(ours) if !ours.files.is_empty() || ours.many_files => {
-                    let theirs: Vec<Facts> = same_op
-                        .iter()
-                        .flat_map(|&r| self.graph.record(r).inputs.clone())
-                        .flatten()
-                        .map(|l| self.graph.record(l.record).digest.to_string())
-                        .collect::<Vec<_>>()
-                        .into_iter()
-                        .filter_map(|d| self.source_facts().get(&d).cloned())
-                        .filter(|f| !f.files.is_empty() || f.many_files)
-                        .collect();
-                    if !same_op.is_empty() {
-                        return match theirs
-                            .iter()
-                            .find_map(|t| explain::file_differences(&ours, t))
-                        {
-                            Some(paths) => {
-                                format!("the content of the files it copies differs: {paths}")
-                            }
-                            None => "the content of the files it copies differs".to_owned(),
-                        };
-                    }
+        let ours = self.graph.record(source).digest.to_string();
+        match self.facts.get(&ours).cloned() {
+            // Same instruction, other files: name them.
+            Some(ours) if !ours.files.is_empty() || ours.many_files => {
+                let theirs: Vec<Facts> = same_op
+                    .iter()
+                    .flat_map(|&r| self.graph.record(r).inputs.clone())
+                    .flatten()
+                    .map(|l| self.graph.record(l.record).digest.to_string())
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .filter_map(|d| self.source_facts().get(&d).cloned())
+                    .filter(|f| !f.files.is_empty() || f.many_files)
+                    .collect();
+                if same_op.is_empty() {
+                    return None;
                 }
-                _ => return "what it copies from (another stage or image) changed".to_owned(),
+                Some(
+                    match theirs
+                        .iter()
+                        .find_map(|t| explain::file_differences(&ours, t))
+                    {
+                        Some(paths) => {
+                            format!("the content of the files it copies differs: {paths}")
+                        }
+                        None => "the content of the files it copies differs".to_owned(),
+                    },
+                )
             }
+            _ => Some("what it copies from (another stage or image) changed".to_owned()),
         }
+    }
+
+    /// Why a step (key `digest`) missed, from the facts of the nearest of `candidates`: the
+    /// record whose facts differ from the step's in the fewest ways.
+    fn explain_by_nearest(&mut self, digest: &Digest, candidates: &[RecordIdx]) -> String {
         let ours = self
             .facts
             .get(&digest.to_string())
             .cloned()
             .unwrap_or_default();
-        let candidates: Vec<RecordIdx> = if known_parents.is_empty() {
-            (0..n_sources).collect()
-        } else {
-            siblings.clone()
-        };
         let mut nearest: Option<Vec<String>> = None;
         let mut with_facts = 0;
-        for &candidate in &candidates {
+        for &candidate in candidates {
             let candidate_digest = self.graph.record(candidate).digest.to_string();
             let Some(theirs) = self.source_facts().get(&candidate_digest).cloned() else {
                 continue;
@@ -384,40 +429,15 @@ impl Engine<'_> {
             self.best_hit(&found).await
         };
         let mut also_records = Vec::new();
-        // COPY --from a stage or image: BuildKit's content ("slow") key of exactly the files it
-        // copies. Looked up when the stage's record misses (the stage changed: identical files
-        // keep the step cached), and linked into a new record as BuildKit does.
         if hit.is_none()
             && found.is_empty()
             && !no_cache
-            && let (Op::Copy(copy), Extra::Stage(_) | Extra::Image(_), Some(src)) =
-                (&step.op, &extra, sop.src)
-            && let Some(selectors) = sop.map.deps[src].content.clone()
+            && let Some((by_content, linked)) = self
+                .hit_by_content(step, &extra, &sop, &digest, &mut inputs, &name)
+                .await?
         {
-            let source = match extra {
-                Extra::Stage(j) => Target::Stage(j),
-                Extra::Image(i) => Target::Image(i),
-                _ => unreachable!("matched above"),
-            };
-            let src_root = self.ensure_fs(source).await?;
-            let selection = self.copy_selection(&src_root, copy, &name, step.line)?;
-            let checksums = keys::content_checksums(&selection, &selectors, false)
-                .map_err(|err| step_error(&name, step.line, err))?;
-            let content = self.root_record(keys::content_record(&checksums));
-            inputs[src].push(link(content));
-            let mut by_content_query = inputs.clone();
-            by_content_query[src] = vec![link(content)];
-            let by_content = self.graph.find_links(&digest, &by_content_query);
-            if let Some((record, chain, source)) = self.best_hit(&by_content).await {
-                // Reachable by definition next time, too.
-                let linked = self.graph.add_record(digest.clone(), inputs.clone());
-                if linked != record {
-                    self.add_result(linked, &chain);
-                    also_records.push(linked);
-                }
-                // Children of the matched record are what later steps find.
-                hit = Some((record, chain, source));
-            }
+            also_records.extend(linked);
+            hit = Some(by_content);
         }
         let mut slot = Slot {
             name: name.clone(),
@@ -467,6 +487,55 @@ impl Engine<'_> {
         self.slots.insert((si, k), slot);
         self.ensure_fs(Target::Stage(si)).await?;
         Ok(())
+    }
+
+    /// For `COPY --from` a stage or image: BuildKit's content ("slow") key of exactly the files
+    /// it copies, linked into `inputs` as BuildKit does, and the hit it finds with the other
+    /// inputs, with the record linking this step's key to the hit's result when it is a new one.
+    /// Looked up when the stage's record misses: the stage changed, but identical files keep
+    /// the step cached.
+    async fn hit_by_content(
+        &mut self,
+        step: &Step,
+        extra: &Extra,
+        sop: &keys::StepOp,
+        digest: &Digest,
+        inputs: &mut [Vec<Link>],
+        name: &str,
+    ) -> Result<Option<(Hit, Option<RecordIdx>)>, Error> {
+        let (Op::Copy(copy), Extra::Stage(_) | Extra::Image(_), Some(src)) =
+            (&step.op, extra, sop.src)
+        else {
+            return Ok(None);
+        };
+        let Some(selectors) = sop.map.deps[src].content.clone() else {
+            return Ok(None);
+        };
+        let source = match extra {
+            Extra::Stage(j) => Target::Stage(*j),
+            Extra::Image(i) => Target::Image(*i),
+            _ => unreachable!("matched above"),
+        };
+        let src_root = self.ensure_fs(source).await?;
+        let selection = self.copy_selection(&src_root, copy, name, step.line)?;
+        let checksums = keys::content_checksums(&selection, &selectors, false)
+            .map_err(|err| step_error(name, step.line, err))?;
+        let content = self.root_record(keys::content_record(&checksums));
+        inputs[src].push(link(content));
+        let mut by_content_query = inputs.to_vec();
+        by_content_query[src] = vec![link(content)];
+        let by_content = self.graph.find_links(digest, &by_content_query);
+        let Some((record, chain, source)) = self.best_hit(&by_content).await else {
+            return Ok(None);
+        };
+        // Reachable by definition next time, too.
+        let linked = self.graph.add_record(digest.clone(), inputs.to_vec());
+        let linked = (linked != record).then(|| {
+            self.add_result(linked, &chain);
+            linked
+        });
+        // Children of the matched record are what later steps find.
+        Ok(Some(((record, chain, source), linked)))
     }
 
     /// The links of a step's inputs, by input index: the stage's records, the sources of a

@@ -319,35 +319,9 @@ fn append_path<W: Write>(
     links: &mut HashMap<(u64, u64), PathBuf>,
 ) -> Result<bool, Error> {
     let full = root.join(rel);
-    if rel
-        .file_name()
-        .is_some_and(|n| n.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes()))
-    {
-        return Err(Error::Unsupported {
-            path: rel.to_path_buf(),
-            reason: "names starting with `.wh.` are reserved for OCI whiteouts".to_string(),
-        });
-    }
-    let md = match std::fs::symlink_metadata(&full) {
-        Ok(md) => md,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            return Err(Error::Changed {
-                path: rel.to_path_buf(),
-            });
-        }
-        Err(err) => return Err(Error::io("stat", full, err)),
-    };
+    let md = stat_path(rel, &full)?;
     let kind = Kind::of(md.file_type());
-    let mut header = Header::new_ustar();
-    header.set_mode(md.mode() & 0o7777);
-    header.set_uid(u64::from(md.uid()));
-    header.set_gid(u64::from(md.gid()));
-    let mtime = match max_mtime {
-        Some(max) => md.mtime().min(max),
-        None => md.mtime(),
-    };
-    header.set_mtime(mtime.max(0) as u64);
-    header.set_size(0);
+    let mut header = base_header(&md, max_mtime);
 
     let mut name = rel.as_os_str().as_bytes().to_vec();
     let mut link_target: Option<Vec<u8>> = None;
@@ -409,36 +383,7 @@ fn append_path<W: Write>(
     }
 
     match data {
-        Some(size) => {
-            let file = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&full)
-                .map_err(|err| {
-                    if err.kind() == io::ErrorKind::NotFound {
-                        Error::Changed {
-                            path: rel.to_path_buf(),
-                        }
-                    } else {
-                        Error::io("open", &full, err)
-                    }
-                })?;
-            let mut reader = ExactReader {
-                inner: file.take(size),
-                remaining: size,
-                short: false,
-            };
-            let res = append_entry(builder, header, &name, None, Some(&mut reader), &xattrs);
-            match res {
-                Ok(()) => {}
-                Err(_) if reader.short => {
-                    return Err(Error::Changed {
-                        path: rel.to_path_buf(),
-                    });
-                }
-                Err(err) => return Err(Error::io("write layer entry for", &full, err)),
-            }
-        }
+        Some(size) => append_file(builder, header, &name, &xattrs, rel, &full, size)?,
         None => append_entry(
             builder,
             header,
@@ -450,6 +395,80 @@ fn append_path<W: Write>(
         .map_err(|err| Error::io("write layer entry for", &full, err))?,
     }
     Ok(true)
+}
+
+/// The metadata of `rel` (at `full`), refusing a name reserved for whiteouts; a path gone since
+/// the changes were found is [`Error::Changed`].
+fn stat_path(rel: &Path, full: &Path) -> Result<std::fs::Metadata, Error> {
+    if rel
+        .file_name()
+        .is_some_and(|n| n.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes()))
+    {
+        return Err(Error::Unsupported {
+            path: rel.to_path_buf(),
+            reason: "names starting with `.wh.` are reserved for OCI whiteouts".to_string(),
+        });
+    }
+    match std::fs::symlink_metadata(full) {
+        Ok(md) => Ok(md),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Err(Error::Changed {
+            path: rel.to_path_buf(),
+        }),
+        Err(err) => Err(Error::io("stat", full, err)),
+    }
+}
+
+/// A header with the mode, owner and mtime (clamped to `max_mtime`) of `md`, size 0.
+fn base_header(md: &std::fs::Metadata, max_mtime: Option<i64>) -> Header {
+    let mut header = Header::new_ustar();
+    header.set_mode(md.mode() & 0o7777);
+    header.set_uid(u64::from(md.uid()));
+    header.set_gid(u64::from(md.gid()));
+    let mtime = match max_mtime {
+        Some(max) => md.mtime().min(max),
+        None => md.mtime(),
+    };
+    header.set_mtime(mtime.max(0) as u64);
+    header.set_size(0);
+    header
+}
+
+/// Appends the regular file `rel` (at `full`) with its `size` bytes; a file that changed size
+/// or vanished meanwhile is [`Error::Changed`].
+fn append_file<W: Write>(
+    builder: &mut tar::Builder<W>,
+    header: Header,
+    name: &[u8],
+    xattrs: &[(String, Vec<u8>)],
+    rel: &Path,
+    full: &Path,
+    size: u64,
+) -> Result<(), Error> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(full)
+        .map_err(|err| {
+            if err.kind() == io::ErrorKind::NotFound {
+                Error::Changed {
+                    path: rel.to_path_buf(),
+                }
+            } else {
+                Error::io("open", full, err)
+            }
+        })?;
+    let mut reader = ExactReader {
+        inner: file.take(size),
+        remaining: size,
+        short: false,
+    };
+    match append_entry(builder, header, name, None, Some(&mut reader), xattrs) {
+        Ok(()) => Ok(()),
+        Err(_) if reader.short => Err(Error::Changed {
+            path: rel.to_path_buf(),
+        }),
+        Err(err) => Err(Error::io("write layer entry for", full, err)),
+    }
 }
 
 fn read_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {

@@ -552,37 +552,47 @@ fn execute(
 ) -> Result<RunOutcome, Error> {
     let rootfs = prepared.root.path().to_path_buf();
     let program = spec.argv[0].clone();
-    let user_namespace = |mode: Mode| match mode {
-        Mode::Root => None,
-        Mode::UserNamespace {
-            become_unprivileged,
-        } => {
-            let (uid, gid) = become_unprivileged.unwrap_or((
-                rustix::process::geteuid().as_raw(),
-                rustix::process::getegid().as_raw(),
-            ));
-            Some(user_namespace_maps(uid, gid))
-        }
-    };
+    let (mut child, started) = spawn(spec, mode, prepared, &rootfs, &program)?;
+    let running = child.0.as_mut().expect("the guard was just filled");
+    if let Some(panic) = relay_output(running, spec.stdin.as_deref(), on_output) {
+        drop(child);
+        std::panic::resume_unwind(panic);
+    }
 
+    let mut running = child.0.take().expect("the guard still holds the child");
+    let status = running.wait().map_err(io_error(format!(
+        "waiting for {program} in {}",
+        rootfs.display()
+    )))?;
+    let duration = started.elapsed();
+    let status = match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => 255,
+    };
+    Ok(RunOutcome { status, duration })
+}
+
+/// Spawns the sandbox's intermediate process running `program`, and when it started. A busy
+/// executable (`ETXTBSY`) is retried; a failed setup step is reported by the step's description.
+fn spawn(
+    spec: &RunSpec,
+    mode: Mode,
+    prepared: &Prepared,
+    rootfs: &Path,
+    program: &str,
+) -> Result<(ChildGuard, Instant), Error> {
     let mut attempt = 0u32;
-    let (mut child, started) = loop {
+    loop {
         let (mut report_reader, report_writer) =
             io::pipe().map_err(io_error("creating the sandbox's report pipe"))?;
-        let plan = Plan {
-            parent_pid: rustix::process::getpid(),
-            user_namespace: user_namespace(mode),
-            become_unprivileged: match mode {
-                Mode::UserNamespace {
-                    become_unprivileged: Some((uid, gid)),
-                } => Some((Uid::from_raw(uid), Gid::from_raw(gid))),
-                _ => None,
-            },
-            ops: prepared.steps.ops.clone(),
-            new_network: spec.network == Network::None,
-            report_fd: std::os::fd::AsRawFd::as_raw_fd(&report_writer),
-        };
-        let mut cmd = Command::new(&program);
+        let plan = child_plan(
+            spec,
+            mode,
+            prepared,
+            std::os::fd::AsRawFd::as_raw_fd(&report_writer),
+        );
+        let mut cmd = Command::new(program);
         cmd.args(&spec.argv[1..])
             .env_clear()
             .envs(prepared.env.iter().map(|(k, v)| (k, v)))
@@ -600,7 +610,7 @@ fn execute(
         drop(report_writer);
         drop(cmd);
         match spawned {
-            Ok(child) => break (ChildGuard(Some(child)), started),
+            Ok(child) => return Ok((ChildGuard(Some(child)), started)),
             Err(err) => {
                 let mut report = Vec::new();
                 let _ = report_reader.read_to_end(&mut report);
@@ -612,17 +622,56 @@ fn execute(
                     std::thread::sleep(Duration::from_millis(5 << attempt));
                     continue;
                 }
-                return Err(spawn_error(prepared, &rootfs, &program, err, &report));
+                return Err(spawn_error(prepared, rootfs, program, err, &report));
             }
         }
+    }
+}
+
+/// What the sandbox's processes do between fork and exec, all of it computed here, before the
+/// fork; failures are reported on `report_fd`.
+fn child_plan(
+    spec: &RunSpec,
+    mode: Mode,
+    prepared: &Prepared,
+    report_fd: std::os::fd::RawFd,
+) -> Plan {
+    let (user_namespace, become_unprivileged) = match mode {
+        Mode::Root => (None, None),
+        Mode::UserNamespace {
+            become_unprivileged,
+        } => {
+            let (uid, gid) = become_unprivileged.unwrap_or((
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            ));
+            let become_unprivileged =
+                become_unprivileged.map(|(uid, gid)| (Uid::from_raw(uid), Gid::from_raw(gid)));
+            (Some(user_namespace_maps(uid, gid)), become_unprivileged)
+        }
     };
-    let running = child.0.as_mut().expect("the guard was just filled");
+    Plan {
+        parent_pid: rustix::process::getpid(),
+        user_namespace,
+        become_unprivileged,
+        ops: prepared.steps.ops.clone(),
+        new_network: spec.network == Network::None,
+        report_fd,
+    }
+}
+
+/// Passes the command's output to `on_output` as it comes, and writes `stdin` to it, until its
+/// pipes close. A panic of `on_output` kills the sandbox and is returned.
+fn relay_output(
+    running: &mut Child,
+    stdin: Option<&[u8]>,
+    on_output: &mut dyn FnMut(u8, &[u8]),
+) -> Option<Box<dyn std::any::Any + Send>> {
     let stdout = running.stdout.take();
     let stderr = running.stderr.take();
-    let stdin = running.stdin.take();
-
+    let stdin_pipe = running.stdin.take();
     let intermediate_pid = rustix::process::Pid::from_raw(running.id() as i32);
-    let panicked = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let (sender, receiver) = mpsc::channel::<(u8, Vec<u8>)>();
         for (stream, pipe) in [
             (1u8, stdout.map(|p| Box::new(p) as Box<dyn Read + Send>)),
@@ -650,7 +699,7 @@ fn execute(
             });
         }
         drop(sender);
-        if let (Some(mut pipe), Some(data)) = (stdin, spec.stdin.as_deref()) {
+        if let (Some(mut pipe), Some(data)) = (stdin_pipe, stdin) {
             scope.spawn(move || {
                 // The command may exit without reading everything; that is not an error.
                 let _ = pipe.write_all(data);
@@ -669,24 +718,7 @@ fn execute(
             }
         }
         None
-    });
-    if let Some(panic) = panicked {
-        drop(child);
-        std::panic::resume_unwind(panic);
-    }
-
-    let mut running = child.0.take().expect("the guard still holds the child");
-    let status = running.wait().map_err(io_error(format!(
-        "waiting for {program} in {}",
-        rootfs.display()
-    )))?;
-    let duration = started.elapsed();
-    let status = match (status.code(), status.signal()) {
-        (Some(code), _) => code,
-        (None, Some(signal)) => 128 + signal,
-        (None, None) => 255,
-    };
-    Ok(RunOutcome { status, duration })
+    })
 }
 
 fn spawn_error(
