@@ -47,7 +47,7 @@ impl Engine<'_> {
         &mut self,
         records: &[RecordIdx],
     ) -> Option<(RecordIdx, Vec<Descriptor>, SourceId)> {
-        self.last_unusable = None;
+        self.blob_health.last_unusable = None;
         let mut candidates: Vec<(RecordIdx, CacheResult)> = records
             .iter()
             .flat_map(|&r| {
@@ -64,7 +64,7 @@ impl Engine<'_> {
                 .then_with(|| a.1.source.cmp(&b.1.source))
         });
         for (record, result) in candidates {
-            if self.caches_off
+            if self.blob_health.caches_off
                 && (result.source != LOCAL_SOURCE || result.created_at != self.request.now)
             {
                 continue;
@@ -77,12 +77,12 @@ impl Engine<'_> {
                 .collect();
             let mut usable = true;
             for desc in &chain {
-                if self.bad_blobs.contains(&desc.digest) {
-                    self.last_unusable = Some(desc.digest.clone());
+                if self.blob_health.bad.contains(&desc.digest) {
+                    self.blob_health.last_unusable = Some(desc.digest.clone());
                     usable = false;
                     break;
                 }
-                let available = match self.available.get(&desc.digest) {
+                let available = match self.blob_health.available.get(&desc.digest) {
                     Some(&known) => known,
                     None => {
                         let known = self.blobs.is_available(desc).await;
@@ -93,12 +93,14 @@ impl Engine<'_> {
                                 self.source_name(result.source)
                             )));
                         }
-                        self.available.insert(desc.digest.clone(), known);
+                        self.blob_health
+                            .available
+                            .insert(desc.digest.clone(), known);
                         known
                     }
                 };
                 if !available {
-                    self.last_unusable = Some(desc.digest.clone());
+                    self.blob_health.last_unusable = Some(desc.digest.clone());
                     usable = false;
                     break;
                 }
@@ -131,7 +133,7 @@ impl Engine<'_> {
             Op::Run { command, .. } => run_argv(step, command).join("\0"),
             _ => step.display.clone(),
         };
-        self.facts.insert(
+        self.facts.ours.insert(
             digest.to_string(),
             explain::step_facts(&op_text, &step.env, &step.workdir, step.user.as_deref()),
         );
@@ -140,7 +142,7 @@ impl Engine<'_> {
         } = extra
         {
             let content = self.graph.record(*record).digest.to_string();
-            self.facts.entry(content).or_insert_with(|| {
+            self.facts.ours.entry(content).or_insert_with(|| {
                 let files = selection.sources.iter().flat_map(|source| {
                     source.matches.iter().flat_map(move |found| {
                         found.entries.iter().filter_map(move |entry| {
@@ -157,7 +159,7 @@ impl Engine<'_> {
 
     /// The facts the sources carry, parsed once.
     pub(super) fn source_facts(&mut self) -> &FactsMap {
-        self.source_facts.get_or_insert_with(|| {
+        self.facts.sources.get_or_insert_with(|| {
             let mut all = FactsMap::new();
             for text in &self.services.facts {
                 all.extend(explain::parse_annotation(text).unwrap_or_default());
@@ -184,7 +186,7 @@ impl Engine<'_> {
         if let Some(reason) = self.miss_before_comparing(stage, found, no_cache) {
             return reason;
         }
-        let n_sources = self.n_source_records;
+        let n_sources = self.facts.n_source_records;
         let from_sources = |r: &RecordIdx| *r < n_sources;
         let known_parents: Vec<RecordIdx> = parents.iter().copied().filter(from_sources).collect();
         if !parents.is_empty() && known_parents.is_empty() {
@@ -222,7 +224,7 @@ impl Engine<'_> {
         if no_cache {
             return Some(format!("--no-cache-filter {} was given", stage.name));
         }
-        if self.n_source_records == 0 {
+        if self.facts.n_source_records == 0 {
             return Some(if self.services.source_names.len() <= 1 {
                 "no cache source given (and this machine has built nothing yet)".to_owned()
             } else {
@@ -230,7 +232,7 @@ impl Engine<'_> {
             });
         }
         if !found.is_empty() {
-            return Some(match self.last_unusable.take() {
+            return Some(match self.blob_health.last_unusable.take() {
                 Some(blob) => format!(
                     "the cache has this step, but its result's blob {blob} is missing or unusable"
                 ),
@@ -243,7 +245,7 @@ impl Engine<'_> {
     /// The records of the sources a step (key `digest`) could have matched: those following
     /// one of `known_parents`, or without parents those with the same key.
     fn sibling_records(&self, known_parents: &[RecordIdx], digest: &Digest) -> Vec<RecordIdx> {
-        (0..self.n_source_records)
+        (0..self.facts.n_source_records)
             .filter(|&idx| {
                 let record = self.graph.record(idx);
                 if known_parents.is_empty() {
@@ -274,7 +276,7 @@ impl Engine<'_> {
             .filter(|&r| &self.graph.record(r).digest == digest)
             .collect();
         let ours = self.graph.record(source).digest.to_string();
-        match self.facts.get(&ours).cloned() {
+        match self.facts.ours.get(&ours).cloned() {
             // Same instruction, other files: name them.
             Some(ours) if !ours.files.is_empty() || ours.many_files => {
                 let theirs: Vec<Facts> = same_op
@@ -311,6 +313,7 @@ impl Engine<'_> {
     fn explain_by_nearest(&mut self, digest: &Digest, candidates: &[RecordIdx]) -> String {
         let ours = self
             .facts
+            .ours
             .get(&digest.to_string())
             .cloned()
             .unwrap_or_default();
@@ -358,7 +361,7 @@ impl Engine<'_> {
             .collect();
         let now = ours
             .iter()
-            .find_map(|d| self.facts.get(d))
+            .find_map(|d| self.facts.ours.get(d))
             .and_then(|f| f.base.clone());
         let cached = self
             .source_facts()

@@ -249,7 +249,7 @@ impl Engine<'_> {
     ) -> Result<(), Error> {
         let key: Vec<Digest> = chain.iter().map(|desc| desc.digest.clone()).collect();
         let shared = !chain.is_empty() && self.others_waiting_on(target, chain);
-        let pristine = self.unpacked.get(&key).cloned();
+        let pristine = self.work.unpacked.get(&key).cloned();
         // A stage that ended on this chain holds it already, and no step changes it any more.
         let finished = match pristine {
             None if !chain.is_empty() => self.finished_dir(chain),
@@ -261,7 +261,7 @@ impl Engine<'_> {
                 None => {
                     let lower = self.new_dir("lower")?;
                     self.unpack(chain, &lower, vertex, true).await?;
-                    self.unpacked.insert(key, lower.clone());
+                    self.work.unpacked.insert(key, lower.clone());
                     lower
                 }
             };
@@ -294,7 +294,7 @@ impl Engine<'_> {
                 clone_unpacked(pristine, dir.to_path_buf()).await?;
                 "copying the base unpacked for another stage"
             } else {
-                self.unpacked.remove(&key);
+                self.work.unpacked.remove(&key);
                 let to = dir.to_path_buf();
                 blocking(move || std::fs::rename(&pristine, &to))
                     .await?
@@ -309,7 +309,7 @@ impl Engine<'_> {
             let started = Instant::now();
             let pristine = self.new_dir("unpacked")?;
             clone_unpacked(dir.to_path_buf(), pristine.clone()).await?;
-            self.unpacked.insert(key, pristine);
+            self.work.unpacked.insert(key, pristine);
             self.status_done(
                 vertex,
                 "copying the unpacked base for another stage",
@@ -334,6 +334,7 @@ impl Engine<'_> {
     /// Whether overlays can be mounted in the work directory, probed once per build.
     pub(super) fn overlays_supported(&mut self) -> bool {
         *self
+            .work
             .overlays
             .get_or_insert_with(|| layer::overlay::supported(&self.request.work_dir))
     }

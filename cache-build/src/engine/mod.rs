@@ -552,6 +552,21 @@ struct Engine<'a> {
     images: Vec<Fs>,
     image_index: BTreeMap<String, usize>,
     reports: Vec<StepReport>,
+    work: WorkDirs,
+    blobs_fetched: u64,
+    last_hit_source: Option<SourceId>,
+    blob_health: BlobHealth,
+    /// The step being resolved or run (vertex, name): layers unpacked for it report on it.
+    active: Option<(String, String)>,
+    facts: KeyFacts,
+    /// The layers known to be in the target's chain (see [`LayerUse::Target`]).
+    target_layers: HashSet<Digest>,
+}
+
+/// The engine's bookkeeping of its work directory.
+#[derive(Default)]
+struct WorkDirs {
+    /// Directories made so far (they are numbered).
     n_dirs: usize,
     /// Pristine unpacked chains kept for stages that will need the same base: unpacking once
     /// and copying is several times faster than unpacking again (layer digests → directory).
@@ -559,20 +574,16 @@ struct Engine<'a> {
     /// Whether overlays can be mounted here (probed on first need): then the unpacked chains
     /// in `unpacked` stay read-only and every stage on one gets an overlay instead of a copy.
     overlays: Option<bool>,
-    blobs_fetched: u64,
-    last_hit_source: Option<SourceId>,
+}
+
+/// What the build found out about the blobs of the caches and images it uses: a cache's bad
+/// blob makes results misses, an image's is an error.
+#[derive(Default)]
+struct BlobHealth {
     /// Blobs found missing or corrupt: results using them are misses.
-    bad_blobs: HashSet<Digest>,
+    bad: HashSet<Digest>,
     /// Blobs checked to be available.
     available: std::collections::HashMap<Digest, bool>,
-    /// The step being resolved or run (vertex, name): layers unpacked for it report on it.
-    active: Option<(String, String)>,
-    /// Records before this build: those of the sources.
-    n_source_records: usize,
-    /// The sources' facts, parsed on the first miss.
-    source_facts: Option<FactsMap>,
-    /// Facts of the records this build computed keys for.
-    facts: FactsMap,
     /// The last blob that made a found result unusable.
     last_unusable: Option<Digest>,
     /// Layers of the images this build uses (`FROM`, `COPY --from`), with the image's name:
@@ -580,8 +591,17 @@ struct Engine<'a> {
     image_layers: std::collections::HashMap<Digest, String>,
     /// After [`MAX_RESTARTS`] unusable cache blobs: only results this build made are hits.
     caches_off: bool,
-    /// The layers known to be in the target's chain (see [`LayerUse::Target`]).
-    target_layers: HashSet<Digest>,
+}
+
+/// What the records' keys are made of: explains misses, and goes into exports.
+#[derive(Default)]
+struct KeyFacts {
+    /// Records before this build: those of the sources.
+    n_source_records: usize,
+    /// The sources' facts, parsed on the first miss.
+    sources: Option<FactsMap>,
+    /// Facts of the records this build computed keys for.
+    ours: FactsMap,
 }
 
 /// The most bytes of a command that a step's name or a message shows. BuildKit's plain
@@ -767,23 +787,15 @@ impl<'a> Engine<'a> {
             images: Vec::new(),
             image_index: BTreeMap::new(),
             reports: Vec::new(),
-            n_dirs: 0,
-            unpacked: std::collections::HashMap::new(),
-            overlays: None,
+            work: WorkDirs::default(),
             blobs_fetched: 0,
             last_hit_source: None,
-            bad_blobs: HashSet::new(),
-            available: std::collections::HashMap::new(),
+            blob_health: BlobHealth::default(),
             active: None,
-            n_source_records: 0,
-            source_facts: None,
-            facts: FactsMap::new(),
-            last_unusable: None,
-            image_layers: std::collections::HashMap::new(),
-            caches_off: false,
+            facts: KeyFacts::default(),
             target_layers: HashSet::new(),
         };
-        engine.n_source_records = engine.graph.records().len();
+        engine.facts.n_source_records = engine.graph.records().len();
         engine
     }
 
@@ -801,8 +813,8 @@ impl<'a> Engine<'a> {
             match result {
                 Err(Error::BadBlob { digest, message })
                     if restarts < 2 * MAX_RESTARTS
-                        && !self.bad_blobs.contains(&digest)
-                        && !self.image_layers.contains_key(&digest)
+                        && !self.blob_health.bad.contains(&digest)
+                        && !self.blob_health.image_layers.contains_key(&digest)
                         && self.graph.layers().iter().any(|l| l.blob.digest == digest) =>
                 {
                     restarts += 1;
@@ -810,11 +822,11 @@ impl<'a> Engine<'a> {
                         "cache blob {digest} from {} is unusable ({message}): the steps that need it are rebuilt",
                         self.blob_source(&digest)
                     )));
-                    self.bad_blobs.insert(digest);
-                    if restarts >= MAX_RESTARTS && !self.caches_off {
+                    self.blob_health.bad.insert(digest);
+                    if restarts >= MAX_RESTARTS && !self.blob_health.caches_off {
                         // A cache with many bad blobs must not make the build restart once per
                         // blob, nor fail it: go on with this build's own results only.
-                        self.caches_off = true;
+                        self.blob_health.caches_off = true;
                         self.progress().event(Event::Warning(format!(
                             "{restarts} cache blobs were unusable: the build goes on without its caches"
                         )));
@@ -822,11 +834,11 @@ impl<'a> Engine<'a> {
                     self.reset();
                 }
                 Err(Error::BadBlob { digest, message })
-                    if self.image_layers.contains_key(&digest) =>
+                    if self.blob_health.image_layers.contains_key(&digest) =>
                 {
                     return Err(Error::other(format!(
                         "layer {digest} of {} is unusable: {message}",
-                        self.image_layers[&digest]
+                        self.blob_health.image_layers[&digest]
                     )));
                 }
                 other => {
@@ -844,12 +856,12 @@ impl<'a> Engine<'a> {
             self.progress()
                 .event(Event::Warning(format!("saving context hashes: {err}")));
         }
-        if !self.bad_blobs.is_empty() {
+        if !self.blob_health.bad.is_empty() {
             // Exports and the local cache must not hand a refused blob on.
-            self.graph.drop_results_using(&self.bad_blobs);
+            self.graph.drop_results_using(&self.blob_health.bad);
         }
         let mut facts = self.source_facts().clone();
-        facts.extend(std::mem::take(&mut self.facts));
+        facts.extend(std::mem::take(&mut self.facts.ours));
         let target = self.plan.target;
         let stage = &self.plan.stages[target];
         let state = &self.stages[target];
@@ -1076,11 +1088,11 @@ impl Engine<'_> {
     }
 
     fn new_dir(&mut self, what: &str) -> Result<PathBuf, Error> {
-        self.n_dirs += 1;
+        self.work.n_dirs += 1;
         let dir = self
             .request
             .work_dir
-            .join(format!("{what}-{}", self.n_dirs));
+            .join(format!("{what}-{}", self.work.n_dirs));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
         Ok(dir)
@@ -1107,7 +1119,8 @@ impl Engine<'_> {
 
     fn note_image_layers(&mut self, layers: &[Descriptor], image: &str) {
         for layer in layers {
-            self.image_layers
+            self.blob_health
+                .image_layers
                 .entry(layer.digest.clone())
                 .or_insert_with(|| image.to_owned());
         }
@@ -1221,7 +1234,7 @@ impl Engine<'_> {
                     });
                     state.fs.records = self.image_roots(img);
                     for &root in &state.fs.records {
-                        self.facts.insert(
+                        self.facts.ours.insert(
                             self.graph.record(root).digest.to_string(),
                             Facts {
                                 base: Some(img.manifest_digest.to_string()),
