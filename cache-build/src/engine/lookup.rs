@@ -29,8 +29,10 @@ impl Engine<'_> {
         what: &str,
     ) -> Result<context::Selection, Error> {
         let ignore = use_ignore.then_some(&self.ignore);
-        let exclude =
-            exclude_matcher(exclude).map_err(|err| Error::other(format!("{what}: {err}")))?;
+        let exclude = exclude_matcher(exclude).map_err(|message| Error::Exclude {
+            at: what.to_owned(),
+            message,
+        })?;
         context::select_excluding(
             src_root,
             sources,
@@ -707,8 +709,10 @@ impl Engine<'_> {
             }
         };
         let ignore = use_ignore.then_some(&self.ignore);
-        let exclude =
-            exclude_matcher(&copy.exclude).map_err(|err| Error::other(format!("{name}: {err}")))?;
+        let exclude = exclude_matcher(&copy.exclude).map_err(|message| Error::Exclude {
+            at: name.to_owned(),
+            message,
+        })?;
         // A client sends its files as owned by 0:0 (BuildKit's client resets owners).
         let selection = context::select_including(
             &src_root,
@@ -838,9 +842,10 @@ impl Engine<'_> {
                         return Ok(self.source_links(&Extra::Image(idx), selector));
                     }
                     None => {
-                        return Err(Error::other(format!(
-                            "{name}: unknown build context {ctx_name}"
-                        )));
+                        return Err(Error::UnknownContext {
+                            at: name.to_owned(),
+                            name: ctx_name.clone(),
+                        });
                     }
                 }
             }

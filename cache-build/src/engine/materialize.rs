@@ -79,7 +79,9 @@ impl Engine<'_> {
         }
         let img = if is_context {
             self.resolve_context_image(reference)?
-                .ok_or_else(|| Error::other(format!("build context {reference} is not an image")))?
+                .ok_or_else(|| Error::NotAnImage {
+                    name: reference.to_owned(),
+                })?
         } else {
             self.resolve_image(reference).await?
         };
@@ -188,19 +190,20 @@ impl Engine<'_> {
         if !self.stages[target].fs.pending.is_empty() {
             self.ensure_fs(Target::Stage(target)).await?;
         }
-        let fail = |what: &str, path: &Path, err: &dyn std::fmt::Display| {
-            Error::other(format!("{what} {}: {err}", path.display()))
-        };
         let parent = match dest.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        std::fs::create_dir_all(&parent).map_err(|err| fail("creating", &parent, &err))?;
+        std::fs::create_dir_all(&parent)
+            .map_err(Error::io(format!("creating {}", parent.display())))?;
         let staging = tempfile::Builder::new()
             .prefix(".buildcache-output-")
             .tempdir_in(&parent)
             .or_else(|_| tempfile::tempdir_in(&self.request.work_dir))
-            .map_err(|err| fail("creating a directory in", &parent, &err))?;
+            .map_err(Error::io(format!(
+                "creating a directory in {}",
+                parent.display()
+            )))?;
         let vertex = "output:local".to_owned();
         let started = Instant::now();
         self.progress().event(Event::Start {
@@ -211,16 +214,19 @@ impl Engine<'_> {
         self.unpack(&chain, staging.path(), &vertex, false).await?;
         // A new directory gets the usual mode, not the private one of a temporary directory.
         let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
-        std::fs::set_permissions(staging.path(), mode)
-            .map_err(|err| fail("setting the mode of", staging.path(), &err))?;
+        std::fs::set_permissions(staging.path(), mode).map_err(Error::io(format!(
+            "setting the mode of {}",
+            staging.path().display()
+        )))?;
         let empty = match std::fs::read_dir(dest) {
             Ok(mut entries) => entries.next().is_none(),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => true,
-            Err(err) => return Err(fail("reading", dest, &err)),
+            Err(err) => return Err(Error::io(format!("reading {}", dest.display()))(err)),
         };
         let moved = empty && std::fs::rename(staging.path(), dest).is_ok();
         if !moved {
-            std::fs::create_dir_all(dest).map_err(|err| fail("creating", dest, &err))?;
+            std::fs::create_dir_all(dest)
+                .map_err(Error::io(format!("creating {}", dest.display())))?;
             let (top, dest, tmp) = (
                 staging.path().to_path_buf(),
                 dest.to_path_buf(),
@@ -494,11 +500,8 @@ async fn apply_from_root(
         .read(&desc.digest)
         .await
         .map_err(Error::store(format!("reading layer {}", desc.digest)))?
-        .ok_or_else(|| {
-            Error::other(format!(
-                "layer {} is missing from the root store",
-                desc.digest
-            ))
+        .ok_or_else(|| Error::MissingLayer {
+            digest: desc.digest.clone(),
         })?;
     let reader = blocking_reader(blob.verified(desc.digest.clone()));
     let media_type = desc.media_type.clone();

@@ -424,6 +424,119 @@ pub enum Error {
         #[source]
         source: cache_core::Error,
     },
+    /// The Dockerfile could not be read.
+    #[error("reading the Dockerfile {}: {source} (give the right path with -f)", path.display())]
+    ReadDockerfile {
+        /// The Dockerfile path.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Dockerfile is larger than the `dockerfile-size` limit.
+    #[error(
+        "the Dockerfile {} is larger than the dockerfile-size limit of {max_size} bytes; {}",
+        path.display(),
+        cache_core::limits::Limits::hint("dockerfile-size")
+    )]
+    DockerfileTooLarge {
+        /// The Dockerfile path.
+        path: PathBuf,
+        /// The limit in bytes.
+        max_size: u64,
+    },
+    /// The build context is not a directory.
+    #[error("the build context {} is not a directory", path.display())]
+    ContextNotDir {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The context's `.dockerignore` is invalid.
+    #[error("{}: {source}", path.display())]
+    Dockerignore {
+        /// The `.dockerignore` file.
+        path: PathBuf,
+        /// What is wrong in it.
+        #[source]
+        source: dockerfile::Error,
+    },
+    /// `--no-cache-filter` names a stage the Dockerfile does not have.
+    #[error(
+        "--no-cache-filter {name}: the Dockerfile has no stage named {name} (its named stages: {})",
+        names_or_none(stages)
+    )]
+    UnknownStage {
+        /// The name given.
+        name: String,
+        /// The Dockerfile's named stages.
+        stages: Vec<String>,
+    },
+    /// A stage's base is neither an image nor a build context.
+    #[error("stage {stage}: base {base} could not be resolved")]
+    UnresolvedBase {
+        /// The stage.
+        stage: String,
+        /// Its base as written.
+        base: String,
+    },
+    /// A step or mount names a build context that was not given.
+    #[error("{at}: unknown build context {name}")]
+    UnknownContext {
+        /// The step or mount naming it.
+        at: String,
+        /// The context's name.
+        name: String,
+    },
+    /// A `--exclude` pattern is invalid.
+    #[error("{at}: {message}")]
+    Exclude {
+        /// The step.
+        at: String,
+        /// What is wrong with the pattern.
+        message: String,
+    },
+    /// A build context used as an image is a directory.
+    #[error("build context {name} is not an image")]
+    NotAnImage {
+        /// The context's name.
+        name: String,
+    },
+    /// An image is needed but registries cannot be reached from here.
+    #[error(
+        "image {reference}: pulling images from a registry is not available here; give the image with --build-context NAME=oci-layout://DIR"
+    )]
+    NoRegistry {
+        /// The image reference.
+        reference: String,
+    },
+    /// A layer of an image the build uses (not of a cache) is missing or corrupt.
+    #[error("layer {digest} of {image} is unusable: {message}")]
+    ImageLayer {
+        /// The layer blob.
+        digest: Digest,
+        /// The image it belongs to.
+        image: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A layer the build put in the root store is gone.
+    #[error("layer {digest} is missing from the root store")]
+    MissingLayer {
+        /// The layer blob.
+        digest: Digest,
+    },
+    /// The contents of a cache mount found in an imported cache could not be fetched.
+    #[error("{step}: fetching the contents of cache mount {id} ({digest}): {message}")]
+    CacheMountSeed {
+        /// The step using the mount.
+        step: String,
+        /// The mount's id.
+        id: String,
+        /// The blob of its contents.
+        digest: Digest,
+        /// What failed.
+        message: String,
+    },
     /// A `FROM` or `COPY --from` image could not be resolved.
     #[error("resolving image {reference}: {source}")]
     Resolve {
@@ -436,7 +549,8 @@ pub enum Error {
     /// A blocking worker thread panicked or was cancelled.
     #[error("a worker thread failed: {0}")]
     Worker(#[source] tokio::task::JoinError),
-    /// Anything else, with context.
+    /// A broken invariant of the engine (a layer writer's digest, a key's serialization, a
+    /// selected file without its content hash), with context.
     #[error("{0}")]
     Other(String),
 }
@@ -649,15 +763,22 @@ fn step_error(slot_name: &str, line: usize, message: impl Into<String>) -> Error
     }
 }
 
+/// `names` joined with commas, or `none`.
+fn names_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
 /// Reads the Dockerfile at `path`, refusing one larger than `max_size` bytes (`dockerfile-size`)
 /// before reading more than that.
 fn read_dockerfile(path: &Path, max_size: u64) -> Result<String, Error> {
     use std::io::Read as _;
-    let reading = |err: std::io::Error| {
-        Error::other(format!(
-            "reading the Dockerfile {}: {err} (give the right path with -f)",
-            path.display()
-        ))
+    let reading = |source| Error::ReadDockerfile {
+        path: path.to_owned(),
+        source,
     };
     let file = std::fs::File::open(path).map_err(reading)?;
     let mut bytes = Vec::new();
@@ -665,11 +786,10 @@ fn read_dockerfile(path: &Path, max_size: u64) -> Result<String, Error> {
         .read_to_end(&mut bytes)
         .map_err(reading)?;
     if bytes.len() as u64 > max_size {
-        return Err(Error::other(format!(
-            "the Dockerfile {} is larger than the dockerfile-size limit of {max_size} bytes; {}",
-            path.display(),
-            cache_core::limits::Limits::hint("dockerfile-size")
-        )));
+        return Err(Error::DockerfileTooLarge {
+            path: path.to_owned(),
+            max_size,
+        });
     }
     String::from_utf8(bytes)
         .map_err(|err| reading(std::io::Error::new(std::io::ErrorKind::InvalidData, err)))
@@ -683,10 +803,9 @@ pub async fn build(
 ) -> Result<BuildOutcome, Error> {
     let dockerfile_text = read_dockerfile(&request.dockerfile, request.limits.dockerfile_size)?;
     if !request.context.is_dir() {
-        return Err(Error::other(format!(
-            "the build context {} is not a directory",
-            request.context.display()
-        )));
+        return Err(Error::ContextNotDir {
+            path: request.context.clone(),
+        });
     }
     let df_err = |err: dockerfile::Error| Error::Dockerfile {
         path: request.dockerfile.display().to_string(),
@@ -707,8 +826,12 @@ pub async fn build(
     let first = dockerfile::plan(&df, &options).map_err(df_err)?;
     let ignore_path = request.context.join(".dockerignore");
     let ignore = match std::fs::read_to_string(&ignore_path) {
-        Ok(text) => dockerfile::IgnoreMatcher::parse(&text)
-            .map_err(|err| Error::other(format!("{}: {err}", ignore_path.display())))?,
+        Ok(text) => {
+            dockerfile::IgnoreMatcher::parse(&text).map_err(|source| Error::Dockerignore {
+                path: ignore_path.clone(),
+                source,
+            })?
+        }
         Err(_) => dockerfile::IgnoreMatcher::empty(),
     };
     std::fs::create_dir_all(&request.work_dir).map_err(Error::io(format!(
@@ -748,15 +871,10 @@ fn check_no_cache_filter(df: &dockerfile::Dockerfile, names: &[String]) -> Resul
             .iter()
             .any(|s| s.name.as_deref() == Some(lower.as_str()))
         {
-            let names: Vec<&str> = df.stages.iter().filter_map(|s| s.name.as_deref()).collect();
-            return Err(Error::other(format!(
-                "--no-cache-filter {name}: the Dockerfile has no stage named {name} (its named stages: {})",
-                if names.is_empty() {
-                    "none".to_owned()
-                } else {
-                    names.join(", ")
-                }
-            )));
+            return Err(Error::UnknownStage {
+                name: name.clone(),
+                stages: df.stages.iter().filter_map(|s| s.name.clone()).collect(),
+            });
         }
     }
     Ok(())
@@ -836,10 +954,11 @@ impl<'a> Engine<'a> {
                 Err(Error::BadBlob { digest, message })
                     if self.blob_health.image_layers.contains_key(&digest) =>
                 {
-                    return Err(Error::other(format!(
-                        "layer {digest} of {} is unusable: {message}",
-                        self.blob_health.image_layers[&digest]
-                    )));
+                    return Err(Error::ImageLayer {
+                        image: self.blob_health.image_layers[&digest].clone(),
+                        digest,
+                        message,
+                    });
                 }
                 other => {
                     other?;
@@ -1144,9 +1263,9 @@ impl Engine<'_> {
 
     async fn resolve_image(&mut self, reference: &str) -> Result<ResolvedImage, Error> {
         let Some(resolver) = self.services.images else {
-            return Err(Error::other(format!(
-                "image {reference}: pulling images from a registry is not available here; give the image with --build-context NAME=oci-layout://DIR"
-            )));
+            return Err(Error::NoRegistry {
+                reference: reference.to_owned(),
+            });
         };
         let resolved = resolver
             .resolve(reference)
@@ -1254,10 +1373,10 @@ impl Engine<'_> {
                     let role = LayerUse::of_stage(&self.plan, si);
                     state.fs = self.dir_base(r, &dir, role).await?;
                 } else {
-                    return Err(Error::other(format!(
-                        "stage {}: base {r} could not be resolved",
-                        stage.name
-                    )));
+                    return Err(Error::UnresolvedBase {
+                        stage: stage.name.clone(),
+                        base: r.clone(),
+                    });
                 }
                 self.progress().event(Event::Done {
                     vertex,

@@ -256,9 +256,10 @@ impl Engine<'_> {
                         self.records_input(&self.images[idx].records.clone())
                     }
                     None => {
-                        return Err(Error::other(format!(
-                            "{what}: unknown build context {ctx_name}"
-                        )));
+                        return Err(Error::UnknownContext {
+                            at: what.clone(),
+                            name: ctx_name.clone(),
+                        });
                     }
                 }
             }
@@ -649,11 +650,11 @@ impl Engine<'_> {
         id: &str,
         name: &str,
     ) -> Result<(tempfile::NamedTempFile, String), Error> {
-        let what = |err: String| {
-            Error::other(format!(
-                "{name}: fetching the contents of cache mount {id} ({}): {err}",
-                desc.digest
-            ))
+        let what = |message: String| Error::CacheMountSeed {
+            step: name.to_owned(),
+            id: id.to_owned(),
+            digest: desc.digest.clone(),
+            message,
         };
         let blob = self
             .blobs
