@@ -468,7 +468,8 @@ pub(super) fn remove_dir(dir: &Path) {
 }
 
 /// Unpacks `chain` into `dest` (for `--output type=local`), fetching blobs into the root store.
-/// Build with [`BuildRequest::unpack_target`] first, so that a bad cache layer was a miss.
+/// Build with [`BuildRequest::unpack_target`](super::BuildRequest::unpack_target) first, so
+/// that a bad cache layer was a miss.
 pub async fn unpack_chain(
     chain: &[Descriptor],
     blobs: &Blobs,
