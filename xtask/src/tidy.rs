@@ -38,20 +38,9 @@ pub(crate) struct Package {
     pub(crate) targets: Vec<(String, Vec<String>)>,
 }
 
-/// What the checks found: violations fail tidy, notes are printed only.
-#[derive(Debug, Default)]
-pub(crate) struct Findings {
-    pub(crate) violations: Vec<Violation>,
-    /// Long functions in the crates of [`LONG_FNS_BEING_SPLIT`], which do not fail tidy yet.
-    pub(crate) notes: Vec<Violation>,
-}
-
 /// `cargo xtask tidy`: prints every violation and fails if there is any.
 pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
-    let Findings { violations, notes } = check(root)?;
-    for note in &notes {
-        eprintln!("tidy: note (not failing yet): {note}");
-    }
+    let violations = check(root)?;
     if violations.is_empty() {
         eprintln!("tidy: ok");
         return Ok(());
@@ -65,14 +54,10 @@ pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
 /// Crates whose library code need not keep functions short: the CLI (glue) and the tooling.
 const LONG_FNS_ALLOWED: [&str; 2] = ["cache-cli", "xtask"];
 
-/// Library crates whose long functions are being split: reported as notes, not violations.
-const LONG_FNS_BEING_SPLIT: [&str; 2] = ["cache-build", "cache-dockerfile"];
-
 /// Runs every check over the repository at `root`.
-pub(crate) fn check(root: &Path) -> anyhow::Result<Findings> {
+pub(crate) fn check(root: &Path) -> anyhow::Result<Vec<Violation>> {
     let packages = workspace_packages(root)?;
     let mut violations = Vec::new();
-    let mut notes = Vec::new();
     let relative = |path: &Path| path.strip_prefix(root).unwrap_or(path).to_path_buf();
 
     let ws_names: BTreeSet<&str> = packages.iter().map(|p| p.name.as_str()).collect();
@@ -113,33 +98,11 @@ pub(crate) fn check(root: &Path) -> anyhow::Result<Findings> {
         }
         if !LONG_FNS_ALLOWED.contains(&package.name.as_str()) {
             for file in rust_files(&crate_dir.join("src"))? {
-                let long = fn_length::long_fns(&read(&file)?).unwrap_or_else(|line| {
+                for (line, rule) in fn_length::problems(&read(&file)?) {
                     violations.push(Violation {
                         path: relative(&file),
                         line: Some(line),
-                        rule: "the function-length scan lost track of braces here: teach \
-                               xtask/src/tidy/fn_length.rs the construct"
-                            .to_owned(),
-                    });
-                    Vec::new()
-                });
-                let found = if LONG_FNS_BEING_SPLIT.contains(&package.name.as_str()) {
-                    &mut notes
-                } else {
-                    &mut violations
-                };
-                for span in long {
-                    found.push(Violation {
-                        path: relative(&file),
-                        line: Some(span.first),
-                        rule: format!(
-                            "`fn {}` is {} lines (over {}): split it into named steps, or say why \
-                             it reads better whole in a `// {} ...` comment just above it",
-                            span.name,
-                            span.lines(),
-                            fn_length::MAX_FN_LINES,
-                            fn_length::EXCUSE,
-                        ),
+                        rule,
                     });
                 }
             }
@@ -171,7 +134,7 @@ pub(crate) fn check(root: &Path) -> anyhow::Result<Findings> {
             });
         }
     }
-    Ok(Findings { violations, notes })
+    Ok(violations)
 }
 
 /// Reads the workspace members with `cargo metadata --format-version 1 --no-deps`.
@@ -595,9 +558,7 @@ mod tests {
     /// The whole repository is tidy: this makes plain `cargo test` enforce `cargo xtask tidy`.
     #[test]
     fn repository_is_tidy() {
-        let violations = check(&crate::project_root())
-            .expect("tidy checks run")
-            .violations;
+        let violations = check(&crate::project_root()).expect("tidy checks run");
         let report: Vec<String> = violations.iter().map(ToString::to_string).collect();
         assert!(
             report.is_empty(),

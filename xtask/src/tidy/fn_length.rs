@@ -25,6 +25,30 @@ impl FnSpan {
     }
 }
 
+/// The rule's violations in `text`, as `(line number, rule)`.
+pub(crate) fn problems(text: &str) -> Vec<(usize, String)> {
+    match long_fns(text) {
+        Ok(long) => long
+            .into_iter()
+            .map(|span| {
+                let rule = format!(
+                    "`fn {}` is {} lines (over {MAX_FN_LINES}): split it into named steps, or say \
+                     why it reads better whole in a `// {EXCUSE} ...` comment just above it",
+                    span.name,
+                    span.lines(),
+                );
+                (span.first, rule)
+            })
+            .collect(),
+        Err(line) => vec![(
+            line,
+            "the function-length scan lost track of braces here: teach \
+             xtask/src/tidy/fn_length.rs the construct"
+                .to_owned(),
+        )],
+    }
+}
+
 /// Functions of `text` longer than [`MAX_FN_LINES`] without an excuse, outside `#[cfg(test)]` items.
 ///
 /// Errs with a line number where the braces the scan sees do not balance: the scan misread the
@@ -320,6 +344,11 @@ fn b<'a>(x: &'a str) -> fn(u8) -> u8 { let _ = x; |_| 0 }
         let found = long_fns(&long).unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!((found[0].name.as_str(), found[0].lines()), ("long", 121));
+        let rule = &problems(&long)[0].1;
+        assert!(
+            rule.contains("`fn long` is 121 lines") && rule.contains(EXCUSE),
+            "{rule}"
+        );
         let excused =
             format!("// {EXCUSE} one table.\n/// Docs.\n#[allow(clippy::too_many_lines)]\n{long}");
         assert!(long_fns(&excused).unwrap().is_empty());
@@ -331,5 +360,9 @@ fn b<'a>(x: &'a str) -> fn(u8) -> u8 { let _ = x; |_| 0 }
     fn a_misread_file_is_an_error_not_a_clean_bill() {
         assert_eq!(fn_spans("fn a() {\n}\n}\n"), Err(3));
         assert_eq!(fn_spans("fn a() {\n    let s = \"\n}\n"), Err(3));
+        let found = problems("fn a() {\n}\n}\n");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, 3);
+        assert!(found[0].1.contains("lost track of braces"), "{found:?}");
     }
 }
